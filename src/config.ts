@@ -1,0 +1,33 @@
+/** Process configuration, from the environment. Documented in README.md. */
+export interface Config {
+  port: number;
+  host: string;
+  dataDir: string;
+  databaseUrl?: string;
+  adminPassword?: string;
+  logLevel: string;
+  /** Journal entries between snapshots, for every kind. */
+  snapshotEvery: number;
+  /** Idle time before an actor is passivated. */
+  idleMs: number;
+}
+
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  const int = (name: string, fallback: number) => {
+    const raw = env[name];
+    if (raw === undefined || raw === "") return fallback;
+    const n = Number(raw);
+    if (!Number.isInteger(n) || n < 0) throw new Error(`${name} must be a non-negative integer, got ${JSON.stringify(raw)}`);
+    return n;
+  };
+  return {
+    port: int("PORT", 8080),
+    host: env.HOST || "0.0.0.0",
+    dataDir: env.TETHER_DATA_DIR || "./data",
+    databaseUrl: env.DATABASE_URL || undefined,
+    adminPassword: env.TETHER_ADMIN_PASSWORD || undefined,
+    logLevel: env.LOG_LEVEL || "info",
+    snapshotEvery: int("TETHER_SNAPSHOT_EVERY", 100),
+    idleMs: int("TETHER_IDLE_MS", 5 * 60_000),
+  };
+}

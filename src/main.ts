@@ -1,0 +1,24 @@
+import { loadConfig } from "./config.ts";
+import { productKinds } from "./kinds.ts";
+import { createLogger } from "./log.ts";
+import { startServer } from "./server.ts";
+
+/** `npm start`: the Tether server on the embedded database, or on DATABASE_URL. */
+const config = loadConfig();
+const logger = createLogger(config.logLevel);
+const server = await startServer({ config, logger, kinds: productKinds });
+logger.info({ url: server.url }, "listening");
+console.log(`Tether is listening on ${server.url} (store: ${server.store.flavor}${config.databaseUrl ? "" : `, data in ${config.dataDir}`})`);
+
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  process.on(signal, () => {
+    logger.info({ signal }, "signal received");
+    server.stop().then(
+      () => process.exit(0),
+      (err) => {
+        logger.error({ err: String(err) }, "shutdown failed");
+        process.exit(1);
+      },
+    );
+  });
+}
