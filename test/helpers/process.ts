@@ -1,0 +1,71 @@
+import { resolve } from "node:path";
+import type { Subprocess } from "bun";
+
+const ROOT = resolve(import.meta.dir, "..", "..");
+const BUN = process.execPath;
+
+/** A real server process on a loopback port, with its output collected line by line. */
+export interface ServerProcess {
+  url: string;
+  proc: Subprocess<"ignore", "pipe", "pipe">;
+  lines: string[];
+  waitForLine(pattern: RegExp, timeoutMs?: number): Promise<string>;
+  kill(signal?: NodeJS.Signals): Promise<number>;
+}
+
+export async function spawnServer(script: string, env: Record<string, string>, timeoutMs = 30_000): Promise<ServerProcess> {
+  const proc = Bun.spawn([BUN, resolve(ROOT, script)], {
+    cwd: ROOT,
+    env: { ...process.env, HOST: "127.0.0.1", PORT: "0", LOG_LEVEL: "warn", ...env },
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const lines: string[] = [];
+  const waiters: Array<() => void> = [];
+  const pump = async (stream: ReadableStream<Uint8Array>) => {
+    const decoder = new TextDecoder();
+    let buf = "";
+    for await (const chunk of stream) {
+      buf += decoder.decode(chunk, { stream: true });
+      let nl: number;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        lines.push(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+        for (const w of waiters.splice(0)) w();
+      }
+    }
+  };
+  void pump(proc.stdout);
+  void pump(proc.stderr);
+  const waitForLine = async (pattern: RegExp, ms = timeoutMs) => {
+    const deadline = Date.now() + ms;
+    for (let seen = 0; ; ) {
+      for (; seen < lines.length; seen++) if (pattern.test(lines[seen]!)) return lines[seen]!;
+      if (proc.exitCode !== null) throw new Error(`server exited (${proc.exitCode}) before printing ${pattern}:\n${lines.join("\n")}`);
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timed out waiting for ${pattern}:\n${lines.join("\n")}`);
+      await Promise.race([new Promise<void>((r) => waiters.push(r)), Bun.sleep(Math.min(left, 100))]);
+    }
+  };
+  const line = await waitForLine(/listening on (http:\/\/\S+)/);
+  const url = line.match(/listening on (http:\/\/\S+)/)![1]!.replace("localhost", "127.0.0.1");
+  return {
+    url,
+    proc,
+    lines,
+    waitForLine,
+    kill: async (signal = "SIGKILL") => {
+      proc.kill(signal);
+      return await proc.exited;
+    },
+  };
+}
+
+/** The environment that points a server process at a TestDb. */
+export function dbEnv(config: { databaseUrl?: string; dataDir: string; searchPath?: string }): Record<string, string> {
+  if (!config.databaseUrl) return { TETHER_DATA_DIR: config.dataDir, DATABASE_URL: "" };
+  const url = new URL(config.databaseUrl);
+  if (config.searchPath) url.searchParams.set("search_path", config.searchPath);
+  return { DATABASE_URL: url.toString() };
+}
