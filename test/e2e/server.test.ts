@@ -1,0 +1,73 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { dbEnv, spawnServer } from "../helpers/process.ts";
+import { createTestDb, eventually, type TestDb } from "../helpers/stores.ts";
+
+/** The real process a new user starts: `npm start` runs src/main.ts. */
+describe("server process", () => {
+  const dbs: TestDb[] = [];
+  afterAll(async () => {
+    for (const db of dbs) await db.destroy();
+  });
+
+  test("prints its URL, answers health, readiness and metrics, and stops cleanly on SIGTERM", async () => {
+    const db = await createTestDb("pglite");
+    dbs.push(db);
+    const server = await spawnServer("src/main.ts", { ...dbEnv(db.config), LOG_LEVEL: "info" });
+    expect(server.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+
+    expect(await (await fetch(`${server.url}/healthz`)).json()).toEqual({ status: "ok" });
+    const ready = await fetch(`${server.url}/readyz`);
+    expect(ready.status).toBe(200);
+    expect(await ready.json()).toMatchObject({ status: "ready", checks: { store: "ok", recovery: "done" }, failed_actors: [] });
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    expect(metrics).toContain("# TYPE tether_journal_commit_seconds histogram");
+    expect(metrics).toContain("tether_journal_pending_events 0");
+
+    // Errors come in the one envelope, with the correlation id echoed in a header.
+    const missing = await fetch(`${server.url}/no/such/route`, { headers: { "x-correlation-id": "req-123" } });
+    expect(missing.status).toBe(404);
+    expect(missing.headers.get("x-correlation-id")).toBe("req-123");
+    expect(await missing.json()).toEqual({ detail: "no route for GET /no/such/route", error_code: "NOT_FOUND", status_code: 404, correlation_id: "req-123" });
+
+    const code = await server.kill("SIGTERM");
+    expect(code).toBe(0);
+    expect(server.lines.some((l) => l.includes("stopped cleanly"))).toBe(true);
+    // Logs are JSON lines.
+    const logLine = server.lines.find((l) => l.includes("actors recovered"))!;
+    expect(JSON.parse(logLine)).toMatchObject({ level: 30, msg: "actors recovered", store: "pglite" });
+  });
+
+  test("a failed actor is listed by /readyz and counted in /metrics, across a restart, while others keep working", async () => {
+    const db = await createTestDb("pglite");
+    dbs.push(db);
+    const env = dbEnv(db.config);
+    let server = await spawnServer("test/fixtures/counter-server.ts", env);
+    const send = (id: string, body: unknown) =>
+      fetch(`${server.url}/counter/${id}/event`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+
+    expect((await send("ok", { type: "add", n: 5 })).status).toBe(200);
+    // maxRestarts is 2 in the fixture: the third failure within the window stops the actor.
+    for (let i = 0; i < 3; i++) {
+      const res = await send("bad", { type: "boom" });
+      expect([500, 503]).toContain(res.status);
+      await Bun.sleep(60);
+    }
+    await eventually(async () => ((await (await fetch(`${server.url}/readyz`)).json()) as { failed_actors: unknown[] }).failed_actors.length === 1, 5_000, "the failure to be reported");
+    const ready = (await (await fetch(`${server.url}/readyz`)).json()) as { status: string; failed_actors: Array<{ address: string; failure: string }> };
+    expect(ready.status).toBe("ready");
+    expect(ready.failed_actors[0]!.address).toBe("counter/bad");
+    expect(ready.failed_actors[0]!.failure).toContain("boom on purpose");
+    const refused = await send("bad", { type: "add", n: 1 });
+    expect(refused.status).toBe(503);
+    expect(((await refused.json()) as { error_code: string }).error_code).toBe("ACTOR_FAILED");
+    expect(await (await send("ok", { type: "add", n: 1 })).json()).toBe(6);
+    expect(await (await fetch(`${server.url}/metrics`)).text()).toContain('tether_actors{kind="counter",state="failed"} 1');
+
+    // Still failed after a restart: never silently reset.
+    await server.kill("SIGKILL");
+    server = await spawnServer("test/fixtures/counter-server.ts", env);
+    const again = (await (await fetch(`${server.url}/readyz`)).json()) as { failed_actors: Array<{ address: string }> };
+    expect(again.failed_actors.map((f) => f.address)).toEqual(["counter/bad"]);
+    await server.kill("SIGTERM");
+  });
+});
