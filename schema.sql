@@ -50,3 +50,186 @@ create table actors (
   primary key (kind, actor_id)
 );
 create index actors_not_passive on actors (status) where status <> 'passive';
+
+-- version: 2
+-- Accounts, credentials, sites, enrollment, machines, grants and the audit log.
+-- Every table holding tenant data has tenant_id; every query filters on it.
+
+create table tenants (
+  id          uuid primary key,
+  name        text not null,
+  created_at  timestamptz not null default now()
+);
+insert into tenants (id, name) values ('00000000-0000-0000-0000-000000000001', 'default');
+
+-- Per-tenant security policy.
+create table tenant_settings (
+  tenant_id          uuid primary key references tenants(id),
+  require_totp_roles text[] not null default '{}',
+  updated_at         timestamptz not null default now()
+);
+insert into tenant_settings (tenant_id) values ('00000000-0000-0000-0000-000000000001');
+
+create table users (
+  id                 uuid primary key,
+  tenant_id          uuid not null references tenants(id),
+  username           text not null,
+  display_name       text not null,
+  role               text not null check (role in ('admin', 'technician', 'auditor', 'end_user')),
+  password_hash      text not null,                -- Argon2id PHC string
+  totp_secret        text,                         -- base32; set at enrollment, live once confirmed
+  totp_confirmed_at  timestamptz,
+  totp_last_step     bigint,                       -- last accepted time step: a code works once
+  disabled_at        timestamptz,
+  created_at         timestamptz not null default now(),
+  updated_at         timestamptz not null default now()
+);
+-- Usernames are global: login names no tenant.
+create unique index users_username on users (lower(username));
+create index users_tenant on users (tenant_id);
+
+create table recovery_codes (
+  tenant_id  uuid not null references tenants(id),
+  user_id    uuid not null references users(id) on delete cascade,
+  code_hash  text not null,                        -- SHA-256 hex
+  used_at    timestamptz,
+  primary key (user_id, code_hash)
+);
+
+-- Login sessions: opaque random tokens, stored as SHA-256.
+create table auth_sessions (
+  id            uuid primary key,
+  tenant_id     uuid not null references tenants(id),
+  user_id       uuid not null references users(id) on delete cascade,
+  token_hash    text not null unique,
+  restricted    boolean not null default false,    -- may only enroll a second factor
+  ip            text,
+  user_agent    text,
+  created_at    timestamptz not null default now(),
+  expires_at    timestamptz not null,
+  last_seen_at  timestamptz not null default now(),
+  revoked_at    timestamptz
+);
+create index auth_sessions_user on auth_sessions (user_id) where revoked_at is null;
+
+-- Personal API tokens (tpat_), stored as SHA-256.
+create table api_tokens (
+  id            uuid primary key,
+  tenant_id     uuid not null references tenants(id),
+  user_id       uuid not null references users(id) on delete cascade,
+  name          text not null,
+  token_hash    text not null unique,
+  prefix        text not null,                     -- first characters, for display
+  scopes        text[] not null,
+  created_at    timestamptz not null default now(),
+  expires_at    timestamptz not null,
+  last_used_at  timestamptz,
+  revoked_at    timestamptz
+);
+create index api_tokens_user on api_tokens (user_id);
+
+create table sites (
+  id            uuid primary key,
+  tenant_id     uuid not null references tenants(id),
+  site_code     text not null,
+  display_name  text not null,
+  company       text not null default '',
+  created_at    timestamptz not null default now()
+);
+create unique index sites_tenant_code on sites (tenant_id, site_code);
+create index sites_code on sites (site_code);
+
+create table site_enrollment_keys (
+  id           uuid primary key,
+  tenant_id    uuid not null references tenants(id),
+  site_id      uuid not null references sites(id) on delete cascade,
+  key_hash     text not null,                      -- Argon2id PHC string of the cek_
+  version      integer not null,
+  fingerprint  text not null,                      -- first 4 hex of SHA-256, upper case
+  active       boolean not null default true,
+  created_at   timestamptz not null default now(),
+  rotated_at   timestamptz,
+  unique (site_id, version)
+);
+-- One active key per site, enforced by the database.
+create unique index site_enrollment_keys_one_active on site_enrollment_keys (site_id) where active;
+
+create table machines (
+  id                uuid primary key,
+  tenant_id         uuid not null references tenants(id),
+  site_id           uuid references sites(id) on delete set null,
+  machine_uid       text not null,
+  hostname          text not null,
+  labels            jsonb not null default '{}',   -- company, site, department, device_type, tags
+  public_key        text not null,                 -- base64 Ed25519, the agent's identity key
+  enrollment_state  text not null default 'active' check (enrollment_state in ('active', 'pending')),
+  status            text not null default 'offline' check (status in ('online', 'offline')),
+  last_seen_at      timestamptz,
+  created_at        timestamptz not null default now(),
+  updated_at        timestamptz not null default now(),
+  deleted_at        timestamptz                    -- soft delete; re-enrollment revives
+);
+-- A full (not partial) unique index: ON CONFLICT (tenant_id, machine_uid) binds to it as is.
+create unique index machines_tenant_uid on machines (tenant_id, machine_uid);
+
+-- A clone-looking enrollment waiting for an admin: the claimant's details, no key issued.
+create table enrollment_requests (
+  id           uuid primary key,
+  tenant_id    uuid not null references tenants(id),
+  machine_id   uuid not null references machines(id) on delete cascade,
+  site_id      uuid not null references sites(id) on delete cascade,
+  hostname     text not null,
+  labels       jsonb not null default '{}',
+  public_key   text not null,
+  ip           text,
+  status       text not null default 'pending' check (status in ('pending', 'approved', 'rejected')),
+  created_at   timestamptz not null default now(),
+  decided_at   timestamptz,
+  decided_by   uuid references users(id)
+);
+create unique index enrollment_requests_one_pending on enrollment_requests (machine_id) where status = 'pending';
+
+-- Per-machine agent keys (cak_), stored as SHA-256.
+create table agent_keys (
+  id            uuid primary key,
+  tenant_id     uuid not null references tenants(id),
+  machine_id    uuid not null references machines(id) on delete cascade,
+  key_hash      text not null unique,
+  prefix        text not null,
+  created_at    timestamptz not null default now(),
+  created_by    uuid references users(id),
+  last_used_at  timestamptz,
+  revoked_at    timestamptz
+);
+create index agent_keys_machine on agent_keys (machine_id);
+
+-- Machines an end_user may reach. No rows: no machines.
+create table user_machine_grants (
+  tenant_id   uuid not null references tenants(id),
+  user_id     uuid not null references users(id) on delete cascade,
+  machine_id  uuid not null references machines(id) on delete cascade,
+  created_at  timestamptz not null default now(),
+  created_by  uuid references users(id),
+  primary key (user_id, machine_id)
+);
+
+-- Security events. Never secrets, key material, passwords or chat text.
+create table audit_events (
+  id              text primary key,                -- ULID: sortable, the pagination cursor
+  tenant_id       uuid not null references tenants(id),
+  at              timestamptz not null default now(),
+  type            text not null,
+  outcome         text not null default 'success' check (outcome in ('success', 'failure')),
+  actor_type      text not null,                   -- user, api_token, agent, anonymous, system
+  actor_id        text,
+  actor_name      text,
+  target_type     text,
+  target_id       text,
+  ip              text,
+  correlation_id  text,
+  details         jsonb not null default '{}'
+);
+create index audit_events_tenant_id on audit_events (tenant_id, id desc);
+create index audit_events_type on audit_events (tenant_id, type, id desc);
+create index audit_events_target on audit_events (tenant_id, target_id, id desc);
+create index audit_events_actor on audit_events (tenant_id, actor_id, id desc);

@@ -6,6 +6,8 @@ export interface Config {
   databaseUrl?: string;
   adminPassword?: string;
   logLevel: string;
+  /** Proxies whose X-Forwarded-For is believed: addresses or CIDRs, comma-separated. */
+  trustedProxies: string;
   /** Journal entries between snapshots, for every kind. */
   snapshotEvery: number;
   /** Idle time before an actor is passivated. */
@@ -27,6 +29,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     databaseUrl: env.DATABASE_URL || undefined,
     adminPassword: env.TETHER_ADMIN_PASSWORD || undefined,
     logLevel: env.LOG_LEVEL || "info",
+    trustedProxies: env.TETHER_TRUSTED_PROXIES ?? "",
     snapshotEvery: int("TETHER_SNAPSHOT_EVERY", 100),
     idleMs: int("TETHER_IDLE_MS", 5 * 60_000),
   };

@@ -9,6 +9,10 @@ const logger = createLogger(config.logLevel);
 const server = await startServer({ config, logger, kinds: productKinds });
 logger.info({ url: server.url }, "listening");
 console.log(`Tether is listening on ${server.url} (store: ${server.store.flavor}${config.databaseUrl ? "" : `, data in ${config.dataDir}`})`);
+if (server.firstAdminPassword) {
+  // Printed once, to the console only (never to the JSON log): change it after signing in.
+  console.log(`\nFirst start: sign in at ${server.url} as "admin" with password ${server.firstAdminPassword}\n(shown only this once; set TETHER_ADMIN_PASSWORD to choose it instead)\n`);
+}
 
 for (const signal of ["SIGTERM", "SIGINT"] as const) {
   process.on(signal, () => {

@@ -3,6 +3,12 @@ import { RuntimeMetrics } from "./actors/metrics.ts";
 import { ActorSystem } from "./actors/system.ts";
 import type { KindDefinition } from "./actors/types.ts";
 import type { Config } from "./config.ts";
+import { ClientIpResolver } from "./auth/client-ip.ts";
+import { CredentialVerifier } from "./auth/credentials.ts";
+import { ensureFirstAdmin } from "./auth/first-admin.ts";
+import { Limiter } from "./auth/rate-limit.ts";
+import { api } from "./http/api.ts";
+import type { AppDeps } from "./http/deps.ts";
 import { errorHandling } from "./http/errors.ts";
 import { health } from "./http/health.ts";
 import type { Logger } from "./log.ts";
@@ -21,6 +27,8 @@ export interface ServerOptions {
 
 export interface RunningServer {
   url: string;
+  /** The first admin's generated password, on the first start without TETHER_ADMIN_PASSWORD. */
+  firstAdminPassword?: string;
   system: ActorSystem;
   store: Store;
   /** Graceful: stop accepting, drain mailboxes, snapshot, flush the journal, close the store. */
@@ -40,7 +48,22 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const recovery = await system.start();
   logger.info({ ...recovery, ms: Math.round(performance.now() - started), store: store.flavor, schemaVersion }, "actors recovered");
 
-  let app = new Elysia().use(errorHandling(logger)).use(health({ system, store, metrics, role: () => "primary" }));
+  const firstAdmin = await ensureFirstAdmin(store, logger, config.adminPassword);
+  const deps: AppDeps = {
+    config, store, system, log: logger,
+    verifier: new CredentialVerifier(store),
+    ips: new ClientIpResolver(config.trustedProxies),
+    limiters: {
+      loginByIp: new Limiter({ windowMs: 60_000, maxPerWindow: 30, maxFailures: 20, lockoutMs: 15 * 60_000 }),
+      loginByUser: new Limiter({ windowMs: 60_000, maxPerWindow: 10, maxFailures: 10, lockoutMs: 15 * 60_000 }),
+      enroll: new Limiter({ windowMs: 60_000, maxPerWindow: 60, maxFailures: 20, lockoutMs: 15 * 60_000 }),
+    },
+  };
+
+  let app = new Elysia()
+    .use(errorHandling(logger))
+    .use(health({ system, store, metrics, role: () => "primary" }))
+    .use(api(deps));
   for (const route of opts.routes ?? []) app = app.use(route(system));
   app.listen({ port: config.port, hostname: config.host });
   const port = app.server!.port;
@@ -50,6 +73,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   let stopping: Promise<void> | null = null;
   return {
     url,
+    firstAdminPassword: firstAdmin.generated,
     system,
     store,
     stop: () =>

@@ -62,9 +62,12 @@ export const errorHandling = (log: Logger) =>
       return envelope(500, "INTERNAL", "internal error; quote the correlation id when reporting it");
     });
 
+/** "body.username: …", "query.limit: …": where the bad field is, and what is wrong with it. */
 function validationDetail(error: unknown): string {
-  const e = error as { all?: Array<{ path?: string; summary?: string; message?: string }>; message?: string };
+  const e = error as { type?: string; all?: Array<{ path?: string; summary?: string; message?: string }> };
+  const where = e.type ?? "body";
   const first = e.all?.[0];
-  if (first) return `${(first.path ?? "").replace(/^\//, "").replaceAll("/", ".") || "body"}: ${first.summary ?? first.message ?? "invalid"}`;
-  return "invalid request";
+  if (!first) return `${where}: invalid`;
+  const path = (first.path ?? "").replace(/^\//, "").replaceAll("/", ".");
+  return `${path ? `${where}.${path}` : where}: ${first.summary ?? first.message ?? "invalid"}`;
 }

@@ -1,0 +1,16 @@
+import type { Permission, Role } from "./roles.ts";
+
+/** Who is calling, once a login-plane credential (session or API token) has been verified. */
+export interface Principal {
+  kind: "session" | "api_token";
+  /** The session's or token's id (never the secret). */
+  credentialId: string;
+  userId: string;
+  tenantId: string;
+  username: string;
+  role: Role;
+  /** Role permissions, narrowed by the token's scopes for an API token. */
+  permissions: ReadonlySet<Permission>;
+  /** A session that may only set up its second factor (policy requires one it lacks). */
+  restricted: boolean;
+}

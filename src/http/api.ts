@@ -1,0 +1,26 @@
+import { Elysia } from "elysia";
+import { requestContext } from "./context.ts";
+import type { AppDeps } from "./deps.ts";
+import { apiDocs } from "./docs.ts";
+import { auditRoutes } from "./routes/audit.ts";
+import { authRoutes } from "./routes/auth.ts";
+import { enrollRoutes } from "./routes/enroll.ts";
+import { machineRoutes } from "./routes/machines.ts";
+import { settingsRoutes } from "./routes/settings.ts";
+import { siteRoutes } from "./routes/sites.ts";
+import { tokenRoutes } from "./routes/tokens.ts";
+import { userRoutes } from "./routes/users.ts";
+
+/** The HTTP API: one plugin per area, each with its schemas next to its routes. */
+export const api = (deps: AppDeps) =>
+  new Elysia()
+    .use(apiDocs())
+    .use(requestContext(deps))
+    .use(authRoutes(deps))
+    .use(userRoutes(deps))
+    .use(tokenRoutes(deps))
+    .use(settingsRoutes(deps))
+    .use(siteRoutes(deps))
+    .use(enrollRoutes(deps))
+    .use(machineRoutes(deps))
+    .use(auditRoutes(deps));

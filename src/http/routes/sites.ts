@@ -1,0 +1,5 @@
+import { Elysia } from "elysia";
+import type { AppDeps } from "../deps.ts";
+
+// Placeholder while this area is being written.
+export const siteRoutes = (_deps: AppDeps) => new Elysia({ name: "sites" });

@@ -1,0 +1,73 @@
+import { Elysia } from "elysia";
+import { z } from "zod";
+import { audit } from "../../audit/audit.ts";
+import { countAdmins, createUser, getUser, listUsers, publicUser, revokeSessions, setPassword, updateUser, UsernameTakenError } from "../../auth/users.ts";
+import { CreateUserRequest, ResetPasswordRequest, Role, UpdateUserRequest, User, Uuid } from "../../protocol/accounts.ts";
+import { actorOf, authorize, requestContext } from "../context.ts";
+import type { AppDeps } from "../deps.ts";
+import { HttpError } from "../errors.ts";
+
+const tags = ["users"];
+const IdParams = z.object({ id: Uuid });
+
+/** Users of the caller's tenant (A1): create, list, change role, disable, reset password. */
+export const userRoutes = (deps: AppDeps) =>
+  new Elysia({ name: "user-routes" })
+    .use(requestContext(deps))
+    .get("/api/users", async (ctx) => {
+      const me = await authorize(ctx, "users:read");
+      return { users: (await listUsers(deps.store, me.tenantId, ctx.query.role)).map(publicUser) };
+    }, { query: z.object({ role: Role.optional() }), response: { 200: z.object({ users: z.array(User) }) }, detail: { tags, summary: "List users" } })
+
+    .post("/api/users", async (ctx) => {
+      const me = await authorize(ctx, "users:write");
+      const { body } = ctx;
+      let user;
+      try {
+        user = await createUser(deps.store, me.tenantId, { username: body.username, displayName: body.display_name, role: body.role, password: body.password });
+      } catch (err) {
+        if (err instanceof UsernameTakenError) throw new HttpError(409, "USERNAME_TAKEN", "that username is taken");
+        throw err;
+      }
+      await audit(deps.store, { tenantId: me.tenantId, type: "user.created", actor: actorOf(me), target: { type: "user", id: user.id }, ip: ctx.ip, correlationId: ctx.correlationId, details: { username: user.username, role: user.role } });
+      ctx.set.status = 201;
+      return publicUser(user);
+    }, { body: CreateUserRequest, response: { 201: User }, detail: { tags, summary: "Create a user" } })
+
+    .get("/api/users/:id", async (ctx) => {
+      const me = await authorize(ctx, "users:read");
+      const user = await getUser(deps.store, me.tenantId, ctx.params.id);
+      if (!user) throw new HttpError(404, "USER_NOT_FOUND", "no such user");
+      return publicUser(user);
+    }, { params: IdParams, response: { 200: User }, detail: { tags, summary: "One user" } })
+
+    .patch("/api/users/:id", async (ctx) => {
+      const me = await authorize(ctx, "users:write");
+      const { body, params } = ctx;
+      const before = await getUser(deps.store, me.tenantId, params.id);
+      if (!before) throw new HttpError(404, "USER_NOT_FOUND", "no such user");
+      const demotesAdmin = before.role === "admin" && before.disabled_at === null && ((body.role && body.role !== "admin") || body.disabled === true);
+      if (demotesAdmin && (await countAdmins(deps.store, me.tenantId)) <= 1) throw new HttpError(409, "LAST_ADMIN", "this is the last active admin");
+      const user = (await updateUser(deps.store, me.tenantId, params.id, { displayName: body.display_name, role: body.role, disabled: body.disabled }))!;
+      // A new role or a disabled account takes effect on every credential at once.
+      if (body.disabled === true) await revokeSessions(deps.store, user.id);
+      deps.verifier.forgetUser(user.id);
+      const changes: Record<string, unknown> = {};
+      if (body.role && body.role !== before.role) changes.role = { from: before.role, to: body.role };
+      if (body.display_name && body.display_name !== before.display_name) changes.display_name = body.display_name;
+      if (body.disabled !== undefined && body.disabled !== (before.disabled_at !== null)) changes.disabled = body.disabled;
+      const type = changes.disabled === true ? "user.disabled" : changes.disabled === false ? "user.enabled" : "user.updated";
+      await audit(deps.store, { tenantId: me.tenantId, type, actor: actorOf(me), target: { type: "user", id: user.id }, ip: ctx.ip, correlationId: ctx.correlationId, details: changes });
+      return publicUser(user);
+    }, { params: IdParams, body: UpdateUserRequest, response: { 200: User }, detail: { tags, summary: "Change a user's name or role, disable or enable them" } })
+
+    .post("/api/users/:id/password", async (ctx) => {
+      const me = await authorize(ctx, "users:write");
+      const user = await getUser(deps.store, me.tenantId, ctx.params.id);
+      if (!user) throw new HttpError(404, "USER_NOT_FOUND", "no such user");
+      await setPassword(deps.store, me.tenantId, user.id, ctx.body.password);
+      const ended = await revokeSessions(deps.store, user.id);
+      deps.verifier.forgetUser(user.id);
+      await audit(deps.store, { tenantId: me.tenantId, type: "user.password_reset", actor: actorOf(me), target: { type: "user", id: user.id }, ip: ctx.ip, correlationId: ctx.correlationId, details: { sessions_ended: ended } });
+      ctx.set.status = 204;
+    }, { params: IdParams, body: ResetPasswordRequest, detail: { tags, summary: "Reset a user's password (ends their sessions)" } });
