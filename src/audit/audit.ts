@@ -1,4 +1,7 @@
-import { ulid } from "ulid";
+import { monotonicFactory } from "ulid";
+
+// Monotonic: rows written within one millisecond still sort in the order they were written.
+const ulid = monotonicFactory();
 import type { Queryable } from "../store/store.ts";
 
 /**

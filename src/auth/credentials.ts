@@ -36,13 +36,15 @@ export class CredentialVerifier {
     const now = this.now();
     const hit = this.cache.get(hash);
     if (hit && hit.until > now) return { ok: true, principal: hit.principal };
-    const principal = isSession ? await this.session(hash) : await this.apiToken(hash);
-    if (!principal) {
+    const found = isSession ? await this.session(hash) : await this.apiToken(hash);
+    if (!found) {
       this.cache.delete(hash);
       return { ok: false, code: "INVALID_CREDENTIAL" };
     }
+    const { principal, expiresAt } = found;
     if (this.cache.size > 50_000) this.cache.clear();
-    this.cache.set(hash, { principal, until: now + CACHE_MS });
+    // Never cached past the credential's own expiry.
+    this.cache.set(hash, { principal, until: Math.min(now + CACHE_MS, expiresAt) });
     this.touch(principal, hash);
     return { ok: true, principal };
   }
@@ -57,26 +59,26 @@ export class CredentialVerifier {
     for (const [k, v] of this.cache) if (v.principal.credentialId === credentialId) this.cache.delete(k);
   }
 
-  private async session(hash: string): Promise<Principal | null> {
+  private async session(hash: string): Promise<Found | null> {
     const [row] = await this.db.query<Row & { restricted: boolean }>(
-      `select s.id as credential_id, s.restricted, u.id as user_id, u.tenant_id, u.username, u.role
+      `select s.id as credential_id, s.restricted, s.expires_at, u.id as user_id, u.tenant_id, u.username, u.role
          from auth_sessions s join users u on u.id = s.user_id
         where s.token_hash = $1 and s.revoked_at is null and s.expires_at > now() and u.disabled_at is null`,
       [hash]);
     if (!row) return null;
-    return principal("session", row, ROLE_PERMISSIONS[row.role], row.restricted);
+    return { principal: principal("session", row, ROLE_PERMISSIONS[row.role], row.restricted), expiresAt: new Date(row.expires_at).getTime() };
   }
 
-  private async apiToken(hash: string): Promise<Principal | null> {
+  private async apiToken(hash: string): Promise<Found | null> {
     const [row] = await this.db.query<Row & { scopes: string[] }>(
-      `select t.id as credential_id, t.scopes, u.id as user_id, u.tenant_id, u.username, u.role
+      `select t.id as credential_id, t.scopes, t.expires_at, u.id as user_id, u.tenant_id, u.username, u.role
          from api_tokens t join users u on u.id = t.user_id
         where t.token_hash = $1 and t.revoked_at is null and t.expires_at > now() and u.disabled_at is null`,
       [hash]);
     if (!row) return null;
     const granted = ROLE_PERMISSIONS[row.role];
     const scoped = new Set<Permission>(row.scopes.filter(isPermission).filter((p) => granted.has(p)));
-    return principal("api_token", row, scoped, false);
+    return { principal: principal("api_token", row, scoped, false), expiresAt: new Date(row.expires_at).getTime() };
   }
 
   /** `last_used_at` / `last_seen_at`, written at most once a minute per credential. */
@@ -92,8 +94,14 @@ export class CredentialVerifier {
   }
 }
 
+interface Found {
+  principal: Principal;
+  expiresAt: number;
+}
+
 interface Row {
   credential_id: string;
+  expires_at: Date | string;
   user_id: string;
   tenant_id: string;
   username: string;

@@ -44,7 +44,7 @@ export async function startTestApp(flavor: "pglite" | "postgres", opts: Partial<
   };
   const server = await startServer({ config, logger: silentLogger, kinds: productKinds, ...opts });
   const url = server.url;
-  const call = async <T,>(method: string, path: string, o: { token?: string; body?: unknown; headers?: Record<string, string> } = {}): Promise<ApiResponse<T>> => {
+  const call = async <T = any,>(method: string, path: string, o: { token?: string; body?: unknown; headers?: Record<string, string> } = {}): Promise<ApiResponse<T>> => {
     const headers: Record<string, string> = { ...o.headers };
     if (o.token) headers.authorization = `Bearer ${o.token}`;
     if (o.body !== undefined) headers["content-type"] = "application/json";

@@ -37,7 +37,10 @@ export const authRoutes = (deps: AppDeps) =>
           target: result.userId ? { type: "user", id: result.userId } : null, ip, correlationId, details: { reason: result.reason },
         });
         if (lockedIp || lockedUser) {
-          await audit(deps.store, { tenantId, type: "auth.lockout", outcome: "failure", actor: { type: "anonymous", name: body.username.slice(0, 64) }, ip, correlationId, details: { by: lockedIp ? "ip" : "username" } });
+          await audit(deps.store, {
+            tenantId, type: "auth.lockout", outcome: "failure", actor: { type: "anonymous", name: body.username.slice(0, 64) },
+            target: result.userId ? { type: "user", id: result.userId } : null, ip, correlationId, details: { by: lockedIp ? "ip" : "username" },
+          });
         }
         if (result.reason === "totp_required") throw new HttpError(401, "TOTP_REQUIRED", "enter the code from your authenticator app (or a recovery code)");
         if (result.reason === "totp_invalid") throw new HttpError(401, "TOTP_INVALID", "that code is not valid");

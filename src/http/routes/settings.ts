@@ -1,5 +1,38 @@
 import { Elysia } from "elysia";
+import { audit } from "../../audit/audit.ts";
+import { getSettings, publicSettings, restrictSessionsLackingTotp, updateSettings } from "../../auth/settings.ts";
+import { Settings, UpdateSettingsRequest } from "../../protocol/settings.ts";
+import { actorOf, authorize, requestContext } from "../context.ts";
 import type { AppDeps } from "../deps.ts";
 
-// Placeholder while this area is being written.
-export const settingsRoutes = (_deps: AppDeps) => new Elysia({ name: "settings" });
+const tags = ["settings"];
+
+/**
+ * The tenant's security policy (A3): which roles must have a second factor. A user of such a
+ * role without one gets a restricted session at login (enrollment only); sessions already open
+ * are restricted the moment the policy changes.
+ */
+export const settingsRoutes = (deps: AppDeps) =>
+  new Elysia({ name: "settings-routes" })
+    .use(requestContext(deps))
+    .get("/api/settings", async (ctx) => {
+      const me = await authorize(ctx, "settings:read");
+      return publicSettings(await getSettings(deps.store, me.tenantId));
+    }, { response: { 200: Settings }, detail: { tags, summary: "The security policy" } })
+
+    .patch("/api/settings", async (ctx) => {
+      const me = await authorize(ctx, "settings:write");
+      const { body } = ctx;
+      const before = await getSettings(deps.store, me.tenantId);
+      if (body.require_totp_roles === undefined) return publicSettings(before);
+      const roles = [...new Set(body.require_totp_roles)].sort();
+      const after = await updateSettings(deps.store, me.tenantId, { requireTotpRoles: roles });
+      const added = roles.filter((r) => !before.require_totp_roles.includes(r));
+      const restrictedUsers = await restrictSessionsLackingTotp(deps.store, me.tenantId, added);
+      for (const userId of restrictedUsers) deps.verifier.forgetUser(userId);
+      await audit(deps.store, {
+        tenantId: me.tenantId, type: "settings.updated", actor: actorOf(me), target: { type: "tenant", id: me.tenantId }, ip: ctx.ip, correlationId: ctx.correlationId,
+        details: { require_totp_roles: { from: before.require_totp_roles, to: after.require_totp_roles }, users_restricted: restrictedUsers.length },
+      });
+      return publicSettings(after);
+    }, { body: UpdateSettingsRequest, response: { 200: Settings }, detail: { tags, summary: "Change the security policy" } });

@@ -1,6 +1,7 @@
 import { Elysia } from "elysia";
 import { z } from "zod";
 import { audit } from "../../audit/audit.ts";
+import { getSettings, restrictUserSessionsLackingTotp } from "../../auth/settings.ts";
 import { countAdmins, createUser, getUser, listUsers, publicUser, revokeSessions, setPassword, updateUser, UsernameTakenError } from "../../auth/users.ts";
 import { CreateUserRequest, ResetPasswordRequest, Role, UpdateUserRequest, User, Uuid } from "../../protocol/accounts.ts";
 import { actorOf, authorize, requestContext } from "../context.ts";
@@ -51,6 +52,10 @@ export const userRoutes = (deps: AppDeps) =>
       const user = (await updateUser(deps.store, me.tenantId, params.id, { displayName: body.display_name, role: body.role, disabled: body.disabled }))!;
       // A new role or a disabled account takes effect on every credential at once.
       if (body.disabled === true) await revokeSessions(deps.store, user.id);
+      if (body.role && body.role !== before.role) {
+        const { require_totp_roles } = await getSettings(deps.store, me.tenantId);
+        if (require_totp_roles.includes(body.role)) await restrictUserSessionsLackingTotp(deps.store, me.tenantId, user.id);
+      }
       deps.verifier.forgetUser(user.id);
       const changes: Record<string, unknown> = {};
       if (body.role && body.role !== before.role) changes.role = { from: before.role, to: body.role };
