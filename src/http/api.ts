@@ -5,6 +5,7 @@ import { apiDocs } from "./docs.ts";
 import { auditRoutes } from "./routes/audit.ts";
 import { authRoutes } from "./routes/auth.ts";
 import { enrollRoutes } from "./routes/enroll.ts";
+import { grantRoutes } from "./routes/grants.ts";
 import { machineRoutes } from "./routes/machines.ts";
 import { settingsRoutes } from "./routes/settings.ts";
 import { siteRoutes } from "./routes/sites.ts";
@@ -23,4 +24,5 @@ export const api = (deps: AppDeps) =>
     .use(siteRoutes(deps))
     .use(enrollRoutes(deps))
     .use(machineRoutes(deps))
+    .use(grantRoutes(deps))
     .use(auditRoutes(deps));

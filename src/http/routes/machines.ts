@@ -1,5 +1,104 @@
 import { Elysia } from "elysia";
+import { z } from "zod";
+import { audit } from "../../audit/audit.ts";
+import { listAgentKeys, mintAgentKey, publicAgentKey, revokeAgentKey } from "../../machines/agent-keys.ts";
+import { decidePending, getMachine, listMachines, pendingRequest, publicMachine, publicPendingRequest, removeMachines } from "../../machines/machines.ts";
+import { Uuid } from "../../protocol/accounts.ts";
+import { AgentKey, BulkDeleteRequest, BulkDeleteResponse, ListMachinesQuery, Machine, MachineDetail, MachineList, MintedAgentKey } from "../../protocol/machines.ts";
+import { actorOf, authorize, requestContext } from "../context.ts";
 import type { AppDeps } from "../deps.ts";
+import { HttpError } from "../errors.ts";
 
-// Placeholder while this area is being written.
-export const machineRoutes = (_deps: AppDeps) => new Elysia({ name: "machines" });
+const tags = ["machines"];
+const IdParams = z.object({ id: Uuid });
+const KeyParams = z.object({ id: Uuid, key_id: Uuid });
+const notFound = () => new HttpError(404, "MACHINE_NOT_FOUND", "no such machine");
+
+/**
+ * Machines of the caller's tenant (M6): list and read (an end user: only granted machines),
+ * remove (soft, one or up to 500), approve or reject a clone-looking enrollment; and each
+ * machine's agent keys (M2): mint, list, revoke.
+ */
+export const machineRoutes = (deps: AppDeps) =>
+  new Elysia({ name: "machine-routes" })
+    .use(requestContext(deps))
+    .get("/api/machines", async (ctx) => {
+      const me = await authorize(ctx, "machines:read");
+      const page = await listMachines(deps.store, me, ctx.query);
+      return { machines: page.machines.map(publicMachine), next_cursor: page.next_cursor };
+    }, { query: ListMachinesQuery, response: { 200: MachineList }, detail: { tags, summary: "List machines (an end user sees only the machines granted to them)" } })
+
+    .get("/api/machines/:id", async (ctx) => {
+      const me = await authorize(ctx, "machines:read");
+      const machine = await getMachine(deps.store, me, ctx.params.id);
+      if (!machine) throw notFound();
+      // The claimant's details are for those who may decide, not for an end user.
+      const pending = machine.enrollment_state === "pending" && me.role !== "end_user" ? await pendingRequest(deps.store, me.tenantId, machine.id) : null;
+      return { ...publicMachine(machine), pending_request: pending ? publicPendingRequest(pending) : null };
+    }, { params: IdParams, response: { 200: MachineDetail }, detail: { tags, summary: "One machine, with the enrollment waiting for approval if any" } })
+
+    .delete("/api/machines/:id", async (ctx) => {
+      const me = await authorize(ctx, "machines:write");
+      const [removed] = await removeMachines(deps.store, me.tenantId, [ctx.params.id]);
+      if (!removed) throw notFound();
+      await audit(deps.store, { tenantId: me.tenantId, type: "machine.removed", actor: actorOf(me), target: { type: "machine", id: removed.id }, ip: ctx.ip, correlationId: ctx.correlationId, details: { hostname: removed.hostname, machine_uid: removed.machine_uid } });
+      ctx.set.status = 204;
+    }, { params: IdParams, detail: { tags, summary: "Remove a machine (soft delete; its agent keys are revoked; re-enrolling brings it back)" } })
+
+    .post("/api/machines/bulk-delete", async (ctx) => {
+      const me = await authorize(ctx, "machines:write");
+      const removed = await removeMachines(deps.store, me.tenantId, ctx.body.ids);
+      for (const r of removed) {
+        await audit(deps.store, { tenantId: me.tenantId, type: "machine.removed", actor: actorOf(me), target: { type: "machine", id: r.id }, ip: ctx.ip, correlationId: ctx.correlationId, details: { hostname: r.hostname, machine_uid: r.machine_uid, bulk: true } });
+      }
+      const done = new Set(removed.map((r) => r.id));
+      return { removed: [...done], not_found: [...new Set(ctx.body.ids)].filter((id) => !done.has(id)) };
+    }, { body: BulkDeleteRequest, response: { 200: BulkDeleteResponse }, detail: { tags, summary: "Remove up to 500 machines at once, each audited" } })
+
+    .post("/api/machines/:id/approve", async (ctx) => decide(deps, ctx, "approve"),
+      { params: IdParams, response: { 200: Machine }, detail: { tags, summary: "Approve a clone-looking enrollment: the claimant becomes the machine (earlier agent keys are revoked)" } })
+
+    .post("/api/machines/:id/reject", async (ctx) => decide(deps, ctx, "reject"),
+      { params: IdParams, response: { 200: Machine }, detail: { tags, summary: "Reject a clone-looking enrollment: the machine stays as it was, the claimant's key is refused" } })
+
+    .post("/api/machines/:id/keys", async (ctx) => {
+      const me = await authorize(ctx, "agent_keys:write");
+      const machine = await getMachine(deps.store, me, ctx.params.id);
+      if (!machine) throw notFound();
+      const minted = await mintAgentKey(deps.store, me.tenantId, machine.id, me.userId);
+      await audit(deps.store, { tenantId: me.tenantId, type: "agent_key.minted", actor: actorOf(me), target: { type: "machine", id: machine.id }, ip: ctx.ip, correlationId: ctx.correlationId, details: { agent_key_id: minted.id, key_prefix: minted.prefix } });
+      ctx.set.status = 201;
+      return minted;
+    }, { params: IdParams, response: { 201: MintedAgentKey }, detail: { tags, summary: "Mint an agent key for a machine (cak_…, shown once)" } })
+
+    .get("/api/machines/:id/keys", async (ctx) => {
+      const me = await authorize(ctx, "agent_keys:read");
+      const machine = await getMachine(deps.store, me, ctx.params.id);
+      if (!machine) throw notFound();
+      return { keys: (await listAgentKeys(deps.store, me.tenantId, machine.id)).map(publicAgentKey) };
+    }, { params: IdParams, response: { 200: z.object({ keys: z.array(AgentKey) }) }, detail: { tags, summary: "A machine's agent keys (metadata only)" } })
+
+    .delete("/api/machines/:id/keys/:key_id", async (ctx) => {
+      const me = await authorize(ctx, "agent_keys:write");
+      const { id, key_id } = ctx.params;
+      const result = await revokeAgentKey(deps.store, me.tenantId, id, key_id);
+      if (!result) throw new HttpError(404, "AGENT_KEY_NOT_FOUND", "this machine has no such agent key");
+      if (result.newly) {
+        await audit(deps.store, { tenantId: me.tenantId, type: "agent_key.revoked", actor: actorOf(me), target: { type: "machine", id }, ip: ctx.ip, correlationId: ctx.correlationId, details: { agent_key_id: key_id, key_prefix: result.row.prefix } });
+      }
+      ctx.set.status = 204;
+    }, { params: KeyParams, detail: { tags, summary: "Revoke one agent key of a machine" } });
+
+async function decide(deps: AppDeps, ctx: Parameters<typeof authorize>[0] & { params: { id: string } }, decision: "approve" | "reject") {
+  const me = await authorize(ctx, "machines:write");
+  const result = await decidePending(deps.store, me.tenantId, ctx.params.id, decision, me.userId);
+  if (!result.ok) {
+    if (result.reason === "machine_not_found") throw notFound();
+    throw new HttpError(409, "NO_PENDING_ENROLLMENT", "this machine has no enrollment waiting for approval");
+  }
+  await audit(deps.store, {
+    tenantId: me.tenantId, type: decision === "approve" ? "machine.approved" : "machine.rejected", actor: actorOf(me), target: { type: "machine", id: result.machine.id },
+    ip: ctx.ip, correlationId: ctx.correlationId, details: { request_id: result.request.id, claimant_hostname: result.request.hostname, claimant_ip: result.request.ip, revoked_keys: result.revokedKeys },
+  });
+  return publicMachine(result.machine);
+}

@@ -1,0 +1,138 @@
+import type { Principal } from "../auth/principal.ts";
+import type { Queryable, Store } from "../store/store.ts";
+import { revokeMachineKeys } from "./agent-keys.ts";
+import { granted } from "./grants.ts";
+import { iso, isoOrNull, labelsOf } from "./rows.ts";
+
+/**
+ * Machine rows (M6): listing (tenant-scoped; an end user sees only granted machines), removal
+ * (soft delete that also revokes the machine's agent keys; re-enrollment revives the row), and
+ * the admin's decision on a clone-looking enrollment (approve or reject).
+ */
+export interface MachineRow {
+  id: string;
+  tenant_id: string;
+  site_id: string | null;
+  site_code: string | null;
+  hostname: string;
+  labels: unknown;
+  enrollment_state: "active" | "pending";
+  status: "online" | "offline";
+  last_seen_at: Date | string | null;
+  created_at: Date | string;
+}
+
+export interface PendingRequestRow {
+  id: string;
+  hostname: string;
+  labels: unknown;
+  public_key: string;
+  ip: string | null;
+  created_at: Date | string;
+}
+
+/** Who is looking: an end user's view is narrowed to their grants. */
+export type Viewer = Pick<Principal, "tenantId" | "userId" | "role">;
+
+const SELECT = `select m.id, m.tenant_id, m.site_id, s.site_code, m.hostname, m.labels, m.enrollment_state, m.status, m.last_seen_at, m.created_at
+  from machines m left join sites s on s.id = m.site_id`;
+
+/** Every visible-to-viewer condition, with the viewer's parameters at $1 (tenant), $2 (user), $3 (is end user). */
+const VISIBLE = `m.tenant_id = $1 and m.deleted_at is null and (not $3::boolean or ${granted("$2::uuid", "m")})`;
+
+export function publicMachine(m: MachineRow) {
+  return {
+    id: m.id,
+    hostname: m.hostname,
+    site_id: m.site_id,
+    site_code: m.site_code,
+    labels: labelsOf(m.labels),
+    enrollment_state: m.enrollment_state,
+    status: m.status,
+    last_seen_at: isoOrNull(m.last_seen_at),
+    created_at: iso(m.created_at),
+  };
+}
+
+export function publicPendingRequest(r: PendingRequestRow) {
+  return { id: r.id, hostname: r.hostname, labels: labelsOf(r.labels), ip: r.ip, created_at: iso(r.created_at) };
+}
+
+/** A page of machines in id order (ids are UUIDv7, so that is enrollment order); `cursor` is the last id of the previous page. */
+export async function listMachines(db: Queryable, viewer: Viewer, page: { limit: number; cursor?: string }): Promise<{ machines: MachineRow[]; next_cursor: string | null }> {
+  const rows = await db.query<MachineRow>(
+    `${SELECT} where ${VISIBLE} and ($4::uuid is null or m.id > $4::uuid) order by m.id limit $5`,
+    [viewer.tenantId, viewer.userId, viewer.role === "end_user", page.cursor ?? null, page.limit + 1]);
+  const machines = rows.slice(0, page.limit);
+  return { machines, next_cursor: rows.length > page.limit ? machines[machines.length - 1]!.id : null };
+}
+
+export async function getMachine(db: Queryable, viewer: Viewer, id: string): Promise<MachineRow | null> {
+  const [row] = await db.query<MachineRow>(`${SELECT} where ${VISIBLE} and m.id = $4`, [viewer.tenantId, viewer.userId, viewer.role === "end_user", id]);
+  return row ?? null;
+}
+
+export async function pendingRequest(db: Queryable, tenantId: string, machineId: string): Promise<PendingRequestRow | null> {
+  const [row] = await db.query<PendingRequestRow>(
+    "select id, hostname, labels, public_key, ip, created_at from enrollment_requests where tenant_id = $1 and machine_id = $2 and status = 'pending'",
+    [tenantId, machineId]);
+  return row ?? null;
+}
+
+export interface RemovedMachine {
+  id: string;
+  hostname: string;
+  machine_uid: string;
+}
+
+/**
+ * Soft-deletes the live machines among `ids` in one transaction and revokes their agent keys.
+ * Ids that are unknown, of another tenant, or already removed are left out of the result.
+ */
+export async function removeMachines(store: Store, tenantId: string, ids: readonly string[]): Promise<RemovedMachine[]> {
+  return store.transaction(async (tx) => {
+    const removed = await tx.query<RemovedMachine>(
+      `update machines set deleted_at = now(), updated_at = now()
+        where tenant_id = $1 and deleted_at is null and id in (select jsonb_array_elements_text($2::text::jsonb)::uuid)
+        returning id, hostname, machine_uid`,
+      [tenantId, JSON.stringify([...new Set(ids)])]);
+    await revokeMachineKeys(tx, tenantId, removed.map((r) => r.id));
+    return removed;
+  });
+}
+
+export type Decision =
+  | { ok: true; machine: MachineRow; request: PendingRequestRow; revokedKeys: number }
+  | { ok: false; reason: "machine_not_found" | "no_pending_request" };
+
+/**
+ * Approve: the claimant's hostname, labels and public key become the machine's and it is
+ * active again. The earlier agent's keys are revoked, since the identity they were issued to
+ * is no longer the machine's; the claimant's next enroll is an ordinary reuse and gets a key.
+ * Reject: the request is closed, the machine is active again, the existing agent keeps its
+ * keys, and the rejected public key is refused for this machine from then on.
+ */
+export async function decidePending(store: Store, tenantId: string, machineId: string, decision: "approve" | "reject", by: string): Promise<Decision> {
+  return store.transaction(async (tx) => {
+    const [m] = await tx.query<{ id: string }>("select id from machines where tenant_id = $1 and id = $2 and deleted_at is null for update", [tenantId, machineId]);
+    if (!m) return { ok: false, reason: "machine_not_found" } as const;
+    const [request] = await tx.query<PendingRequestRow>(
+      `update enrollment_requests set status = $3, decided_at = now(), decided_by = $4
+        where tenant_id = $1 and machine_id = $2 and status = 'pending'
+        returning id, hostname, labels, public_key, ip, created_at`,
+      [tenantId, machineId, decision === "approve" ? "approved" : "rejected", by]);
+    if (!request) return { ok: false, reason: "no_pending_request" } as const;
+    let revokedKeys = 0;
+    if (decision === "approve") {
+      await tx.query(
+        `update machines set hostname = $3, labels = $4::text::jsonb, public_key = $5, enrollment_state = 'active', updated_at = now()
+          where tenant_id = $1 and id = $2`,
+        [tenantId, machineId, request.hostname, JSON.stringify(labelsOf(request.labels)), request.public_key]);
+      revokedKeys = await revokeMachineKeys(tx, tenantId, [machineId]);
+    } else {
+      await tx.query("update machines set enrollment_state = 'active', updated_at = now() where tenant_id = $1 and id = $2", [tenantId, machineId]);
+    }
+    const [machine] = await tx.query<MachineRow>(`${SELECT} where m.tenant_id = $1 and m.id = $2`, [tenantId, machineId]);
+    return { ok: true, machine: machine!, request, revokedKeys } as const;
+  });
+}
