@@ -28,6 +28,9 @@ const ACTOR_STATUS: Record<string, number> = {
 };
 
 const CORRELATION_ID = /^[A-Za-z0-9._-]{1,64}$/;
+const started = new WeakMap<Request, number>();
+// The status of a request answered by the error handler (the after-response hook cannot see it).
+const failed = new WeakMap<Request, number>();
 
 /**
  * Correlation ids and the error envelope. Every response carries `x-correlation-id` (the
@@ -39,10 +42,21 @@ export const errorHandling = (log: Logger) =>
     .onRequest(({ request, set }) => {
       const given = request.headers.get(CORRELATION_HEADER);
       set.headers[CORRELATION_HEADER] = given && CORRELATION_ID.test(given) ? given : ulid();
+      started.set(request, performance.now());
+    })
+    // One access-log line per request, carrying its correlation id: debug when it went well,
+    // info for a client error, error for a server error.
+    .onAfterResponse({ as: "global" }, ({ request, set }) => {
+      const status = failed.get(request) ?? (typeof set.status === "number" ? set.status : 200);
+      const level = status >= 500 ? "error" : status >= 400 ? "info" : "debug";
+      if (!log.isLevelEnabled(level)) return;
+      const t0 = started.get(request);
+      log[level]({ correlationId: set.headers[CORRELATION_HEADER], method: request.method, path: new URL(request.url).pathname, status, ms: t0 === undefined ? undefined : Math.round(performance.now() - t0) }, "request");
     })
     .onError({ as: "global" }, ({ code, error, set, request }) => {
       const correlationId = String(set.headers[CORRELATION_HEADER] ?? ulid());
       const envelope = (status: number, errorCode: string, detail: string): Response => {
+        failed.set(request, status);
         const body: ErrorEnvelope = { detail, error_code: errorCode, status_code: status, correlation_id: correlationId };
         return new Response(JSON.stringify(body), {
           status,

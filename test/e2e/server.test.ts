@@ -29,12 +29,44 @@ describe("server process", () => {
     expect(missing.headers.get("x-correlation-id")).toBe("req-123");
     expect(await missing.json()).toEqual({ detail: "no route for GET /no/such/route", error_code: "NOT_FOUND", status_code: 404, correlation_id: "req-123" });
 
+    // The correlation id is in the log line of that request too.
+    await Bun.sleep(50);
+    const access = server.lines.filter((l) => l.includes('"correlationId":"req-123"')).map((l) => JSON.parse(l));
+    expect(access).toContainEqual(expect.objectContaining({ msg: "request", method: "GET", path: "/no/such/route", status: 404 }));
+
     const code = await server.kill("SIGTERM");
     expect(code).toBe(0);
     expect(server.lines.some((l) => l.includes("stopped cleanly"))).toBe(true);
     // Logs are JSON lines.
     const logLine = server.lines.find((l) => l.includes("actors recovered"))!;
     expect(JSON.parse(logLine)).toMatchObject({ level: 30, msg: "actors recovered", store: "pglite" });
+  });
+
+  test("first start creates admin with a password printed once; TETHER_ADMIN_PASSWORD chooses it instead", async () => {
+    const db = await createTestDb("pglite");
+    dbs.push(db);
+    const env = { ...dbEnv(db.config), TETHER_ADMIN_PASSWORD: "" };
+    let server = await spawnServer("src/main.ts", env);
+    const line = await server.waitForLine(/as "admin" with password (\S+)/);
+    const password = line.match(/with password (\S+)/)![1]!;
+    const login = (pw: string) => fetch(`${server.url}/api/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "admin", password: pw }) });
+    expect((await login(password)).status).toBe(200);
+    // Never in the JSON log.
+    expect(server.lines.filter((l) => l.startsWith("{")).some((l) => l.includes(password))).toBe(false);
+    await server.kill("SIGTERM");
+    // The second start creates nobody and prints no password.
+    server = await spawnServer("src/main.ts", env);
+    await Bun.sleep(200);
+    expect(server.lines.some((l) => l.includes("with password"))).toBe(false);
+    expect((await login(password)).status).toBe(200);
+    await server.kill("SIGTERM");
+
+    const chosen = await createTestDb("pglite");
+    dbs.push(chosen);
+    server = await spawnServer("src/main.ts", { ...dbEnv(chosen.config), TETHER_ADMIN_PASSWORD: "chosen-by-the-operator" });
+    expect(server.lines.some((l) => l.includes("with password"))).toBe(false);
+    expect((await login("chosen-by-the-operator")).status).toBe(200);
+    await server.kill("SIGTERM");
   });
 
   test("a failed actor is listed by /readyz and counted in /metrics, across a restart, while others keep working", async () => {
