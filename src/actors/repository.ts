@@ -47,13 +47,16 @@ export async function loadActiveActors(db: Queryable): Promise<StoredActor[]> {
          select seq, version, at, state from actor_snapshots s
           where s.kind = a.kind and s.actor_id = a.actor_id order by seq desc limit 1) s on true
       where a.status = 'active'`);
+  // Each actor's snapshot boundary once, and its tail through the primary key: no global sort.
   const tails = await db.query<JournalRow & { kind: string; actor_id: string }>(
-    `select j.kind, j.actor_id, j.seq, j.version, j.at, j.event
+    `select a.kind, a.actor_id, j.seq, j.version, j.at, j.event
        from actors a
-       join actor_journal j on j.kind = a.kind and j.actor_id = a.actor_id
-      where a.status = 'active'
-        and j.seq > coalesce((select max(seq) from actor_snapshots s where s.kind = a.kind and s.actor_id = a.actor_id), 0)
-      order by j.kind, j.actor_id, j.seq`);
+       cross join lateral (select coalesce(max(seq), 0) as seq from actor_snapshots s
+                            where s.kind = a.kind and s.actor_id = a.actor_id) s
+       join lateral (select seq, version, at, event from actor_journal j
+                      where j.kind = a.kind and j.actor_id = a.actor_id and j.seq > s.seq
+                      order by j.seq) j on true
+      where a.status = 'active'`);
   const byAddress = new Map<string, StoredActor>();
   for (const h of heads) {
     byAddress.set(`${h.kind}/${h.actor_id}`, {
@@ -62,6 +65,8 @@ export async function loadActiveActors(db: Queryable): Promise<StoredActor[]> {
     });
   }
   for (const t of tails) byAddress.get(`${t.kind}/${t.actor_id}`)?.tail.push({ seq: t.seq, version: t.version, at: t.at, event: t.event });
+  // The lateral join yields each tail in seq order; sorting (cheap on sorted input) makes it a guarantee.
+  for (const a of byAddress.values()) a.tail.sort((x, y) => x.seq - y.seq);
   return [...byAddress.values()];
 }
 

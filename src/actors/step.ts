@@ -2,6 +2,9 @@ import { createActor, type AnyActorScope, type AnyMachineSnapshot, type AnyState
 import { PermanentActorError } from "./errors.ts";
 import type { Effect, PersistedState, StampedEvent } from "./types.ts";
 
+// Shared by every step that emits nothing: most events, on the hot path.
+const NO_EFFECTS: Effect[] = Object.freeze([]) as unknown as Effect[];
+
 /**
  * Pure transitions for one logic. This is XState's `transition()` / `initialTransition()`, with
  * one difference: XState builds a throw-away actor scope on every call (a quarter of its
@@ -10,7 +13,7 @@ import type { Effect, PersistedState, StampedEvent } from "./types.ts";
  */
 export class Stepper {
   private readonly scope: AnyActorScope;
-  private collected: Array<{ type: string; params?: unknown }> = [];
+  private readonly collected: Array<{ type: string; params?: unknown }> = [];
 
   constructor(readonly logic: AnyStateMachine) {
     const self = createActor(logic);
@@ -28,14 +31,14 @@ export class Stepper {
   }
 
   initial(input: unknown): { snapshot: AnyMachineSnapshot; effects: Effect[] } {
-    this.collected = [];
+    this.collected.length = 0;
     const snapshot = this.logic.getInitialSnapshot(this.scope, input) as AnyMachineSnapshot;
     return { snapshot, effects: this.effects(snapshot) };
   }
 
   /** The next snapshot and its effects; `changed` is false when no transition was enabled. */
   step(snapshot: AnyMachineSnapshot, event: StampedEvent): { snapshot: AnyMachineSnapshot; effects: Effect[]; changed: boolean } {
-    this.collected = [];
+    this.collected.length = 0;
     const next = this.logic.transition(snapshot, event, this.scope) as AnyMachineSnapshot;
     return { snapshot: next, effects: this.effects(next), changed: next !== snapshot };
   }
@@ -65,9 +68,11 @@ export class Stepper {
   private effects(snapshot: AnyMachineSnapshot): Effect[] {
     // XState reports errors in actions through the snapshot, not by throwing.
     if (snapshot.status === "error") throw snapshot.error instanceof Error ? snapshot.error : new Error(String(snapshot.error));
-    const out: Effect[] = [];
+    let out: Effect[] = NO_EFFECTS;
     for (const action of this.collected) {
-      if (action.type === "xstate.emit") out.push((action.params as { event: Effect }).event);
+      if (action.type !== "xstate.emit") continue;
+      if (out === NO_EFFECTS) out = [];
+      out.push((action.params as { event: Effect }).event);
     }
     return out;
   }

@@ -1,5 +1,6 @@
 import type { Store } from "../store/store.ts";
 import { silentLogger, type Logger } from "../log.ts";
+import type { AnyMachineSnapshot } from "xstate";
 import { Cell, type Envelope, type Reply } from "./cell.ts";
 import {
   ActorError, ActorFailedError, AskTimeoutError, EventRejectedError, MailboxFullError, NotDurableError,
@@ -8,9 +9,12 @@ import {
 import { Journal, type CommitStats, type JournalOptions, type Write } from "./journal.ts";
 import { Kind } from "./kind.ts";
 import { loadActiveActors, loadActor, loadFailedActors, loadTimers, type StoredActor } from "./repository.ts";
+import { Deadlines } from "./deadlines.ts";
 import { onFailure } from "./supervisor.ts";
 import { TimerService, type Timer } from "./timers.ts";
 import { parseAddress, type ActorEvent, type Address, type AskResult, type Effect, type KindDefinition } from "./types.ts";
+
+const TIMER_RETRY_MS = 50;
 
 export interface SystemOptions {
   store: Store;
@@ -47,6 +51,7 @@ export class ActorSystem {
   private readonly clock: () => number;
   private readonly askTimeoutMs: number;
   private sweeper: ReturnType<typeof setInterval> | null = null;
+  private readonly deadlines = new Deadlines();
   private stopping = false;
   private started = false;
   /** Commit figures since start, for metrics. */
@@ -154,7 +159,9 @@ export class ActorSystem {
     const cell = this.cells.get(address as Address);
     if (!cell || cell.status !== "failed") return;
     this.cells.delete(cell.address);
-    await this.journal.append([{ op: "status", kind: cell.kind.name, id: cell.id, status: "passive", at: this.clock() }]);
+    await this.journal.append([{ op: "status", kind: cell.kind.name, actor_id: cell.id, status: "passive", at: this.clock() }]);
+    // Timers that came due while it was failed were not delivered: arm them again (overdue ones fire now).
+    this.timers.resetActor(cell.address, await loadTimers(this.store, cell.address));
     this.log.info({ address }, "failed actor revived");
   }
 
@@ -181,6 +188,7 @@ export class ActorSystem {
     this.stopping = true;
     if (this.sweeper) clearInterval(this.sweeper);
     this.timers.stop();
+    this.deadlines.stop();
     const deadline = Date.now() + drainTimeoutMs;
     while (Date.now() < deadline && [...this.cells.values()].some((c) => (c.status === "running" || c.status === "loading") && c.depth > 0)) {
       await Bun.sleep(5);
@@ -196,10 +204,10 @@ export class ActorSystem {
 
   private withReply(address: string, timeoutMs: number, make: (reply: Reply) => Envelope): Promise<AskResult> {
     return new Promise<AskResult>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new AskTimeoutError(address, timeoutMs)), timeoutMs);
+      const deadline = this.deadlines.add(timeoutMs, () => reject(new AskTimeoutError(address, timeoutMs)));
       const reply: Reply = {
-        resolve: (r) => (clearTimeout(timer), resolve(r)),
-        reject: (e) => (clearTimeout(timer), reject(e)),
+        resolve: (r) => (deadline.settled = true, resolve(r)),
+        reject: (e) => (deadline.settled = true, reject(e)),
       };
       try {
         this.enqueue(address, make(reply));
@@ -259,6 +267,9 @@ export class ActorSystem {
   private hydrate(cell: Cell, stored: StoredActor): void {
     try {
       const h = cell.kind.hydrate(stored, cell.address);
+      // Loaded from durable state, with nothing in flight: reads no longer wait on (or fail
+      // with) a commit of the previous incarnation.
+      cell.durable = Promise.resolve();
       cell.snapshot = h.snapshot;
       cell.seq = h.seq;
       cell.snapSeq = h.snapSeq;
@@ -297,7 +308,7 @@ export class ActorSystem {
     } catch (err) {
       return this.onActorFailure(cell, err as Error, env);
     }
-    let effects = step.effects;
+    let effects = step.effects; // shared and frozen when empty: never push onto it
     if (cell.initialEffects) {
       effects = [...cell.initialEffects, ...effects];
       cell.initialEffects = null;
@@ -310,46 +321,42 @@ export class ActorSystem {
     const seq = ++cell.seq;
     const name = kind.name;
     const id = cell.id;
-    const writes: Write[] = [{ op: "event", kind: name, id, seq, version: kind.version, at, event }];
+    const eventWrite: Write = { op: "event", kind: name, actor_id: id, seq, version: kind.version, at, event };
+    // Most events write only their journal row; the rest ride in the same transaction.
+    let writes: Write[] | null = null;
+    const also = (w: Write) => (writes ??= [eventWrite]).push(w);
     if (!cell.markedActive) {
-      writes.push({ op: "status", kind: name, id, status: "active", at });
+      also({ op: "status", kind: name, actor_id: id, status: "active", at });
       cell.markedActive = true;
     }
-    if (env.timer) writes.push({ op: "timer.clear", kind: name, id, key: env.timer.key, dueAt: env.timer.dueAt });
+    if (env.timer) also({ op: "timer.clear", kind: name, actor_id: id, key: env.timer.key, dueAt: env.timer.dueAt });
     for (const e of effects) {
       if (e.type === "timer.set") {
         const t = e as Extract<Effect, { type: "timer.set" }>;
-        writes.push({ op: "timer.set", kind: name, id, key: t.key, dueAt: t.at, event: t.event });
+        also({ op: "timer.set", kind: name, actor_id: id, key: t.key, dueAt: t.at, event: t.event });
         // Registered now so a stale firing already queued is recognised; it cannot become
         // visible before this event is durable, because its own effects wait for a later commit.
         this.timers.set({ address: cell.address, key: t.key, dueAt: t.at, event: t.event });
       } else if (e.type === "timer.cancel") {
         const key = (e as Extract<Effect, { type: "timer.cancel" }>).key;
-        writes.push({ op: "timer.clear", kind: name, id, key });
+        also({ op: "timer.clear", kind: name, actor_id: id, key });
         this.timers.cancel(cell.address, key);
       }
     }
     if (seq - cell.snapSeq >= kind.options.snapshotEvery) {
-      writes.push({ op: "snapshot", kind: name, id, seq, version: kind.version, at, state: kind.stepper.persist(step.snapshot) });
+      also({ op: "snapshot", kind: name, actor_id: id, seq, version: kind.version, at, state: kind.stepper.persist(step.snapshot) });
       cell.snapSeq = seq;
     }
     kind.events++;
     cell.inflight++;
-    const generation = cell.generation;
-    const view = cell.view();
-    const durable = this.journal.append(writes);
-    cell.durable = durable;
-    durable.then(
-      () => {
-        cell.inflight--;
-        if (cell.generation === generation) this.runEffects(cell, effects, env.reply, view);
-        else env.reply?.reject(new NotDurableError(cell.address, "the actor restarted"));
-      },
-      (err: Error) => {
-        cell.inflight--;
-        env.reply?.reject(new NotDurableError(cell.address, err.message));
-      },
-    );
+    const snapshot = step.snapshot;
+    // The output gate: effects (the reply among them) wait for this event's commit. A durable
+    // event keeps its effects even if a later event made the actor restart meanwhile.
+    cell.durable = this.journal.append(writes ?? eventWrite, (err) => {
+      cell.inflight--;
+      if (err) env.reply?.reject(new NotDurableError(cell.address, err.message));
+      else if (effects.length > 0 || env.reply) this.runEffects(cell, effects, env.reply, snapshot, seq);
+    });
   }
 
   /** Answers a read or an event that changed nothing, once everything before it is durable. */
@@ -362,7 +369,8 @@ export class ActorSystem {
     );
   }
 
-  private runEffects(cell: Cell, effects: Effect[], reply: Reply | undefined, view: Omit<AskResult, "reply">): void {
+  private runEffects(cell: Cell, effects: Effect[], reply: Reply | undefined, snapshot: AnyMachineSnapshot, seq: number): void {
+    const view = { value: snapshot.value, context: snapshot.context, seq };
     let replied = false;
     for (const effect of effects) {
       switch (effect.type) {
@@ -411,6 +419,11 @@ export class ActorSystem {
     try {
       this.enqueue(t.address, { event: t.event, timer: { key: t.key, dueAt: t.dueAt } });
     } catch (err) {
+      if (err instanceof MailboxFullError) {
+        this.timers.retry(t, TIMER_RETRY_MS); // durable and still due: try again when there is room
+        return;
+      }
+      // A failed actor: the timer stays in storage and is armed again if the actor is revived.
       this.log.warn({ address: t.address, timer: t.key, err: (err as Error).message }, "timer not delivered");
     }
   }
@@ -453,7 +466,7 @@ export class ActorSystem {
     if (persist) {
       this.log.error({ address: cell.address, reason }, "actor stopped as failed");
       this.journal
-        .append([{ op: "status", kind: cell.kind.name, id: cell.id, status: "failed", failure: reason, at: this.clock() }])
+        .append([{ op: "status", kind: cell.kind.name, actor_id: cell.id, status: "failed", failure: reason, at: this.clock() }])
         .catch((err: Error) => this.log.error({ address: cell.address, err: err.message }, "could not record actor failure"));
     }
   }
@@ -462,7 +475,7 @@ export class ActorSystem {
   private onCommitFailure(writes: Write[], err: Error): void {
     this.log.error({ err: err.message, writes: writes.length }, "journal commit failed");
     const hit = new Set<Address>();
-    for (const w of writes) hit.add(`${w.kind}/${w.id}` as Address);
+    for (const w of writes) hit.add(`${w.kind}/${w.actor_id}` as Address);
     for (const address of hit) {
       const cell = this.cells.get(address);
       if (cell && cell.status === "running") this.restart(cell, `journal commit failed: ${err.message}`);
@@ -485,11 +498,11 @@ export class ActorSystem {
     const at = this.clock();
     const writes: Write[] = [];
     if (cell.seq > cell.snapSeq) {
-      writes.push({ op: "snapshot", kind: cell.kind.name, id: cell.id, seq: cell.seq, version: cell.kind.version, at, state: cell.kind.stepper.persist(cell.snapshot) });
+      writes.push({ op: "snapshot", kind: cell.kind.name, actor_id: cell.id, seq: cell.seq, version: cell.kind.version, at, state: cell.kind.stepper.persist(cell.snapshot) });
       cell.snapSeq = cell.seq;
     }
     if (cell.markedActive) {
-      writes.push({ op: "status", kind: cell.kind.name, id: cell.id, status: "passive", at });
+      writes.push({ op: "status", kind: cell.kind.name, actor_id: cell.id, status: "passive", at });
       cell.markedActive = false;
     }
     const seq = cell.seq;

@@ -7,6 +7,11 @@ export interface Timer {
   event: ActorEvent;
 }
 
+/** A heap entry: when to fire (the deadline, or later for a retry) and which deadline it is for. */
+interface Firing extends Timer {
+  fireAt: number;
+}
+
 /**
  * The host's timer wheel: every durable timer of every actor, resident or not, ordered by
  * deadline behind one `setTimeout`. A fired timer stays registered until its actor processes
@@ -14,7 +19,7 @@ export interface Timer {
  */
 export class TimerService {
   private readonly timers = new Map<string, Timer & { fired: boolean }>();
-  private readonly heap: Timer[] = [];
+  private readonly heap: Firing[] = [];
   private handle: ReturnType<typeof setTimeout> | null = null;
   private armedFor = Infinity;
   private stopped = false;
@@ -30,7 +35,16 @@ export class TimerService {
 
   set(timer: Timer): void {
     this.timers.set(keyOf(timer.address, timer.key), { ...timer, fired: false });
-    push(this.heap, timer);
+    push(this.heap, { ...timer, fireAt: timer.dueAt });
+    this.arm();
+  }
+
+  /** A firing that could not be delivered: fire it again in `delayMs`, same deadline. */
+  retry(timer: Timer, delayMs: number): void {
+    const current = this.timers.get(keyOf(timer.address, timer.key));
+    if (!current || current.dueAt !== timer.dueAt) return;
+    current.fired = false;
+    push(this.heap, { ...timer, fireAt: this.now() + delayMs });
     this.arm();
   }
 
@@ -62,11 +76,11 @@ export class TimerService {
   private arm(): void {
     if (this.stopped) return;
     const next = this.heap[0];
-    if (!next || next.dueAt >= this.armedFor) return;
+    if (!next || next.fireAt >= this.armedFor) return;
     if (this.handle) clearTimeout(this.handle);
-    this.armedFor = next.dueAt;
+    this.armedFor = next.fireAt;
     // setTimeout's delay is a signed 32-bit value; far deadlines re-arm on the way.
-    const delay = Math.min(Math.max(0, next.dueAt - this.now()), 2 ** 31 - 1);
+    const delay = Math.min(Math.max(0, next.fireAt - this.now()), 2 ** 31 - 1);
     this.handle = setTimeout(() => this.tick(), delay);
   }
 
@@ -75,7 +89,7 @@ export class TimerService {
     this.armedFor = Infinity;
     const now = this.now();
     // Pops in deadline order, so overdue timers fire oldest first.
-    while (this.heap.length > 0 && this.heap[0]!.dueAt <= now) {
+    while (this.heap.length > 0 && this.heap[0]!.fireAt <= now) {
       const t = pop(this.heap)!;
       const current = this.timers.get(keyOf(t.address, t.key));
       if (!current || current.dueAt !== t.dueAt || current.fired) continue; // superseded entry
@@ -88,19 +102,19 @@ export class TimerService {
 
 const keyOf = (address: Address, key: string) => `${address}\u0000${key}`;
 
-function push(heap: Timer[], t: Timer): void {
+function push(heap: Firing[], t: Firing): void {
   heap.push(t);
   let i = heap.length - 1;
   while (i > 0) {
     const parent = (i - 1) >> 1;
-    if (heap[parent]!.dueAt <= t.dueAt) break;
+    if (heap[parent]!.fireAt <= t.fireAt) break;
     heap[i] = heap[parent]!;
     i = parent;
   }
   heap[i] = t;
 }
 
-function pop(heap: Timer[]): Timer | undefined {
+function pop(heap: Firing[]): Firing | undefined {
   const top = heap[0];
   const last = heap.pop();
   if (!last || heap.length === 0) return top;
@@ -109,9 +123,9 @@ function pop(heap: Timer[]): Timer | undefined {
     const l = 2 * i + 1;
     const r = l + 1;
     let m = i;
-    let best = last.dueAt;
-    if (l < heap.length && heap[l]!.dueAt < best) (m = l), (best = heap[l]!.dueAt);
-    if (r < heap.length && heap[r]!.dueAt < best) m = r;
+    let best = last.fireAt;
+    if (l < heap.length && heap[l]!.fireAt < best) (m = l), (best = heap[l]!.fireAt);
+    if (r < heap.length && heap[r]!.fireAt < best) m = r;
     if (m === i) break;
     heap[i] = heap[m]!;
     i = m;

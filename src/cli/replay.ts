@@ -51,8 +51,10 @@ async function main(argv: string[]): Promise<number> {
       const v = await verify(store, kinds, address);
       if (json) console.log(JSON.stringify(v, null, 2));
       else {
-        for (const c of v.checked) console.log(`snapshot @${c.seq}: ${c.ok ? "reproduced" : "DIVERGES"}`);
-        for (const c of v.checked.filter((c) => !c.ok)) for (const d of c.diff ?? []) console.log(`  ${d.path}: stored ${canonical(d.before)} replayed ${canonical(d.after)}`);
+        for (const c of v.checked) {
+          console.log(`snapshot @${c.seq}: ${c.ok ? "reproduced" : "DIVERGES"}`);
+          for (const d of c.diff ?? []) console.log(`  ${d.path}: stored ${canonical(d.before)} replayed ${canonical(d.after)}`);
+        }
         for (const s of v.skipped) console.log(`snapshot @${s.seq}: skipped (${s.reason})`);
         console.log(`${v.ok ? "OK" : "DIVERGED"}: ${v.checked.length} snapshots checked over ${v.journalLength} journal entries from seq ${v.from}`);
       }

@@ -33,8 +33,12 @@ export function parseSchema(text: string): Migration[] {
  */
 export async function applySchema(store: Store, text = readFileSync(SCHEMA_PATH, "utf8")): Promise<number> {
   const migrations = parseSchema(text);
-  await store.exec(`create table if not exists schema_migrations (
-    version integer primary key, checksum text not null, applied_at timestamptz not null default now())`);
+  // Under the lock too: concurrent CREATE TABLE IF NOT EXISTS can still collide in Postgres.
+  await store.transaction(async (tx) => {
+    await tx.query("select pg_advisory_xact_lock($1)", [SCHEMA_LOCK]);
+    await tx.query(`create table if not exists schema_migrations (
+      version integer primary key, checksum text not null, applied_at timestamptz not null default now())`);
+  });
   for (const m of migrations) {
     await store.transaction(async (tx) => {
       await tx.query("select pg_advisory_xact_lock($1)", [SCHEMA_LOCK]);
