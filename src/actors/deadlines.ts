@@ -4,12 +4,17 @@
  * while asks are pending) expires the front of each. Precision: the tick, 25 ms.
  */
 export interface Deadline {
-  settled: boolean;
+  /** Marks the deadline met; the expiry callback (and what it holds) is let go at once. */
+  settle(): void;
 }
 
 interface Entry extends Deadline {
   at: number;
-  expire: () => void;
+  expire: (() => void) | null;
+}
+
+function settle(this: Entry): void {
+  this.expire = null;
 }
 
 const TICK_MS = 25;
@@ -21,7 +26,7 @@ export class Deadlines {
 
   /** Calls `expire` after `ms` unless the returned deadline is marked settled first. */
   add(ms: number, expire: () => void): Deadline {
-    const entry: Entry = { at: performance.now() + ms, expire, settled: false };
+    const entry: Entry = { at: performance.now() + ms, expire, settle };
     let q = this.queues.get(ms);
     if (!q) this.queues.set(ms, (q = { entries: [], head: 0 }));
     q.entries.push(entry);
@@ -43,13 +48,12 @@ export class Deadlines {
     for (const [ms, q] of this.queues) {
       while (q.head < q.entries.length) {
         const e = q.entries[q.head]!;
-        if (!e.settled && e.at > now) break;
+        if (e.expire && e.at > now) break;
         q.head++;
         this.pending--;
-        if (!e.settled) {
-          e.settled = true;
-          e.expire();
-        }
+        const expire = e.expire;
+        e.expire = null;
+        expire?.();
       }
       if (q.head === q.entries.length) this.queues.delete(ms);
       else if (q.head > 1024 && q.head * 2 > q.entries.length) {

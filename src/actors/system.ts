@@ -206,8 +206,8 @@ export class ActorSystem {
     return new Promise<AskResult>((resolve, reject) => {
       const deadline = this.deadlines.add(timeoutMs, () => reject(new AskTimeoutError(address, timeoutMs)));
       const reply: Reply = {
-        resolve: (r) => (deadline.settled = true, resolve(r)),
-        reject: (e) => (deadline.settled = true, reject(e)),
+        resolve: (r) => (deadline.settle(), resolve(r)),
+        reject: (e) => (deadline.settle(), reject(e)),
       };
       try {
         this.enqueue(address, make(reply));
