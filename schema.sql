@@ -233,3 +233,10 @@ create index audit_events_tenant_id on audit_events (tenant_id, id desc);
 create index audit_events_type on audit_events (tenant_id, type, id desc);
 create index audit_events_target on audit_events (tenant_id, target_id, id desc);
 create index audit_events_actor on audit_events (tenant_id, actor_id, id desc);
+
+-- version: 3
+-- Presence and inventory, projected from each machine actor (the actor is the source of truth;
+-- these columns serve listing and search).
+alter table machines add column inventory jsonb not null default '{}';
+alter table machines add column external_ip text;
+alter table machines add column agent_version text;

@@ -1,0 +1,99 @@
+import { Packr } from "msgpackr";
+import { z } from "zod";
+
+/**
+ * The agent ↔ server protocol on `/ws/agent`: binary WebSocket frames, each one msgpack map
+ * with a `t` (type) field, validated by the schemas below on both ends. docs/PROTOCOL.md
+ * describes the handshake and close codes for anyone writing another agent.
+ *
+ *   agent  → hello { machine_id, key: "cak_…", agent_version, protocol: 1 }
+ *   server → challenge { nonce: 32+ random bytes, heartbeat_ms }
+ *   agent  → proof { signature: Ed25519 over the raw nonce bytes }
+ *   server → welcome { machine_id, heartbeat_ms, offline_after_ms, external_ip }
+ *   agent  → heartbeat { seq } every heartbeat_ms;  status { inventory } on connect and change
+ *   server → closes with a code from CLOSE when it refuses or drops the agent
+ */
+export const PROTOCOL_VERSION = 1;
+export const MAX_AGENT_FRAME = 4 * 1024 * 1024;
+
+const bytes = z.instanceof(Uint8Array);
+
+export const Hello = z.object({
+  t: z.literal("hello"),
+  machine_id: z.uuid(),
+  key: z.string().min(1).max(256),
+  agent_version: z.string().max(64),
+  protocol: z.literal(PROTOCOL_VERSION),
+});
+export const Proof = z.object({ t: z.literal("proof"), signature: bytes });
+export const Heartbeat = z.object({ t: z.literal("heartbeat"), seq: z.number().int().nonnegative() });
+
+/** What the agent reports about its machine (SPEC M4). Every field optional: agents differ. */
+export const Inventory = z.object({
+  os: z.object({ name: z.string().max(128), version: z.string().max(128) }).partial(),
+  kernel: z.string().max(256),
+  cpu: z.object({ model: z.string().max(256), cores: z.number().int().nonnegative() }).partial(),
+  memory_bytes: z.number().nonnegative(),
+  disks: z.array(z.object({ mount: z.string().max(512), size_bytes: z.number().nonnegative(), free_bytes: z.number().nonnegative() }).partial()).max(64),
+  hostname: z.string().max(256),
+  private_ips: z.array(z.string().max(64)).max(64),
+  macs: z.array(z.string().max(64)).max(64),
+  users: z.array(z.string().max(128)).max(64),
+  uptime_s: z.number().nonnegative(),
+  timezone: z.string().max(64),
+  agent_version: z.string().max(64),
+  elevated: z.boolean(),
+}).partial();
+export type Inventory = z.infer<typeof Inventory>;
+
+export const Status = z.object({ t: z.literal("status"), inventory: Inventory });
+
+export const AgentMessage = z.discriminatedUnion("t", [Hello, Proof, Heartbeat, Status]);
+export type AgentMessage = z.infer<typeof AgentMessage>;
+
+export const Challenge = z.object({ t: z.literal("challenge"), nonce: bytes, heartbeat_ms: z.number().int().positive() });
+export const Welcome = z.object({
+  t: z.literal("welcome"),
+  machine_id: z.uuid(),
+  heartbeat_ms: z.number().int().positive(),
+  offline_after_ms: z.number().int().positive(),
+  external_ip: z.string(),
+});
+export const ServerMessage = z.discriminatedUnion("t", [Challenge, Welcome]);
+export type ServerMessage = z.infer<typeof ServerMessage>;
+
+/** Close codes. 1000 is a normal close; 4xxx are Tether's, each a distinct refusal. */
+export const CLOSE = {
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  TOO_BIG: 1009,
+  BAD_MESSAGE: 4000, // not a protocol frame, or out of order
+  HANDSHAKE_TIMEOUT: 4001,
+  UNKNOWN_KEY: 4002, // no such machine, or not a key of it
+  WRONG_PLANE: 4003, // a login session, API token or enrollment key offered as the agent key
+  KEY_REVOKED: 4004,
+  BAD_SIGNATURE: 4005, // no proof, or a signature by another key
+  MACHINE_PENDING: 4006,
+  MACHINE_REMOVED: 4007,
+  SUPERSEDED: 4008, // the same machine connected again
+  SILENT: 4009, // no heartbeat within offline_after_ms
+  SERVER_STOPPING: 4010,
+} as const;
+
+const packr = new Packr({ useRecords: false });
+
+export function encode(message: AgentMessage | ServerMessage): Uint8Array {
+  return packr.pack(message);
+}
+
+/** Decodes and validates one frame; null if it is not a valid message of `schema`. */
+export function decode<S extends z.ZodType>(schema: S, frame: Uint8Array): z.infer<S> | null {
+  let value: unknown;
+  try {
+    value = packr.unpack(frame);
+  } catch {
+    return null;
+  }
+  const parsed = schema.safeParse(value);
+  return parsed.success ? parsed.data : null;
+}
