@@ -12,6 +12,9 @@ export interface Config {
   snapshotEvery: number;
   /** Idle time before an actor is passivated. */
   idleMs: number;
+  /** How often agents send a heartbeat, and how long a silent one stays online. */
+  heartbeatMs: number;
+  offlineAfterMs: number;
 }
 
 export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
@@ -32,5 +35,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     trustedProxies: env.TETHER_TRUSTED_PROXIES ?? "",
     snapshotEvery: int("TETHER_SNAPSHOT_EVERY", 100),
     idleMs: int("TETHER_IDLE_MS", 5 * 60_000),
+    heartbeatMs: int("TETHER_HEARTBEAT_MS", 15_000),
+    offlineAfterMs: int("TETHER_OFFLINE_AFTER_MS", 45_000),
   };
 }

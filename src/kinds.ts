@@ -1,7 +1,8 @@
+import { machineKind } from "./actors/machine.ts";
 import type { KindDefinition } from "./actors/types.ts";
 
 /**
- * The product's actor kinds, registered by the server and known to the replay tool.
- * Machines, sessions and rooms join this list as they are built.
+ * The product's actor kinds as the replay tool knows them (logic only; the server registers
+ * them with their effect handlers). Sessions and rooms join this list as they are built.
  */
-export const productKinds: KindDefinition[] = [];
+export const productKinds: KindDefinition[] = [machineKind()];

@@ -1,12 +1,11 @@
 import { loadConfig } from "./config.ts";
-import { productKinds } from "./kinds.ts";
 import { createLogger } from "./log.ts";
 import { startServer } from "./server.ts";
 
 /** `npm start`: the Tether server on the embedded database, or on DATABASE_URL. */
 const config = loadConfig();
 const logger = createLogger(config.logLevel);
-const server = await startServer({ config, logger, kinds: productKinds });
+const server = await startServer({ config, logger });
 logger.info({ url: server.url }, "listening");
 console.log(`Tether is listening on ${server.url} (store: ${server.store.flavor}${config.databaseUrl ? "" : `, data in ${config.dataDir}`})`);
 if (server.firstAdminPassword) {

@@ -7,6 +7,10 @@ import { ClientIpResolver } from "./auth/client-ip.ts";
 import { CredentialVerifier } from "./auth/credentials.ts";
 import { ensureFirstAdmin } from "./auth/first-admin.ts";
 import { Limiter } from "./auth/rate-limit.ts";
+import { machineKind } from "./actors/machine.ts";
+import { machineEffects } from "./machines/presence.ts";
+import { CLOSE, MAX_AGENT_FRAME } from "./protocol/agent.ts";
+import { AgentConnections } from "./http/ws/agent-connections.ts";
 import { api } from "./http/api.ts";
 import type { AppDeps } from "./http/deps.ts";
 import { errorHandling } from "./http/errors.ts";
@@ -18,7 +22,8 @@ import { openStore, type Store } from "./store/store.ts";
 export interface ServerOptions {
   config: Config;
   logger: Logger;
-  kinds: KindDefinition[];
+  /** Kinds beyond the product's own (tests' fixtures). */
+  kinds?: KindDefinition[];
   /** Extra route plugins, given the running system (the product's areas; tests' fixtures). */
   routes?: Array<(system: ActorSystem) => Elysia<any, any, any, any, any, any, any>>;
   /** Passed to the actor system (tests use its journal hook). */
@@ -42,17 +47,24 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const schemaVersion = await applySchema(store);
   const metrics = new RuntimeMetrics();
   const system = new ActorSystem({ store, logger, onCommit: metrics.onCommit, ...opts.systemOptions });
-  for (const kind of opts.kinds) system.register({ ...kind, options: { snapshotEvery: config.snapshotEvery, idleMs: config.idleMs, ...kind.options } });
+  const connections = new AgentConnections(store, config.offlineAfterMs);
+  const kinds = [machineKind(machineEffects(store, connections, logger)), ...(opts.kinds ?? [])];
+  for (const kind of kinds) system.register({ ...kind, options: { snapshotEvery: config.snapshotEvery, idleMs: config.idleMs, ...kind.options } });
   metrics.bind(system, store);
   const started = performance.now();
   const recovery = await system.start();
   logger.info({ ...recovery, ms: Math.round(performance.now() - started), store: store.flavor, schemaVersion }, "actors recovered");
+  // No agent is connected to a process that just started: machines come back offline until
+  // their agents reconnect (which they do on their own).
+  for (const { id } of await store.query<{ id: string }>("select id from machines where status = 'online'")) system.send(`machine/${id}`, { type: "server.restarted" });
+  connections.start();
 
   const firstAdmin = await ensureFirstAdmin(store, logger, config.adminPassword);
   const deps: AppDeps = {
     config, store, system, log: logger,
     verifier: new CredentialVerifier(store),
     ips: new ClientIpResolver(config.trustedProxies),
+    connections,
     limiters: {
       loginByIp: new Limiter({ windowMs: 60_000, maxPerWindow: 30, maxFailures: 20, lockoutMs: 15 * 60_000 }),
       loginByUser: new Limiter({ windowMs: 60_000, maxPerWindow: 10, maxFailures: 10, lockoutMs: 15 * 60_000 }),
@@ -60,7 +72,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     },
   };
 
-  let app = new Elysia()
+  // Bun caps WebSocket frames server-wide: the agent's 4 MiB; smaller caps are per socket.
+  let app = new Elysia({ websocket: { maxPayloadLength: MAX_AGENT_FRAME } })
     .use(errorHandling(logger))
     .use(health({ system, store, metrics, role: () => "primary" }))
     .use(api(deps));
@@ -79,6 +92,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     stop: () =>
       (stopping ??= (async () => {
         logger.info("shutting down: no new work, draining mailboxes");
+        connections.stop(CLOSE.SERVER_STOPPING, "server stopping");
         await app.stop();
         await system.stop();
         await store.close();

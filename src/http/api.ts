@@ -11,6 +11,7 @@ import { settingsRoutes } from "./routes/settings.ts";
 import { siteRoutes } from "./routes/sites.ts";
 import { tokenRoutes } from "./routes/tokens.ts";
 import { userRoutes } from "./routes/users.ts";
+import { agentSocket } from "./ws/agent.ts";
 
 /** The HTTP API: one plugin per area, each with its schemas next to its routes. */
 export const api = (deps: AppDeps) =>
@@ -25,4 +26,5 @@ export const api = (deps: AppDeps) =>
     .use(enrollRoutes(deps))
     .use(machineRoutes(deps))
     .use(grantRoutes(deps))
-    .use(auditRoutes(deps));
+    .use(auditRoutes(deps))
+    .use(agentSocket(deps));

@@ -5,6 +5,7 @@ import type { Limiter } from "../auth/rate-limit.ts";
 import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
 import type { Store } from "../store/store.ts";
+import type { AgentConnections } from "./ws/agent-connections.ts";
 
 /** What the HTTP plugins are given. Built once in src/server.ts. */
 export interface AppDeps {
@@ -14,6 +15,7 @@ export interface AppDeps {
   log: Logger;
   verifier: CredentialVerifier;
   ips: ClientIpResolver;
+  connections: AgentConnections;
   limiters: {
     loginByIp: Limiter;
     loginByUser: Limiter;

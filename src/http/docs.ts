@@ -48,7 +48,8 @@ export const apiDocs = () =>
         persistAuthorization: false,
       } as Record<string, unknown>,
       mapJsonSchema: { zod: z.toJSONSchema },
-      exclude: { paths: ["/healthz", "/readyz", "/metrics"] },
+      // WebSockets are documented in docs/PROTOCOL.md, not here.
+      exclude: { paths: ["/healthz", "/readyz", "/metrics", /^\/ws\//] },
       documentation: {
         info: { title: "Tether API", version: "1", description: "The admin and technician API of a Tether server." },
         components: {

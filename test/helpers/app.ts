@@ -1,6 +1,5 @@
 import { loadConfig } from "../../src/config.ts";
 import { silentLogger } from "../../src/log.ts";
-import { productKinds } from "../../src/kinds.ts";
 import { startServer, type RunningServer, type ServerOptions } from "../../src/server.ts";
 import { createTestDb, type TestDb } from "./stores.ts";
 
@@ -42,7 +41,7 @@ export async function startTestApp(flavor: "pglite" | "postgres", opts: Partial<
     databaseUrl: db.config.databaseUrl ? withSearchPath(db.config.databaseUrl, db.config.searchPath) : undefined,
     adminPassword: ADMIN_PASSWORD,
   };
-  const server = await startServer({ config, logger: silentLogger, kinds: productKinds, ...opts });
+  const server = await startServer({ config, logger: silentLogger, ...opts });
   const url = server.url;
   const call = async <T = any,>(method: string, path: string, o: { token?: string; body?: unknown; headers?: Record<string, string> } = {}): Promise<ApiResponse<T>> => {
     const headers: Record<string, string> = { ...o.headers };

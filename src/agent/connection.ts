@@ -1,0 +1,134 @@
+import { AGENT_VERSION } from "./version.ts";
+import { CLOSE, Challenge, PROTOCOL_VERSION, ServerMessage, Welcome, decode, encode, type AgentMessage, type Inventory } from "../protocol/agent.ts";
+import { keyPrefix } from "./enroll.ts";
+import { signNonce } from "./identity.ts";
+import { collectInventory, inventoryFingerprint } from "./inventory.ts";
+import type { Logger } from "./log.ts";
+
+/**
+ * One WebSocket session on /ws/agent (M3, M4): hello → challenge → proof (Ed25519 over the raw
+ * nonce) → welcome; then heartbeats every heartbeat_ms and status {inventory} right away, again
+ * when it changes and at least every statusIntervalMs. Resolves when the socket closes, with
+ * the close code, so the caller decides how long to wait before the next one.
+ */
+export interface SessionParams {
+  url: string;
+  machineId: string;
+  key: string;
+  privateKey: CryptoKey;
+  statusIntervalMs: number;
+  statusCheckMs: number;
+  handshakeTimeoutMs?: number;
+  inventory?: () => Inventory;
+}
+
+export interface SessionEnd {
+  code: number;
+  reason: string;
+  /** The handshake completed: the server accepted us. */
+  welcomed: boolean;
+  /** We closed it (SIGTERM). */
+  byUs: boolean;
+}
+
+export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): Promise<SessionEnd> {
+  return new Promise((resolve) => {
+    const inventory = p.inventory ?? collectInventory;
+    let welcomed = false;
+    let byUs = false;
+    let done = false;
+    let seq = 0;
+    let lastFingerprint = "";
+    let lastStatusAt = 0;
+    const timers: Array<ReturnType<typeof setInterval>> = [];
+    let ws: WebSocket;
+    try {
+      ws = new WebSocket(p.url);
+    } catch (e) {
+      resolve({ code: 1006, reason: (e as Error).message, welcomed: false, byUs: false });
+      return;
+    }
+    ws.binaryType = "arraybuffer";
+
+    const finish = (code: number, reason: string) => {
+      if (done) return;
+      done = true;
+      for (const t of timers) clearInterval(t);
+      signal.removeEventListener("abort", onAbort);
+      resolve({ code, reason, welcomed, byUs });
+    };
+    const send = (m: AgentMessage) => {
+      if (ws.readyState === WebSocket.OPEN) ws.send(encode(m) as Uint8Array<ArrayBuffer>);
+    };
+    const sendStatus = (force: boolean) => {
+      let inv: Inventory;
+      try {
+        inv = inventory();
+      } catch (e) {
+        log.warn({ event: "status.inventory_failed", err: (e as Error).message }, "could not collect the inventory");
+        return;
+      }
+      const fp = inventoryFingerprint(inv);
+      if (!force && fp === lastFingerprint && Date.now() - lastStatusAt < p.statusIntervalMs) return;
+      lastFingerprint = fp;
+      lastStatusAt = Date.now();
+      send({ t: "status", inventory: inv });
+      log.debug({ event: "status.sent" }, "status sent");
+    };
+    const onAbort = () => {
+      byUs = true;
+      try {
+        ws.close(CLOSE.NORMAL, "agent stopping");
+      } catch {}
+      // If the server does not answer the close, do not hang the shutdown.
+      setTimeout(() => finish(CLOSE.NORMAL, "agent stopping"), 2_000).unref?.();
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+
+    const handshakeTimer = setTimeout(() => {
+      if (!welcomed && !done) {
+        log.warn({ event: "connect.handshake_timeout" }, "no welcome from the server in time; closing");
+        try {
+          ws.close(CLOSE.NORMAL, "handshake timeout");
+        } catch {}
+        setTimeout(() => finish(CLOSE.HANDSHAKE_TIMEOUT, "handshake timeout"), 1_000);
+      }
+    }, p.handshakeTimeoutMs ?? 30_000);
+    timers.push(handshakeTimer as unknown as ReturnType<typeof setInterval>);
+
+    ws.addEventListener("open", () => {
+      log.debug({ event: "connect.open", url: p.url }, "socket open; sending hello");
+      send({ t: "hello", machine_id: p.machineId, key: p.key, agent_version: AGENT_VERSION, protocol: PROTOCOL_VERSION });
+    });
+
+    ws.addEventListener("message", (ev) => {
+      const data = ev.data;
+      const frame = data instanceof ArrayBuffer ? new Uint8Array(data) : typeof data === "string" ? null : new Uint8Array(data as ArrayBufferLike);
+      const msg = frame ? decode(ServerMessage, frame) : null;
+      if (!msg) {
+        log.warn({ event: "connect.bad_frame" }, "the server sent a frame that is not a protocol message; closing");
+        ws.close(CLOSE.BAD_MESSAGE, "bad frame");
+        return;
+      }
+      if (msg.t === "challenge") {
+        const c = msg as ReturnType<typeof Challenge.parse>;
+        void signNonce(p.privateKey, c.nonce).then((signature) => send({ t: "proof", signature }));
+        return;
+      }
+      if (msg.t === "welcome" && !welcomed) {
+        const w = msg as ReturnType<typeof Welcome.parse>;
+        welcomed = true;
+        clearTimeout(handshakeTimer);
+        log.info({ event: "connect.online", machine_id: w.machine_id, key_prefix: keyPrefix(p.key), heartbeat_ms: w.heartbeat_ms, external_ip: w.external_ip }, "connected");
+        timers.push(setInterval(() => send({ t: "heartbeat", seq: seq++ }), w.heartbeat_ms));
+        sendStatus(true);
+        timers.push(setInterval(() => sendStatus(false), Math.min(p.statusCheckMs, p.statusIntervalMs)));
+      }
+    });
+
+    ws.addEventListener("error", () => {
+      // A close event follows with the details.
+    });
+    ws.addEventListener("close", (ev) => finish(ev.code, ev.reason));
+  });
+}

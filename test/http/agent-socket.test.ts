@@ -1,0 +1,150 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { CLOSE } from "../../src/protocol/agent.ts";
+import { agentIdentity, TestAgentSocket } from "../helpers/agent-client.ts";
+import { startTestApp, type TestApp } from "../helpers/app.ts";
+import { eventually, FLAVORS } from "../helpers/stores.ts";
+import { enroll, enrollBody, siteWithKey, type SiteWithKey } from "../machines/fixtures.ts";
+
+/** M3/M4 on /ws/agent: proof of possession, every refusal's close code, presence, revocation. */
+for (const flavor of FLAVORS) {
+  describe(`agent socket (${flavor})`, () => {
+    let app: TestApp;
+    let site: SiteWithKey;
+    const sockets: TestAgentSocket[] = [];
+    const socket = () => {
+      const s = new TestAgentSocket(app.url);
+      sockets.push(s);
+      return s;
+    };
+
+    /** Enrolls a machine with a fresh identity; returns what its agent would store. */
+    const machine = async (over: Record<string, unknown> = {}) => {
+      const id = await agentIdentity();
+      const r = await enroll(app, await enrollBody(site, { public_key: id.publicKey, ...over }));
+      expect(r.status).toBe(201);
+      return { id: r.body.machine_id as string, key: r.body.key as string, privateKey: id.keys.privateKey };
+    };
+    const get = async (id: string) => (await app.call("GET", `/api/machines/${id}`, { token: app.adminToken })).body;
+    // The projection the machine actor writes (the API shows inventory once search lands).
+    const projected = async (id: string) =>
+      (await app.server.store.query<{ inventory: any; external_ip: string | null; agent_version: string | null }>("select inventory, external_ip, agent_version from machines where id = $1", [id]))[0]!;
+
+    beforeAll(async () => {
+      app = await startTestApp(flavor, { env: { TETHER_HEARTBEAT_MS: "200", TETHER_OFFLINE_AFTER_MS: "800" } });
+      site = await siteWithKey(app);
+    }, 60_000);
+    afterAll(async () => {
+      for (const s of sockets) s.close();
+      await app?.close();
+    });
+
+    test("a proved agent is bound to its machine: online, inventory, offline when it leaves", async () => {
+      const m = await machine();
+      const agent = socket();
+      expect(await agent.handshake(m.id, m.key, m.privateKey)).toBe(true);
+      expect(agent.welcome).toMatchObject({ machine_id: m.id, heartbeat_ms: 200, offline_after_ms: 800, external_ip: "127.0.0.1" });
+      await eventually(async () => (await get(m.id)).status === "online", 3_000, "online");
+      agent.status({ os: { name: "Debian", version: "12" }, hostname: "box-1", users: ["alice"], private_ips: ["10.0.0.5"], elevated: false });
+      await eventually(async () => (await projected(m.id)).inventory?.os?.name === "Debian", 3_000, "inventory");
+      expect(await projected(m.id)).toMatchObject({ external_ip: "127.0.0.1", agent_version: "test-1", inventory: { users: ["alice"], private_ips: ["10.0.0.5"] } });
+      agent.close();
+      await eventually(async () => (await get(m.id)).status === "offline", 3_000, "offline");
+    });
+
+    test("a silent agent is dropped and goes offline after the configured time", async () => {
+      const m = await machine();
+      const agent = socket();
+      expect(await agent.handshake(m.id, m.key, m.privateKey)).toBe(true);
+      await eventually(async () => (await get(m.id)).status === "online", 3_000, "online");
+      const started = Date.now();
+      expect((await agent.closed).code).toBe(CLOSE.SILENT);
+      expect(Date.now() - started).toBeLessThan(3_000);
+      await eventually(async () => (await get(m.id)).status === "offline", 3_000, "offline");
+    });
+
+    test("heartbeats keep it online; a second connection supersedes the first (no ghost)", async () => {
+      const m = await machine();
+      const first = socket();
+      expect(await first.handshake(m.id, m.key, m.privateKey)).toBe(true);
+      for (let i = 0; i < 6; i++) {
+        first.heartbeat(i);
+        await Bun.sleep(200);
+      }
+      expect((await get(m.id)).status).toBe("online");
+      const second = socket();
+      expect(await second.handshake(m.id, m.key, m.privateKey)).toBe(true);
+      expect((await first.closed).code).toBe(CLOSE.SUPERSEDED);
+      second.heartbeat(1);
+      await Bun.sleep(100);
+      expect((await get(m.id)).status).toBe("online");
+      const list = await app.call("GET", "/api/machines?limit=500", { token: app.adminToken });
+      expect(list.body.machines.filter((x: any) => x.id === m.id)).toHaveLength(1);
+      second.close();
+    });
+
+    test("every refusal has its own close code", async () => {
+      const m = await machine();
+      const other = await agentIdentity();
+      const cases: Array<[string, (s: TestAgentSocket) => Promise<unknown>, number]> = [
+        ["no proof, only the key", (s) => s.handshake(m.id, m.key, m.privateKey, { skipProof: true }), CLOSE.BAD_SIGNATURE],
+        ["a signature by another key", (s) => s.handshake(m.id, m.key, m.privateKey, { signWith: other.keys.privateKey }), CLOSE.BAD_SIGNATURE],
+        ["a login session as the key", (s) => s.handshake(m.id, app.adminToken, m.privateKey), CLOSE.WRONG_PLANE],
+        ["an enrollment key as the key", (s) => s.handshake(m.id, site.key, m.privateKey), CLOSE.WRONG_PLANE],
+        ["a key of no machine", (s) => s.handshake(m.id, `cak_${"00".repeat(32)}`, m.privateKey), CLOSE.UNKNOWN_KEY],
+        ["not a protocol frame", async (s) => (await s.open(), s.sendRaw(new Uint8Array([0xc1, 0x00]))), CLOSE.BAD_MESSAGE],
+      ];
+      for (const [what, run, code] of cases) {
+        const s = socket();
+        await run(s);
+        expect({ what, code: (await s.closed).code }).toEqual({ what, code });
+      }
+      // An API token as the key.
+      const pat = await app.call("POST", "/api/tokens", { token: app.adminToken, body: { name: "x", scopes: ["machines:read"], expires_at: new Date(Date.now() + 3_600_000).toISOString() } });
+      const s = socket();
+      await s.handshake(m.id, pat.body.token, m.privateKey);
+      expect((await s.closed).code).toBe(CLOSE.WRONG_PLANE);
+      // Each refusal is audited.
+      const audited = await app.call("GET", "/api/audit?type=agent.refused&limit=50", { token: app.adminToken });
+      expect(audited.body.events.length).toBeGreaterThanOrEqual(7);
+    });
+
+    test("a revoked key, a removed machine: refused at connect, and disconnected within a second when live", async () => {
+      const m = await machine();
+      const live = socket();
+      expect(await live.handshake(m.id, m.key, m.privateKey)).toBe(true);
+      const keys = await app.call("GET", `/api/machines/${m.id}/keys`, { token: app.adminToken });
+      const revokedAt = Date.now();
+      expect((await app.call("DELETE", `/api/machines/${m.id}/keys/${keys.body.keys[0].id}`, { token: app.adminToken })).status).toBe(204);
+      expect((await live.closed).code).toBe(CLOSE.KEY_REVOKED);
+      expect(Date.now() - revokedAt).toBeLessThan(1_000);
+      const again = socket();
+      await again.handshake(m.id, m.key, m.privateKey);
+      expect((await again.closed).code).toBe(CLOSE.KEY_REVOKED);
+
+      const n = await machine();
+      const other = socket();
+      expect(await other.handshake(n.id, n.key, n.privateKey)).toBe(true);
+      const removedAt = Date.now();
+      expect((await app.call("DELETE", `/api/machines/${n.id}`, { token: app.adminToken })).status).toBe(204);
+      const code = (await other.closed).code;
+      expect([CLOSE.MACHINE_REMOVED, CLOSE.KEY_REVOKED] as number[]).toContain(code);
+      expect(Date.now() - removedAt).toBeLessThan(1_000);
+    });
+
+    test("a pending machine is refused", async () => {
+      const m = await machine();
+      await app.server.store.query("update machines set enrollment_state = 'pending' where id = $1", [m.id]);
+      const s = socket();
+      await s.handshake(m.id, m.key, m.privateKey);
+      expect((await s.closed).code).toBe(CLOSE.MACHINE_PENDING);
+    });
+
+    test("frames over 4 MiB are refused", async () => {
+      const m = await machine();
+      const s = socket();
+      expect(await s.handshake(m.id, m.key, m.privateKey)).toBe(true);
+      s.sendRaw(new Uint8Array(4 * 1024 * 1024 + 16));
+      expect((await s.closed).code).toBe(CLOSE.TOO_BIG);
+    });
+  });
+}
