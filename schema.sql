@@ -240,3 +240,33 @@ create index audit_events_actor on audit_events (tenant_id, actor_id, id desc);
 alter table machines add column inventory jsonb not null default '{}';
 alter table machines add column external_ip text;
 alter table machines add column agent_version text;
+
+-- version: 4
+-- Machine search (M5): one lower-cased search document per machine, generated from its
+-- attributes and inventory, with a trigram index so a substring term (LIKE '%term%') is an
+-- index scan. Site code and name live in sites and are matched there (sites are few).
+-- pg_trgm lives in schema public so every search_path (tests use one schema each) shares it.
+create extension if not exists pg_trgm with schema public;
+
+-- The string elements of a jsonb array, one per line ('' for anything else).
+create function tether_json_strings(j jsonb) returns text language sql immutable parallel safe as $$ select coalesce(string_agg(t.v, chr(10)), '') from jsonb_array_elements_text(case when jsonb_typeof(j) = 'array' then j else '[]'::jsonb end) as t(v) $$;
+
+alter table machines add column search_doc text generated always as (lower(
+  hostname || chr(10) || machine_uid || chr(10) ||
+  coalesce(labels->>'company', '') || chr(10) || coalesce(labels->>'site', '') || chr(10) ||
+  coalesce(labels->>'department', '') || chr(10) || coalesce(labels->>'device_type', '') || chr(10) ||
+  tether_json_strings(labels->'tags') || chr(10) ||
+  coalesce(inventory->'os'->>'name', '') || ' ' || coalesce(inventory->'os'->>'version', '') || chr(10) ||
+  coalesce(inventory->>'kernel', '') || chr(10) || coalesce(inventory->'cpu'->>'model', '') || chr(10) ||
+  coalesce(inventory->>'hostname', '') || chr(10) || coalesce(inventory->>'timezone', '') || chr(10) ||
+  coalesce(inventory->>'agent_version', '') || chr(10) || coalesce(agent_version, '') || chr(10) ||
+  tether_json_strings(inventory->'users') || chr(10) || tether_json_strings(inventory->'private_ips') || chr(10) ||
+  tether_json_strings(inventory->'macs') || chr(10) || coalesce(external_ip, '') || chr(10) ||
+  status || case when enrollment_state = 'pending' then chr(10) || 'pending' else '' end
+)) stored;
+create index machines_search_doc on machines using gin (search_doc public.gin_trgm_ops);
+
+-- Listing and sorting: keyset pages per tenant, and site matches OR-ed into a bitmap scan.
+create index machines_tenant_hostname on machines (tenant_id, lower(hostname), id) where deleted_at is null;
+create index machines_tenant_created on machines (tenant_id, created_at, id) where deleted_at is null;
+create index machines_site on machines (site_id);

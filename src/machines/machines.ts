@@ -3,6 +3,7 @@ import type { Queryable, Store } from "../store/store.ts";
 import { revokeMachineKeys } from "./agent-keys.ts";
 import { granted } from "./grants.ts";
 import { iso, isoOrNull, labelsOf } from "./rows.ts";
+import { type Cursor, decodeCursor, encodeCursor, type Order, QueryError, searchSql, type Sort } from "./search.ts";
 
 /**
  * Machine rows (M6): listing (tenant-scoped; an end user sees only granted machines), removal
@@ -58,13 +59,45 @@ export function publicPendingRequest(r: PendingRequestRow) {
   return { id: r.id, hostname: r.hostname, labels: labelsOf(r.labels), ip: r.ip, created_at: iso(r.created_at) };
 }
 
-/** A page of machines in id order (ids are UUIDv7, so that is enrollment order); `cursor` is the last id of the previous page. */
-export async function listMachines(db: Queryable, viewer: Viewer, page: { limit: number; cursor?: string }): Promise<{ machines: MachineRow[]; next_cursor: string | null }> {
-  const rows = await db.query<MachineRow>(
-    `${SELECT} where ${VISIBLE} and ($4::uuid is null or m.id > $4::uuid) order by m.id limit $5`,
-    [viewer.tenantId, viewer.userId, viewer.role === "end_user", page.cursor ?? null, page.limit + 1]);
+export interface ListPage {
+  limit: number;
+  /** next_cursor of the previous page (opaque; belongs to one sort and order). */
+  cursor?: string;
+  q?: string;
+  site_id?: string;
+  status?: "online" | "offline";
+  tag?: string;
+  enrollment_state?: "active" | "pending";
+  /** Default: hostname when `q` has terms, else created (enrollment order). */
+  sort?: Sort;
+  order?: Order;
+}
+
+/**
+ * A page of the machines the viewer may see, searched and filtered (M5), in a stable order
+ * (the sort key, then id). Throws QueryError on a `q` or cursor it cannot use.
+ */
+export async function listMachines(db: Queryable, viewer: Viewer, page: ListPage): Promise<{ machines: MachineRow[]; next_cursor: string | null }> {
+  const sort: Sort = page.sort ?? (page.q?.trim() ? "hostname" : "created");
+  const order: Order = page.order ?? "asc";
+  let cursor: Cursor | undefined;
+  if (page.cursor !== undefined) {
+    const c = decodeCursor(page.cursor);
+    if (!c) throw new QueryError("cursor: not a cursor of this list");
+    if (c.sort !== sort || c.order !== order) throw new QueryError("cursor: belongs to another sort or order");
+    cursor = c;
+  }
+  const s = searchSql({ ...page, sort, order, cursor }, [viewer.tenantId, viewer.userId, viewer.role === "end_user"]);
+  const rows = await db.query<MachineRow & { sort_key: string }>(
+    `select m.id, m.tenant_id, m.site_id, s.site_code, m.hostname, m.labels, m.enrollment_state, m.status, m.last_seen_at, m.created_at, ${s.keySelect}
+       from machines m left join sites s on s.id = m.site_id where ${VISIBLE}${s.where}${s.order}`,
+    s.params);
   const machines = rows.slice(0, page.limit);
-  return { machines, next_cursor: rows.length > page.limit ? machines[machines.length - 1]!.id : null };
+  const last = machines[machines.length - 1];
+  return {
+    machines,
+    next_cursor: rows.length > page.limit && last ? encodeCursor({ sort, order, key: last.sort_key, id: last.id }) : null,
+  };
 }
 
 export async function getMachine(db: Queryable, viewer: Viewer, id: string): Promise<MachineRow | null> {

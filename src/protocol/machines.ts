@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { Uuid } from "./accounts.ts";
 import { SiteCode } from "./sites.ts";
+import { decodeCursor, parseQ, QueryError, SORTS } from "../machines/search.ts";
 
 /** Request and response bodies of the machines area: enrollment, machines, agent keys, grants (M1, M2, M6, A9). */
 
@@ -76,10 +77,31 @@ export const MachineDetail = Machine.extend({
   pending_request: PendingRequest.nullable().describe("a clone-looking enrollment waiting for approve/reject"),
 });
 
+/** GET /api/machines: search (M5), filters, sort and keyset pagination. See docs/API.md, "Searching machines". */
 export const ListMachinesQuery = z.object({
+  q: z.string().max(512).optional()
+    .superRefine((v, ctx) => {
+      if (v === undefined) return;
+      try {
+        parseQ(v);
+      } catch (e) {
+        if (!(e instanceof QueryError)) throw e;
+        ctx.addIssue({ code: "custom", message: e.message });
+      }
+    })
+    .describe('terms ANDed, each a case-insensitive substring of any attribute; "quoted phrase"; scopes host: os: user: ip: tag: site: status:'),
+  site_id: Uuid.optional(),
+  status: z.enum(["online", "offline"]).optional(),
+  tag: z.string().min(1).max(64).optional().describe("exact tag"),
+  enrollment_state: EnrollmentState.optional(),
+  sort: z.enum(SORTS).optional().describe("default: hostname when q is given, else created (enrollment order)"),
+  order: z.enum(["asc", "desc"]).default("asc"),
   limit: z.coerce.number().int().min(1).max(500).default(50),
-  cursor: Uuid.optional().describe("next_cursor of the previous page"),
+  cursor: z.string().max(2048).optional()
+    .refine((v) => v === undefined || decodeCursor(v) !== null, "not a cursor of this list")
+    .describe("next_cursor of the previous page (same q, filters and sort)"),
 });
+export type ListMachinesQuery = z.infer<typeof ListMachinesQuery>;
 
 export const MachineList = z.object({
   machines: z.array(Machine),

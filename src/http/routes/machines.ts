@@ -2,6 +2,7 @@ import { Elysia } from "elysia";
 import { z } from "zod";
 import { audit } from "../../audit/audit.ts";
 import { listAgentKeys, mintAgentKey, publicAgentKey, revokeAgentKey } from "../../machines/agent-keys.ts";
+import { QueryError } from "../../machines/search.ts";
 import { decidePending, getMachine, listMachines, pendingRequest, publicMachine, publicPendingRequest, removeMachines } from "../../machines/machines.ts";
 import { Uuid } from "../../protocol/accounts.ts";
 import { AgentKey, BulkDeleteRequest, BulkDeleteResponse, ListMachinesQuery, Machine, MachineDetail, MachineList, MintedAgentKey } from "../../protocol/machines.ts";
@@ -24,9 +25,15 @@ export const machineRoutes = (deps: AppDeps) =>
     .use(requestContext(deps))
     .get("/api/machines", async (ctx) => {
       const me = await authorize(ctx, "machines:read");
-      const page = await listMachines(deps.store, me, ctx.query);
+      let page: Awaited<ReturnType<typeof listMachines>>;
+      try {
+        page = await listMachines(deps.store, me, ctx.query);
+      } catch (e) {
+        if (e instanceof QueryError) throw new HttpError(400, "VALIDATION_FAILED", `query.${e.message}`);
+        throw e;
+      }
       return { machines: page.machines.map(publicMachine), next_cursor: page.next_cursor };
-    }, { query: ListMachinesQuery, response: { 200: MachineList }, detail: { tags, summary: "List machines (an end user sees only the machines granted to them)" } })
+    }, { query: ListMachinesQuery, response: { 200: MachineList }, detail: { tags, summary: "Search and list machines: q, filters, sort, cursor pages (an end user sees only the machines granted to them)" } })
 
     .get("/api/machines/:id", async (ctx) => {
       const me = await authorize(ctx, "machines:read");
