@@ -33,6 +33,8 @@ export class Cell {
   /** Whether the `actors` row says 'active' (so a crash would recover this actor at start). */
   markedActive = false;
   draining = false;
+  /** A passivation snapshot is committing; the sweeper leaves the cell alone until it settles. */
+  passivating = false;
   /** Bumped on every restart, so callbacks of an older incarnation know they are stale. */
   generation = 0;
   failures: number[] = [];

@@ -487,7 +487,7 @@ export class ActorSystem {
   private sweep(): void {
     const now = this.clock();
     for (const cell of this.cells.values()) {
-      if (cell.status === "running" && cell.pins === 0 && cell.depth === 0 && now - cell.lastActive >= cell.kind.options.idleMs) {
+      if (cell.status === "running" && !cell.passivating && cell.pins === 0 && cell.depth === 0 && now - cell.lastActive >= cell.kind.options.idleMs) {
         this.passivate(cell, true);
       }
     }
@@ -507,15 +507,20 @@ export class ActorSystem {
     }
     const seq = cell.seq;
     const leave = () => {
+      cell.passivating = false;
       // Anything that arrived meanwhile keeps it resident; its next event marks it active again.
       if (evict && cell.status === "running" && cell.seq === seq && cell.depth === 0 && cell.pins === 0 && this.cells.get(cell.address) === cell) {
         this.cells.delete(cell.address);
       }
     };
     if (writes.length === 0) return leave();
+    cell.passivating = true;
     const durable = this.journal.append(writes);
     cell.durable = durable;
-    durable.then(leave, (err: Error) => this.log.warn({ address: cell.address, err: err.message }, "passivation snapshot failed"));
+    durable.then(leave, (err: Error) => {
+      cell.passivating = false;
+      this.log.warn({ address: cell.address, err: err.message }, "passivation snapshot failed");
+    });
   }
 }
 

@@ -25,6 +25,18 @@ for (const flavor of FLAVORS) {
       expect(await statusOf(store, "counter", "idle")).toMatchObject({ status: "active" });
     });
 
+    test("an actor leaves memory only once its passivation snapshot is durable, however often the sweeper runs", async () => {
+      const { system, store } = await ctx.boot([counterKind({ idleMs: 40 })], { sweepMs: 10 });
+      await system.ask("counter/slow", { type: "add", n: 3 });
+      const release = store.hold();
+      await eventually(() => store.waiting === 1, 2_000, "the passivation snapshot to be committing");
+      await Bun.sleep(100); // ten sweeps while the snapshot is held
+      expect(system.isResident("counter/slow")).toBe(true);
+      release();
+      await eventually(() => !system.isResident("counter/slow"), 2_000, "the actor to leave memory");
+      expect((await snapshotsOf(store, "counter", "slow")).map((s) => s.seq)).toEqual([1]);
+    });
+
     test("the passivation snapshot is what brings it back (the journal before it is not read)", async () => {
       const { system, store } = await ctx.boot([counterKind({ idleMs: 40 })], { sweepMs: 10 });
       for (const n of [1, 2, 3]) await system.ask("counter/snap", { type: "add", n });
