@@ -11,32 +11,15 @@
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import postgres from "postgres";
+import { BENCH_PASSWORD, startBenchServer } from "./fixtures/server-process.ts";
 
 const REQUESTS = 4_000;
 const CONCURRENCY = 32;
 const ROUNDS = 5;
 const MACHINES = 25;
-const PASSWORD = "bench-password-long-enough";
-const ROOT = resolve(import.meta.dir, "..");
 
-async function startServer(env: Record<string, string>) {
-  const proc = Bun.spawn([process.execPath, join(ROOT, "bench/fixtures/auth-server.ts")], {
-    cwd: ROOT,
-    env: { ...process.env, HOST: "127.0.0.1", PORT: "0", LOG_LEVEL: "warn", TETHER_ADMIN_PASSWORD: PASSWORD, ...env },
-    stdout: "pipe",
-    stderr: "inherit",
-  });
-  const reader = proc.stdout.getReader();
-  let text = "";
-  while (!/listening on (\S+)/.test(text)) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`server exited: ${text}`);
-    text += new TextDecoder().decode(value);
-  }
-  return { proc, url: text.match(/listening on (\S+)/)![1]!.replace("localhost", "127.0.0.1") };
-}
 
 async function json(url: string, path: string, init: { method?: string; token?: string; body?: unknown } = {}) {
   const res = await fetch(url + path, {
@@ -68,9 +51,9 @@ async function load(url: string, token?: string): Promise<number> {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 async function run(label: string, env: Record<string, string>) {
-  const { proc, url } = await startServer(env);
+  const { proc, url } = await startBenchServer(env);
   try {
-    const session = (await json(url, "/api/auth/login", { method: "POST", body: { username: "admin", password: PASSWORD } })).token;
+    const session = (await json(url, "/api/auth/login", { method: "POST", body: { username: "admin", password: BENCH_PASSWORD } })).token;
     const pat = (await json(url, "/api/tokens", { method: "POST", token: session, body: { name: "bench", scopes: ["machines:read"], expires_at: new Date(Date.now() + 86_400_000).toISOString() } })).token;
     const site = await json(url, "/api/sites", { method: "POST", token: session, body: { site_code: "BENCH", display_name: "Bench", company: "Bench" } });
     const key = (await json(url, `/api/sites/${site.id}/enrollment-key/rotate`, { method: "POST", token: session })).key;

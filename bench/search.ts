@@ -11,18 +11,17 @@
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import postgres from "postgres";
 import { applySchema } from "../src/store/schema.ts";
 import { openStore, type StoreConfig } from "../src/store/store.ts";
+import { BENCH_PASSWORD, startBenchServer } from "./fixtures/server-process.ts";
 
 const MACHINES = 10_000;
 const SITES = 20;
 const WARMUP = 20;
 const REQUESTS = 200;
 const GOAL_P99_MS = 50;
-const PASSWORD = "bench-password-long-enough";
-const ROOT = resolve(import.meta.dir, "..");
 
 const QUERIES: Array<[string, Record<string, string>]> = [
   ["baseline: no q (enrollment order)", {}],
@@ -80,22 +79,6 @@ async function seed(config: StoreConfig) {
   }
 }
 
-async function startServer(env: Record<string, string>) {
-  const proc = Bun.spawn([process.execPath, join(ROOT, "bench/fixtures/auth-server.ts")], {
-    cwd: ROOT,
-    env: { ...process.env, HOST: "127.0.0.1", PORT: "0", LOG_LEVEL: "warn", TETHER_ADMIN_PASSWORD: PASSWORD, ...env },
-    stdout: "pipe",
-    stderr: "inherit",
-  });
-  const reader = proc.stdout.getReader();
-  let text = "";
-  while (!/listening on (\S+)/.test(text)) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`server exited: ${text}`);
-    text += new TextDecoder().decode(value);
-  }
-  return { proc, url: text.match(/listening on (\S+)/)![1]!.replace("localhost", "127.0.0.1") };
-}
 
 const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 
@@ -103,9 +86,9 @@ async function run(label: string, config: StoreConfig, env: Record<string, strin
   const t0 = performance.now();
   await seed(config);
   console.log(`\n${label}: ${MACHINES} machines in ${SITES} sites seeded in ${((performance.now() - t0) / 1000).toFixed(1)} s; ${REQUESTS} sequential requests per query, limit 50`);
-  const { proc, url } = await startServer(env);
+  const { proc, url } = await startBenchServer(env);
   try {
-    const login = await fetch(`${url}/api/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "admin", password: PASSWORD }) });
+    const login = await fetch(`${url}/api/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "admin", password: BENCH_PASSWORD }) });
     if (!login.ok) throw new Error(`login: ${login.status} ${await login.text()}`);
     const token = ((await login.json()) as { token: string }).token;
     const headers = { authorization: `Bearer ${token}` };
