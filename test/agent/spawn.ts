@@ -2,6 +2,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
+import { readLines } from "../helpers/lines.ts";
 
 const ROOT = resolve(import.meta.dir, "..", "..");
 
@@ -47,25 +48,13 @@ export function spawnAgent(args: string[], env: Record<string, string> = {}, sta
   const lines: string[] = [];
   const logs: any[] = [];
   const waiters: Array<() => void> = [];
-  const pump = async (stream: ReadableStream<Uint8Array>) => {
-    const decoder = new TextDecoder();
-    let buf = "";
-    for await (const chunk of stream) {
-      buf += decoder.decode(chunk, { stream: true });
-      let nl: number;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        lines.push(line);
-        try {
-          logs.push(JSON.parse(line));
-        } catch {}
-        for (const w of waiters.splice(0)) w();
-      }
-    }
-  };
-  void pump(proc.stdout);
-  void pump(proc.stderr);
+  readLines([proc.stdout, proc.stderr], (line) => {
+    lines.push(line);
+    try {
+      logs.push(JSON.parse(line));
+    } catch {}
+    for (const w of waiters.splice(0)) w();
+  });
   const waitFor = async (pred: (e: any) => boolean, ms = 15_000, what = "log line") => {
     const deadline = Date.now() + ms;
     for (let seen = 0; ; ) {

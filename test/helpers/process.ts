@@ -1,5 +1,6 @@
 import { resolve } from "node:path";
 import type { Subprocess } from "bun";
+import { readLines } from "./lines.ts";
 
 const ROOT = resolve(import.meta.dir, "..", "..");
 const BUN = process.execPath;
@@ -23,21 +24,10 @@ export async function spawnServer(script: string, env: Record<string, string>, t
   });
   const lines: string[] = [];
   const waiters: Array<() => void> = [];
-  const pump = async (stream: ReadableStream<Uint8Array>) => {
-    const decoder = new TextDecoder();
-    let buf = "";
-    for await (const chunk of stream) {
-      buf += decoder.decode(chunk, { stream: true });
-      let nl: number;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        lines.push(buf.slice(0, nl));
-        buf = buf.slice(nl + 1);
-        for (const w of waiters.splice(0)) w();
-      }
-    }
-  };
-  void pump(proc.stdout);
-  void pump(proc.stderr);
+  readLines([proc.stdout, proc.stderr], (line) => {
+    lines.push(line);
+    for (const w of waiters.splice(0)) w();
+  });
   const waitForLine = async (pattern: RegExp, ms = timeoutMs) => {
     const deadline = Date.now() + ms;
     for (let seen = 0; ; ) {
