@@ -2,7 +2,7 @@ import type { Principal } from "../auth/principal.ts";
 import type { Queryable, Store } from "../store/store.ts";
 import { revokeMachineKeys } from "./agent-keys.ts";
 import { granted } from "./grants.ts";
-import { iso, isoOrNull, labelsOf } from "./rows.ts";
+import { inventoryOf, iso, isoOrNull, labelsOf } from "./rows.ts";
 import { type Cursor, decodeCursor, encodeCursor, type Order, QueryError, searchSql, type Sort } from "./search.ts";
 
 /**
@@ -21,6 +21,9 @@ export interface MachineRow {
   status: "online" | "offline";
   last_seen_at: Date | string | null;
   created_at: Date | string;
+  inventory: unknown;
+  external_ip: string | null;
+  agent_version: string | null;
 }
 
 export interface PendingRequestRow {
@@ -35,8 +38,8 @@ export interface PendingRequestRow {
 /** Who is looking: an end user's view is narrowed to their grants. */
 export type Viewer = Pick<Principal, "tenantId" | "userId" | "role">;
 
-const SELECT = `select m.id, m.tenant_id, m.site_id, s.site_code, m.hostname, m.labels, m.enrollment_state, m.status, m.last_seen_at, m.created_at
-  from machines m left join sites s on s.id = m.site_id`;
+const COLUMNS = "m.id, m.tenant_id, m.site_id, s.site_code, m.hostname, m.labels, m.enrollment_state, m.status, m.last_seen_at, m.created_at, m.inventory, m.external_ip, m.agent_version";
+const SELECT = `select ${COLUMNS} from machines m left join sites s on s.id = m.site_id`;
 
 /** Every visible-to-viewer condition, with the viewer's parameters at $1 (tenant), $2 (user), $3 (is end user). */
 const VISIBLE = `m.tenant_id = $1 and m.deleted_at is null and (not $3::boolean or ${granted("$2::uuid", "m")})`;
@@ -52,6 +55,9 @@ export function publicMachine(m: MachineRow) {
     status: m.status,
     last_seen_at: isoOrNull(m.last_seen_at),
     created_at: iso(m.created_at),
+    inventory: inventoryOf(m.inventory),
+    external_ip: m.external_ip,
+    agent_version: m.agent_version,
   };
 }
 
@@ -89,7 +95,7 @@ export async function listMachines(db: Queryable, viewer: Viewer, page: ListPage
   }
   const s = searchSql({ ...page, sort, order, cursor }, [viewer.tenantId, viewer.userId, viewer.role === "end_user"]);
   const rows = await db.query<MachineRow & { sort_key: string }>(
-    `select m.id, m.tenant_id, m.site_id, s.site_code, m.hostname, m.labels, m.enrollment_state, m.status, m.last_seen_at, m.created_at, ${s.keySelect}
+    `select ${COLUMNS}, ${s.keySelect}
        from machines m left join sites s on s.id = m.site_id where ${VISIBLE}${s.where}${s.order}`,
     s.params);
   const machines = rows.slice(0, page.limit);

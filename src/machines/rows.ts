@@ -1,3 +1,4 @@
+import { Inventory } from "../protocol/agent.ts";
 import type { MachineLabels } from "../protocol/machines.ts";
 
 /** Small conversions from database rows to wire values, shared by the machines and sites areas. */
@@ -16,4 +17,14 @@ export function labelsOf(raw: unknown): MachineLabels {
     device_type: str(o.device_type),
     tags: Array.isArray(o.tags) ? o.tags.filter((t): t is string => typeof t === "string") : [],
   };
+}
+
+/**
+ * A jsonb inventory as the API shows it: what the last status report said, or {} before the
+ * first one. The column was validated on the way in; anything that no longer parses (a hand edit,
+ * an older agent's shape) is shown as {} rather than failing the whole list.
+ */
+export function inventoryOf(raw: unknown): Inventory {
+  const parsed = Inventory.safeParse(typeof raw === "string" ? JSON.parse(raw) : raw ?? {});
+  return parsed.success ? parsed.data : {};
 }

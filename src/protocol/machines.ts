@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { Uuid } from "./accounts.ts";
+import { Inventory } from "./agent.ts";
 import { SiteCode } from "./sites.ts";
 import { decodeCursor, parseQ, QueryError, SORTS } from "../machines/search.ts";
 
@@ -70,6 +71,9 @@ export const Machine = z.object({
   status: z.enum(["online", "offline"]),
   last_seen_at: z.string().nullable(),
   created_at: z.string(),
+  inventory: Inventory.describe("the agent's last status report (SPEC M4); {} before the first"),
+  external_ip: z.string().nullable().describe("the address the server saw the agent connect from"),
+  agent_version: z.string().nullable(),
 });
 export type Machine = z.infer<typeof Machine>;
 

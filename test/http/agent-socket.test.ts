@@ -25,9 +25,6 @@ for (const flavor of FLAVORS) {
       return { id: r.body.machine_id as string, key: r.body.key as string, privateKey: id.keys.privateKey };
     };
     const get = async (id: string) => (await app.call("GET", `/api/machines/${id}`, { token: app.adminToken })).body;
-    // The projection the machine actor writes (the API shows inventory once search lands).
-    const projected = async (id: string) =>
-      (await app.server.store.query<{ inventory: any; external_ip: string | null; agent_version: string | null }>("select inventory, external_ip, agent_version from machines where id = $1", [id]))[0]!;
 
     beforeAll(async () => {
       app = await startTestApp(flavor, { env: { TETHER_HEARTBEAT_MS: "200", TETHER_OFFLINE_AFTER_MS: "800" } });
@@ -45,8 +42,10 @@ for (const flavor of FLAVORS) {
       expect(agent.welcome).toMatchObject({ machine_id: m.id, heartbeat_ms: 200, offline_after_ms: 800, external_ip: "127.0.0.1" });
       await eventually(async () => (await get(m.id)).status === "online", 3_000, "online");
       agent.status({ os: { name: "Debian", version: "12" }, hostname: "box-1", users: ["alice"], private_ips: ["10.0.0.5"], elevated: false });
-      await eventually(async () => (await projected(m.id)).inventory?.os?.name === "Debian", 3_000, "inventory");
-      expect(await projected(m.id)).toMatchObject({ external_ip: "127.0.0.1", agent_version: "test-1", inventory: { users: ["alice"], private_ips: ["10.0.0.5"] } });
+      await eventually(async () => (await get(m.id)).inventory?.os?.name === "Debian", 3_000, "inventory");
+      expect(await get(m.id)).toMatchObject({ external_ip: "127.0.0.1", agent_version: "test-1", inventory: { hostname: "box-1", users: ["alice"], private_ips: ["10.0.0.5"], elevated: false } });
+      const listed = (await app.call("GET", `/api/machines?q=${encodeURIComponent("user:alice")}`, { token: app.adminToken })).body.machines;
+      expect(listed.find((x: any) => x.id === m.id)?.inventory).toMatchObject({ os: { name: "Debian", version: "12" } });
       agent.close();
       await eventually(async () => (await get(m.id)).status === "offline", 3_000, "offline");
     });
