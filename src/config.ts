@@ -1,3 +1,5 @@
+import { resolve } from "node:path";
+
 /** Process configuration, from the environment. Documented in README.md. */
 export interface Config {
   port: number;
@@ -15,6 +17,10 @@ export interface Config {
   /** How often agents send a heartbeat, and how long a silent one stays online. */
   heartbeatMs: number;
   offlineAfterMs: number;
+  /** The URL agents and installers are told to use; default: the origin each request came to. */
+  publicUrl?: string;
+  /** The agent executable served at /api/agent/binary (built by `npm run build:agent`). */
+  agentBinary: string;
 }
 
 export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
@@ -37,5 +43,19 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     idleMs: int("TETHER_IDLE_MS", 5 * 60_000),
     heartbeatMs: int("TETHER_HEARTBEAT_MS", 15_000),
     offlineAfterMs: int("TETHER_OFFLINE_AFTER_MS", 45_000),
+    publicUrl: publicUrl(env.TETHER_PUBLIC_URL),
+    agentBinary: env.TETHER_AGENT_BINARY || resolve(import.meta.dir, "..", "dist", "tether-agent"),
   };
+}
+
+function publicUrl(raw: string | undefined): string | undefined {
+  if (!raw) return undefined;
+  let url;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new Error(`TETHER_PUBLIC_URL must be an http(s) URL, got ${JSON.stringify(raw)}`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw new Error(`TETHER_PUBLIC_URL must be an http(s) URL, got ${JSON.stringify(raw)}`);
+  return url.href.replace(/\/+$/, "");
 }

@@ -1,5 +1,6 @@
 import { iso } from "../machines/rows.ts";
 import type { Queryable } from "../store/store.ts";
+import { installCommand } from "../install/install-script.ts";
 import { keyMeta } from "./enrollment-keys.ts";
 
 /**
@@ -26,13 +27,6 @@ const SELECT = `select s.id, s.tenant_id, s.site_code, s.display_name, s.company
 /** Shown in place of the key, which exists in plaintext only in the rotation's response. */
 export const KEY_PLACEHOLDER = "<cek_…>";
 
-/**
- * The one-line agent install for a site. A plain documented string: the agent program reads
- * these flags (M7). `serverUrl` is the origin the admin reached this server at.
- */
-export function installCommand(serverUrl: string, siteCode: string): string {
-  return `bun run agent -- --server ${serverUrl} --site-code ${siteCode} --enrollment-key ${KEY_PLACEHOLDER}`;
-}
 
 /** The active enrollment key's metadata, or null before the first rotation. */
 export function siteKeyMeta(s: SiteRow) {
@@ -47,7 +41,7 @@ export function publicSite(s: SiteRow, serverUrl: string) {
     company: s.company,
     created_at: iso(s.created_at),
     enrollment_key: siteKeyMeta(s),
-    install_command: installCommand(serverUrl, s.site_code),
+    install_command: installCommand(serverUrl, s.site_code, KEY_PLACEHOLDER),
   };
 }
 

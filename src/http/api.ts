@@ -2,6 +2,7 @@ import { Elysia } from "elysia";
 import { requestContext } from "./context.ts";
 import type { AppDeps } from "./deps.ts";
 import { apiDocs } from "./docs.ts";
+import { agentDistRoutes } from "./routes/agent-dist.ts";
 import { auditRoutes } from "./routes/audit.ts";
 import { authRoutes } from "./routes/auth.ts";
 import { enrollRoutes } from "./routes/enroll.ts";
@@ -24,6 +25,7 @@ export const api = (deps: AppDeps) =>
     .use(settingsRoutes(deps))
     .use(siteRoutes(deps))
     .use(enrollRoutes(deps))
+    .use(agentDistRoutes(deps))
     .use(machineRoutes(deps))
     .use(grantRoutes(deps))
     .use(auditRoutes(deps))

@@ -49,7 +49,8 @@ export const apiDocs = () =>
       } as Record<string, unknown>,
       mapJsonSchema: { zod: z.toJSONSchema },
       // WebSockets are documented in docs/PROTOCOL.md, not here.
-      exclude: { paths: ["/healthz", "/readyz", "/metrics", /^\/ws\//] },
+      // staticFile: false, or the plugin drops every path with a dot (/api/agent/install.sh).
+      exclude: { paths: ["/healthz", "/readyz", "/metrics", /^\/ws\//], staticFile: false },
       documentation: {
         info: { title: "Tether API", version: "1", description: "The admin and technician API of a Tether server." },
         components: {

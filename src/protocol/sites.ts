@@ -29,7 +29,7 @@ export const Site = z.object({
   company: z.string(),
   created_at: z.string(),
   enrollment_key: EnrollmentKeyMeta.nullable().describe("the active key's metadata; null until the first rotation"),
-  install_command: z.string().describe("the one-line agent install; the key itself is shown only when rotated"),
+  install_command: z.string().describe("the one-line agent install, with <cek_…> in place of the key (shown only when rotated)"),
 });
 export type Site = z.infer<typeof Site>;
 
@@ -39,4 +39,5 @@ export const RotatedEnrollmentKey = z.object({
   version: z.number().int(),
   fingerprint: z.string(),
   fingerprint_label: z.string(),
+  install_command: z.string().describe("the one-line agent install with this key in it, shown exactly once"),
 });

@@ -4,7 +4,8 @@ import { fingerprint, fingerprintLabel, newSecret } from "../../src/auth/secrets
 import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
 import { checkEnrollmentKey, enrollmentKdf, type RejectReason } from "../../src/enrollment/enroll.ts";
 import { rotateEnrollmentKey } from "../../src/enrollment/enrollment-keys.ts";
-import { createSite, installCommand } from "../../src/enrollment/sites.ts";
+import { createSite, KEY_PLACEHOLDER } from "../../src/enrollment/sites.ts";
+import { installCommand } from "../../src/install/install-script.ts";
 import type { Store } from "../../src/store/store.ts";
 import { createTestDb, FLAVORS, type TestDb } from "../helpers/stores.ts";
 
@@ -16,8 +17,10 @@ test("fingerprints: first 4 hex of SHA-256, upper case, rendered vN (XXXX)", () 
   expect(fingerprintLabel(3, "7F2A")).toBe("v3 (7F2A)");
 });
 
-test("the install command names the server and site and holds a placeholder, not a key", () => {
-  expect(installCommand("https://tether.example", "ACME-HQ")).toBe("bun run agent -- --server https://tether.example --site-code ACME-HQ --enrollment-key <cek_…>");
+test("the install command fetches the server's script and passes the site and key, quoted for sh", () => {
+  expect(installCommand("https://tether.example", "ACME-HQ", KEY_PLACEHOLDER)).toBe(
+    "curl -fsSL 'https://tether.example/api/agent/install.sh' | sudo sh -s -- --site-code 'ACME-HQ' --enrollment-key '<cek_…>'");
+  expect(installCommand("https://t.example", "a'b", "k")).toContain(`--site-code 'a'\\''b'`);
 });
 
 for (const flavor of FLAVORS) {

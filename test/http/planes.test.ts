@@ -30,6 +30,9 @@ let n = 0;
 const ROWS: Row[] = [
   { method: "POST", path: "/api/auth/login", need: "public" },
   { method: "POST", path: "/api/enroll", need: "public" },
+  { method: "GET", path: "/api/version", need: "public" },
+  { method: "GET", path: "/api/agent/binary", need: "public" },
+  { method: "GET", path: "/api/agent/install.sh", need: "public" },
   { method: "GET", path: "/api/me", need: "self" },
   { method: "POST", path: "/api/auth/logout", need: "self-session" },
   { method: "POST", path: "/api/me/totp", need: "self-session" },

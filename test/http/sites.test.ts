@@ -20,7 +20,7 @@ for (const flavor of FLAVORS) {
       const r = await createSite(code);
       expect(r.status).toBe(201);
       expect(r.body).toMatchObject({ site_code: code, display_name: "Head office", company: "Acme", enrollment_key: null });
-      expect(r.body.install_command).toBe(`bun run agent -- --server ${app.url} --site-code ${code} --enrollment-key <cek_…>`);
+      expect(r.body.install_command).toBe(`curl -fsSL '${app.url}/api/agent/install.sh' | sudo sh -s -- --site-code '${code}' --enrollment-key '<cek_…>'`);
 
       const one = await app.call("GET", `/api/sites/${r.body.id}`, { token: app.adminToken });
       expect(one.status).toBe(200);
@@ -50,7 +50,10 @@ for (const flavor of FLAVORS) {
       expect(v1.status).toBe(201);
       expect(v1.body.key).toMatch(/^cek_[0-9a-f]{64}$/);
       const fp1 = createHash("sha256").update(v1.body.key).digest("hex").slice(0, 4).toUpperCase();
-      expect(v1.body).toEqual({ site_id: site.id, key: v1.body.key, version: 1, fingerprint: fp1, fingerprint_label: `v1 (${fp1})` });
+      expect(v1.body).toEqual({
+        site_id: site.id, key: v1.body.key, version: 1, fingerprint: fp1, fingerprint_label: `v1 (${fp1})`,
+        install_command: `curl -fsSL '${app.url}/api/agent/install.sh' | sudo sh -s -- --site-code '${site.site_code}' --enrollment-key '${v1.body.key}'`,
+      });
 
       const meta = await app.call("GET", `/api/sites/${site.id}/enrollment-key`, { token: app.adminToken });
       expect(meta.status).toBe(200);

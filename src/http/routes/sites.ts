@@ -3,18 +3,18 @@ import { z } from "zod";
 import { audit } from "../../audit/audit.ts";
 import { fingerprintLabel } from "../../auth/secrets.ts";
 import { rotateEnrollmentKey } from "../../enrollment/enrollment-keys.ts";
+import { installCommand } from "../../install/install-script.ts";
 import { createSite, getSite, listSites, publicSite, SiteCodeTakenError, siteKeyMeta } from "../../enrollment/sites.ts";
 import { Uuid } from "../../protocol/accounts.ts";
 import { CreateSiteRequest, EnrollmentKeyMeta, RotatedEnrollmentKey, Site } from "../../protocol/sites.ts";
 import { actorOf, authorize, requestContext } from "../context.ts";
 import type { AppDeps } from "../deps.ts";
 import { HttpError } from "../errors.ts";
+import { publicUrl } from "../public-url.ts";
 
 const tags = ["sites"];
 const IdParams = z.object({ id: Uuid });
 
-/** The origin the caller reached this server at: what an agent on the caller's network would use. */
-const serverUrl = (request: Request) => new URL(request.url).origin;
 
 /** Sites of the caller's tenant and their enrollment keys (A5, M1). */
 export const siteRoutes = (deps: AppDeps) =>
@@ -22,7 +22,7 @@ export const siteRoutes = (deps: AppDeps) =>
     .use(requestContext(deps))
     .get("/api/sites", async (ctx) => {
       const me = await authorize(ctx, "sites:read");
-      const url = serverUrl(ctx.request);
+      const url = publicUrl(deps.config, ctx.request);
       return { sites: (await listSites(deps.store, me.tenantId)).map((s) => publicSite(s, url)) };
     }, { response: { 200: z.object({ sites: z.array(Site) }) }, detail: { tags, summary: "List sites" } })
 
@@ -38,14 +38,14 @@ export const siteRoutes = (deps: AppDeps) =>
       }
       await audit(deps.store, { tenantId: me.tenantId, type: "site.created", actor: actorOf(me), target: { type: "site", id: site.id }, ip: ctx.ip, correlationId: ctx.correlationId, details: { site: site.site_code, display_name: site.display_name, company: site.company } });
       ctx.set.status = 201;
-      return publicSite(site, serverUrl(ctx.request));
+      return publicSite(site, publicUrl(deps.config, ctx.request));
     }, { body: CreateSiteRequest, response: { 201: Site }, detail: { tags, summary: "Create a site (its enrollment key comes from the first rotation)" } })
 
     .get("/api/sites/:id", async (ctx) => {
       const me = await authorize(ctx, "sites:read");
       const site = await getSite(deps.store, me.tenantId, ctx.params.id);
       if (!site) throw new HttpError(404, "SITE_NOT_FOUND", "no such site");
-      return publicSite(site, serverUrl(ctx.request));
+      return publicSite(site, publicUrl(deps.config, ctx.request));
     }, { params: IdParams, response: { 200: Site }, detail: { tags, summary: "One site, with its enrollment key's metadata and install command" } })
 
     .post("/api/sites/:id/enrollment-key/rotate", async (ctx) => {
@@ -57,7 +57,10 @@ export const siteRoutes = (deps: AppDeps) =>
         details: { site_id: rotated.siteId, site: rotated.siteCode, key_version: rotated.version, key_fingerprint: rotated.fingerprint },
       });
       ctx.set.status = 201;
-      return { site_id: rotated.siteId, key: rotated.key, version: rotated.version, fingerprint: rotated.fingerprint, fingerprint_label: fingerprintLabel(rotated.version, rotated.fingerprint) };
+      return {
+        site_id: rotated.siteId, key: rotated.key, version: rotated.version, fingerprint: rotated.fingerprint, fingerprint_label: fingerprintLabel(rotated.version, rotated.fingerprint),
+        install_command: installCommand(publicUrl(deps.config, ctx.request), rotated.siteCode, rotated.key),
+      };
     }, { params: IdParams, response: { 201: RotatedEnrollmentKey }, detail: { tags, summary: "Rotate (or first issue) the site's enrollment key; the key is shown once" } })
 
     .get("/api/sites/:id/enrollment-key", async (ctx) => {
