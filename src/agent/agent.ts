@@ -6,6 +6,8 @@ import { runSession, type SessionEnd } from "./connection.ts";
 import { enrollUntilDone, keyPrefix } from "./enroll.ts";
 import { deriveMachineUid, loadOrCreateIdentity } from "./identity.ts";
 import type { Logger } from "./log.ts";
+import { fixedConsent, logPresenter } from "./session/consent.ts";
+import { SessionHost } from "./session/host.ts";
 import { StateDir, StateError } from "./state.ts";
 
 /** Close codes after which the same key will not work until an admin acts: retry slowly, loudly. */
@@ -73,6 +75,8 @@ export async function runAgent(config: AgentConfig, log: Logger, signal: AbortSi
 
   const url = agentSocketUrl(config.server);
   const backoff = new Backoff({ baseMs: config.reconnectBaseMs, capMs: config.reconnectCapMs });
+  // Sessions live across reconnects (the grace period); consent on a service comes from a flag.
+  const host = new SessionHost({ consent: fixedConsent(config.unattendedConsent === "allow", log), presenter: logPresenter(log), log, graceMs: config.sessionGraceMs });
   while (!signal.aborted) {
     log.info({ event: "connect.attempt", url, attempt: backoff.attempts + 1 }, "connecting");
     const end = await runSession({
@@ -82,6 +86,7 @@ export async function runAgent(config: AgentConfig, log: Logger, signal: AbortSi
       privateKey: identity.privateKey,
       statusIntervalMs: config.statusIntervalMs,
       statusCheckMs: config.statusCheckMs,
+      host,
     }, log, signal);
     if (signal.aborted || end.byUs) break;
     const delayMs = nextDelay(end, backoff, config);
@@ -93,6 +98,7 @@ export async function runAgent(config: AgentConfig, log: Logger, signal: AbortSi
     }
     if (!(await sleep(delayMs, signal))) break;
   }
+  await host.shutdown(); // shells and commands do not outlive the agent
   return { kind: "stopped" };
 }
 

@@ -29,12 +29,31 @@ export interface AgentConfig {
   machineIdFile: string;
   productUuidFile: string;
   logLevel: string;
+  /** Sessions: how long they outlive a dropped connection, waiting for the server's resume. */
+  sessionGraceMs: number;
+  /**
+   * Sessions that require consent on a managed machine: a service has nobody to ask, so this
+   * flag answers; `deny` unless the operator chose otherwise.
+   */
+  unattendedConsent: "allow" | "deny";
 }
 
-export const USAGE = `tether-agent: the Tether agent for managed machines
+/** Attended mode (`--code`): one support session for the person at this machine. */
+export interface AttendedConfig {
+  server: string;
+  code: string;
+  /** `ask` the person on the terminal (default), or answer automatically (automation, tests). */
+  consent: "ask" | "allow" | "deny";
+  sessionGraceMs: number;
+  /** Logs go to stderr in attended mode (stdout is for the person); `warn` by default. */
+  logLevel: string;
+}
+
+export const USAGE = `tether-agent: the Tether agent (managed machines; attended support with a code)
 
 Usage:
   tether-agent --server <url> --state-dir <dir> [--site-code <code> --enrollment-key <cek_…>] [labels]
+  tether-agent --server <url> --code <support code> [--consent ask|allow|deny]
 
 The first run generates the machine's Ed25519 key pair, enrolls with the site's enrollment key
 and stores its agent key in the state dir (mode 0600); later runs connect with what is stored
@@ -53,16 +72,24 @@ Options (environment fallback in brackets):
   --reconnect-cap-ms <ms>   reconnect backoff cap, default 30000            [TETHER_AGENT_RECONNECT_CAP_MS]
   --refused-retry-ms <ms>   retry after the server refused the key, default 300000 [TETHER_AGENT_REFUSED_RETRY_MS]
   --status-interval-ms <ms> re-send the inventory at least this often, default 300000 [TETHER_AGENT_STATUS_INTERVAL_MS]
-  --log-level <level>       pino level, default info                       [TETHER_AGENT_LOG_LEVEL]
-  --code <123456>           attended mode with a support code (not implemented yet)
+  --log-level <level>       pino level, default info (attended: warn, on stderr) [TETHER_AGENT_LOG_LEVEL]
+  --session-grace-ms <ms>   sessions outlive a lost connection this long, default 60000 [TETHER_AGENT_SESSION_GRACE_MS]
+  --unattended-consent allow|deny   answer for sessions that require consent on this managed
+                            machine (a service has nobody to ask), default deny [TETHER_AGENT_UNATTENDED_CONSENT]
   --help, --version
+
+Attended mode (a person at this machine asked for help and got a support code):
+  --code <code>             the support code the technician gave; connects once, no state dir
+  --consent ask|allow|deny  ask on this terminal (default), or answer automatically
+  Exit codes: 0 the session ended (or Ctrl-C), 2 bad usage, 4 code refused or locked out,
+  5 the server could not be reached or the connection was lost for good.
 `;
 
 export class ConfigError extends Error {}
 
 type Env = Record<string, string | undefined>;
 
-export type Parsed = { kind: "help" } | { kind: "version" } | { kind: "run"; config: AgentConfig };
+export type Parsed = { kind: "help" } | { kind: "version" } | { kind: "run"; config: AgentConfig } | { kind: "attended"; config: AttendedConfig };
 
 export function parseConfig(argv: string[], env: Env = process.env): Parsed {
   let values;
@@ -88,7 +115,10 @@ export function parseConfig(argv: string[], env: Env = process.env): Parsed {
         "refused-retry-ms": { type: "string" },
         "status-interval-ms": { type: "string" },
         "log-level": { type: "string" },
+        "session-grace-ms": { type: "string" },
+        "unattended-consent": { type: "string" },
         code: { type: "string" },
+        consent: { type: "string" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "v" },
       },
@@ -98,7 +128,6 @@ export function parseConfig(argv: string[], env: Env = process.env): Parsed {
   }
   if (values.help) return { kind: "help" };
   if (values.version) return { kind: "version" };
-  if (values.code !== undefined) throw new ConfigError("attended mode (--code) is not implemented yet; use managed mode (--site-code, --enrollment-key)");
 
   const pick = (flag: string | undefined, name: string) => {
     const v = flag ?? env[`TETHER_AGENT_${name}`];
@@ -121,6 +150,26 @@ export function parseConfig(argv: string[], env: Env = process.env): Parsed {
     throw new ConfigError(`--server is not a URL: ${JSON.stringify(server)}`);
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") throw new ConfigError("--server must be an http:// or https:// URL");
+  const serverBase = url.origin + url.pathname.replace(/\/+$/, "");
+  const sessionGraceMs = ms(values["session-grace-ms"], "SESSION_GRACE_MS", 60_000);
+
+  if (values.code !== undefined) {
+    for (const flag of ["state-dir", "site-code", "enrollment-key", "unattended-consent"] as const) {
+      if (values[flag] !== undefined) throw new ConfigError(`--${flag} is for managed mode; attended mode (--code) does not enroll or keep state`);
+    }
+    const code = values.code.replace(/[\s-]/g, "");
+    if (!/^[0-9A-Za-z]{1,32}$/.test(code)) throw new ConfigError(`--code must be the support code the technician gave (digits), got ${JSON.stringify(values.code)}`);
+    const consent = values.consent ?? "ask";
+    if (consent !== "ask" && consent !== "allow" && consent !== "deny") throw new ConfigError(`--consent must be ask, allow or deny, got ${JSON.stringify(consent)}`);
+    return {
+      kind: "attended",
+      config: { server: serverBase, code, consent, sessionGraceMs, logLevel: pick(values["log-level"], "LOG_LEVEL") ?? "warn" },
+    };
+  }
+  if (values.consent !== undefined) throw new ConfigError("--consent is for attended mode (--code); a managed agent uses --unattended-consent allow|deny");
+  const unattendedConsent = pick(values["unattended-consent"], "UNATTENDED_CONSENT") ?? "deny";
+  if (unattendedConsent !== "allow" && unattendedConsent !== "deny") throw new ConfigError(`--unattended-consent must be allow or deny, got ${JSON.stringify(unattendedConsent)}`);
+
   const stateDir = pick(values["state-dir"], "STATE_DIR");
   if (!stateDir) throw new ConfigError("--state-dir is required");
 
@@ -134,7 +183,7 @@ export function parseConfig(argv: string[], env: Env = process.env): Parsed {
   return {
     kind: "run",
     config: {
-      server: url.origin + url.pathname.replace(/\/+$/, ""),
+      server: serverBase,
       siteCode: pick(values["site-code"], "SITE_CODE"),
       enrollmentKey: pick(values["enrollment-key"], "ENROLLMENT_KEY"),
       stateDir,
@@ -149,14 +198,19 @@ export function parseConfig(argv: string[], env: Env = process.env): Parsed {
       machineIdFile: pick(undefined, "MACHINE_ID_FILE") ?? "/etc/machine-id",
       productUuidFile: pick(undefined, "PRODUCT_UUID_FILE") ?? "/sys/class/dmi/id/product_uuid",
       logLevel: pick(values["log-level"], "LOG_LEVEL") ?? "info",
+      sessionGraceMs,
+      unattendedConsent,
     },
   };
 }
 
-/** `http(s)://host/base` → `ws(s)://host/base/ws/agent`. */
-export function agentSocketUrl(server: string): string {
+/** `http(s)://host/base` → `ws(s)://host/base/ws/agent` (or another socket path). */
+export function agentSocketUrl(server: string, path = "/ws/agent"): string {
   const u = new URL(server);
   u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
-  u.pathname = u.pathname.replace(/\/+$/, "") + "/ws/agent";
+  u.pathname = u.pathname.replace(/\/+$/, "") + path;
   return u.toString();
 }
+
+/** `http(s)://host/base` → `ws(s)://host/base/ws/support` (attended mode). */
+export const supportSocketUrl = (server: string) => agentSocketUrl(server, "/ws/support");

@@ -4,12 +4,16 @@ import { keyPrefix } from "./enroll.ts";
 import { signNonce } from "./identity.ts";
 import { collectInventory, inventoryFingerprint } from "./inventory.ts";
 import type { Logger } from "./log.ts";
+import type { SessionHost } from "./session/host.ts";
+import { decodeInbound, encodeOutbound, type Outbound } from "./session/wire.ts";
 
 /**
  * One WebSocket session on /ws/agent (M3, M4): hello → challenge → proof (Ed25519 over the raw
  * nonce) → welcome; then heartbeats every heartbeat_ms and status {inventory} right away, again
- * when it changes and at least every statusIntervalMs. Resolves when the socket closes, with
- * the close code, so the caller decides how long to wait before the next one.
+ * when it changes and at least every statusIntervalMs. After welcome, data frames and session
+ * messages (relay.ts) go to the session host, and it sends through this socket until it closes.
+ * Resolves when the socket closes, with the close code, so the caller decides how long to wait
+ * before the next one.
  */
 export interface SessionParams {
   url: string;
@@ -20,6 +24,8 @@ export interface SessionParams {
   statusCheckMs: number;
   handshakeTimeoutMs?: number;
   inventory?: () => Inventory;
+  /** Sessions (issue 5): outlives this connection; attached after welcome, detached at close. */
+  host?: Pick<SessionHost, "attach" | "detach" | "handle" | "data">;
 }
 
 export interface SessionEnd {
@@ -55,10 +61,14 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
       done = true;
       for (const t of timers) clearInterval(t);
       signal.removeEventListener("abort", onAbort);
+      if (welcomed) p.host?.detach();
       resolve({ code, reason, welcomed, byUs });
     };
     const send = (m: AgentMessage) => {
       if (ws.readyState === WebSocket.OPEN) ws.send(encode(m) as Uint8Array<ArrayBuffer>);
+    };
+    const sendSession = (out: Outbound) => {
+      if (ws.readyState === WebSocket.OPEN) ws.send(encodeOutbound(out));
     };
     const sendStatus = (force: boolean) => {
       let inv: Inventory;
@@ -104,6 +114,11 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
     ws.addEventListener("message", (ev) => {
       const data = ev.data;
       const frame = data instanceof ArrayBuffer ? new Uint8Array(data) : typeof data === "string" ? null : new Uint8Array(data as ArrayBufferLike);
+      if (welcomed && p.host && frame) {
+        const inbound = decodeInbound(frame);
+        if (inbound?.kind === "data") return p.host.data(inbound.frame);
+        if (inbound?.kind === "message") return p.host.handle(inbound.message);
+      }
       const msg = frame ? decode(ServerMessage, frame) : null;
       if (!msg) {
         log.warn({ event: "connect.bad_frame" }, "the server sent a frame that is not a protocol message; closing");
@@ -123,6 +138,7 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
         timers.push(setInterval(() => send({ t: "heartbeat", seq: seq++ }), w.heartbeat_ms));
         sendStatus(true);
         timers.push(setInterval(() => sendStatus(false), Math.min(p.statusCheckMs, p.statusIntervalMs)));
+        p.host?.attach(sendSession);
       }
     });
 

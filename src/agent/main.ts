@@ -1,5 +1,6 @@
 #!/usr/bin/env bun
 import { runAgent } from "./agent.ts";
+import { runAttended } from "./attended.ts";
 import { ConfigError, USAGE, parseConfig } from "./config.ts";
 import { createAgentLogger } from "./log.ts";
 import { AGENT_VERSION } from "./version.ts";
@@ -7,6 +8,7 @@ import { AGENT_VERSION } from "./version.ts";
 /**
  * `bun run agent -- --server … --site-code … --enrollment-key cek_… --state-dir …`, or the
  * compiled `tether-agent`. Exit codes: 0 after SIGTERM/SIGINT, 2 bad usage, 3 unusable state.
+ * Attended mode (`--server … --code …`): 0 session over, 4 code refused, 5 server unreachable.
  */
 async function main(): Promise<number> {
   let parsed;
@@ -25,9 +27,8 @@ async function main(): Promise<number> {
     process.stdout.write(`tether-agent ${AGENT_VERSION}\n`);
     return 0;
   }
-  const config = parsed.config;
-  const log = createAgentLogger(config.logLevel);
   const stop = new AbortController();
+  const log = createAgentLogger(parsed.config.logLevel, parsed.kind === "attended" ? 2 : 1);
   for (const sig of ["SIGTERM", "SIGINT"] as const) {
     process.on(sig, () => {
       if (stop.signal.aborted) return;
@@ -35,6 +36,14 @@ async function main(): Promise<number> {
       stop.abort();
     });
   }
+  if (parsed.kind === "attended") {
+    log.info({ event: "agent.start", mode: "attended", version: AGENT_VERSION, server: parsed.config.server }, "tether agent starting (attended)");
+    const stdin = process.stdin;
+    const code = await runAttended(parsed.config, log, stop.signal, { out: process.stdout, input: stdin, interactive: !!stdin.isTTY });
+    await new Promise<void>((r) => process.stdout.write("", () => r())); // the person's text is out before exit
+    return code;
+  }
+  const config = parsed.config;
   log.info({ event: "agent.start", version: AGENT_VERSION, server: config.server, state_dir: config.stateDir }, "tether agent starting");
   const result = await runAgent(config, log, stop.signal);
   if (result.kind === "fatal") {
