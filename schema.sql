@@ -270,3 +270,100 @@ create index machines_search_doc on machines using gin (search_doc public.gin_tr
 create index machines_tenant_hostname on machines (tenant_id, lower(hostname), id) where deleted_at is null;
 create index machines_tenant_created on machines (tenant_id, created_at, id) where deleted_at is null;
 create index machines_site on machines (site_id);
+
+-- version: 5
+-- Sessions and the relay (S1–S8). The session actor (session/<id>) is the source of truth;
+-- `sessions` is its projection for lists and the viewer-socket checks, `session_events` the
+-- readable history (also in the audit log).
+alter table sites add column require_consent boolean not null default false;
+
+create table sessions (
+  id              uuid primary key,
+  tenant_id       uuid not null references tenants(id),
+  kind            text not null check (kind in ('attended', 'unattended', 'end_user')),
+  machine_id      uuid references machines(id) on delete set null,
+  created_by      uuid references users(id) on delete set null,
+  technician      text not null,
+  state           text not null,
+  end_reason      text,
+  consent         text not null default 'not_required',
+  attended_host   text,
+  attended_user   text,
+  viewers         integer not null default 0,
+  created_at      timestamptz not null default now(),
+  started_at      timestamptz,
+  ended_at        timestamptz,
+  updated_at      timestamptz not null default now()
+);
+create index sessions_tenant_created on sessions (tenant_id, created_at desc, id);
+create index sessions_machine_live on sessions (machine_id) where ended_at is null;
+
+create table session_events (
+  id          bigint generated always as identity primary key,
+  tenant_id   uuid not null references tenants(id),
+  session_id  uuid not null references sessions(id) on delete cascade,
+  type        text not null,
+  actor       text,
+  details     jsonb not null default '{}',
+  at          timestamptz not null default now()
+);
+create index session_events_session on session_events (session_id, id);
+
+-- Support codes (S2): numeric, single use, expiring; only the SHA-256 of a code is stored.
+create table support_codes (
+  id          uuid primary key,
+  tenant_id   uuid not null references tenants(id),
+  code_hash   text not null,
+  created_by  uuid not null references users(id) on delete cascade,
+  technician  text not null,
+  session_id  uuid references sessions(id) on delete set null,
+  status      text not null default 'open' check (status in ('open', 'used', 'cancelled')),
+  expires_at  timestamptz not null,
+  created_at  timestamptz not null default now(),
+  used_at     timestamptz
+);
+-- One open code per hash at a time: a new code never collides with a live one.
+create unique index support_codes_open on support_codes (code_hash) where status = 'open';
+
+-- Viewer tokens (S3) are signed and short-lived; revoking one before it expires records it here.
+create table viewer_token_revocations (
+  jti         text primary key,
+  session_id  uuid not null,
+  expires_at  timestamptz not null,
+  revoked_at  timestamptz not null default now()
+);
+
+-- Recordings (S6): every terminal channel, as asciicast v2 events in chunks. A chunk is
+-- written when it fills or every second, so a crash loses at most the last second of output.
+create table recordings (
+  id          uuid primary key,
+  tenant_id   uuid not null references tenants(id),
+  session_id  uuid not null references sessions(id) on delete cascade,
+  machine_id  uuid,
+  channel     bigint not null,
+  cols        integer not null,
+  rows        integer not null,
+  started_at  timestamptz not null,
+  ended_at    timestamptz,
+  bytes       bigint not null default 0,
+  chunks      integer not null default 0
+);
+create index recordings_session on recordings (session_id, started_at);
+create index recordings_machine on recordings (machine_id, started_at desc);
+create index recordings_started on recordings (started_at);
+
+create table recording_chunks (
+  recording_id uuid not null references recordings(id) on delete cascade,
+  seq          integer not null,
+  -- asciicast v2 event lines ([t, "o", data] / [t, "r", "COLSxROWS"]), newline-separated.
+  events       text not null,
+  primary key (recording_id, seq)
+);
+
+-- Keys the server generates for itself on first start (e.g. the viewer-token signing key), so
+-- every process of a deployment (primary and standby) signs and verifies alike.
+create table server_secrets (
+  name        text primary key,
+  value       text not null,
+  created_at  timestamptz not null default now()
+);

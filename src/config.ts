@@ -21,6 +21,14 @@ export interface Config {
   publicUrl?: string;
   /** The agent executable served at /api/agent/binary (built by `npm run build:agent`). */
   agentBinary: string;
+  /** Sessions: how long an agent may be gone before its session ends, how long a person has to consent, and how long an unattended session waits for its agent. */
+  sessionGraceMs: number;
+  consentTimeoutMs: number;
+  sessionWaitMs: number;
+  /** Largest file a viewer may upload to a machine. */
+  maxUploadBytes: number;
+  /** Recordings older than this many days are deleted (0: kept forever). */
+  recordingRetentionDays: number;
 }
 
 export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
@@ -45,6 +53,11 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     offlineAfterMs: int("TETHER_OFFLINE_AFTER_MS", 45_000),
     publicUrl: publicUrl(env.TETHER_PUBLIC_URL),
     agentBinary: env.TETHER_AGENT_BINARY || resolve(import.meta.dir, "..", "dist", "tether-agent"),
+    recordingRetentionDays: int("TETHER_RECORDING_RETENTION_DAYS", 90),
+    sessionGraceMs: int("TETHER_SESSION_GRACE_MS", 60_000),
+    consentTimeoutMs: int("TETHER_CONSENT_TIMEOUT_MS", 120_000),
+    sessionWaitMs: int("TETHER_SESSION_WAIT_MS", 10 * 60_000),
+    maxUploadBytes: int("TETHER_MAX_UPLOAD_BYTES", 100 * 1024 * 1024),
   };
 }
 

@@ -9,6 +9,12 @@ import { ensureFirstAdmin } from "./auth/first-admin.ts";
 import { Limiter } from "./auth/rate-limit.ts";
 import { machineKind } from "./actors/machine.ts";
 import { machineEffects } from "./machines/presence.ts";
+import { Relay } from "./relay/relay.ts";
+import { createRecorder } from "./recordings/factory.ts";
+import { Serial } from "./actors/serial.ts";
+import { sessionEffects } from "./sessions/effects.ts";
+import { sessionKind } from "./sessions/session.ts";
+import { ViewerTokens } from "./sessions/viewer-tokens.ts";
 import { CLOSE, MAX_AGENT_FRAME } from "./protocol/agent.ts";
 import { AgentConnections } from "./http/ws/agent-connections.ts";
 import { api } from "./http/api.ts";
@@ -36,6 +42,8 @@ export interface RunningServer {
   firstAdminPassword?: string;
   system: ActorSystem;
   store: Store;
+  relay: Relay;
+  viewerTokens: ViewerTokens;
   /** Graceful: stop accepting, drain mailboxes, snapshot, flush the journal, close the store. */
   stop(): Promise<void>;
 }
@@ -48,7 +56,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const metrics = new RuntimeMetrics();
   const system = new ActorSystem({ store, logger, onCommit: metrics.onCommit, ...opts.systemOptions });
   const connections = new AgentConnections(store, config.offlineAfterMs);
-  const kinds = [machineKind(machineEffects(store, connections, logger)), ...(opts.kinds ?? [])];
+  const sessionWrites = new Serial();
+  const recorder = await createRecorder({ store, log: logger, config });
+  const relay = new Relay(system, recorder, logger, { slowViewerBytes: 4 * 1024 * 1024, maxUploadBytes: config.maxUploadBytes });
+  const kinds = [machineKind(machineEffects(store, connections, logger)), sessionKind(sessionEffects(store, relay, logger, sessionWrites)), ...(opts.kinds ?? [])];
   for (const kind of kinds) system.register({ ...kind, options: { snapshotEvery: config.snapshotEvery, idleMs: config.idleMs, ...kind.options } });
   metrics.bind(system, store);
   const started = performance.now();
@@ -57,18 +68,27 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   // No agent is connected to a process that just started: machines come back offline until
   // their agents reconnect (which they do on their own).
   for (const { id } of await store.query<{ id: string }>("select id from machines where status = 'online'")) system.send(`machine/${id}`, { type: "server.restarted" });
+  // Sessions whose agent was connected to the old process start their grace period now.
+  for (const { id } of await store.query<{ id: string }>("select id from sessions where ended_at is null and state in ('active', 'awaiting_consent')")) system.send(`session/${id}`, { type: "server.restarted" });
   connections.start();
 
+  const viewerTokens = await ViewerTokens.load(store);
   const firstAdmin = await ensureFirstAdmin(store, logger, config.adminPassword);
   const deps: AppDeps = {
     config, store, system, log: logger,
     verifier: new CredentialVerifier(store),
     ips: new ClientIpResolver(config.trustedProxies),
     connections,
+    relay,
+    viewerTokens,
+    sessionWrites,
+    recorder,
     limiters: {
       loginByIp: new Limiter({ windowMs: 60_000, maxPerWindow: 30, maxFailures: 20, lockoutMs: 15 * 60_000 }),
       loginByUser: new Limiter({ windowMs: 60_000, maxPerWindow: 10, maxFailures: 10, lockoutMs: 15 * 60_000 }),
       enroll: new Limiter({ windowMs: 60_000, maxPerWindow: 60, maxFailures: 20, lockoutMs: 15 * 60_000 }),
+      // Support-code validation (S2): 10 failures from one address lock it out for 15 minutes.
+      supportCode: new Limiter({ windowMs: 60_000, maxPerWindow: 30, maxFailures: 10, lockoutMs: 15 * 60_000 }),
     },
   };
 
@@ -89,11 +109,15 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     firstAdminPassword: firstAdmin.generated,
     system,
     store,
+    relay,
+    viewerTokens,
     stop: () =>
       (stopping ??= (async () => {
         logger.info("shutting down: no new work, draining mailboxes");
         connections.stop(CLOSE.SERVER_STOPPING, "server stopping");
+        relay.stop();
         await app.stop();
+        await recorder.stop();
         await system.stop();
         await store.close();
         logger.info("stopped cleanly");

@@ -19,6 +19,10 @@ export const PERMISSIONS = [
   "audit:read",
   "settings:read",
   "settings:write",
+  "sessions:read",
+  "sessions:write",
+  "support_codes:write",
+  "recordings:read",
 ] as const;
 export type Permission = (typeof PERMISSIONS)[number];
 
@@ -26,10 +30,10 @@ const ALL = new Set<Permission>(PERMISSIONS);
 
 export const ROLE_PERMISSIONS: Record<Role, ReadonlySet<Permission>> = {
   admin: ALL,
-  technician: new Set<Permission>(["sites:read", "machines:read"]),
-  auditor: new Set<Permission>(["users:read", "sites:read", "machines:read", "agent_keys:read", "audit:read", "settings:read"]),
-  // Deny by default: only the machines granted to them (filtered at the query).
-  end_user: new Set<Permission>(["machines:read"]),
+  technician: new Set<Permission>(["sites:read", "machines:read", "sessions:read", "sessions:write", "support_codes:write", "recordings:read"]),
+  auditor: new Set<Permission>(["users:read", "sites:read", "machines:read", "agent_keys:read", "audit:read", "settings:read", "sessions:read", "recordings:read"]),
+  // Deny by default: only the machines granted to them, and their own sessions (filtered at the query).
+  end_user: new Set<Permission>(["machines:read", "sessions:read", "sessions:write"]),
 };
 
 export function isPermission(value: string): value is Permission {

@@ -8,11 +8,16 @@ import { authRoutes } from "./routes/auth.ts";
 import { enrollRoutes } from "./routes/enroll.ts";
 import { grantRoutes } from "./routes/grants.ts";
 import { machineRoutes } from "./routes/machines.ts";
+import { recordingRoutes } from "./routes/recordings.ts";
 import { settingsRoutes } from "./routes/settings.ts";
 import { siteRoutes } from "./routes/sites.ts";
 import { tokenRoutes } from "./routes/tokens.ts";
 import { userRoutes } from "./routes/users.ts";
+import { sessionRoutes } from "./routes/sessions.ts";
+import { supportCodeRoutes } from "./routes/support-codes.ts";
 import { agentSocket } from "./ws/agent.ts";
+import { supportSocket } from "./ws/support.ts";
+import { viewerSocket } from "./ws/viewer.ts";
 
 /** The HTTP API: one plugin per area, each with its schemas next to its routes. */
 export const api = (deps: AppDeps) =>
@@ -29,4 +34,9 @@ export const api = (deps: AppDeps) =>
     .use(machineRoutes(deps))
     .use(grantRoutes(deps))
     .use(auditRoutes(deps))
-    .use(agentSocket(deps));
+    .use(recordingRoutes(deps))
+    .use(sessionRoutes(deps))
+    .use(supportCodeRoutes(deps))
+    .use(agentSocket(deps))
+    .use(supportSocket(deps))
+    .use(viewerSocket(deps));

@@ -1,3 +1,4 @@
+import type { Serial } from "../actors/serial.ts";
 import type { ActorSystem } from "../actors/system.ts";
 import type { ClientIpResolver } from "../auth/client-ip.ts";
 import type { CredentialVerifier } from "../auth/credentials.ts";
@@ -5,6 +6,9 @@ import type { Limiter } from "../auth/rate-limit.ts";
 import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
 import type { Store } from "../store/store.ts";
+import type { Recorder } from "../recordings/recorder.ts";
+import type { Relay } from "../relay/relay.ts";
+import type { ViewerTokens } from "../sessions/viewer-tokens.ts";
 import type { AgentConnections } from "./ws/agent-connections.ts";
 
 /** What the HTTP plugins are given. Built once in src/server.ts. */
@@ -16,9 +20,15 @@ export interface AppDeps {
   verifier: CredentialVerifier;
   ips: ClientIpResolver;
   connections: AgentConnections;
+  relay: Relay;
+  viewerTokens: ViewerTokens;
+  /** The sessions rows' writes, in event order; await `settled(id)` to read your own changes. */
+  sessionWrites: Serial;
+  recorder: Recorder;
   limiters: {
     loginByIp: Limiter;
     loginByUser: Limiter;
     enroll: Limiter;
+    supportCode: Limiter;
   };
 }

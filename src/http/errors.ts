@@ -51,7 +51,7 @@ export const errorHandling = (log: Logger) =>
       const level = status >= 500 ? "error" : status >= 400 ? "info" : "debug";
       if (!log.isLevelEnabled(level)) return;
       const t0 = started.get(request);
-      log[level]({ correlationId: set.headers[CORRELATION_HEADER], method: request.method, path: new URL(request.url).pathname, status, ms: t0 === undefined ? undefined : Math.round(performance.now() - t0) }, "request");
+      log[level]({ correlationId: set.headers[CORRELATION_HEADER], method: request.method, path: loggedPath(request.url), status, ms: t0 === undefined ? undefined : Math.round(performance.now() - t0) }, "request");
     })
     .onError({ as: "global" }, ({ code, error, set, request }) => {
       const correlationId = String(set.headers[CORRELATION_HEADER] ?? ulid());
@@ -85,3 +85,6 @@ function validationDetail(error: unknown): string {
   const path = (first.path ?? "").replace(/^\//, "").replaceAll("/", ".");
   return `${path ? `${where}.${path}` : where}: ${first.summary ?? first.message ?? "invalid"}`;
 }
+
+/** The path as logged: a support code in it (the cancel route) is a secret of sorts, so masked. */
+export const loggedPath = (url: string) => new URL(url).pathname.replace(/^\/api\/support-codes\/[^/]+/, "/api/support-codes/<code>");

@@ -18,6 +18,6 @@ test("docs/PERMISSIONS.md states exactly the matrix the code enforces", () => {
   }
 });
 
-test("end users are denied by default: only machines:read, filtered to their grants", () => {
-  expect([...ROLE_PERMISSIONS.end_user]).toEqual(["machines:read"]);
+test("end users are denied by default: their granted machines and their own sessions only", () => {
+  expect([...ROLE_PERMISSIONS.end_user]).toEqual(["machines:read", "sessions:read", "sessions:write"]);
 });

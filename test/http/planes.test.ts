@@ -69,6 +69,19 @@ const ROWS: Row[] = [
   { method: "POST", path: "/api/machines/{id}/keys", need: "agent_keys:write" },
   { method: "DELETE", path: "/api/machines/{id}/keys/{key_id}", need: "agent_keys:write" },
   { method: "GET", path: "/api/audit", need: "audit:read" },
+  { method: "POST", path: "/api/sessions", need: "sessions:write", body: (ids) => ({ machine_id: ids.random }) },
+  { method: "GET", path: "/api/sessions", need: "sessions:read" },
+  { method: "GET", path: "/api/sessions/{id}", need: "sessions:read" },
+  { method: "GET", path: "/api/sessions/{id}/events", need: "sessions:read" },
+  { method: "POST", path: "/api/sessions/{id}/end", need: "sessions:write" },
+  { method: "POST", path: "/api/sessions/{id}/viewer-token", need: "sessions:write", body: () => ({ access: "view" }) },
+  { method: "DELETE", path: "/api/sessions/{id}/viewer-tokens/{token_id}", need: "sessions:write" },
+  { method: "POST", path: "/api/support-codes", need: "support_codes:write", body: () => ({}) },
+  { method: "POST", path: "/api/support-codes/{code}/cancel", need: "support_codes:write" },
+  { method: "GET", path: "/api/sessions/{id}/recordings", need: "recordings:read" },
+  { method: "GET", path: "/api/machines/{id}/recordings", need: "recordings:read" },
+  { method: "GET", path: "/api/recordings/{id}", need: "recordings:read" },
+  { method: "GET", path: "/api/recordings/{id}/cast", need: "recordings:read" },
 ];
 
 /** Codes that mean "refused by authentication or authorization". */
@@ -82,7 +95,11 @@ function pathFor(row: Row, ids: Ids): string {
     .replace("/users/{id}", `/users/${destructive ? ids.random : ids.userId}`)
     .replace("/machines/{id}", `/machines/${destructive ? ids.random : ids.machineId}`)
     .replace("/sites/{id}", `/sites/${destructive ? ids.random : ids.siteId}`)
+    .replace("/recordings/{id}", `/recordings/${ids.random}`)
+    .replace("/sessions/{id}/recordings", `/sessions/${ids.random}/recordings`)
     .replace("/tokens/{id}", `/tokens/${ids.random}`)
+    .replace("/sessions/{id}", `/sessions/${ids.random}`)
+    .replace("{code}", "000000")
     .replace("{token_id}", ids.random)
     .replace("{machine_id}", ids.random)
     .replace("{key_id}", ids.random);

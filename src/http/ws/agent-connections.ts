@@ -51,6 +51,13 @@ export class AgentConnections {
     return this.byConn.get(conn);
   }
 
+  /** The live connection of a machine, if any (the newest, should two overlap for a moment). */
+  connOf(machineId: string): string | null {
+    let found: string | null = null;
+    for (const s of this.byConn.values()) if (s.machineId === machineId) found = s.conn;
+    return found;
+  }
+
   get size(): number {
     return this.byConn.size;
   }
@@ -82,8 +89,9 @@ export class AgentConnections {
           where k.id in (select (jsonb_array_elements_text($1::text::jsonb))::uuid)`,
         [JSON.stringify(keys)]);
       for (const r of rows) {
-        if (r.revoked) this.closeKey(r.key_id, 4004, "key revoked");
-        else if (r.removed) this.closeKey(r.key_id, 4007, "machine removed");
+        // Removed before revoked: removing a machine also revokes its keys, and 4007 says why.
+        if (r.removed) this.closeKey(r.key_id, 4007, "machine removed");
+        else if (r.revoked) this.closeKey(r.key_id, 4004, "key revoked");
         else if (r.pending) this.closeKey(r.key_id, 4006, "machine pending approval");
       }
     } catch {

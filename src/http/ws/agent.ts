@@ -2,7 +2,10 @@ import { Elysia } from "elysia";
 import { audit } from "../../audit/audit.ts";
 import { isSecret, sha256Hex } from "../../auth/secrets.ts";
 import { AgentMessage, CLOSE, decode, encode, Hello, MAX_AGENT_FRAME, Proof, type ServerMessage } from "../../protocol/agent.ts";
+import { isDataFrame } from "../../protocol/frames.ts";
+import { liveSessionsOfMachine } from "../../sessions/sessions.ts";
 import type { AppDeps } from "../deps.ts";
+import { bufferedAmount } from "./buffered.ts";
 
 /**
  * `/ws/agent`: an agent proves, before anything else, that it holds both its `cak_` key and the
@@ -73,7 +76,11 @@ export const agentSocket = (deps: AppDeps) => {
             where k.key_hash = $1 and k.machine_id = $2`,
           [sha256Hex(hello.key), hello.machine_id]);
         if (!key) return refuse(ws, CLOSE.UNKNOWN_KEY, "unknown key", { ip, machineId: hello.machine_id });
-        if (key.revoked_at) return refuse(ws, CLOSE.KEY_REVOKED, "key revoked", { ip, machineId: key.machine_id, tenantId: key.tenant_id });
+        // A removed machine's keys are revoked with it: say it was removed (4007), not just revoked.
+        if (key.revoked_at) {
+          const removed = Boolean(key.deleted_at);
+          return refuse(ws, removed ? CLOSE.MACHINE_REMOVED : CLOSE.KEY_REVOKED, removed ? "machine removed" : "key revoked", { ip, machineId: key.machine_id, tenantId: key.tenant_id });
+        }
         const nonce = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
         stages.set(ws.id, { at: "proof", timer: stage.timer, nonce, hello, key });
         send(ws, { t: "challenge", nonce, heartbeat_ms: deps.config.heartbeatMs });
@@ -92,19 +99,31 @@ export const agentSocket = (deps: AppDeps) => {
         const address = `machine/${key.machine_id}`;
         stages.set(ws.id, { at: "bound", machineId: key.machine_id, conn });
         connections.add({ conn, machineId: key.machine_id, keyId: key.key_id, tenantId: key.tenant_id, lastSeen: Date.now(), close: (code, reason) => ws.raw.close(code, reason) });
+        deps.relay.addAgent(conn, { send: (f) => ws.raw.send(f), buffered: () => bufferedAmount(ws.raw), close: (c, r) => ws.raw.close(c, r) }, key.machine_id);
         deps.system.pin(address);
         await deps.store.query("update agent_keys set last_used_at = now() where id = $1", [key.key_id]);
         await deps.system.ask(address, { type: "agent.connected", conn, ip, agent_version: hello.agent_version });
         await audit(deps.store, { tenantId: key.tenant_id, type: "agent.connected", actor: { type: "agent", id: key.machine_id }, target: { type: "machine", id: key.machine_id }, ip, details: { key_id: key.key_id, conn } });
         send(ws, { t: "welcome", machine_id: key.machine_id, heartbeat_ms: deps.config.heartbeatMs, offline_after_ms: deps.config.offlineAfterMs, external_ip: ip });
+        // Sessions of this machine waiting for it, or in their grace period, (re)start on it.
+        for (const sessionId of await liveSessionsOfMachine(deps.store, key.machine_id)) {
+          try {
+            deps.system.send(`session/${sessionId}`, { type: "agent.attached", conn });
+          } catch {}
+        }
         return;
       }
 
-      // Bound: heartbeats here, status to the actor.
-      const message = decode(AgentMessage, frame);
+      // Bound: heartbeats here, status to the actor, session frames to the relay.
       const socket = connections.get(stage.conn);
-      if (!message || !socket) return ws.raw.close(CLOSE.BAD_MESSAGE, "not a protocol message");
+      if (!socket) return ws.raw.close(CLOSE.BAD_MESSAGE, "not a protocol message");
       socket.lastSeen = Date.now();
+      if (isDataFrame(frame)) return void deps.relay.fromAgent(stage.conn, frame);
+      const message = decode(AgentMessage, frame);
+      if (!message) {
+        if (!deps.relay.fromAgent(stage.conn, frame)) ws.raw.close(CLOSE.BAD_MESSAGE, "not a protocol message");
+        return;
+      }
       if (message.t === "status") deps.system.send(`machine/${stage.machineId}`, { type: "agent.status", conn: stage.conn, inventory: message.inventory });
     },
     close(ws, code, reason) {
@@ -114,6 +133,7 @@ export const agentSocket = (deps: AppDeps) => {
       if (stage.at !== "bound") return clearTimeout(stage.timer);
       const socket = connections.get(stage.conn);
       connections.remove(stage.conn);
+      deps.relay.removeAgent(stage.conn);
       const address = `machine/${stage.machineId}`;
       deps.system.unpin(address);
       try {

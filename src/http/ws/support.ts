@@ -1,0 +1,85 @@
+import { Elysia } from "elysia";
+import { audit } from "../../audit/audit.ts";
+import { CLOSE, decode, encode, Heartbeat, MAX_AGENT_FRAME } from "../../protocol/agent.ts";
+import { isDataFrame } from "../../protocol/frames.ts";
+import { SUPPORT_CLOSE, SupportHello } from "../../protocol/support.ts";
+import { claimSupportCode, reclaimSupportCode } from "../../sessions/support-codes.ts";
+import type { AppDeps } from "../deps.ts";
+import { bufferedAmount } from "./buffered.ts";
+
+/**
+ * `/ws/support`: the attended agent (S2) presents a support code instead of an agent key. The
+ * code is claimed (single use) and the connection becomes the session's agent; a wrong code
+ * counts toward a per-IP lockout (10 failures, 15 minutes), with one close code for every kind
+ * of wrong (unknown, used, cancelled, expired). Then it speaks the session protocol, like a
+ * managed agent, through the relay.
+ */
+const HANDSHAKE_MS = 10_000;
+
+type Stage = { at: "hello"; timer: ReturnType<typeof setTimeout> } | { at: "bound"; conn: string; sessionId: string; lastSeen: number; sweep: ReturnType<typeof setInterval> };
+
+export const supportSocket = (deps: AppDeps) => {
+  const stages = new Map<string, Stage>();
+  const DEFAULT_TENANT = "00000000-0000-0000-0000-000000000001";
+
+  return new Elysia({ name: "support-socket" }).ws("/ws/support", {
+    open(ws) {
+      stages.set(ws.id, { at: "hello", timer: setTimeout(() => ws.raw.close(CLOSE.HANDSHAKE_TIMEOUT, "handshake not completed in time"), HANDSHAKE_MS) });
+    },
+    async message(ws, raw) {
+      const stage = stages.get(ws.id);
+      if (!stage) return;
+      const frame = raw instanceof Uint8Array ? raw : null;
+      if (!frame || frame.byteLength > MAX_AGENT_FRAME) return ws.raw.close(CLOSE.TOO_BIG, "frame too large");
+
+      if (stage.at === "hello") {
+        const ip = deps.ips.resolve(ws.raw.remoteAddress, ws.data.request.headers.get("x-forwarded-for"));
+        const hello = decode(SupportHello, frame);
+        if (!hello) return ws.raw.close(CLOSE.BAD_MESSAGE, "expected hello");
+        const verdict = deps.limiters.supportCode.check(ip);
+        if (!verdict.ok) {
+          await audit(deps.store, { tenantId: DEFAULT_TENANT, type: "support_code.refused", outcome: "failure", actor: { type: "anonymous" }, ip, details: { reason: verdict.reason } }).catch(() => {});
+          return ws.raw.close(SUPPORT_CLOSE.LOCKED_OUT, `too many attempts; retry in ${verdict.retryAfterSec} s`);
+        }
+        const claimed = (await claimSupportCode(deps.store, hello.code)) ?? (await reclaimSupportCode(deps.store, hello.code));
+        if (!claimed) {
+          const locked = deps.limiters.supportCode.failure(ip);
+          await audit(deps.store, { tenantId: DEFAULT_TENANT, type: "support_code.refused", outcome: "failure", actor: { type: "anonymous" }, ip, details: { reason: "bad_code", locked_out: locked } }).catch(() => {});
+          return ws.raw.close(SUPPORT_CLOSE.BAD_CODE, "unknown or expired code");
+        }
+        deps.limiters.supportCode.success(ip);
+        clearTimeout(stage.timer);
+        const conn = crypto.randomUUID();
+        deps.relay.addAgent(conn, { send: (f) => ws.raw.send(f), buffered: () => bufferedAmount(ws.raw), close: (c, r) => ws.raw.close(c, r) }, null);
+        const address = `session/${claimed.session_id}`;
+        const attached = await deps.system.ask<{ ok: boolean }>(address, { type: "agent.attached", conn, host: hello.hostname, user: hello.user }).catch(() => null);
+        if (!attached?.reply?.ok) {
+          deps.relay.removeAgent(conn);
+          return ws.raw.close(SUPPORT_CLOSE.SESSION_ENDED, "the session has ended");
+        }
+        await audit(deps.store, { tenantId: claimed.tenant_id, type: "support_code.used", actor: { type: "anonymous", name: hello.user }, target: { type: "session", id: claimed.session_id }, ip, details: { hostname: hello.hostname } });
+        const bound: Extract<Stage, { at: "bound" }> = {
+          at: "bound", conn, sessionId: claimed.session_id, lastSeen: Date.now(),
+          sweep: setInterval(() => {
+            if (Date.now() - bound.lastSeen > deps.config.offlineAfterMs) ws.raw.close(CLOSE.SILENT, "no heartbeat");
+          }, Math.max(50, Math.min(1000, deps.config.offlineAfterMs / 4))),
+        };
+        stages.set(ws.id, bound);
+        ws.raw.send(encode({ t: "welcome", session: claimed.session_id, technician: claimed.technician, heartbeat_ms: deps.config.heartbeatMs } as never));
+        return;
+      }
+
+      stage.lastSeen = Date.now();
+      if (!isDataFrame(frame) && decode(Heartbeat, frame)) return;
+      if (!deps.relay.fromAgent(stage.conn, frame)) ws.raw.close(CLOSE.BAD_MESSAGE, "not a protocol message");
+    },
+    close(ws) {
+      const stage = stages.get(ws.id);
+      stages.delete(ws.id);
+      if (!stage) return;
+      if (stage.at === "hello") return clearTimeout(stage.timer);
+      clearInterval(stage.sweep);
+      deps.relay.removeAgent(stage.conn);
+    },
+  });
+};

@@ -1,0 +1,92 @@
+import { Elysia } from "elysia";
+import { z } from "zod";
+import { audit } from "../../audit/audit.ts";
+import { encode } from "../../protocol/agent.ts";
+import { MAX_VIEWER_FRAME, VIEWER_CLOSE } from "../../protocol/relay.ts";
+import type { ViewerLink } from "../../relay/relay.ts";
+import type { SessionContext } from "../../sessions/session.ts";
+import type { ViewerClaims } from "../../sessions/viewer-tokens.ts";
+import type { AppDeps } from "../deps.ts";
+import { bufferedAmount } from "./buffered.ts";
+import { HttpError } from "../errors.ts";
+
+/**
+ * `/ws/viewer?session=<id>&token=<viewer token>` (S3): every check happens before the upgrade,
+ * in the order of the reference (signature, expiry, purpose, revocation, then session binding).
+ * A login session or API token here is a 401, a viewer token of another session a 403. Frames
+ * over 64 KiB are refused. Then the viewer joins the session actor and the relay carries its
+ * frames (src/relay/relay.ts).
+ */
+const Query = z.object({ session: z.uuid(), token: z.string().min(1).max(4096) });
+
+interface Admitted {
+  claims: ViewerClaims;
+  machineId: string | null;
+  ip: string;
+}
+
+export const viewerSocket = (deps: AppDeps) => {
+  const admitted = new WeakMap<Request, Admitted>();
+  const links = new Map<string, ViewerLink>();
+
+  return new Elysia({ name: "viewer-socket" }).ws("/ws/viewer", {
+    async beforeHandle({ request, query, server }) {
+      const ip = deps.ips.resolve(server?.requestIP(request)?.address ?? "", request.headers.get("x-forwarded-for"));
+      const q = Query.safeParse(query);
+      if (!q.success) throw new HttpError(400, "VALIDATION_FAILED", "query: session (uuid) and token are required");
+      const verdict = await deps.viewerTokens.verify(deps.store, q.data.token, q.data.session);
+      if (!verdict.ok) {
+        await audit(deps.store, {
+          tenantId: "00000000-0000-0000-0000-000000000001", type: "viewer.refused", outcome: "failure", actor: { type: "anonymous" },
+          target: { type: "session", id: q.data.session }, ip, details: { reason: verdict.why },
+        }).catch(() => {});
+        if (verdict.why === "wrong_session") throw new HttpError(403, "WRONG_SESSION", "this viewer token is for another session");
+        throw new HttpError(401, "INVALID_VIEWER_TOKEN", "a viewer token from POST /api/sessions/:id/viewer-token is required");
+      }
+      const [s] = await deps.store.query<{ machine_id: string | null; ended_at: unknown }>("select machine_id, ended_at from sessions where id = $1 and tenant_id = $2", [q.data.session, verdict.claims.tenantId]);
+      if (!s) throw new HttpError(404, "SESSION_NOT_FOUND", "no such session");
+      if (s.ended_at) throw new HttpError(409, "SESSION_ENDED", "the session has ended");
+      admitted.set(request, { claims: verdict.claims, machineId: s.machine_id, ip });
+    },
+    async open(ws) {
+      const a = admitted.get(ws.data.request);
+      if (!a) return ws.raw.close(VIEWER_CLOSE.BAD_MESSAGE, "not admitted");
+      const viewerId = crypto.randomUUID();
+      const link: ViewerLink = {
+        viewerId, sessionId: a.claims.session, userId: a.claims.userId, name: a.claims.name, access: a.claims.access,
+        send: (frame) => ws.raw.send(frame),
+        buffered: () => bufferedAmount(ws.raw),
+        close: (code, reason) => ws.raw.close(code, reason),
+      };
+      (ws.data as { viewerId?: string }).viewerId = viewerId;
+      links.set(viewerId, link);
+      deps.relay.addViewer({ tenantId: a.claims.tenantId, machineId: a.machineId }, link);
+      const joined = await deps.system.ask<{ ok: boolean; code?: string }>(`session/${a.claims.session}`, { type: "viewer.joined", viewer_id: viewerId, user_id: a.claims.userId, name: a.claims.name, access: a.claims.access })
+        .catch(() => null);
+      if (!joined?.reply?.ok) {
+        deps.relay.removeViewer(a.claims.session, viewerId);
+        return ws.raw.close(VIEWER_CLOSE.SESSION_ENDED, joined?.reply?.code ?? "session unavailable");
+      }
+      const c = joined.context as SessionContext;
+      ws.raw.send(encode({
+        t: "joined", session: a.claims.session, viewer_id: viewerId, access: a.claims.access, state: String(joined.value),
+        viewers: Object.values(c.viewers), channels: Object.values(c.channels).map(({ opened_at: _o, ...ch }) => ch),
+      } as never));
+    },
+    async message(ws, raw) {
+      const link = links.get((ws.data as { viewerId?: string }).viewerId ?? "");
+      if (!link) return;
+      const frame = raw instanceof Uint8Array ? raw : null;
+      if (!frame) return ws.raw.close(VIEWER_CLOSE.BAD_MESSAGE, "binary frames only");
+      if (frame.byteLength > MAX_VIEWER_FRAME) return ws.raw.close(1009, "frame too large");
+      if (!(await deps.relay.fromViewer(link, frame))) ws.raw.close(VIEWER_CLOSE.BAD_MESSAGE, "not a protocol message");
+    },
+    close(ws) {
+      const viewerId = (ws.data as { viewerId?: string }).viewerId;
+      const link = viewerId ? links.get(viewerId) : undefined;
+      if (!link) return;
+      links.delete(link.viewerId);
+      deps.relay.removeViewer(link.sessionId, link.viewerId);
+    },
+  });
+};

@@ -1,0 +1,154 @@
+import type { Queryable } from "../store/store.ts";
+import { getRecording, type RecordingRow } from "./recordings.ts";
+
+/**
+ * Recordings as asciicast v2 (https://docs.asciinema.org/manual/asciicast/v2/), the format
+ * asciinema and its player read: newline-delimited JSON, a header object on the first line,
+ * then one `[time, code, data]` event per line (time in seconds from the start, a float).
+ * The chunks already hold event lines, so an export is the header followed by the chunks in
+ * sequence order, streamed a page at a time.
+ */
+
+export const CAST_CONTENT_TYPE = "application/x-asciicast";
+
+export interface CastHeader {
+  version: 2;
+  width: number;
+  height: number;
+  timestamp?: number;
+  duration?: number;
+  title?: string;
+  env?: Record<string, string>;
+  [k: string]: unknown;
+}
+
+export type CastEventCode = "o" | "i" | "m" | "r";
+export type CastEvent = [time: number, code: CastEventCode, data: string];
+
+export interface Cast {
+  header: CastHeader;
+  events: CastEvent[];
+}
+
+/** The header line (with its newline) of a recording. */
+export function castHeader(r: Pick<RecordingRow, "cols" | "rows" | "started_at" | "ended_at">, title?: string): string {
+  const started = new Date(r.started_at).getTime();
+  const header: CastHeader = { version: 2, width: r.cols, height: r.rows, timestamp: Math.floor(started / 1000) };
+  if (r.ended_at !== null) header.duration = Math.max(0, new Date(r.ended_at).getTime() - started) / 1000;
+  if (title) header.title = title;
+  return JSON.stringify(header) + "\n";
+}
+
+/**
+ * The whole cast as a stream: the header, then the chunks `pageSize` at a time (a huge
+ * recording is never in memory at once). Reads from `db` as the consumer pulls.
+ */
+export function castStream(db: Queryable, r: RecordingRow, opts: { title?: string; pageSize?: number } = {}): ReadableStream<Uint8Array> {
+  const pageSize = opts.pageSize ?? 100;
+  const encoder = new TextEncoder();
+  let after: number | null = null;
+  let done = false;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (after === null) {
+        after = 0;
+        controller.enqueue(encoder.encode(castHeader(r, opts.title)));
+        return;
+      }
+      if (done) return;
+      const page = await db.query<{ seq: number; events: string }>(
+        "select seq, events from recording_chunks where recording_id = $1 and seq > $2 order by seq limit $3",
+        [r.id, after, pageSize],
+      );
+      for (const c of page) {
+        const text = c.events.endsWith("\n") || c.events.length === 0 ? c.events : c.events + "\n";
+        if (text.length > 0) controller.enqueue(encoder.encode(text));
+        after = c.seq;
+      }
+      if (page.length < pageSize) {
+        done = true;
+        controller.close();
+      }
+    },
+  }, { highWaterMark: 0 });
+}
+
+/** A recording of the tenant, ready to stream as a .cast file; null if there is no such recording. */
+export async function openCast(db: Queryable, tenantId: string, id: string, opts: { pageSize?: number } = {}): Promise<{ recording: RecordingRow; filename: string; stream: ReadableStream<Uint8Array> } | null> {
+  const recording = await getRecording(db, tenantId, id);
+  if (!recording) return null;
+  const [machine] = recording.machine_id
+    ? await db.query<{ hostname: string }>("select hostname from machines where id = $1 and tenant_id = $2", [recording.machine_id, tenantId])
+    : [];
+  const title = `${machine ? machine.hostname : `session ${recording.session_id}`}: terminal ${recording.channel}`;
+  return {
+    recording,
+    filename: `${recording.session_id}-${recording.channel}.cast`,
+    stream: castStream(db, recording, { title, pageSize: opts.pageSize }),
+  };
+}
+
+/** The whole cast as text (tests, small recordings). */
+export async function exportCast(db: Queryable, tenantId: string, id: string, opts: { pageSize?: number } = {}): Promise<string | null> {
+  const cast = await openCast(db, tenantId, id, opts);
+  return cast ? new Response(cast.stream).text() : null;
+}
+
+export class CastFormatError extends Error {}
+
+const CODES = new Set(["o", "i", "m", "r"]);
+const isInt = (v: unknown, min: number) => typeof v === "number" && Number.isInteger(v) && v >= min;
+
+/**
+ * Parses and checks an asciicast v2 file against the spec: the header's required and typed
+ * optional attributes, every event a [time ≥ 0, known code, string] array, times never going
+ * back, resize data `COLSxROWS`. Throws CastFormatError naming the line.
+ */
+export function parseCast(text: string): Cast {
+  const lines = text.split("\n");
+  if (lines[lines.length - 1] === "") lines.pop();
+  if (lines.length === 0) throw new CastFormatError("line 1: no header");
+  let header: CastHeader;
+  try {
+    header = JSON.parse(lines[0]!);
+  } catch {
+    throw new CastFormatError("line 1: the header is not JSON");
+  }
+  if (typeof header !== "object" || header === null || Array.isArray(header)) throw new CastFormatError("line 1: the header is not an object");
+  if (header.version !== 2) throw new CastFormatError("line 1: version must be 2");
+  if (!isInt(header.width, 1) || !isInt(header.height, 1)) throw new CastFormatError("line 1: width and height must be positive integers");
+  if (header.timestamp !== undefined && !isInt(header.timestamp, 0)) throw new CastFormatError("line 1: timestamp must be an integer (Unix seconds)");
+  if (header.duration !== undefined && (typeof header.duration !== "number" || header.duration < 0)) throw new CastFormatError("line 1: duration must be a number");
+  if (header.title !== undefined && typeof header.title !== "string") throw new CastFormatError("line 1: title must be a string");
+  if (header.env !== undefined && (typeof header.env !== "object" || header.env === null || Object.values(header.env).some((v) => typeof v !== "string"))) {
+    throw new CastFormatError("line 1: env must map strings to strings");
+  }
+  const events: CastEvent[] = [];
+  let last = 0;
+  for (let i = 1; i < lines.length; i++) {
+    const where = `line ${i + 1}`;
+    let e: unknown;
+    try {
+      e = JSON.parse(lines[i]!);
+    } catch {
+      throw new CastFormatError(`${where}: not JSON`);
+    }
+    if (!Array.isArray(e) || e.length !== 3) throw new CastFormatError(`${where}: an event is a 3-element array`);
+    const [t, code, data] = e as [unknown, unknown, unknown];
+    if (typeof t !== "number" || !Number.isFinite(t) || t < 0) throw new CastFormatError(`${where}: time must be a non-negative number`);
+    if (t < last) throw new CastFormatError(`${where}: time goes back (${t} after ${last})`);
+    if (typeof code !== "string" || !CODES.has(code)) throw new CastFormatError(`${where}: unknown event code ${JSON.stringify(code)}`);
+    if (typeof data !== "string") throw new CastFormatError(`${where}: data must be a string`);
+    if (code === "r" && !/^\d+x\d+$/.test(data)) throw new CastFormatError(`${where}: resize data must be COLSxROWS`);
+    last = t;
+    events.push([t, code as CastEventCode, data]);
+  }
+  return { header, events };
+}
+
+/** What a player prints: every output event's data, in order. */
+export function replayOutput(cast: Cast): string {
+  let out = "";
+  for (const [, code, data] of cast.events) if (code === "o") out += data;
+  return out;
+}

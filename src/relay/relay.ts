@@ -1,0 +1,401 @@
+import type { ActorSystem } from "../actors/system.ts";
+import type { Logger } from "../log.ts";
+import { decode, encode } from "../protocol/agent.ts";
+import { channelOf, isDataFrame, newChannelId } from "../protocol/frames.ts";
+import {
+  AgentToServer, type ChannelType, FILE_CHUNK, MAX_VIEWER_FRAME, type ServerToAgent, type ServerToViewer, TRANSFER_WINDOW, VIEWER_CLOSE, ViewerToServer,
+} from "../protocol/relay.ts";
+import { INPUT_LIMITS, TokenBucket } from "./throttle.ts";
+
+/**
+ * The data plane (S5): live sockets of agents and viewers, and the channel routes between
+ * them. A session actor decides (who may watch, which channel may open); the relay carries the
+ * bytes. A data frame is routed by its five-byte header and forwarded as it came, to every
+ * viewer for terminals and command output, to the requesting viewer for a download; no actor
+ * sees it. A viewer that falls more than `slowViewerBytes` behind is disconnected with a
+ * reason; nobody waits for it. Viewer input is throttled per viewer.
+ */
+export interface Link {
+  send(frame: Uint8Array): number;
+  buffered(): number;
+  close(code: number, reason: string): void;
+}
+
+export interface ViewerLink extends Link {
+  viewerId: string;
+  sessionId: string;
+  userId: string;
+  name: string;
+  access: "control" | "view";
+}
+
+/** The recorder's hot-path surface (src/recordings/recorder.ts). */
+export interface RecorderPort {
+  start(r: { tenantId: string; sessionId: string; machineId: string | null; channel: number; cols: number; rows: number }): string;
+  output(id: string, bytes: Uint8Array): void;
+  resize(id: string, cols: number, rows: number): void;
+  end(id: string): void;
+}
+
+interface ChannelRoute {
+  channel: number;
+  sessionId: string;
+  type: ChannelType;
+  viewerId: string;
+  req: string | null;
+  recording: string | null;
+  /** Upload: bytes from the viewer, and bytes the agent acknowledged. */
+  received: number;
+  acked: number;
+}
+
+interface SessionRoute {
+  id: string;
+  tenantId: string;
+  machineId: string | null;
+  agentConn: string | null;
+  viewers: Map<string, ViewerState>;
+}
+
+interface ViewerState {
+  link: ViewerLink;
+  frames: TokenBucket;
+  bytes: TokenBucket;
+  refusedInARow: number;
+  lastThrottleNotice: number;
+}
+
+interface AgentState {
+  link: Link;
+  machineId: string | null;
+  sessions: Set<string>;
+}
+
+export interface RelayOptions {
+  slowViewerBytes: number;
+  maxUploadBytes: number;
+  now?: () => number;
+}
+
+export const DEFAULT_RELAY_OPTIONS: RelayOptions = { slowViewerBytes: 4 * 1024 * 1024, maxUploadBytes: 100 * 1024 * 1024 };
+
+export class Relay {
+  private readonly agents = new Map<string, AgentState>();
+  private readonly sessions = new Map<string, SessionRoute>();
+  private readonly channels = new Map<number, ChannelRoute>();
+  private readonly now: () => number;
+  /** Counters for /metrics and tests. */
+  readonly stats = { slowViewersDropped: 0, inputThrottled: 0, framesRelayed: 0 };
+
+  constructor(
+    private readonly system: Pick<ActorSystem, "send" | "ask">,
+    private readonly recorder: RecorderPort | null,
+    private readonly log: Logger,
+    private readonly options: RelayOptions = DEFAULT_RELAY_OPTIONS,
+  ) {
+    this.now = options.now ?? (() => performance.now());
+  }
+
+  // ---- agents -------------------------------------------------------------------------------
+
+  addAgent(conn: string, link: Link, machineId: string | null): void {
+    this.agents.set(conn, { link, machineId, sessions: new Set() });
+  }
+
+  /** The agent's socket closed: its sessions are told (the actor starts the grace period). */
+  removeAgent(conn: string): void {
+    const agent = this.agents.get(conn);
+    if (!agent) return;
+    this.agents.delete(conn);
+    for (const sessionId of agent.sessions) {
+      const route = this.sessions.get(sessionId);
+      if (route?.agentConn === conn) route.agentConn = null;
+      this.tell(`session/${sessionId}`, { type: "agent.detached", conn });
+    }
+  }
+
+  hasAgent(conn: string): boolean {
+    return this.agents.has(conn);
+  }
+
+  /** Binds a session to the agent connection the actor accepted. */
+  attach(sessionId: string, meta: { tenantId: string; machineId: string | null }, conn: string | null): void {
+    const route = this.routeOf(sessionId, meta);
+    if (conn) {
+      route.agentConn = conn;
+      this.agents.get(conn)?.sessions.add(sessionId);
+    }
+  }
+
+  toAgent(conn: string | null, message: ServerToAgent): void {
+    if (!conn) return;
+    this.agents.get(conn)?.link.send(encode(message as never));
+  }
+
+  /** A frame from an agent: data to its channel's viewers, control to the actor or viewers. */
+  fromAgent(conn: string, frame: Uint8Array): boolean {
+    if (isDataFrame(frame)) {
+      const ch = this.channels.get(channelOf(frame));
+      if (!ch) return true; // closed a moment ago: late bytes are dropped
+      const route = this.sessions.get(ch.sessionId);
+      if (!route || route.agentConn !== conn) return true;
+      this.stats.framesRelayed++;
+      if (ch.type === "download") {
+        const v = route.viewers.get(ch.viewerId);
+        if (v) this.deliver(route, v, frame);
+        return true;
+      }
+      if (ch.recording && this.recorder) this.recorder.output(ch.recording, frame.subarray(5));
+      for (const v of route.viewers.values()) this.deliver(route, v, frame);
+      return true;
+    }
+    const msg = decode(AgentToServer, frame);
+    if (!msg) return false;
+    switch (msg.t) {
+      case "consent":
+        if (this.agents.get(conn)?.sessions.has(msg.session)) this.tell(`session/${msg.session}`, { type: "consent.answer", conn, granted: msg.granted });
+        return true;
+      case "session.resumed":
+        return true;
+      case "chat": {
+        const route = this.sessions.get(msg.session);
+        if (route?.agentConn === conn) this.broadcast(route.id, { t: "chat", from: "end user", role: "end_user", text: msg.text, at: Date.now() });
+        return true;
+      }
+      default: {
+        const ch = this.channels.get(msg.channel);
+        const route = ch && this.sessions.get(ch.sessionId);
+        if (!ch || !route || route.agentConn !== conn) return true;
+        if (msg.t === "ch.opened") {
+          this.broadcast(route.id, { t: "ch.opened", req: ch.req, channel: ch.channel, type: ch.type, ...(msg.size !== undefined ? { size: msg.size } : {}) }, ch.type === "term" || ch.type === "cmd" ? null : ch.viewerId);
+        } else if (msg.t === "files.listing") {
+          this.unicast(route, ch.viewerId, { t: "files.listing", req: ch.req, channel: ch.channel, path: msg.path, entries: msg.entries });
+        } else if (msg.t === "ch.ack") {
+          ch.acked = msg.bytes;
+          this.unicast(route, ch.viewerId, { t: "ch.ack", channel: ch.channel, bytes: msg.bytes });
+        } else if (msg.t === "ch.closed") {
+          const { t: _t, ...end } = msg;
+          this.broadcast(route.id, { t: "ch.closed", ...end }, ch.type === "term" || ch.type === "cmd" ? null : ch.viewerId);
+          this.dropChannel(ch.channel);
+          this.tell(`session/${route.id}`, { type: "channel.closed", ...end });
+        }
+        return true;
+      }
+    }
+  }
+
+  // ---- viewers ------------------------------------------------------------------------------
+
+  addViewer(meta: { tenantId: string; machineId: string | null }, link: ViewerLink): void {
+    const route = this.routeOf(link.sessionId, meta);
+    const t = this.now();
+    route.viewers.set(link.viewerId, {
+      link,
+      frames: new TokenBucket(INPUT_LIMITS.framesPerSecond, INPUT_LIMITS.frameBurst, t),
+      bytes: new TokenBucket(INPUT_LIMITS.bytesPerSecond, INPUT_LIMITS.byteBurst, t),
+      refusedInARow: 0,
+      lastThrottleNotice: -Infinity,
+    });
+  }
+
+  removeViewer(sessionId: string, viewerId: string): void {
+    const route = this.sessions.get(sessionId);
+    if (!route?.viewers.delete(viewerId)) return;
+    this.tell(`session/${sessionId}`, { type: "viewer.left", viewer_id: viewerId });
+  }
+
+  /** A frame from a viewer. Returns false for a frame that is not a protocol frame. */
+  async fromViewer(link: ViewerLink, frame: Uint8Array): Promise<boolean> {
+    const route = this.sessions.get(link.sessionId);
+    const v = route?.viewers.get(link.viewerId);
+    if (!route || !v) return true;
+    if (frame.byteLength > MAX_VIEWER_FRAME) return false;
+    if (isDataFrame(frame)) return this.viewerData(route, v, frame);
+    const msg = decode(ViewerToServer, frame);
+    if (!msg) return false;
+    if (msg.t === "ch.ack") {
+      // Download progress from the receiving viewer lets the agent send on.
+      const ch = this.channels.get(msg.channel);
+      if (ch?.sessionId === route.id && ch.viewerId === link.viewerId && ch.type === "download") this.toAgent(route.agentConn, { t: "ch.ack", channel: ch.channel, bytes: msg.bytes });
+      return true;
+    }
+    if (link.access !== "control") {
+      this.unicast(route, link.viewerId, { t: "error", req: "req" in msg ? msg.req : null, code: "VIEW_ONLY", message: "this viewer may watch but not act" });
+      return true;
+    }
+    switch (msg.t) {
+      case "term.open":
+        return this.open(route, link, msg.req, "term", { cols: msg.cols, rows: msg.rows });
+      case "files.list":
+        return this.open(route, link, msg.req, "list", { path: msg.path });
+      case "files.download":
+        return this.open(route, link, msg.req, "download", { path: msg.path });
+      case "files.upload":
+        if (msg.size > this.options.maxUploadBytes) {
+          this.unicast(route, link.viewerId, { t: "error", req: msg.req, code: "UPLOAD_TOO_LARGE", message: `uploads are limited to ${this.options.maxUploadBytes} bytes` });
+          return true;
+        }
+        return this.open(route, link, msg.req, "upload", { path: msg.path, size: msg.size });
+      case "cmd.run":
+        return this.open(route, link, msg.req, "cmd", { argv: msg.argv, ...(msg.cwd ? { cwd: msg.cwd } : {}) });
+      case "term.resize": {
+        const ch = this.channels.get(msg.channel);
+        if (ch?.sessionId !== route.id || ch.type !== "term") return true;
+        if (ch.recording && this.recorder) this.recorder.resize(ch.recording, msg.cols, msg.rows);
+        this.toAgent(route.agentConn, { t: "ch.resize", channel: ch.channel, cols: msg.cols, rows: msg.rows });
+        return true;
+      }
+      case "ch.close":
+      case "ch.eof": {
+        const ch = this.channels.get(msg.channel);
+        if (ch?.sessionId !== route.id) return true;
+        if (msg.t === "ch.eof" && (ch.type !== "upload" || ch.viewerId !== link.viewerId)) return true;
+        this.toAgent(route.agentConn, { t: msg.t, channel: ch.channel });
+        return true;
+      }
+      case "chat.send":
+        this.broadcast(route.id, { t: "chat", from: link.name, role: "technician", text: msg.text, at: Date.now() });
+        this.toAgent(route.agentConn, { t: "chat", session: route.id, from: link.name, text: msg.text });
+        return true;
+      case "session.end":
+        await this.system.ask(`session/${route.id}`, { type: "session.end", by: "technician", user_id: link.userId }).catch(() => {});
+        return true;
+    }
+  }
+
+  /** Called by the session actor's effect once a channel is durable: route it, ask the agent. */
+  openRoute(r: { sessionId: string; tenantId: string; machineId: string | null; conn: string | null; viewerId: string; req: string; open: Extract<ServerToAgent, { t: "ch.open" }> }): void {
+    const route = this.routeOf(r.sessionId, { tenantId: r.tenantId, machineId: r.machineId });
+    const { channel, type } = r.open;
+    const recording = type === "term" && this.recorder
+      ? this.recorder.start({ tenantId: r.tenantId, sessionId: r.sessionId, machineId: r.machineId, channel, cols: r.open.cols ?? 80, rows: r.open.rows ?? 24 })
+      : null;
+    this.channels.set(channel, { channel, sessionId: r.sessionId, type, viewerId: r.viewerId, req: r.req, recording, received: 0, acked: 0 });
+    if (!route.agentConn || !this.agents.has(route.agentConn)) {
+      this.dropChannel(channel);
+      this.tell(`session/${r.sessionId}`, { type: "channel.closed", channel, reason: "agent_lost" });
+      this.unicast(route, r.viewerId, { t: "ch.closed", channel, reason: "agent_lost" });
+      return;
+    }
+    this.toAgent(route.agentConn, r.open);
+  }
+
+  /** The session ended: the agent told, viewers closed with the reason, channels dropped. */
+  endSession(sessionId: string, conn: string | null, reason: string): void {
+    if (conn) this.toAgent(conn, { t: "session.stop", session: sessionId, reason: reason as never });
+    const route = this.sessions.get(sessionId);
+    if (!route) return;
+    for (const ch of [...this.channels.values()]) if (ch.sessionId === sessionId) this.dropChannel(ch.channel);
+    for (const v of route.viewers.values()) {
+      v.link.send(encode({ t: "session.state", state: "ended", reason } as never));
+      v.link.close(VIEWER_CLOSE.SESSION_ENDED, `session ended: ${reason}`);
+    }
+    route.viewers.clear();
+    if (route.agentConn) this.agents.get(route.agentConn)?.sessions.delete(sessionId);
+    this.sessions.delete(sessionId);
+  }
+
+  broadcast(sessionId: string, message: ServerToViewer, onlyViewer: string | null = null): void {
+    const route = this.sessions.get(sessionId);
+    if (!route) return;
+    const frame = encode(message as never);
+    for (const v of route.viewers.values()) if (onlyViewer === null || v.link.viewerId === onlyViewer) this.deliver(route, v, frame);
+  }
+
+  viewerCount(sessionId: string): number {
+    return this.sessions.get(sessionId)?.viewers.size ?? 0;
+  }
+
+  /** Graceful stop: every viewer told the server is going. */
+  stop(): void {
+    for (const route of this.sessions.values()) for (const v of route.viewers.values()) v.link.close(VIEWER_CLOSE.SERVER_STOPPING, "server stopping");
+  }
+
+  // ---- internals ----------------------------------------------------------------------------
+
+  private routeOf(sessionId: string, meta: { tenantId: string; machineId: string | null }): SessionRoute {
+    let route = this.sessions.get(sessionId);
+    if (!route) {
+      route = { id: sessionId, tenantId: meta.tenantId, machineId: meta.machineId, agentConn: null, viewers: new Map() };
+      this.sessions.set(sessionId, route);
+    }
+    return route;
+  }
+
+  private async open(route: SessionRoute, link: ViewerLink, req: string, type: ChannelType, args: Record<string, unknown>): Promise<boolean> {
+    let channel = newChannelId();
+    while (this.channels.has(channel)) channel = newChannelId();
+    const res = await this.system.ask<{ ok: boolean; code?: string }>(`session/${route.id}`, { type: "channel.open", channel, channel_type: type, viewer_id: link.viewerId, req, ...args })
+      .catch((e: Error) => ({ reply: { ok: false, code: "UNAVAILABLE", message: e.message } }));
+    const reply = res.reply;
+    if (!reply?.ok) this.unicast(route, link.viewerId, { t: "error", req, code: reply?.code ?? "CHANNEL_REFUSED", message: "the session cannot open that channel now" });
+    return true;
+  }
+
+  private viewerData(route: SessionRoute, v: ViewerState, frame: Uint8Array): boolean {
+    const ch = this.channels.get(channelOf(frame));
+    if (!ch || ch.sessionId !== route.id) return true;
+    if (v.link.access !== "control") {
+      this.unicast(route, v.link.viewerId, { t: "error", req: null, code: "VIEW_ONLY", message: "this viewer may watch but not type" });
+      return true;
+    }
+    if (ch.type === "upload") {
+      if (ch.viewerId !== v.link.viewerId) return true;
+      ch.received += frame.byteLength - 5;
+      // The uploader keeps to the window; one that does not is cut off from the channel.
+      if (ch.received - ch.acked > TRANSFER_WINDOW + FILE_CHUNK) {
+        this.toAgent(route.agentConn, { t: "ch.close", channel: ch.channel });
+        this.unicast(route, v.link.viewerId, { t: "error", req: ch.req, code: "WINDOW_EXCEEDED", message: "sent beyond the transfer window" });
+        return true;
+      }
+    } else if (ch.type !== "term") {
+      return true;
+    } else {
+      const t = this.now();
+      if (!v.frames.take(1, t) || !v.bytes.take(frame.byteLength, t)) {
+        this.stats.inputThrottled++;
+        if (++v.refusedInARow >= INPUT_LIMITS.maxRefusedInARow) v.link.close(VIEWER_CLOSE.THROTTLED, "input rate limit");
+        else if (t - v.lastThrottleNotice > 1000) {
+          v.lastThrottleNotice = t;
+          this.unicast(route, v.link.viewerId, { t: "error", req: null, code: "THROTTLED", message: "input dropped: too fast" });
+        }
+        return true;
+      }
+      v.refusedInARow = 0;
+    }
+    const agent = route.agentConn ? this.agents.get(route.agentConn) : undefined;
+    agent?.link.send(frame);
+    return true;
+  }
+
+  private deliver(route: SessionRoute, v: ViewerState, frame: Uint8Array): void {
+    if (v.link.buffered() > this.options.slowViewerBytes) {
+      this.stats.slowViewersDropped++;
+      route.viewers.delete(v.link.viewerId);
+      v.link.close(VIEWER_CLOSE.TOO_SLOW, "too far behind the output; reconnect to catch up");
+      this.tell(`session/${route.id}`, { type: "viewer.left", viewer_id: v.link.viewerId });
+      return;
+    }
+    v.link.send(frame);
+  }
+
+  private unicast(route: SessionRoute, viewerId: string, message: ServerToViewer): void {
+    const v = route.viewers.get(viewerId);
+    if (v) this.deliver(route, v, encode(message as never));
+  }
+
+  private dropChannel(channel: number): void {
+    const ch = this.channels.get(channel);
+    if (!ch) return;
+    this.channels.delete(channel);
+    if (ch.recording && this.recorder) this.recorder.end(ch.recording);
+  }
+
+  private tell(address: string, event: { type: string; [k: string]: unknown }): void {
+    try {
+      this.system.send(address, event);
+    } catch (e) {
+      this.log.warn({ address, event: event.type, err: (e as Error).message }, "relay could not reach the session actor");
+    }
+  }
+}

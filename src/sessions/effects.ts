@@ -1,0 +1,58 @@
+import type { Serial } from "../actors/serial.ts";
+import type { Effect } from "../actors/types.ts";
+import { audit } from "../audit/audit.ts";
+import type { Logger } from "../log.ts";
+import type { ServerToAgent, ServerToViewer } from "../protocol/relay.ts";
+import type { Relay } from "../relay/relay.ts";
+import type { Queryable } from "../store/store.ts";
+
+/**
+ * The session actor's effects, run once the event that caused them is durable: the sessions row
+ * and events (each also audited), written in event order per session (`writes`), and the relay
+ * told what to route, send or tear down.
+ */
+export function sessionEffects(db: Queryable, relay: Relay, log: Logger, writes: Serial) {
+  return {
+    "session.project": (e: Effect) => writes.run(String((e as Record<string, unknown>).session_id), async () => {
+      const p = e as Effect & { session_id: string; state: string | null; end_reason: string | null; consent: string; agent_conn: string | null; attended: { host: string; user: string } | null; viewers: number; started_at: number | null; ended_at: number | null };
+      await db.query(
+        `update sessions set state = coalesce($2, state), end_reason = $3, consent = $4, viewers = $5,
+                attended_host = coalesce($6, attended_host), attended_user = coalesce($7, attended_user),
+                started_at = case when $8::bigint is null then null else to_timestamp($8::bigint / 1000.0) end,
+                ended_at = case when $9::bigint is null then null else to_timestamp($9::bigint / 1000.0) end, updated_at = now()
+          where id = $1`,
+        [p.session_id, p.state, p.end_reason, p.consent, p.viewers, p.attended?.host ?? null, p.attended?.user ?? null, p.started_at, p.ended_at]);
+    }),
+    "session.event": (e: Effect) => writes.run(String((e as Record<string, unknown>).session_id), async () => {
+      const p = e as Effect & { session_id: string; tenant_id: string; event: string; actor: string | null; details: Record<string, unknown>; at: number };
+      await db.query(
+        "insert into session_events (tenant_id, session_id, type, actor, details, at) values ($1, $2, $3, $4, $5::text::jsonb, to_timestamp($6::bigint / 1000.0))",
+        [p.tenant_id, p.session_id, p.event, p.actor, JSON.stringify(p.details), p.at]);
+      await audit(db, {
+        tenantId: p.tenant_id, type: `session.${p.event.replace(/^session\./, "")}`,
+        outcome: p.event === "consent.denied" ? "failure" : "success",
+        actor: p.actor ? { type: "user", id: p.actor } : { type: "system" },
+        target: { type: "session", id: p.session_id }, details: p.details,
+      });
+    }),
+    "session.agent": (e: Effect) => {
+      const p = e as Effect & { session_id: string; tenant_id: string; machine_id: string | null; conn: string | null; message: ServerToAgent };
+      // The agent the actor accepted carries the session's channels from now on.
+      if (p.message.t === "session.start") relay.attach(p.session_id, { tenantId: p.tenant_id, machineId: p.machine_id }, p.conn);
+      relay.toAgent(p.conn, p.message);
+    },
+    "session.viewers": (e: Effect) => {
+      const p = e as Effect & { session_id: string; message: ServerToViewer };
+      relay.broadcast(p.session_id, p.message);
+    },
+    "session.route": (e: Effect) => {
+      const p = e as Effect & { session_id: string; tenant_id: string; machine_id: string | null; conn: string | null; viewer_id: string; req: string; open: Extract<ServerToAgent, { t: "ch.open" }> };
+      relay.openRoute({ sessionId: p.session_id, tenantId: p.tenant_id, machineId: p.machine_id, conn: p.conn, viewerId: p.viewer_id, req: p.req, open: p.open });
+    },
+    "session.closed": (e: Effect) => {
+      const p = e as Effect & { session_id: string; conn: string | null; reason: string };
+      log.info({ session_id: p.session_id, reason: p.reason }, "session ended");
+      relay.endSession(p.session_id, p.conn, p.reason);
+    },
+  };
+}

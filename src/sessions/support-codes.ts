@@ -1,0 +1,72 @@
+import { sha256Hex } from "../auth/secrets.ts";
+import type { Queryable } from "../store/store.ts";
+
+/**
+ * Support codes (S2): 6 random digits, single use, expiring (default 20 minutes), created by a
+ * technician for one attended session and cancellable. Only their SHA-256 is stored; a code is
+ * unique among open codes (a partial unique index), so a fresh one is drawn on a clash. What
+ * keeps 10^6 codes from being guessed is the per-IP lockout at /ws/support (10 failures, 15
+ * minutes), like the reference's code-validate limiter.
+ */
+export const CODE_DIGITS = 6;
+
+export function drawCode(): string {
+  // Rejection sampling: uniform over 000000–999999.
+  const limit = 4_294_000_000; // the largest multiple of 10^6 below 2^32
+  for (;;) {
+    const n = crypto.getRandomValues(new Uint32Array(1))[0]!;
+    if (n < limit) return String(n % 1_000_000).padStart(CODE_DIGITS, "0");
+  }
+}
+
+export const isCodeShaped = (code: string) => /^\d{6}$/.test(code);
+const hashCode = (code: string) => sha256Hex(`tether-support-code:${code}`);
+
+export async function createSupportCode(db: Queryable, r: { tenantId: string; userId: string; technician: string; sessionId: string; expiresAt: Date }): Promise<string> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const code = drawCode();
+    const rows = await db.query(
+      `insert into support_codes (id, tenant_id, code_hash, created_by, technician, session_id, expires_at)
+       values ($1, $2, $3, $4, $5, $6, $7) on conflict do nothing returning id`,
+      [crypto.randomUUID(), r.tenantId, hashCode(code), r.userId, r.technician, r.sessionId, r.expiresAt]);
+    if (rows[0]) return code;
+    // An open code with that hash exists: expired ones are closed so they stop blocking draws.
+    await db.query("update support_codes set status = 'cancelled' where status = 'open' and expires_at < now()");
+  }
+  throw new Error("could not draw a free support code");
+}
+
+/** Marks an open, unexpired code used and returns its session; null for anything else. */
+export async function claimSupportCode(db: Queryable, code: string): Promise<{ session_id: string; tenant_id: string; technician: string } | null> {
+  if (!isCodeShaped(code)) return null;
+  const [row] = await db.query<{ session_id: string; tenant_id: string; technician: string }>(
+    `update support_codes set status = 'used', used_at = now()
+      where code_hash = $1 and status = 'open' and expires_at > now() and session_id is not null
+      returning session_id, tenant_id, technician`,
+    [hashCode(code)]);
+  return row ?? null;
+}
+
+/**
+ * The person's agent lost its connection and comes back with the same code: accepted only while
+ * that session is in its grace period (agent lost), so a code is still good for one session and
+ * for nobody once the session ends. Someone else holding the code could take that moment; the
+ * consent already given is the person's, so that risk is bounded by the grace period.
+ */
+export async function reclaimSupportCode(db: Queryable, code: string): Promise<{ session_id: string; tenant_id: string; technician: string } | null> {
+  if (!isCodeShaped(code)) return null;
+  const [row] = await db.query<{ session_id: string; tenant_id: string; technician: string }>(
+    `select c.session_id, c.tenant_id, c.technician from support_codes c join sessions s on s.id = c.session_id
+      where c.code_hash = $1 and c.status = 'used' and s.state = 'agent_lost' and s.ended_at is null`,
+    [hashCode(code)]);
+  return row ?? null;
+}
+
+/** Cancels an open code of the tenant; returns its session, or null. */
+export async function cancelSupportCode(db: Queryable, tenantId: string, code: string): Promise<string | null> {
+  if (!isCodeShaped(code)) return null;
+  const [row] = await db.query<{ session_id: string }>(
+    "update support_codes set status = 'cancelled' where tenant_id = $1 and code_hash = $2 and status = 'open' returning session_id",
+    [tenantId, hashCode(code)]);
+  return row?.session_id ?? null;
+}

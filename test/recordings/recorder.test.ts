@@ -1,0 +1,285 @@
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
+import { silentLogger } from "../../src/log.ts";
+import { castHeader, exportCast, parseCast, replayOutput } from "../../src/recordings/asciicast.ts";
+import { Recorder, type RecordingStart } from "../../src/recordings/recorder.ts";
+import { closeAbandonedRecordings, getRecording } from "../../src/recordings/recordings.ts";
+import type { Store } from "../../src/store/store.ts";
+import { createTestDb, eventually, FLAVORS, type TestDb } from "../helpers/stores.ts";
+import { capturingLogger, FlakyStore, insertSession, utf8 } from "./helpers.ts";
+
+setDefaultTimeout(60_000);
+
+const HOUR = 3_600_000;
+const T = DEFAULT_TENANT_ID;
+
+for (const flavor of FLAVORS) {
+  describe(`recorder (${flavor})`, () => {
+    let db: TestDb;
+    let store: Store;
+    const recorders: Recorder[] = [];
+    const recorder = (s: Store = store, opts: ConstructorParameters<typeof Recorder>[2] = {}, log = silentLogger) => {
+      const r = new Recorder(s, log, { flushMs: HOUR, ...opts });
+      recorders.push(r);
+      return r;
+    };
+    const begin = async (rec: Recorder, over: Partial<RecordingStart> = {}) => {
+      const sessionId = over.sessionId ?? (await insertSession(store));
+      return rec.start({ tenantId: T, sessionId, machineId: null, channel: 1, cols: 80, rows: 24, ...over });
+    };
+    const cast = async (id: string, pageSize?: number) => parseCast((await exportCast(store, T, id, { pageSize }))!);
+    const chunks = (id: string) => store.query<{ seq: number; events: string }>("select seq, events from recording_chunks where recording_id = $1 order by seq", [id]);
+
+    beforeAll(async () => {
+      db = await createTestDb(flavor);
+      store = await db.open();
+    });
+    afterAll(async () => {
+      for (const r of recorders) await r.stop();
+      await store?.close();
+      await db?.destroy();
+    });
+
+    test("UTF-8 split across frames round-trips; resize events; times never go back", async () => {
+      const rec = recorder();
+      const id = await begin(rec);
+      const parts = ["héllo wörld → 日本語 🎉\r\n", "\x1b[1;31mred\x1b[0m \"quoted\" \\ back\tslash\r\n", "ñ 𝄞 end"];
+      // Byte by byte: every multibyte character is split across frames.
+      for (const b of utf8(parts[0]!)) rec.output(id, Uint8Array.of(b));
+      await Bun.sleep(15);
+      rec.resize(id, 120, 40);
+      const second = utf8(parts[1]! + parts[2]!);
+      for (let i = 0; i < second.length; i += 3) {
+        rec.output(id, second.subarray(i, i + 3));
+        if (i % 12 === 0) await Bun.sleep(2);
+      }
+      await rec.end(id);
+
+      const c = await cast(id);
+      expect(c.header).toMatchObject({ version: 2, width: 80, height: 24 });
+      expect(replayOutput(c)).toBe(parts.join(""));
+      expect(replayOutput(c)).not.toContain("\uFFFD");
+      const resizes = c.events.filter((e) => e[1] === "r");
+      expect(resizes.map((e) => e[2])).toEqual(["120x40"]);
+      // The resize sits between the first part's output and the second's.
+      const at = c.events.findIndex((e) => e[1] === "r");
+      expect(replayOutput({ header: c.header, events: c.events.slice(0, at) })).toBe(parts[0]!);
+      for (let i = 1; i < c.events.length; i++) expect(c.events[i]![0]).toBeGreaterThanOrEqual(c.events[i - 1]![0]);
+      // Milliseconds, as floats.
+      const raw = (await exportCast(store, T, id))!.split("\n").slice(1, -1);
+      for (const line of raw) expect(line).toMatch(/^\[\d+\.\d{3}, "[or]", /);
+      const row = (await getRecording(store, T, id))!;
+      expect(row.ended_at).not.toBeNull();
+      expect(Number(row.bytes)).toBe(utf8(parts.join("")).length);
+    });
+
+    test("event times are seconds since the start, at millisecond precision", async () => {
+      const rec = recorder();
+      const id = await begin(rec, { at: Date.now() - 5_000 });
+      rec.output(id, utf8("a"));
+      await Bun.sleep(150);
+      rec.output(id, utf8("b"));
+      await Bun.sleep(150);
+      rec.output(id, utf8("c"));
+      await rec.end(id);
+      const c = await cast(id);
+      const [a, b, cc] = c.events.map((e) => e[0]);
+      expect(a!).toBeGreaterThanOrEqual(5);
+      expect(a!).toBeLessThan(6);
+      expect(b! - a!).toBeGreaterThanOrEqual(0.14);
+      expect(cc! - b!).toBeGreaterThanOrEqual(0.14);
+      expect(c.header.timestamp).toBe(Math.floor(new Date((await getRecording(store, T, id))!.started_at).getTime() / 1000));
+    });
+
+    test("output within one millisecond is one event", async () => {
+      const rec = recorder();
+      const id = await begin(rec);
+      // Synchronous frames: almost always one millisecond, at most a few.
+      for (let i = 0; i < 200; i++) rec.output(id, utf8(`${i},`));
+      await rec.end(id);
+      const c = await cast(id);
+      expect(c.events.length).toBeLessThan(20);
+      expect(replayOutput(c)).toBe(Array.from({ length: 200 }, (_, i) => `${i},`).join(""));
+    });
+
+    test("chunks at chunkBytes without waiting for the tick; the export is the header and every chunk in order", async () => {
+      const rec = recorder(store, { chunkBytes: 1024, flushAtBytes: 4096 });
+      const id = await begin(rec);
+      let written = "";
+      for (let i = 0; i < 100; i++) {
+        const frame = `line ${i} ${"x".repeat(180)}\r\n`;
+        written += frame;
+        rec.output(id, utf8(frame));
+        if (i % 10 === 0) await Bun.sleep(1);
+      }
+      // No flush() and an hour-long tick: full chunks are written on their own.
+      await eventually(async () => (await chunks(id)).length >= 10, 5_000, "chunks written");
+      await rec.end(id);
+      const stored = await chunks(id);
+      expect(stored.map((c) => c.seq)).toEqual(stored.map((_, i) => i + 1));
+      // A chunk closes once it holds chunkBytes: at most one frame's event beyond.
+      for (const c of stored) expect(c.events.length).toBeLessThan(1024 + 300);
+      const row = (await getRecording(store, T, id))!;
+      expect(row.chunks).toBe(stored.length);
+      expect(Number(row.bytes)).toBe(written.length);
+      const text = (await exportCast(store, T, id, { pageSize: 3 }))!;
+      expect(text).toBe(castHeader(row, `session ${row.session_id}: terminal 1`) + stored.map((c) => c.events).join(""));
+      expect(replayOutput(parseCast(text))).toBe(written);
+    });
+
+    test("chunks by time: each tick writes what is pending", async () => {
+      const rec = recorder(store, { flushMs: 50 });
+      const id = await begin(rec);
+      rec.output(id, utf8("first"));
+      await eventually(async () => (await chunks(id)).length === 1, 5_000, "first chunk");
+      rec.output(id, utf8("second"));
+      await eventually(async () => (await chunks(id)).length === 2, 5_000, "second chunk");
+      expect(replayOutput(await cast(id))).toBe("firstsecond");
+      expect((await getRecording(store, T, id))!.ended_at).toBeNull();
+    });
+
+    test("one flush writes every recording in one transaction", async () => {
+      const flaky = new FlakyStore(store);
+      const rec = recorder(flaky);
+      const ids = [await begin(rec), await begin(rec, { channel: 2 }), await begin(rec, { channel: 3 })];
+      for (const id of ids) rec.output(id, utf8(`hello ${id}`));
+      const before = flaky.attempts;
+      expect(await rec.flush()).toBe(true);
+      expect(flaky.attempts - before).toBe(1);
+      for (const id of ids) expect(replayOutput(await cast(id))).toBe(`hello ${id}`);
+    });
+
+    test("a crash keeps what was flushed; the next process ends the recording at its last event", async () => {
+      const crashDb = await createTestDb(flavor);
+      try {
+        const first = await crashDb.open();
+        const session = await insertSession(first);
+        const rec = recorder(first);
+        const id = rec.start({ tenantId: T, sessionId: session, machineId: null, channel: 7, cols: 100, rows: 30 });
+        rec.output(id, utf8("flushed before the crash\r\n"));
+        await Bun.sleep(20);
+        rec.output(id, utf8("also flushed\r\n"));
+        expect(await rec.flush()).toBe(true);
+        rec.output(id, utf8("never flushed\r\n"));
+        // The process dies: nothing more reaches the database (no stop(), no flush).
+        await first.close();
+
+        const second = await crashDb.open();
+        try {
+          const text = (await exportCast(second, T, id))!;
+          const c = parseCast(text);
+          expect(c.header).toMatchObject({ width: 100, height: 30 });
+          expect(replayOutput(c)).toBe("flushed before the crash\r\nalso flushed\r\n");
+          const row = (await getRecording(second, T, id))!;
+          expect(row.ended_at).toBeNull();
+          expect(await closeAbandonedRecordings(second, Date.now())).toBe(1);
+          const closed = (await getRecording(second, T, id))!;
+          const duration = (new Date(closed.ended_at!).getTime() - new Date(closed.started_at).getTime()) / 1000;
+          expect(duration).toBeCloseTo(c.events[c.events.length - 1]![0], 2);
+          expect(await closeAbandonedRecordings(second, Date.now())).toBe(0);
+        } finally {
+          await second.close();
+        }
+      } finally {
+        await crashDb.destroy();
+      }
+    });
+
+    test("a failing database never reaches output(); the data is retried and written later", async () => {
+      const flaky = new FlakyStore(store);
+      const { log, messages } = capturingLogger();
+      const rec = recorder(flaky, { flushMs: 40, chunkBytes: 512 }, log);
+      const id = await begin(rec);
+      flaky.down = true;
+      let written = "";
+      for (let i = 0; i < 50; i++) {
+        const frame = `out ${i} ${"y".repeat(40)}\n`;
+        written += frame;
+        expect(() => rec.output(id, utf8(frame))).not.toThrow();
+        if (i % 10 === 0) await Bun.sleep(30);
+      }
+      const failed = flaky.attempts;
+      await Bun.sleep(200);
+      expect(flaky.attempts).toBeGreaterThan(failed);
+      expect(await rec.flush()).toBe(false);
+      expect((await store.query("select 1 from recordings where id = $1", [id])).length).toBe(0);
+      flaky.down = false;
+      await eventually(async () => (await getRecording(store, T, id))?.bytes === written.length, 5_000, "retried chunks");
+      await rec.end(id);
+      expect(replayOutput(await cast(id))).toBe(written);
+      expect(messages.filter((m) => m.level === "warn" && m.msg.includes("flush failed")).length).toBe(1);
+      expect(messages.some((m) => m.level === "info" && m.msg.includes("succeeded again"))).toBe(true);
+      expect(rec.stats().failedFlushes).toBeGreaterThan(1);
+    });
+
+    test("while the database is down, pending output is capped: the oldest is dropped, with one warning", async () => {
+      const flaky = new FlakyStore(store);
+      const { log, messages } = capturingLogger();
+      const rec = recorder(flaky, { chunkBytes: 1024, maxPendingBytes: 4096 }, log);
+      const id = await begin(rec);
+      flaky.down = true;
+      const frames = Array.from({ length: 100 }, (_, i) => `frame ${String(i).padStart(3, "0")} ${"z".repeat(100)}\n`);
+      for (const f of frames) rec.output(id, utf8(f));
+      expect(await rec.flush()).toBe(false);
+      expect(rec.stats().pendingBytes).toBeLessThanOrEqual(4096 + 1024);
+      expect(rec.stats().droppedBytes).toBeGreaterThan(0);
+      flaky.down = false;
+      await rec.end(id);
+      const out = replayOutput(await cast(id));
+      // What survived is the newest output, whole frames, in order, up to the last one.
+      expect(out.endsWith(frames[99]!)).toBe(true);
+      expect(out.startsWith(frames[0]!)).toBe(false);
+      expect(frames.join("").endsWith(out)).toBe(true);
+      expect(messages.filter((m) => m.level === "warn" && m.msg.includes("dropping the oldest")).length).toBe(1);
+      const seqs = (await chunks(id)).map((c) => c.seq);
+      expect(seqs[0]).toBeGreaterThan(1); // the gap the dropped chunks left
+    });
+
+    test("a recording waits for its session row, and is given up if it never comes", async () => {
+      const { log, messages } = capturingLogger();
+      const rec = recorder(store, { orphanMs: 150 }, log);
+      const later = crypto.randomUUID();
+      const waiting = rec.start({ tenantId: T, sessionId: later, machineId: null, channel: 1, cols: 80, rows: 24 });
+      const never = rec.start({ tenantId: T, sessionId: crypto.randomUUID(), machineId: null, channel: 1, cols: 80, rows: 24 });
+      const fine = await begin(rec);
+      for (const id of [waiting, never, fine]) rec.output(id, utf8("data"));
+      expect(await rec.flush()).toBe(false);
+      // The others are not held up by the missing sessions.
+      expect(replayOutput(await cast(fine))).toBe("data");
+      expect(await getRecording(store, T, waiting)).toBeNull();
+      await insertSession(store, { id: later });
+      await Bun.sleep(200);
+      rec.output(waiting, utf8(" more"));
+      await rec.flush();
+      expect(replayOutput(await cast(waiting))).toBe("data more");
+      expect(await getRecording(store, T, never)).toBeNull();
+      expect(messages.some((m) => m.level === "warn" && m.msg.includes("never appeared"))).toBe(true);
+      expect(await rec.flush()).toBe(true);
+    });
+
+    test("stop() ends every open recording and writes it; later output is ignored", async () => {
+      const rec = recorder();
+      const id = await begin(rec);
+      rec.output(id, utf8("until shutdown"));
+      await rec.stop();
+      rec.output(id, utf8("after"));
+      expect(rec.stats().live).toBe(0);
+      const row = (await getRecording(store, T, id))!;
+      expect(row.ended_at).not.toBeNull();
+      expect(replayOutput(await cast(id))).toBe("until shutdown");
+    });
+
+    test("a recording deleted while live (its session deleted) stops being recorded", async () => {
+      const rec = recorder();
+      const session = await insertSession(store);
+      const id = await begin(rec, { sessionId: session });
+      rec.output(id, utf8("one"));
+      expect(await rec.flush()).toBe(true);
+      await store.query("delete from sessions where id = $1", [session]);
+      rec.output(id, utf8("two"));
+      expect(await rec.flush()).toBe(true);
+      expect(rec.stats().live).toBe(0);
+      expect((await store.query("select 1 from recording_chunks where recording_id = $1", [id])).length).toBe(0);
+    });
+  });
+}

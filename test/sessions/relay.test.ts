@@ -1,0 +1,302 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { unpack } from "msgpackr";
+import { channelOf, dataFrame, isDataFrame, payloadOf } from "../../src/protocol/frames.ts";
+import { VIEWER_CLOSE } from "../../src/protocol/relay.ts";
+import { agentIdentity, TestAgentSocket } from "../helpers/agent-client.ts";
+import { startTestApp, type TestApp } from "../helpers/app.ts";
+import { eventually, FLAVORS } from "../helpers/stores.ts";
+import { TestViewer } from "../helpers/viewer-client.ts";
+import { enroll, enrollBody, siteWithKey, type SiteWithKey } from "../machines/fixtures.ts";
+
+/**
+ * The server side of sessions (S1, S3, S4, S5, S7) with a scripted agent on /ws/agent and real
+ * viewers on /ws/viewer: lifecycle, viewer-token checks before the upgrade, channels routed by
+ * the relay, view-only viewers, a stalled viewer cut off without slowing anyone, resume.
+ */
+class ScriptedAgent {
+  readonly messages: any[] = [];
+  readonly data: Uint8Array[] = [];
+  constructor(readonly socket: TestAgentSocket) {}
+  static async connect(app: TestApp, m: { id: string; key: string; privateKey: CryptoKey }) {
+    const s = new TestAgentSocket(app.url);
+    expect(await s.handshake(m.id, m.key, m.privateKey)).toBe(true);
+    const agent = new ScriptedAgent(s);
+    void agent.pump();
+    return agent;
+  }
+  private async pump() {
+    for (;;) {
+      const f = await this.socket.next(60_000);
+      if (!f) return;
+      if (isDataFrame(f)) this.data.push(f.slice());
+      else this.messages.push(unpack(f));
+    }
+  }
+  async waitFor(pred: (m: any) => boolean, what: string, ms = 5_000): Promise<any> {
+    const deadline = Date.now() + ms;
+    for (let seen = 0; ; seen = 0) {
+      for (; seen < this.messages.length; seen++) if (pred(this.messages[seen])) return this.messages.splice(seen, 1)[0];
+      if (Date.now() > deadline) throw new Error(`agent: timed out waiting for ${what}: ${JSON.stringify(this.messages)}`);
+      await Bun.sleep(20);
+    }
+  }
+  send(m: Record<string, unknown>) {
+    this.socket.send(m);
+  }
+  sendData(channel: number, payload: Uint8Array | string) {
+    this.socket.sendRaw(dataFrame(channel, payload));
+  }
+}
+
+/** An HTTP upgrade request to /ws/viewer: the status it gets before any socket exists. */
+async function upgradeStatus(app: TestApp, session: string, token: string): Promise<number> {
+  const res = await fetch(`${app.url}/ws/viewer?session=${session}&token=${encodeURIComponent(token)}`, {
+    headers: { connection: "Upgrade", upgrade: "websocket", "sec-websocket-version": "13", "sec-websocket-key": Buffer.from(crypto.getRandomValues(new Uint8Array(16))).toString("base64") },
+  });
+  return res.status;
+}
+
+for (const flavor of FLAVORS) {
+  describe(`sessions and the relay (${flavor})`, () => {
+    let app: TestApp;
+    let site: SiteWithKey;
+    const cleanups: Array<() => void> = [];
+
+    const machine = async () => {
+      const id = await agentIdentity();
+      const r = await enroll(app, await enrollBody(site, { public_key: id.publicKey }));
+      return { id: r.body.machine_id as string, key: r.body.key as string, privateKey: id.keys.privateKey };
+    };
+    const openSession = async (machineId: string, token = app.adminToken) => app.call("POST", "/api/sessions", { token, body: { machine_id: machineId } });
+    const viewerToken = async (session: string, access: "control" | "view" = "control", token = app.adminToken) =>
+      (await app.call("POST", `/api/sessions/${session}/viewer-token`, { token, body: { access } })).body;
+    const viewer = async (session: string, access: "control" | "view" = "control") => {
+      const v = new TestViewer(app.url, session, (await viewerToken(session, access)).token);
+      cleanups.push(() => v.close());
+      await v.open();
+      await v.waitFor((m) => m.t === "joined", 5_000, "joined");
+      return v;
+    };
+    const getSession = async (id: string) => (await app.call("GET", `/api/sessions/${id}`, { token: app.adminToken })).body;
+
+    beforeAll(async () => {
+      app = await startTestApp(flavor, { env: { TETHER_HEARTBEAT_MS: "200", TETHER_OFFLINE_AFTER_MS: "5000", TETHER_SESSION_GRACE_MS: "3000" } });
+      site = await siteWithKey(app);
+    }, 60_000);
+    afterAll(async () => {
+      for (const c of cleanups) c();
+      await app?.close();
+    });
+
+    test("an unattended session starts on the connected agent; a terminal's bytes flow both ways through the relay", async () => {
+      const m = await machine();
+      const agent = await ScriptedAgent.connect(app, m);
+      cleanups.push(() => agent.socket.close());
+      const created = await openSession(m.id);
+      expect(created.status).toBe(201);
+      expect(created.body).toMatchObject({ kind: "unattended", machine_id: m.id, consent: "not_required" });
+      const start = await agent.waitFor((x) => x.t === "session.start", "session.start");
+      expect(start).toMatchObject({ session: created.body.id, kind: "unattended", technician: "admin", consent: "not_required", resume: false });
+      await eventually(async () => (await getSession(created.body.id)).state === "active", 3_000, "active");
+
+      const v = await viewer(created.body.id);
+      expect(await agent.waitFor((x) => x.t === "notice", "notice")).toMatchObject({ text: "admin joined (control)" });
+      v.send({ t: "term.open", req: "t1", cols: 100, rows: 30 });
+      const open = await agent.waitFor((x) => x.t === "ch.open", "ch.open");
+      expect(open).toMatchObject({ session: created.body.id, type: "term", cols: 100, rows: 30 });
+      agent.send({ t: "ch.opened", channel: open.channel });
+      expect(await v.waitFor((x) => x.t === "ch.opened")).toMatchObject({ req: "t1", channel: open.channel, type: "term" });
+
+      agent.sendData(open.channel, "hello from the machine\r\n");
+      await v.waitForText(open.channel, "hello from the machine");
+      v.sendData(open.channel, "echo hi\n");
+      await eventually(async () => agent.data.some((f) => channelOf(f) === open.channel && Buffer.from(payloadOf(f)).toString() === "echo hi\n"), 3_000, "input at the agent");
+
+      v.send({ t: "term.resize", channel: open.channel, cols: 120, rows: 40 });
+      expect(await agent.waitFor((x) => x.t === "ch.resize", "ch.resize")).toEqual({ t: "ch.resize", channel: open.channel, cols: 120, rows: 40 });
+      agent.send({ t: "ch.closed", channel: open.channel, reason: "exit", exit_code: 0 });
+      expect(await v.waitFor((x) => x.t === "ch.closed")).toMatchObject({ channel: open.channel, reason: "exit", exit_code: 0 });
+
+      // The terminal was recorded at the server, and its .cast plays back what was shown.
+      let recs: any[] = [];
+      await eventually(async () => (recs = (await app.call("GET", `/api/sessions/${created.body.id}/recordings`, { token: app.adminToken })).body.recordings ?? []).length === 1 && recs[0].ended_at !== null, 5_000, "recording");
+      const cast = await fetch(`${app.url}/api/recordings/${recs[0].id}/cast`, { headers: { authorization: `Bearer ${app.adminToken}` } });
+      const lines = (await cast.text()).trim().split("\n").map((l) => JSON.parse(l));
+      expect(lines[0]).toMatchObject({ version: 2, width: 100, height: 30 });
+      expect(lines.slice(1).filter((e) => e[1] === "o").map((e) => e[2]).join("")).toBe("hello from the machine\r\n");
+      expect(lines.slice(1).filter((e) => e[1] === "r").map((e) => e[2])).toEqual(["120x40"]);
+
+      const events = async () => ((await app.call("GET", `/api/sessions/${created.body.id}/events`, { token: app.adminToken })).body.events as any[]).map((e) => e.type);
+      await eventually(async () => (await events()).includes("channel.closed"), 3_000, "channel.closed event");
+      expect(await events()).toEqual(["session.created", "agent.attached", "viewer.joined", "channel.opened", "channel.closed"]);
+    });
+
+    test("a view-only viewer sees everything and can do nothing", async () => {
+      const m = await machine();
+      const agent = await ScriptedAgent.connect(app, m);
+      cleanups.push(() => agent.socket.close());
+      const s = (await openSession(m.id)).body;
+      await agent.waitFor((x) => x.t === "session.start", "session.start");
+      const control = await viewer(s.id, "control");
+      const watcher = await viewer(s.id, "view");
+      control.send({ t: "term.open", req: "t", cols: 80, rows: 24 });
+      const open = await agent.waitFor((x) => x.t === "ch.open", "ch.open");
+      agent.sendData(open.channel, "shared output");
+      await watcher.waitForText(open.channel, "shared output");
+      await control.waitForText(open.channel, "shared output");
+
+      watcher.sendData(open.channel, "rm -rf /\n");
+      expect(await watcher.waitFor((x) => x.t === "error")).toMatchObject({ code: "VIEW_ONLY" });
+      watcher.send({ t: "term.open", req: "w", cols: 80, rows: 24 });
+      expect(await watcher.waitFor((x) => x.t === "error" && x.req === "w")).toMatchObject({ code: "VIEW_ONLY" });
+      await Bun.sleep(200);
+      expect(agent.data.some((f) => Buffer.from(payloadOf(f)).toString().includes("rm -rf"))).toBe(false);
+      expect(agent.messages.filter((x) => x.t === "ch.open")).toEqual([]);
+      const list = await control.waitFor((x) => x.t === "viewers" && x.viewers.length === 2);
+      expect(list.viewers.map((x: any) => x.access).sort()).toEqual(["control", "view"]);
+    });
+
+    test("the viewer socket checks the token before upgrading: 401 for other credentials, 403 for another session", async () => {
+      const m = await machine();
+      const a = (await openSession(m.id)).body;
+      const b = (await openSession(m.id)).body;
+      const tokenA = (await viewerToken(a.id)).token;
+      expect(await upgradeStatus(app, a.id, tokenA)).toBe(101);
+      expect(await upgradeStatus(app, b.id, tokenA)).toBe(403);
+      expect(await upgradeStatus(app, a.id, app.adminToken)).toBe(401);
+      const pat = (await app.call("POST", "/api/tokens", { token: app.adminToken, body: { name: `v${Date.now()}`, scopes: ["sessions:write"], expires_at: new Date(Date.now() + 86_400_000).toISOString() } })).body.token;
+      expect(await upgradeStatus(app, a.id, pat)).toBe(401);
+      expect(await upgradeStatus(app, a.id, tokenA.slice(0, -4) + "AAAA")).toBe(401);
+      const expired = await app.server.viewerTokens.mint({ session: a.id, access: "control", userId: crypto.randomUUID(), name: "x", tenantId: "00000000-0000-0000-0000-000000000001" }, Date.now() - 10 * 60_000);
+      expect(await upgradeStatus(app, a.id, expired.token)).toBe(401);
+      const revoked = await viewerToken(a.id);
+      expect((await app.call("DELETE", `/api/sessions/${a.id}/viewer-tokens/${revoked.token_id}`, { token: app.adminToken })).status).toBe(204);
+      expect(await upgradeStatus(app, a.id, revoked.token)).toBe(401);
+      // A token is minted only after the authorization check: an auditor may read, not connect.
+      const auditor = await app.user("auditor");
+      expect((await app.call("POST", `/api/sessions/${a.id}/viewer-token`, { token: auditor.token, body: { access: "view" } })).status).toBe(403);
+    });
+
+    test("frames over 64 KiB from a viewer are refused", async () => {
+      const m = await machine();
+      const s = (await openSession(m.id)).body;
+      const v = await viewer(s.id);
+      v.sendRaw(new Uint8Array(64 * 1024 + 1));
+      expect((await v.closed).code).toBe(1009);
+    });
+
+    test("a stalled viewer is cut off with a reason; the agent and the other viewer are not held back", async () => {
+      const m = await machine();
+      const agent = await ScriptedAgent.connect(app, m);
+      cleanups.push(() => agent.socket.close());
+      const s = (await openSession(m.id)).body;
+      await agent.waitFor((x) => x.t === "session.start", "session.start");
+      const healthy = await viewer(s.id);
+      // The stalled viewer: a raw socket that completes the upgrade, then stops reading.
+      const { token } = await viewerToken(s.id, "view");
+      const net = await import("node:net");
+      const port = Number(new URL(app.url).port);
+      const stalled = net.connect(port, "127.0.0.1");
+      await new Promise<void>((r) => stalled.once("connect", () => r()));
+      stalled.write(`GET /ws/viewer?session=${s.id}&token=${token} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${Buffer.from(crypto.getRandomValues(new Uint8Array(16))).toString("base64")}\r\n\r\n`);
+      await new Promise<void>((r) => stalled.once("data", () => r()));
+      stalled.pause();
+      cleanups.push(() => stalled.destroy());
+      await healthy.waitFor((x) => x.t === "viewers" && x.viewers.length === 2);
+
+      healthy.send({ t: "term.open", req: "t", cols: 80, rows: 24 });
+      const open = await agent.waitFor((x) => x.t === "ch.open", "ch.open");
+      const chunk = new Uint8Array(32 * 1024).fill(0x61);
+      // Paced (about 100 MB/s) so that the healthy viewer, in this same process, keeps up.
+      const total = 32 * 1024 * 1024;
+      for (let sent = 0; sent < total; sent += chunk.length) {
+        agent.sendData(open.channel, chunk);
+        if (sent % (1024 * 1024) === 0) await Bun.sleep(10);
+      }
+      agent.sendData(open.channel, "END-OF-STREAM");
+      await healthy.waitForText(open.channel, "END-OF-STREAM", 30_000);
+      expect(healthy.text(open.channel).length).toBe(total + "END-OF-STREAM".length);
+      await eventually(async () => app.server.relay.stats.slowViewersDropped >= 1, 5_000, "stalled viewer dropped");
+      const after = await healthy.waitFor((x) => x.t === "viewers" && x.viewers.length === 1);
+      expect(after.viewers[0].access).toBe("control");
+    }, 60_000);
+
+    test("ending a session closes its viewers with the reason and tells the agent", async () => {
+      const m = await machine();
+      const agent = await ScriptedAgent.connect(app, m);
+      cleanups.push(() => agent.socket.close());
+      const s = (await openSession(m.id)).body;
+      await agent.waitFor((x) => x.t === "session.start", "session.start");
+      const v = await viewer(s.id);
+      const ended = await app.call("POST", `/api/sessions/${s.id}/end`, { token: app.adminToken });
+      expect(ended.status).toBe(200);
+      expect(ended.body).toMatchObject({ state: "ended", end_reason: "technician" });
+      expect((await v.closed).code).toBe(VIEWER_CLOSE.SESSION_ENDED);
+      expect(await agent.waitFor((x) => x.t === "session.stop", "session.stop")).toMatchObject({ session: s.id, reason: "technician" });
+      expect((await app.call("POST", `/api/sessions/${s.id}/end`, { token: app.adminToken })).status).toBe(409);
+      expect((await app.call("POST", `/api/sessions/${s.id}/viewer-token`, { token: app.adminToken, body: { access: "view" } })).status).toBe(409);
+    });
+
+    test("an agent that drops and returns within the grace period resumes the session; after it, the session ends", async () => {
+      const m = await machine();
+      const first = await ScriptedAgent.connect(app, m);
+      const s = (await openSession(m.id)).body;
+      await first.waitFor((x) => x.t === "session.start", "session.start");
+      const v = await viewer(s.id);
+      first.socket.close();
+      await v.waitFor((x) => x.t === "session.state" && x.state === "agent_lost");
+      const second = await ScriptedAgent.connect(app, m);
+      cleanups.push(() => second.socket.close());
+      expect(await second.waitFor((x) => x.t === "session.start", "resumed start")).toMatchObject({ session: s.id, resume: true });
+      await v.waitFor((x) => x.t === "session.state" && x.state === "active" && v.messages.indexOf(x) > 0);
+      second.socket.close();
+      await eventually(async () => (await getSession(s.id)).state === "ended", 8_000, "ended after the grace period");
+      expect(await getSession(s.id)).toMatchObject({ end_reason: "agent_lost" });
+    }, 20_000);
+
+    test("consent required by the site: a denial ends the session and no channel ever opens", async () => {
+      const consentSite = await siteWithKey(app);
+      await app.server.store.query("update sites set require_consent = true where id = $1", [consentSite.id]);
+      const id = await agentIdentity();
+      const r = await enroll(app, await enrollBody(consentSite, { public_key: id.publicKey }));
+      const agent = await ScriptedAgent.connect(app, { id: r.body.machine_id, key: r.body.key, privateKey: id.keys.privateKey });
+      cleanups.push(() => agent.socket.close());
+      const s = (await openSession(r.body.machine_id)).body;
+      expect((await agent.waitFor((x) => x.t === "session.start", "start")).consent).toBe("required");
+      await eventually(async () => (await getSession(s.id)).state === "awaiting_consent", 3_000, "awaiting consent");
+      const v = await viewer(s.id);
+      v.send({ t: "term.open", req: "early", cols: 80, rows: 24 });
+      expect(await v.waitFor((x) => x.t === "error" && x.req === "early")).toMatchObject({ code: "CHANNEL_REFUSED" });
+      agent.send({ t: "consent", session: s.id, granted: false });
+      expect((await v.closed).code).toBe(VIEWER_CLOSE.SESSION_ENDED);
+      await eventually(async () => (await getSession(s.id)).state === "ended", 3_000, "ended");
+      expect(await getSession(s.id)).toMatchObject({ state: "ended", end_reason: "consent_denied", consent: "denied" });
+      expect(agent.messages.filter((x) => x.t === "ch.open")).toEqual([]);
+      await eventually(async () => (await app.call("GET", `/api/audit?type=session.consent.denied`, { token: app.adminToken })).body.events.some((e: any) => e.target_id === s.id), 3_000, "audited");
+    });
+
+    test("an end user opens sessions only on their granted machine and sees only their own", async () => {
+      const granted = await machine();
+      const other = await machine();
+      const u = await app.user("end_user");
+      expect((await app.call("POST", `/api/users/${u.id}/grants`, { token: app.adminToken, body: { machine_id: granted.id } })).status).toBe(201);
+      expect((await openSession(other.id, u.token)).status).toBe(404);
+      const mine = await openSession(granted.id, u.token);
+      expect(mine.status).toBe(201);
+      expect(mine.body.kind).toBe("end_user");
+      const listed = (await app.call("GET", "/api/sessions", { token: u.token })).body.sessions;
+      expect(listed.map((x: any) => x.id)).toEqual([mine.body.id]);
+    });
+
+    test("an API token with sessions:write creates a session and mints a viewer token (S8)", async () => {
+      const m = await machine();
+      const pat = (await app.call("POST", "/api/tokens", { token: app.adminToken, body: { name: `s8-${Date.now()}`, scopes: ["sessions:write", "sessions:read"], expires_at: new Date(Date.now() + 86_400_000).toISOString() } })).body.token;
+      const s = await openSession(m.id, pat);
+      expect(s.status).toBe(201);
+      const t = await app.call("POST", `/api/sessions/${s.body.id}/viewer-token`, { token: pat, body: { access: "view" } });
+      expect(t.status).toBe(201);
+      expect(t.body.url).toContain(`/ws/viewer?session=${s.body.id}&token=`);
+      expect(await upgradeStatus(app, s.body.id, t.body.token)).toBe(101);
+    });
+  });
+}
