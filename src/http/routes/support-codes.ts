@@ -45,6 +45,7 @@ export const supportCodeRoutes = (deps: AppDeps) =>
       const sessionId = await cancelSupportCode(deps.store, me.tenantId, ctx.params.code);
       if (!sessionId) throw new HttpError(404, "SUPPORT_CODE_NOT_FOUND", "no open support code like that");
       await deps.system.ask(`session/${sessionId}`, { type: "session.end", by: "technician", user_id: me.userId });
+      await deps.sessionWrites.settled(sessionId); // so a read right after sees it ended
       await audit(deps.store, { tenantId: me.tenantId, type: "support_code.cancelled", actor: actorOf(me), target: { type: "session", id: sessionId }, ip: ctx.ip, correlationId: ctx.correlationId });
       return { cancelled: true, session_id: sessionId };
     }, {
