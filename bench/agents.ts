@@ -1,0 +1,336 @@
+/**
+ * Agents at scale (issue 4, requirement 8): `bun bench/agents.ts`.
+ *
+ * 5,000 machines with agent keys are inserted by SQL; the connect path is the real one. A real
+ * server process (bench/fixtures/auth-server.ts) serves /ws/agent on loopback, and a second
+ * process (bench/fixtures/agent-swarm.ts) runs the simulated agents: real WebSocket clients
+ * doing the real handshake (hello, challenge, Ed25519 proof, welcome), a status with an
+ * inventory, then heartbeats. This process only orchestrates and reads the server's RSS.
+ *
+ * (a) Resident memory per connected idle agent: the server's VmRSS after a full GC with 1,000
+ *     and 5,000 agents connected, handshaken and idle (heartbeats flowing), minus the same
+ *     with none, divided by the count. Goal <= 20 KB at 5,000. Baseline: the same figure for
+ *     plain WebSockets that do no handshake (a fresh server, /bench/ws).
+ * (b) Reconnect storm: 5,000 agents, all offline, connect at once; timed until every one has
+ *     its welcome and the server counts 5,000 machines online. Baseline in the same run, on
+ *     the same server: 5,000 plain WebSocket connects (to /bench/ws), timed until every one
+ *     is open. Goal: ratio <= 3. Best of STORM_REPS, interleaved.
+ * (c) GET /api/machines?q= latency over 10,000 machines is bench/search.ts.
+ *
+ * Runs on the embedded database; set BENCH_DATABASE_URL (or TEST_DATABASE_URL) to also run on
+ * PostgreSQL. BENCH_AGENTS changes the agent count (default 5,000) for a quick try.
+ */
+import { generateKeyPairSync } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import postgres from "postgres";
+import { displayPrefix, newSecret, sha256Hex } from "../src/auth/secrets.ts";
+import { applySchema } from "../src/store/schema.ts";
+import { openStore, type StoreConfig } from "../src/store/store.ts";
+import type { SwarmIdentity, SwarmReply, SwarmRequest, SwarmStats, WaveResult } from "./fixtures/agent-swarm.ts";
+import { startBenchServer } from "./fixtures/server-process.ts";
+
+const N = Number(process.env.BENCH_AGENTS ?? 5_000);
+const STEP = Math.round(N / 5);
+const WARMUP = 100;
+const HEARTBEAT_MS = 5_000;
+const OFFLINE_AFTER_MS = 15_000;
+/** Longer than a heartbeat interval, so every agent has sent one since it connected. */
+const SETTLE_MS = 6_000;
+const RSS_SAMPLES = 3;
+const STORM_REPS = 2;
+const GOAL_KB = 20;
+const GOAL_STORM_RATIO = 3;
+const TENANT = "00000000-0000-0000-0000-000000000001";
+const ROOT = resolve(import.meta.dir, "..");
+
+type DistOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+
+/** The agents' process, driven one request at a time over IPC. */
+class Swarm {
+  private next = 1;
+  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  readonly proc: ReturnType<typeof Bun.spawn>;
+  readonly ready: Promise<unknown>;
+
+  constructor() {
+    let ready!: (v: unknown) => void;
+    this.ready = new Promise((r) => (ready = r));
+    this.pending.set(0, { resolve: ready, reject: () => {} });
+    this.proc = Bun.spawn([process.execPath, join(ROOT, "bench/fixtures/agent-swarm.ts")], {
+      cwd: ROOT,
+      stdout: "inherit",
+      stderr: "inherit",
+      serialization: "json",
+      ipc: (message: SwarmReply) => {
+        const waiter = this.pending.get(message.id);
+        this.pending.delete(message.id);
+        if ("error" in message) waiter?.reject(new Error(`swarm: ${message.error}`));
+        else waiter?.resolve(message.result);
+      },
+    });
+  }
+
+  call<T>(req: DistOmit<SwarmRequest, "id">): Promise<T> {
+    const id = this.next++;
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      this.proc.send({ ...req, id });
+    });
+  }
+}
+
+/** Ed25519 identities and agent keys, as the swarm needs them and as the database stores them. */
+function identities(n: number) {
+  const swarm: SwarmIdentity[] = [];
+  const machines: Array<{ id: string; uid: string; hostname: string; pk: string; key_id: string; key_hash: string; prefix: string }> = [];
+  for (let i = 0; i < n; i++) {
+    const { publicKey, privateKey } = generateKeyPairSync("ed25519");
+    const raw = publicKey.export({ type: "spki", format: "der" }).subarray(-32);
+    const id = crypto.randomUUID();
+    const key = newSecret("agentKey");
+    swarm.push({ machine_id: id, key, pkcs8: privateKey.export({ type: "pkcs8", format: "der" }).toString("base64") });
+    machines.push({ id, uid: `bench-agent-${i}`, hostname: `AGENT-${String(i).padStart(5, "0")}`, pk: raw.toString("base64"), key_id: crypto.randomUUID(), key_hash: sha256Hex(key), prefix: displayPrefix(key) });
+  }
+  return { swarm, machines };
+}
+
+async function seed(config: StoreConfig, machines: ReturnType<typeof identities>["machines"]) {
+  const store = await openStore(config);
+  try {
+    await applySchema(store);
+    const rows = JSON.stringify(machines);
+    await store.query(
+      `insert into machines (id, tenant_id, machine_uid, hostname, public_key)
+       select (r->>'id')::uuid, $2::uuid, r->>'uid', r->>'hostname', r->>'pk' from jsonb_array_elements($1::text::jsonb) as r`, [rows, TENANT]);
+    await store.query(
+      `insert into agent_keys (id, tenant_id, machine_id, key_hash, prefix)
+       select (r->>'key_id')::uuid, $2::uuid, (r->>'id')::uuid, r->>'key_hash', r->>'prefix' from jsonb_array_elements($1::text::jsonb) as r`, [rows, TENANT]);
+    await store.query("analyze machines");
+    await store.query("analyze agent_keys");
+  } finally {
+    await store.close();
+  }
+}
+
+const rssKb = (pid: number) => Number(readFileSync(`/proc/${pid}/status`, "utf8").match(/VmRSS:\s+(\d+) kB/)![1]);
+/** utime + stime of a process, in seconds (clock ticks of 1/100 s). */
+const cpuSeconds = (pid: number) => {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+};
+/** Waits until the server has used under 10% of a core over half a second (backlogged writes done), at most 30 s. */
+async function quiet(pid: number) {
+  const deadline = Date.now() + 30_000;
+  let last = cpuSeconds(pid);
+  while (Date.now() < deadline) {
+    await Bun.sleep(500);
+    const now = cpuSeconds(pid);
+    if (now - last < 0.05) return;
+    last = now;
+  }
+}
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+interface Memory {
+  rssKb: number;
+  samples: number[];
+  heapBytes: number;
+  heapCapacity: number;
+  extraBytes: number;
+  types: Record<string, number>;
+}
+
+/** Full GC in the server, a second for the allocator to give pages back, then VmRSS; median of a few. */
+async function memory(url: string, pid: number): Promise<Memory> {
+  const samples: number[] = [];
+  let heap = { heap_size: 0, heap_capacity: 0, extra_memory: 0, types: {} as Record<string, number> };
+  for (let k = 0; k < RSS_SAMPLES; k++) {
+    heap = (await (await fetch(`${url}/bench/gc`, { method: "POST" })).json()) as typeof heap;
+    await Bun.sleep(1_000);
+    samples.push(rssKb(pid));
+  }
+  return { rssKb: median(samples), samples, heapBytes: heap.heap_size, heapCapacity: heap.heap_capacity, extraBytes: heap.extra_memory, types: heap.types };
+}
+
+async function online(url: string): Promise<number> {
+  return ((await (await fetch(`${url}/bench/online`)).json()) as { online: number }).online;
+}
+
+async function waitOffline(url: string) {
+  const deadline = Date.now() + 120_000;
+  while ((await online(url)) > 0) {
+    if (Date.now() > deadline) throw new Error("machines still online 120 s after their agents closed");
+    await Bun.sleep(50);
+  }
+}
+
+const kb = (bytes: number) => (bytes / 1024).toFixed(1);
+const perKb = (a: Memory, b: Memory, n: number) => (b.rssKb - a.rssKb) / n;
+const fmt = (n: number) => n.toLocaleString("en-US");
+const secs = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
+
+function heapGrowth(before: Memory, after: Memory, n: number) {
+  const rows = Object.entries(after.types)
+    .map(([type, count]) => [type, (count - (before.types[type] ?? 0)) / n] as const)
+    .filter(([, d]) => d >= 0.5)
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 12);
+  return rows.map(([t, d]) => `${t} ${d.toFixed(1)}`).join(", ");
+}
+
+async function stop(proc: ReturnType<typeof Bun.spawn>) {
+  proc.kill("SIGTERM");
+  const t = setTimeout(() => proc.kill("SIGKILL"), 30_000);
+  await proc.exited;
+  clearTimeout(t);
+}
+
+async function run(label: string, swarm: Swarm, env: Record<string, string>) {
+  const serverEnv = { ...env, TETHER_HEARTBEAT_MS: String(HEARTBEAT_MS), TETHER_OFFLINE_AFTER_MS: String(OFFLINE_AFTER_MS) };
+  console.log(`\n${label}: ${fmt(N)} agents, heartbeat ${HEARTBEAT_MS / 1000} s, offline after ${OFFLINE_AFTER_MS / 1000} s`);
+
+  // Baseline for (a): plain sockets on a fresh server.
+  let { proc, url } = await startBenchServer(serverEnv);
+  let plainMem: { m0: Memory; m1: Memory; mN: Memory };
+  try {
+    await swarm.call({ t: "url", url });
+    await swarm.call({ t: "plain", n: WARMUP });
+    await swarm.call({ t: "close", what: "plain" });
+    await Bun.sleep(SETTLE_MS);
+    const m0 = await memory(url, proc.pid);
+    await swarm.call({ t: "plain", n: STEP });
+    await Bun.sleep(SETTLE_MS);
+    const m1 = await memory(url, proc.pid);
+    await swarm.call({ t: "plain", n: N - STEP });
+    await Bun.sleep(SETTLE_MS);
+    const mN = await memory(url, proc.pid);
+    await swarm.call({ t: "close", what: "plain" });
+    plainMem = { m0, m1, mN };
+    console.log(`  plain WebSockets: RSS ${fmt(m0.rssKb)} kB idle, ${fmt(m1.rssKb)} kB with ${fmt(STEP)}, ${fmt(mN.rssKb)} kB with ${fmt(N)} (samples ${mN.samples.join("/")})`);
+    console.log(`    per socket: ${perKb(m0, m1, STEP).toFixed(1)} KB at ${fmt(STEP)}, ${perKb(m0, mN, N).toFixed(1)} KB at ${fmt(N)}; JS heap ${kb((mN.heapBytes - m0.heapBytes) / N)} KB live, ${kb((mN.heapCapacity - m0.heapCapacity) / N)} KB capacity`);
+    console.log(`    heap objects per socket: ${heapGrowth(m0, mN, N)}`);
+  } finally {
+    await stop(proc);
+  }
+
+  // (a) and (b) on another fresh server.
+  ({ proc, url } = await startBenchServer(serverEnv));
+  try {
+    await swarm.call({ t: "url", url });
+    await swarm.call({ t: "stats" }); // resets the count of unexpected closes
+    // Warm-up on machines of their own, so the measured agents' actors are all new.
+    await swarm.call({ t: "agents", from: N, to: N + WARMUP, waitOnline: WARMUP });
+    await swarm.call({ t: "close", what: "agents" });
+    await waitOffline(url);
+    await Bun.sleep(SETTLE_MS);
+    const a0 = await memory(url, proc.pid);
+    const first = await swarm.call<WaveResult>({ t: "agents", from: 0, to: STEP, waitOnline: STEP });
+    await Bun.sleep(SETTLE_MS);
+    const a1 = await memory(url, proc.pid);
+    const rest = await swarm.call<WaveResult>({ t: "agents", from: STEP, to: N, waitOnline: N });
+    const cpu0 = cpuSeconds(proc.pid);
+    const t0 = performance.now();
+    await Bun.sleep(SETTLE_MS);
+    const idleCpu = (cpuSeconds(proc.pid) - cpu0) / ((performance.now() - t0) / 1000);
+    const aN = await memory(url, proc.pid);
+    const stats = await swarm.call<SwarmStats>({ t: "stats" });
+    console.log(`  agents: ${fmt(STEP)} connected in ${secs(first.onlineMs!)}, ${fmt(N - STEP)} more in ${secs(rest.onlineMs!)}; ${fmt(stats.live)} live, ${fmt(stats.heartbeats)} heartbeats sent, unexpected closes ${JSON.stringify(stats.unexpected)}`);
+    console.log(`    RSS ${fmt(a0.rssKb)} kB idle, ${fmt(a1.rssKb)} kB with ${fmt(STEP)}, ${fmt(aN.rssKb)} kB with ${fmt(N)} (samples ${aN.samples.join("/")})`);
+    console.log(`    per agent: ${perKb(a0, a1, STEP).toFixed(1)} KB at ${fmt(STEP)}, ${perKb(a0, aN, N).toFixed(1)} KB at ${fmt(N)}, ${perKb(a1, aN, N - STEP).toFixed(1)} KB marginal; JS heap ${kb((aN.heapBytes - a0.heapBytes) / N)} KB live, ${kb((aN.heapCapacity - a0.heapCapacity) / N)} KB capacity, extra memory ${kb((aN.extraBytes - a0.extraBytes) / N)} KB`);
+    console.log(`    heap objects per agent: ${heapGrowth(a0, aN, N)}`);
+    console.log(`    server CPU while ${fmt(N)} agents idle: ${(idleCpu * 100).toFixed(1)}% of a core`);
+    if (stats.live !== N || Object.keys(stats.unexpected).length > 0) console.log("    WARNING: not every agent stayed connected");
+
+    await swarm.call({ t: "close", what: "agents" });
+    await waitOffline(url);
+    const plainStorms: WaveResult[] = [];
+    const agentStorms: WaveResult[] = [];
+    /** A wave, with the CPU seconds the server and the agents' process spent during it. */
+    const timed = async (req: DistOmit<SwarmRequest, "id">) => {
+      await quiet(proc.pid);
+      const [s0, c0] = [cpuSeconds(proc.pid), cpuSeconds(swarm.proc.pid)];
+      const result = await swarm.call<WaveResult>(req);
+      return { ...result, serverCpu: cpuSeconds(proc.pid) - s0, agentsCpu: cpuSeconds(swarm.proc.pid) - c0 };
+    };
+    const cpuOf = (w: { serverCpu: number; agentsCpu: number }) => `CPU: server ${w.serverCpu.toFixed(2)} s, agents ${w.agentsCpu.toFixed(2)} s`;
+    for (let rep = 0; rep < STORM_REPS; rep++) {
+      const p = await timed({ t: "plain", n: N });
+      plainStorms.push(p);
+      await swarm.call({ t: "close", what: "plain" });
+      const a = await timed({ t: "agents", from: 0, to: N, waitOnline: N });
+      agentStorms.push(a);
+      await swarm.call({ t: "close", what: "agents" });
+      await waitOffline(url);
+      console.log(`  storm ${rep + 1}: plain connects all open ${secs(p.allMs)} (p50 ${secs(p.p50Ms)}; ${cpuOf(p)})`);
+      console.log(`           agents welcomed ${secs(a.allMs)} (p50 ${secs(a.p50Ms)}, p99 ${secs(a.p99Ms)}), all online ${secs(a.onlineMs!)}, ${a.retries} retries ${JSON.stringify(a.retryCodes)} (${cpuOf(a)})`);
+    }
+    const plainBest = Math.min(...plainStorms.map((s) => s.allMs));
+    const agentBest = Math.min(...agentStorms.map((s) => s.onlineMs!));
+    return { label, plainMem, a0, a1, aN, idleCpu, plainBest, agentBest };
+  } finally {
+    await stop(proc);
+  }
+}
+
+function summary(r: Awaited<ReturnType<typeof run>>) {
+  const { plainMem: p, a0, a1, aN } = r;
+  const at5 = perKb(a0, aN, N);
+  const ratio = r.agentBest / r.plainBest;
+  const rows = [
+    ["(a) RSS per idle agent, " + fmt(N) + " connected", `${at5.toFixed(1)} KB`, `${perKb(p.m0, p.mN, N).toFixed(1)} KB per plain WebSocket`, `≤ ${GOAL_KB} KB`, at5 <= GOAL_KB ? "yes" : "NO"],
+    ["(a) RSS per idle agent, " + fmt(STEP) + " connected", `${perKb(a0, a1, STEP).toFixed(1)} KB`, `${perKb(p.m0, p.m1, STEP).toFixed(1)} KB per plain WebSocket`, "(linearity)", "–"],
+    ["(b) reconnect storm, " + fmt(N) + " agents, until all online", secs(r.agentBest), `${secs(r.plainBest)} for ${fmt(N)} plain connects; ratio ${ratio.toFixed(1)}`, `ratio ≤ ${GOAL_STORM_RATIO}`, ratio <= GOAL_STORM_RATIO ? "yes" : "NO"],
+    ["(c) GET /api/machines?q= over 10,000 machines", "bun bench/search.ts", "", "p99 ≤ 50 ms", "–"],
+  ];
+  console.log(`\nSummary, ${r.label} (best of ${STORM_REPS} storms each; RSS after a full GC, median of ${RSS_SAMPLES})`);
+  const w = [0, 1, 2, 3].map((c) => Math.max(...rows.map((row) => row[c]!.length)));
+  for (const row of rows) console.log(`  ${row.map((cell, c) => (c < 4 ? cell.padEnd(w[c]!) : cell)).join("  ")}`);
+}
+
+const cpu = readFileSync("/proc/cpuinfo", "utf8").match(/model name\s*:\s*(.+)/)?.[1] ?? "unknown CPU";
+console.log(`bun ${Bun.version}, ${navigator.hardwareConcurrency} cores, ${cpu}`);
+const limit = Number(readFileSync("/proc/self/limits", "utf8").match(/Max open files\s+(\d+)/)?.[1] ?? 0);
+if (limit && limit < N + WARMUP + 500) throw new Error(`open files limit ${limit} is too low for ${N} sockets: raise it (ulimit -n 65536)`);
+
+const dataDir = mkdtempSync(join(tmpdir(), "tether-bench-agents-"));
+const swarm = new Swarm();
+const results: Array<Awaited<ReturnType<typeof run>>> = [];
+try {
+  let t = performance.now();
+  const { swarm: ids, machines } = identities(N + WARMUP);
+  const file = join(dataDir, "agents.json");
+  writeFileSync(file, JSON.stringify(ids));
+  await swarm.ready;
+  await swarm.call({ t: "load", file });
+  console.log(`${fmt(N + WARMUP)} identities made and loaded in ${secs(performance.now() - t)}`);
+  const pgData = join(dataDir, "pglite");
+  t = performance.now();
+  await seed({ dataDir: pgData }, machines);
+  console.log(`PGlite seeded in ${secs(performance.now() - t)}`);
+  results.push(await run("PGlite", swarm, { TETHER_DATA_DIR: pgData, DATABASE_URL: "" }));
+
+  const pgUrl = process.env.BENCH_DATABASE_URL ?? process.env.TEST_DATABASE_URL;
+  if (pgUrl) {
+    const schema = `bench_agents_${crypto.randomUUID().slice(0, 8)}`;
+    const admin = postgres(pgUrl, { max: 1, onnotice: () => {} });
+    await admin.unsafe(`create schema ${schema}`);
+    try {
+      const url = new URL(pgUrl);
+      url.searchParams.set("search_path", schema);
+      await seed({ dataDir: "", databaseUrl: pgUrl, searchPath: schema }, machines);
+      results.push(await run("PostgreSQL", swarm, { DATABASE_URL: url.toString() }));
+    } finally {
+      await admin.unsafe(`drop schema ${schema} cascade`);
+      await admin.end();
+    }
+  } else {
+    console.log("\nPostgreSQL: skipped (set BENCH_DATABASE_URL)");
+  }
+  for (const r of results) summary(r);
+} finally {
+  swarm.proc.kill("SIGKILL");
+  await swarm.proc.exited;
+  rmSync(dataDir, { recursive: true, force: true });
+}
