@@ -367,3 +367,68 @@ create table server_secrets (
   value       text not null,
   created_at  timestamptz not null default now()
 );
+
+-- version: 6
+-- Rooms (R1–R5). The room actor (room/<id>) is the source of truth for a room's name, policy,
+-- members and key epoch; `rooms` and `room_members` are its projection. Messages are not actor
+-- events: they are written here in id order by src/rooms/message-log.ts and only then fanned out.
+-- A session's room has the session's id.
+create table rooms (
+  id          uuid primary key,
+  tenant_id   uuid not null references tenants(id),
+  name        text not null,
+  kind        text not null check (kind in ('team', 'session')),
+  persist     boolean not null,
+  sign        boolean not null,
+  encrypt     boolean not null,
+  epoch       integer not null default 1,   -- the key epoch messages are sealed with (encrypt)
+  keyed_epoch integer not null default 0,   -- the newest epoch whose sealed keys are stored
+  created_by  uuid references users(id) on delete set null,
+  created_at  timestamptz not null default now()
+);
+create index rooms_tenant on rooms (tenant_id, created_at desc);
+
+-- `member` is a user id, or `person:<session id>` for the person at an attended machine.
+create table room_members (
+  room_id   uuid not null references rooms(id) on delete cascade,
+  member    text not null,
+  user_id   uuid references users(id) on delete cascade,
+  name      text not null,
+  role      text not null check (role in ('owner', 'member')),
+  added_at  timestamptz not null default now(),
+  primary key (room_id, member)
+);
+create index room_members_user on room_members (user_id);
+
+create table room_messages (
+  room_id     uuid not null references rooms(id) on delete cascade,
+  id          text not null,                 -- ULID: sortable, unique in the room
+  sender      text not null,
+  sender_name text not null,
+  client_id   text,
+  body        text not null,                 -- ciphertext (base64url) in an encrypted room
+  epoch       integer,                       -- encrypted rooms: the key epoch of the body
+  ts          bigint not null,               -- ms since the epoch; signed over in signed rooms
+  signature   text,
+  sign_key    text,                          -- the sender's public key the signature verified with
+  primary key (room_id, id)
+);
+create unique index room_messages_client on room_messages (room_id, sender, client_id) where client_id is not null;
+
+-- A room key sealed to one member's X25519 key, per epoch. The server cannot open it.
+create table room_keys (
+  room_id  uuid not null references rooms(id) on delete cascade,
+  epoch    integer not null,
+  member   text not null,
+  sealed   text not null,
+  primary key (room_id, epoch, member)
+);
+
+-- Users' public keys: Ed25519 to sign room messages, X25519 to receive sealed room keys.
+create table user_keys (
+  user_id     uuid not null references users(id) on delete cascade,
+  kind        text not null check (kind in ('ed25519', 'x25519')),
+  public_key  text not null,
+  created_at  timestamptz not null default now(),
+  primary key (user_id, kind)
+);

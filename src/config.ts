@@ -23,6 +23,9 @@ export interface Config {
   agentBinary: string;
   /** Sessions: how long an agent may be gone before its session ends, how long a person has to consent, and how long an unattended session waits for its agent. */
   sessionGraceMs: number;
+  /** Rooms: the SSE heartbeat interval, and how many bytes a subscriber may fall behind before it is dropped. */
+  roomHeartbeatMs: number;
+  roomSubscriberBufferBytes: number;
   consentTimeoutMs: number;
   sessionWaitMs: number;
   /** Largest file a viewer may upload to a machine. */
@@ -55,6 +58,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     agentBinary: env.TETHER_AGENT_BINARY || resolve(import.meta.dir, "..", "dist", "tether-agent"),
     recordingRetentionDays: int("TETHER_RECORDING_RETENTION_DAYS", 90),
     sessionGraceMs: int("TETHER_SESSION_GRACE_MS", 60_000),
+    roomHeartbeatMs: int("TETHER_ROOM_HEARTBEAT_MS", 15_000),
+    roomSubscriberBufferBytes: int("TETHER_ROOM_SUBSCRIBER_BUFFER_BYTES", 1024 * 1024),
     consentTimeoutMs: int("TETHER_CONSENT_TIMEOUT_MS", 120_000),
     sessionWaitMs: int("TETHER_SESSION_WAIT_MS", 10 * 60_000),
     maxUploadBytes: int("TETHER_MAX_UPLOAD_BYTES", 100 * 1024 * 1024),

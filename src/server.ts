@@ -15,6 +15,11 @@ import { Serial } from "./actors/serial.ts";
 import { sessionEffects } from "./sessions/effects.ts";
 import { sessionKind } from "./sessions/session.ts";
 import { ViewerTokens } from "./sessions/viewer-tokens.ts";
+import { roomEffects } from "./rooms/effects.ts";
+import { RoomHub } from "./rooms/hub.ts";
+import { MessageLog } from "./rooms/message-log.ts";
+import { roomKind } from "./rooms/room.ts";
+import { Rooms } from "./rooms/service.ts";
 import { CLOSE, MAX_AGENT_FRAME } from "./protocol/agent.ts";
 import { AgentConnections } from "./http/ws/agent-connections.ts";
 import { api } from "./http/api.ts";
@@ -44,6 +49,7 @@ export interface RunningServer {
   store: Store;
   relay: Relay;
   viewerTokens: ViewerTokens;
+  rooms: Rooms;
   /** Graceful: stop accepting, drain mailboxes, snapshot, flush the journal, close the store. */
   stop(): Promise<void>;
 }
@@ -59,7 +65,18 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const sessionWrites = new Serial();
   const recorder = await createRecorder({ store, log: logger, config });
   const relay = new Relay(system, recorder, logger, { slowViewerBytes: 4 * 1024 * 1024, maxUploadBytes: config.maxUploadBytes });
-  const kinds = [machineKind(machineEffects(store, connections, logger)), sessionKind(sessionEffects(store, relay, logger, sessionWrites)), ...(opts.kinds ?? [])];
+  const hub = new RoomHub(store, logger, { maxBacklogBytes: config.roomSubscriberBufferBytes });
+  const roomWrites = new Serial();
+  const rooms = new Rooms(system, store, hub, new MessageLog(store, (room, message, persist) => hub.publish(room, message, persist)), roomWrites);
+  // Session chat goes through the session's room; its messages come back to the session's viewers and agent.
+  hub.onMessage = (roomId, message) => relay.deliverChat(roomId, message);
+  relay.chat = (sessionId, tenantId, from, text) => rooms.sessionChat(sessionId, tenantId, from, text);
+  const kinds = [
+    machineKind(machineEffects(store, connections, logger)),
+    sessionKind(sessionEffects(store, relay, logger, sessionWrites, rooms)),
+    roomKind(roomEffects(store, hub, roomWrites)),
+    ...(opts.kinds ?? []),
+  ];
   for (const kind of kinds) system.register({ ...kind, options: { snapshotEvery: config.snapshotEvery, idleMs: config.idleMs, ...kind.options } });
   metrics.bind(system, store);
   const started = performance.now();
@@ -83,6 +100,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     viewerTokens,
     sessionWrites,
     recorder,
+    rooms,
     limiters: {
       loginByIp: new Limiter({ windowMs: 60_000, maxPerWindow: 30, maxFailures: 20, lockoutMs: 15 * 60_000 }),
       loginByUser: new Limiter({ windowMs: 60_000, maxPerWindow: 10, maxFailures: 10, lockoutMs: 15 * 60_000 }),
@@ -111,11 +129,13 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     store,
     relay,
     viewerTokens,
+    rooms,
     stop: () =>
       (stopping ??= (async () => {
         logger.info("shutting down: no new work, draining mailboxes");
         connections.stop(CLOSE.SERVER_STOPPING, "server stopping");
         relay.stop();
+        hub.closeAll();
         await app.stop();
         await recorder.stop();
         await system.stop();

@@ -9,6 +9,7 @@ import { enrollRoutes } from "./routes/enroll.ts";
 import { grantRoutes } from "./routes/grants.ts";
 import { machineRoutes } from "./routes/machines.ts";
 import { recordingRoutes } from "./routes/recordings.ts";
+import { roomRoutes } from "./routes/rooms.ts";
 import { settingsRoutes } from "./routes/settings.ts";
 import { siteRoutes } from "./routes/sites.ts";
 import { tokenRoutes } from "./routes/tokens.ts";
@@ -16,6 +17,7 @@ import { userRoutes } from "./routes/users.ts";
 import { sessionRoutes } from "./routes/sessions.ts";
 import { supportCodeRoutes } from "./routes/support-codes.ts";
 import { agentSocket } from "./ws/agent.ts";
+import { roomSocket } from "./ws/rooms.ts";
 import { supportSocket } from "./ws/support.ts";
 import { viewerSocket } from "./ws/viewer.ts";
 
@@ -37,6 +39,8 @@ export const api = (deps: AppDeps) =>
     .use(recordingRoutes(deps))
     .use(sessionRoutes(deps))
     .use(supportCodeRoutes(deps))
+    .use(roomRoutes(deps))
     .use(agentSocket(deps))
     .use(supportSocket(deps))
-    .use(viewerSocket(deps));
+    .use(viewerSocket(deps))
+    .use(roomSocket(deps));

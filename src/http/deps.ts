@@ -8,6 +8,7 @@ import type { Logger } from "../log.ts";
 import type { Store } from "../store/store.ts";
 import type { Recorder } from "../recordings/recorder.ts";
 import type { Relay } from "../relay/relay.ts";
+import type { Rooms } from "../rooms/service.ts";
 import type { ViewerTokens } from "../sessions/viewer-tokens.ts";
 import type { AgentConnections } from "./ws/agent-connections.ts";
 
@@ -25,6 +26,7 @@ export interface AppDeps {
   /** The sessions rows' writes, in event order; await `settled(id)` to read your own changes. */
   sessionWrites: Serial;
   recorder: Recorder;
+  rooms: Rooms;
   limiters: {
     loginByIp: Limiter;
     loginByUser: Limiter;

@@ -122,7 +122,7 @@ export const ServerToViewer = z.discriminatedUnion("t", [
   z.object({ t: z.literal("ch.closed"), channel: Channel }).extend(ChannelEnd.shape),
   ChAck,
   FilesListing.extend({ req: z.string().nullable() }),
-  z.object({ t: z.literal("chat"), from: z.string(), role: z.enum(["technician", "end_user"]), text: z.string(), at: z.number() }),
+  z.object({ t: z.literal("chat"), id: z.string().optional().describe("the message id in the session's room"), from: z.string(), role: z.enum(["technician", "end_user"]), text: z.string(), at: z.number() }),
   z.object({ t: z.literal("error"), req: z.string().nullable(), code: z.string(), message: z.string() }),
 ]);
 export type ServerToViewer = z.infer<typeof ServerToViewer>;

@@ -159,7 +159,7 @@ export class Relay {
         return true;
       case "chat": {
         const route = this.sessions.get(msg.session);
-        if (route?.agentConn === conn) this.broadcast(route.id, { t: "chat", from: "end user", role: "end_user", text: msg.text, at: Date.now() });
+        if (route?.agentConn === conn) this.postChat(route, { member: `person:${route.id}`, name: "the person at the machine" }, msg.text);
         return true;
       }
       default: {
@@ -254,8 +254,7 @@ export class Relay {
         return true;
       }
       case "chat.send":
-        this.broadcast(route.id, { t: "chat", from: link.name, role: "technician", text: msg.text, at: Date.now() });
-        this.toAgent(route.agentConn, { t: "chat", session: route.id, from: link.name, text: msg.text });
+        this.postChat(route, { member: link.userId, name: link.name }, msg.text);
         return true;
       case "session.end":
         await this.system.ask(`session/${route.id}`, { type: "session.end", by: "technician", user_id: link.userId }).catch(() => {});
@@ -300,6 +299,25 @@ export class Relay {
     if (!route) return;
     const frame = encode(message as never);
     for (const v of route.viewers.values()) if (onlyViewer === null || v.link.viewerId === onlyViewer) this.deliver(route, v, frame);
+  }
+
+  /**
+   * Session chat goes through the session's room (src/rooms): posted there, stored, and back
+   * here by `deliverChat` once committed, so the room's other subscribers see the same thing.
+   */
+  chat: (sessionId: string, tenantId: string, from: { member: string; name: string }, text: string) => Promise<unknown> = async () => null;
+
+  /** A message of a session's room: to every viewer, and to the person at the machine unless it is theirs. */
+  deliverChat(sessionId: string, m: { id: string; sender: string; sender_name: string; body: string; ts: number }): void {
+    const route = this.sessions.get(sessionId);
+    if (!route) return;
+    const fromPerson = m.sender === `person:${sessionId}`;
+    this.broadcast(sessionId, { t: "chat", id: m.id, from: m.sender_name, role: fromPerson ? "end_user" : "technician", text: m.body, at: m.ts });
+    if (!fromPerson) this.toAgent(route.agentConn, { t: "chat", session: sessionId, from: m.sender_name, text: m.body });
+  }
+
+  private postChat(route: SessionRoute, from: { member: string; name: string }, text: string): void {
+    this.chat(route.id, route.tenantId, from, text).catch((err: Error) => this.log.warn({ session_id: route.id, err: err.message }, "session chat not stored"));
   }
 
   viewerCount(sessionId: string): number {

@@ -4,6 +4,7 @@ import { audit } from "../audit/audit.ts";
 import type { Logger } from "../log.ts";
 import type { ServerToAgent, ServerToViewer } from "../protocol/relay.ts";
 import type { Relay } from "../relay/relay.ts";
+import { personOf, type Rooms } from "../rooms/service.ts";
 import type { Queryable } from "../store/store.ts";
 
 /**
@@ -11,7 +12,22 @@ import type { Queryable } from "../store/store.ts";
  * and events (each also audited), written in event order per session (`writes`), and the relay
  * told what to route, send or tear down.
  */
-export function sessionEffects(db: Queryable, relay: Relay, log: Logger, writes: Serial) {
+export function sessionEffects(db: Queryable, relay: Relay, log: Logger, writes: Serial, rooms?: Rooms) {
+  // Each session has a room (R1): opened with the session, joined by every technician who watches.
+  const roomFor = (p: { session_id: string; tenant_id: string; event: string; actor: string | null; details: Record<string, unknown> }) => {
+    if (!rooms) return;
+    const work = p.event === "session.created"
+      ? rooms.openSessionRoom({
+        sessionId: p.session_id, tenantId: p.tenant_id, name: `Session (${String(p.details.kind)})`,
+        owner: { member: p.actor ?? personOf(p.session_id), user_id: p.actor, name: String(p.details.technician ?? "technician"), role: "owner" },
+        members: p.details.kind === "attended" ? [{ member: personOf(p.session_id), user_id: null, name: "the person at the machine", role: "member" }] : [],
+      })
+      : p.event === "viewer.joined" && p.actor
+        ? rooms.ask(p.session_id, { type: "member.add", member: p.actor, user_id: p.actor, name: String(p.details.name ?? "technician"), role: "member", by: null })
+        : null;
+    work?.catch((err: Error) => log.warn({ session_id: p.session_id, err: err.message }, "session room not updated"));
+  };
+
   return {
     "session.project": (e: Effect) => writes.run(String((e as Record<string, unknown>).session_id), async () => {
       const p = e as Effect & { session_id: string; state: string | null; end_reason: string | null; consent: string; agent_conn: string | null; attended: { host: string; user: string } | null; viewers: number; started_at: number | null; ended_at: number | null };
@@ -34,6 +50,7 @@ export function sessionEffects(db: Queryable, relay: Relay, log: Logger, writes:
         actor: p.actor ? { type: "user", id: p.actor } : { type: "system" },
         target: { type: "session", id: p.session_id }, details: p.details,
       });
+      roomFor(p);
     }),
     "session.agent": (e: Effect) => {
       const p = e as Effect & { session_id: string; tenant_id: string; machine_id: string | null; conn: string | null; message: ServerToAgent };

@@ -191,7 +191,7 @@ export const sessionLogic = setup({
               consent: e.consent_required ? ("required" as const) : ("not_required" as const), graceMs: e.grace_ms, consentMs: e.consent_ms, createdAt: e.at,
             })),
             emit(({ event: e }) => effect.setTimer("wait", e.at + e.wait_ms, { type: "wait.expired" }) as never),
-            emit(({ context, event: e }) => event(context, "session.created", e.at, e.technician.user_id, { kind: e.kind, machine_id: e.machine_id, consent: context.consent }) as never),
+            emit(({ context, event: e }) => event(context, "session.created", e.at, e.technician.user_id, { kind: e.kind, machine_id: e.machine_id, consent: context.consent, technician: e.technician.name }) as never),
             emit(({ context }) => project("waiting_for_agent", context) as never),
             reply({ ok: true }),
           ],

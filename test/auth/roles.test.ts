@@ -18,6 +18,6 @@ test("docs/PERMISSIONS.md states exactly the matrix the code enforces", () => {
   }
 });
 
-test("end users are denied by default: their granted machines and their own sessions only", () => {
-  expect([...ROLE_PERMISSIONS.end_user]).toEqual(["machines:read", "sessions:read", "sessions:write"]);
+test("end users are denied by default: their granted machines, their own sessions and the rooms they are members of", () => {
+  expect([...ROLE_PERMISSIONS.end_user]).toEqual(["machines:read", "sessions:read", "sessions:write", "rooms:read", "rooms:write"]);
 });

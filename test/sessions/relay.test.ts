@@ -298,5 +298,40 @@ for (const flavor of FLAVORS) {
       expect(t.body.url).toContain(`/ws/viewer?session=${s.body.id}&token=`);
       expect(await upgradeStatus(app, s.body.id, t.body.token)).toBe(101);
     });
+
+    test("each session has a room: its technicians are members, and chat both ways is stored there and streamed (R1)", async () => {
+      const m = await machine();
+      const agent = await ScriptedAgent.connect(app, m);
+      cleanups.push(() => agent.socket.close());
+      const s = (await openSession(m.id)).body;
+      await agent.waitFor((x) => x.t === "session.start", "session.start");
+      const tech = await app.user("technician");
+      await eventually(async () => (await app.call("GET", `/api/rooms/${s.id}`, { token: app.adminToken })).status === 200, 3_000, "the session's room");
+      // Not a member yet: the room is closed to them.
+      expect((await app.call("GET", `/api/rooms/${s.id}/messages`, { token: tech.token })).status).toBe(403);
+      const v = new TestViewer(app.url, s.id, (await viewerToken(s.id, "control", tech.token)).token);
+      cleanups.push(() => v.close());
+      await v.open();
+      await v.waitFor((x) => x.t === "joined", 5_000, "joined");
+      await eventually(async () => (await app.call("GET", `/api/rooms/${s.id}`, { token: tech.token })).status === 200, 3_000, "member of the room");
+      const room = (await app.call("GET", `/api/rooms/${s.id}`, { token: tech.token })).body;
+      expect(room).toMatchObject({ id: s.id, kind: "session", policy: { persist: true, sign: false, encrypt: false } });
+      expect(room.members.map((x: any) => [x.name, x.role])).toEqual([["admin", "owner"], [tech.username, "member"]]);
+
+      v.send({ t: "chat.send", text: "hello from the technician" });
+      expect(await agent.waitFor((x) => x.t === "chat", "chat at the agent")).toEqual({ t: "chat", session: s.id, from: tech.username, text: "hello from the technician" });
+      const echoed = await v.waitFor((x) => x.t === "chat" && x.role === "technician");
+      expect(echoed).toMatchObject({ from: tech.username, text: "hello from the technician" });
+      agent.send({ t: "chat", session: s.id, text: "thanks, I see it" });
+      expect(await v.waitFor((x) => x.t === "chat" && x.role === "end_user")).toMatchObject({ text: "thanks, I see it" });
+
+      const stored = (await app.call("GET", `/api/rooms/${s.id}/messages`, { token: app.adminToken })).body.messages;
+      expect(stored.map((x: any) => [x.sender, x.body])).toEqual([[tech.id, "hello from the technician"], [`person:${s.id}`, "thanks, I see it"]]);
+      expect(echoed.id).toBe(stored[0].id);
+      // A REST post to the session's room reaches the viewers and the person at the machine too.
+      expect((await app.call("POST", `/api/rooms/${s.id}/messages`, { token: app.adminToken, body: { body: "posted over the API" } })).status).toBe(201);
+      expect(await agent.waitFor((x) => x.t === "chat", "API chat at the agent")).toMatchObject({ from: "admin", text: "posted over the API" });
+      expect(await v.waitFor((x) => x.t === "chat" && x.text === "posted over the API")).toMatchObject({ role: "technician" });
+    });
   });
 }
