@@ -23,6 +23,7 @@ import { Rooms } from "./rooms/service.ts";
 import { CLOSE, MAX_AGENT_FRAME } from "./protocol/agent.ts";
 import { AgentConnections } from "./http/ws/agent-connections.ts";
 import { api } from "./http/api.ts";
+import { webViewer } from "./http/web.ts";
 import type { AppDeps } from "./http/deps.ts";
 import { errorHandling } from "./http/errors.ts";
 import { health } from "./http/health.ts";
@@ -114,7 +115,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   let app = new Elysia({ websocket: { maxPayloadLength: MAX_AGENT_FRAME } })
     .use(errorHandling(logger))
     .use(health({ system, store, metrics, role: () => "primary" }))
-    .use(api(deps));
+    .use(api(deps))
+    .use(webViewer(config.webDist));
   for (const route of opts.routes ?? []) app = app.use(route(system));
   app.listen({ port: config.port, hostname: config.host });
   const port = app.server!.port;

@@ -1,0 +1,132 @@
+import { useEffect, useState } from "preact/hooks";
+import { api } from "../api.ts";
+import { Link } from "../router.tsx";
+import { useApi } from "../use-api.ts";
+import { Empty, ErrorBox, Loading } from "../ui/states.tsx";
+
+interface Machine {
+  id: string;
+  hostname: string;
+  site_code: string | null;
+  status: "online" | "offline";
+  last_seen_at: string | null;
+  labels: { tags?: string[] };
+  inventory: { os?: { name?: string; version?: string }; users?: string[] };
+  external_ip: string | null;
+  agent_version: string | null;
+  enrollment_state: string;
+}
+interface Page {
+  machines: Machine[];
+  next_cursor: string | null;
+}
+
+/** Presence refreshes on its own this often. */
+const LIVE_MS = 3_000;
+
+/**
+ * The machines list: the M5 search syntax, filters by site, status and tag, presence that
+ * updates without a reload, who is connected now, and more rows on demand.
+ */
+export function MachinesPage() {
+  const [q, setQ] = useState(new URLSearchParams(location.search).get("q") ?? "");
+  const [debounced, setDebounced] = useState(q);
+  const [site, setSite] = useState("");
+  const [status, setStatus] = useState("");
+  const [tag, setTag] = useState("");
+  const [more, setMore] = useState<Machine[]>([]);
+  const [cursor, setCursor] = useState<string | null>(null);
+  const [loadingMore, setLoadingMore] = useState(false);
+  const [moreError, setMoreError] = useState<unknown>(null);
+
+  useEffect(() => {
+    const t = setTimeout(() => setDebounced(q.trim()), 250);
+    return () => clearTimeout(t);
+  }, [q]);
+
+  const params = new URLSearchParams();
+  if (debounced) params.set("q", debounced);
+  if (site) params.set("site_id", site);
+  if (status) params.set("status", status);
+  if (tag.trim()) params.set("tag", tag.trim());
+  params.set("limit", "100");
+  const list = useApi<Page>(`/api/machines?${params}`, LIVE_MS);
+  const sites = useApi<{ sites: Array<{ id: string; name: string; code: string }> }>("/api/sites");
+  const live = useApi<{ sessions: Array<{ machine_id: string | null; technician: string }> }>("/api/sessions?live=true&limit=500", LIVE_MS);
+
+  useEffect(() => {
+    setMore([]);
+    setCursor(null);
+  }, [debounced, site, status, tag]);
+  useEffect(() => {
+    if (more.length === 0) setCursor(list.data?.next_cursor ?? null);
+  }, [list.data]);
+
+  const loadMore = async () => {
+    if (!cursor) return;
+    setLoadingMore(true);
+    setMoreError(null);
+    try {
+      const p = new URLSearchParams(params);
+      p.set("cursor", cursor);
+      const page = await api<Page>("GET", `/api/machines?${p}`);
+      setMore((m) => [...m, ...page.machines]);
+      setCursor(page.next_cursor);
+    } catch (e) {
+      setMoreError(e);
+    } finally {
+      setLoadingMore(false);
+    }
+  };
+
+  const connected = new Map<string, string[]>();
+  for (const s of live.data?.sessions ?? []) if (s.machine_id) connected.set(s.machine_id, [...(connected.get(s.machine_id) ?? []), s.technician]);
+  const rows = [...(list.data?.machines ?? []), ...more];
+
+  return (
+    <section class="machines">
+      <header class="page-head">
+        <h1>Machines</h1>
+        <div class="filters">
+          <input type="search" aria-label="Search machines" placeholder='Search: host:web os:ubuntu tag:prod "two words"' value={q} onInput={(e) => setQ(e.currentTarget.value)} />
+          {sites.data && sites.data.sites.length > 0 && (
+            <select aria-label="Site" value={site} onChange={(e) => setSite(e.currentTarget.value)}>
+              <option value="">All sites</option>
+              {sites.data.sites.map((s) => <option value={s.id}>{s.name}</option>)}
+            </select>
+          )}
+          <select aria-label="Status" value={status} onChange={(e) => setStatus(e.currentTarget.value)}>
+            <option value="">Any status</option>
+            <option value="online">Online</option>
+            <option value="offline">Offline</option>
+          </select>
+          <input aria-label="Tag" placeholder="Tag" value={tag} onInput={(e) => setTag(e.currentTarget.value)} />
+        </div>
+      </header>
+      {list.error !== null && <ErrorBox error={list.error} retry={list.reload} />}
+      {list.data === null && list.error === null && <Loading what="machines" />}
+      {list.data !== null && rows.length === 0 && <Empty>{debounced || site || status || tag ? "No machine matches." : "No machines yet. Enroll one from a site's install command."}</Empty>}
+      {rows.length > 0 && (
+        <table class="list" aria-label="Machines">
+          <thead>
+            <tr><th>Host</th><th>Status</th><th class="wide">OS</th><th class="wide">Site</th><th class="wide">Tags</th><th>Connected</th></tr>
+          </thead>
+          <tbody>
+            {rows.map((m) => (
+              <tr key={m.id} data-machine={m.id}>
+                <td><Link href={`/machines/${m.id}`}>{m.hostname}</Link></td>
+                <td><span class={`presence ${m.status}`}>{m.status}</span>{m.enrollment_state !== "active" && <span class="badge">{m.enrollment_state}</span>}</td>
+                <td class="wide">{[m.inventory.os?.name, m.inventory.os?.version].filter(Boolean).join(" ") || "—"}</td>
+                <td class="wide">{m.site_code ?? "—"}</td>
+                <td class="wide">{(m.labels.tags ?? []).join(", ") || "—"}</td>
+                <td>{connected.get(m.id)?.join(", ") ?? ""}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      {cursor && <button type="button" class="more" onClick={loadMore} disabled={loadingMore}>{loadingMore ? "Loading more…" : "Load more"}</button>}
+      {moreError !== null && <ErrorBox error={moreError} retry={loadMore} />}
+    </section>
+  );
+}

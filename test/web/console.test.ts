@@ -1,0 +1,89 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import type { Browser, BrowserContext, Page } from "playwright-core";
+import { ADMIN_PASSWORD, startTestApp, type TestApp } from "../helpers/app.ts";
+import { builtViewer, launchBrowser, screenshot } from "../helpers/browser.ts";
+import { enroll, enrollBody, ed25519PublicKey, siteWithKey } from "../machines/fixtures.ts";
+
+/** The web viewer in a real headless chromium against a real server (W1, W5 security). */
+describe("web console", () => {
+  let app: TestApp;
+  let browser: Browser;
+  let context: BrowserContext;
+  let page: Page;
+  const errors: string[] = [];
+
+  beforeAll(async () => {
+    app = await startTestApp("pglite", { env: { TETHER_WEB_DIST: await builtViewer() } });
+    const site = await siteWithKey(app);
+    for (const host of ["web-01", "web-02", "db-01"]) {
+      const r = await enroll(app, await enrollBody(site, { hostname: host, public_key: await ed25519PublicKey() }));
+      expect([200, 201]).toContain(r.status);
+    }
+    browser = await launchBrowser();
+    context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    page = await context.newPage();
+    // Any CSP violation or script error on a page is a failure.
+    // (The 401s of "who am I" before signing in and of the wrong password are expected.)
+    page.on("console", (m) => m.type() === "error" && !/status of 401/.test(m.text()) && errors.push(m.text()));
+    page.on("pageerror", (e) => errors.push(e.message));
+  }, 60_000);
+  afterAll(async () => {
+    await browser?.close();
+    await app?.close();
+  });
+
+  test("the page is served with a strict CSP and no inline script; assets are content-hashed and cached", async () => {
+    const res = await fetch(app.url + "/");
+    const csp = res.headers.get("content-security-policy")!;
+    expect(csp).toContain("script-src 'self'");
+    expect(csp).not.toContain("unsafe-inline");
+    expect(csp).toContain("frame-ancestors 'none'");
+    const html = await res.text();
+    expect(html).not.toMatch(/<script>(?!<\/script>)/);
+    const asset = html.match(/src="(\/assets\/main-[a-z0-9]+\.js)"/)![1]!;
+    const a = await fetch(app.url + asset);
+    expect(a.status).toBe(200);
+    expect(a.headers.get("cache-control")).toContain("immutable");
+    expect((await fetch(app.url + "/api/nope")).status).toBe(404);
+    expect((await fetch(app.url + "/assets/..%2Fschema.sql")).status).toBe(404);
+  });
+
+  test("a wrong password shows the error with its correlation id; the right one signs in with an HttpOnly cookie and nothing in localStorage", async () => {
+    await page.goto(app.url + "/");
+    await page.getByLabel("Username").fill("admin");
+    await page.getByLabel("Password").fill("not the password");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("alert").waitFor();
+    expect(await page.getByRole("alert").textContent()).toMatch(/wrong username or password.*Correlation id/);
+    await screenshot(page, "login-error");
+
+    await page.getByLabel("Password").fill(ADMIN_PASSWORD);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("heading", { name: "Machines" }).waitFor();
+    const cookies = await context.cookies();
+    expect(cookies.find((c) => c.name === "tether_session")).toMatchObject({ httpOnly: true, sameSite: "Lax" });
+    expect(await page.evaluate(() => JSON.stringify(localStorage))).toBe("{}");
+  });
+
+  test("the machines list shows every machine; the search box narrows it with the M5 syntax", async () => {
+    await page.getByRole("table", { name: "Machines" }).waitFor();
+    expect(await page.locator("tbody tr").count()).toBe(3);
+    await screenshot(page, "machines");
+    await page.getByLabel("Search machines").fill("host:web");
+    await page.waitForFunction(() => document.querySelectorAll("tbody tr").length === 2);
+    expect(await page.locator("tbody tr td:first-child").allTextContents()).toEqual(["web-01", "web-02"]);
+    await page.getByLabel("Search machines").fill("nothing-matches-this");
+    await page.getByText("No machine matches.").waitFor();
+    await page.getByLabel("Search machines").fill("");
+    await page.waitForFunction(() => document.querySelectorAll("tbody tr").length === 3);
+  });
+
+  test("at a phone's width the list still works", async () => {
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.getByRole("table", { name: "Machines" }).waitFor();
+    expect(await page.locator("tbody tr").count()).toBe(3);
+    await screenshot(page, "machines-phone");
+    await page.setViewportSize({ width: 1280, height: 800 });
+    expect(errors).toEqual([]);
+  });
+});
