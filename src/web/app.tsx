@@ -1,6 +1,8 @@
 import { useEffect, useState } from "preact/hooks";
 import { api, ApiError } from "./api.ts";
 import { MachinesPage } from "./pages/machines.tsx";
+import { MachinePage } from "./pages/machine.tsx";
+import { Lazy } from "./ui/lazy.tsx";
 import { LoginPage } from "./pages/login.tsx";
 import { Link, navigate, useLocation } from "./router.tsx";
 import { ErrorBox, Loading } from "./ui/states.tsx";
@@ -46,7 +48,13 @@ export function App() {
   );
 }
 
+// The session page (xterm.js) and the recordings player load only when they are opened.
+const sessionPage = () => import("./pages/session.tsx").then((m) => m.SessionPage);
+
 function route(path: string) {
   if (path === "/" || path === "/machines") return <MachinesPage />;
+  let m: RegExpMatchArray | null;
+  if ((m = path.match(/^\/machines\/([0-9a-f-]{36})$/))) return <MachinePage id={m[1]!} />;
+  if ((m = path.match(/^\/sessions\/([0-9a-f-]{36})$/))) return <Lazy load={sessionPage} props={{ id: m[1]! }} />;
   return <p class="state empty">There is no page at {path}. <Link href="/">Back to the machines</Link></p>;
 }
