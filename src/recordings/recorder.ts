@@ -24,6 +24,16 @@ import type { Store } from "../store/store.ts";
  *     deleted session) stops being written.
  *   - `output` after `end`, or for an unknown id, is ignored. Nothing here throws into the relay.
  *
+ * Backpressure, not loss, when the database is merely slower than the output: `output`
+ * answers false once a recording has `highWaterBytes` unwritten (and flushes are succeeding);
+ * the relay then stops reading that agent's socket until `onFlushed` listeners hear that the
+ * recording is no longer `behind`. So bulk output slows to what the database can take (TCP
+ * pushes back to the agent) instead of reaching the cap. A failing database never pushes back.
+ *
+ * On PostgreSQL servers built with lz4, chunks are TOASTed with lz4 instead of pglz
+ * (`set local default_toast_compression`, per flush transaction; no schema change): pglz was
+ * about two thirds of the database's cost per recorded MiB (docs/PERFORMANCE.md, relay).
+ *
  * Sizes are measured in characters of event text (UTF-16 code units), close to bytes for
  * terminal output; `recordings.bytes` counts the raw terminal output bytes that were stored.
  */
@@ -40,6 +50,8 @@ export interface RecorderOptions {
   flushAtBytes?: number;
   /** Pending text kept per recording while the database is unreachable; older chunks are dropped beyond it. */
   maxPendingBytes?: number;
+  /** Unwritten text of one recording beyond which `output` asks the caller to pause (default: half of maxPendingBytes). */
+  highWaterBytes?: number;
   /** How long a recording may wait for its session row before it is given up. */
   orphanMs?: number;
 }
@@ -115,7 +127,11 @@ export class Recorder {
   private readonly flushAtChars: number;
   private sealedSinceFlush = 0;
   private readonly capChars: number;
+  private readonly highWaterChars: number;
   private readonly orphanMs: number;
+  private readonly flushedListeners: Array<() => void> = [];
+  /** Whether the store takes `default_toast_compression = lz4`; probed at the first flush. */
+  private lz4: Promise<boolean> | null = null;
   private readonly timer: ReturnType<typeof setInterval>;
   private running: Promise<boolean> | null = null;
   private again = false;
@@ -135,6 +151,7 @@ export class Recorder {
     this.chunkChars = opts.chunkBytes ?? 64 * KiB;
     this.flushAtChars = opts.flushAtBytes ?? this.chunkChars * 16;
     this.capChars = Math.max(opts.maxPendingBytes ?? 8 * KiB * KiB, this.chunkChars);
+    this.highWaterChars = Math.min(opts.highWaterBytes ?? Math.floor(this.capChars / 2), this.capChars);
     this.orphanMs = opts.orphanMs ?? 60_000;
     this.timer = setInterval(() => void this.flush(), this.flushMs);
     this.timer.unref?.();
@@ -159,14 +176,15 @@ export class Recorder {
   /**
    * Terminal output (the relay's hot path): decoded as a UTF-8 stream (a character split across
    * frames comes out whole with the later frame) and appended as an "o" event. Output within
-   * the same millisecond is merged into one event.
+   * the same millisecond is merged into one event. Answers false when the caller should stop
+   * sending this recording more output until it is no longer `behind` (see onFlushed).
    */
-  output(id: string, bytes: Uint8Array): void {
+  output(id: string, bytes: Uint8Array): boolean {
     const r = this.recs.get(id);
-    if (r === undefined || r.endedAt !== null) return;
+    if (r === undefined || r.endedAt !== null) return true;
     r.bufRaw += bytes.length;
     const text = r.decoder.decode(bytes, STREAM);
-    if (text.length === 0) return;
+    if (text.length === 0) return true;
     const ms = Math.floor(performance.now() - r.t0);
     if (ms === r.openMs) r.openText += text;
     else {
@@ -178,7 +196,20 @@ export class Recorder {
       this.closeOpen(r);
       this.seal(r);
       if (this.sealedSinceFlush >= this.flushAtChars) this.soon();
+      return this.failing || r.queued < this.highWaterChars;
     }
+    return true;
+  }
+
+  /** Whether a recording has more unwritten output than `highWaterBytes` while the database is taking writes. */
+  behind(id: string): boolean {
+    const r = this.recs.get(id);
+    return r !== undefined && !this.failing && !this.stopped && r.queued + r.buf.length + r.openText.length >= this.highWaterChars;
+  }
+
+  /** `f` runs after every flush attempt (written or failed): the time to look at `behind` again. */
+  onFlushed(f: () => void): void {
+    this.flushedListeners.push(f);
   }
 
   /** The terminal's new size, as an "r" event. */
@@ -221,6 +252,13 @@ export class Recorder {
         } while (this.again && !this.failing);
       } finally {
         this.running = null;
+        for (const f of this.flushedListeners) {
+          try {
+            f();
+          } catch (err) {
+            this.log.warn({ err: err instanceof Error ? err.message : String(err) }, "recordings: a flush listener failed");
+          }
+        }
       }
       return ok;
     })();
@@ -344,9 +382,11 @@ export class Recorder {
 
     let result: { present: Set<string>; written: Set<string> };
     try {
+      const lz4 = chunks.length > 0 && (await this.lz4Available());
       result = await this.store.transaction(async (tx) => {
         const present = new Set<string>();
         const written = new Set<string>();
+        if (lz4) await tx.query("set local default_toast_compression = 'lz4'");
         if (rows.length > 0) {
           for (const { id } of await tx.query<{ id: string }>(INSERT_RECORDINGS, [JSON.stringify(rows)])) present.add(id);
         }
@@ -428,6 +468,18 @@ export class Recorder {
       if (r.endWritten && r.sealed.length === 0 && r.buf.length === 0) this.recs.delete(r.id);
     }
     return complete;
+  }
+
+  /** PGlite and PostgreSQL servers built without lz4 only have pglz; a failed probe means no. */
+  private lz4Available(): Promise<boolean> {
+    this.lz4 ??= this.store.flavor !== "postgres"
+      ? Promise.resolve(false)
+      : this.store.query<{ ok: boolean }>("select 'lz4' = any(enumvals) as ok from pg_settings where name = 'default_toast_compression'")
+        .then((rows) => rows[0]?.ok === true, () => {
+          this.lz4 = null; // the database is down: ask again at the next flush
+          return false;
+        });
+    return this.lz4;
   }
 }
 

@@ -19,6 +19,9 @@ export interface Link {
   send(frame: Uint8Array): number;
   buffered(): number;
   close(code: number, reason: string): void;
+  /** Stop and start reading the socket (TCP pushes back to the peer); agents' links only. */
+  pause?(): void;
+  resume?(): void;
 }
 
 export interface ViewerLink extends Link {
@@ -32,7 +35,10 @@ export interface ViewerLink extends Link {
 /** The recorder's hot-path surface (src/recordings/recorder.ts). */
 export interface RecorderPort {
   start(r: { tenantId: string; sessionId: string; machineId: string | null; channel: number; cols: number; rows: number }): string;
-  output(id: string, bytes: Uint8Array): void;
+  /** False: the recording is behind; pause the source until `behind(id)` is false after a flush. */
+  output(id: string, bytes: Uint8Array): boolean | void;
+  behind?(id: string): boolean;
+  onFlushed?(f: () => void): void;
   resize(id: string, cols: number, rows: number): void;
   end(id: string): void;
 }
@@ -69,7 +75,17 @@ interface AgentState {
   link: Link;
   machineId: string | null;
   sessions: Set<string>;
+  /** While reading is paused for the recorder: the recordings that are behind, and the deadline timer. */
+  pausedFor: Set<string> | null;
+  pauseTimer: ReturnType<typeof setTimeout> | null;
 }
+
+/**
+ * The longest an agent's socket stays paused for a recorder that is behind. A database that
+ * hangs must not hang the session: past this, reading resumes and the recorder's memory cap
+ * (which drops the oldest output, with a warning) is what bounds memory.
+ */
+export const MAX_RECORDER_PAUSE_MS = 2_000;
 
 export interface RelayOptions {
   slowViewerBytes: number;
@@ -85,21 +101,33 @@ export class Relay {
   private readonly channels = new Map<number, ChannelRoute>();
   private readonly now: () => number;
   /** Counters for /metrics and tests. */
-  readonly stats = { slowViewersDropped: 0, inputThrottled: 0, framesRelayed: 0 };
+  readonly stats = { slowViewersDropped: 0, inputThrottled: 0, framesRelayed: 0, recorderPauses: 0, recorderPauseTimeouts: 0 };
+  /** Whether terminal channels opened from now on are recorded (on whenever there is a recorder). */
+  private recording: boolean;
 
   constructor(
     private readonly system: Pick<ActorSystem, "send" | "ask">,
-    private readonly recorder: RecorderPort | null,
+    readonly recorder: RecorderPort | null,
     private readonly log: Logger,
     private readonly options: RelayOptions = DEFAULT_RELAY_OPTIONS,
   ) {
     this.now = options.now ?? (() => performance.now());
+    this.recording = recorder !== null;
+    recorder?.onFlushed?.(() => this.resumeCaughtUp());
+  }
+
+  /**
+   * Records the terminals opened from now on, or not (channels already open keep their
+   * recording). The product always records; bench/relay.ts measures what that costs with this.
+   */
+  setRecording(on: boolean): void {
+    this.recording = on && this.recorder !== null;
   }
 
   // ---- agents -------------------------------------------------------------------------------
 
   addAgent(conn: string, link: Link, machineId: string | null): void {
-    this.agents.set(conn, { link, machineId, sessions: new Set() });
+    this.agents.set(conn, { link, machineId, sessions: new Set(), pausedFor: null, pauseTimer: null });
   }
 
   /** The agent's socket closed: its sessions are told (the actor starts the grace period). */
@@ -107,6 +135,7 @@ export class Relay {
     const agent = this.agents.get(conn);
     if (!agent) return;
     this.agents.delete(conn);
+    if (agent.pauseTimer) clearTimeout(agent.pauseTimer);
     for (const sessionId of agent.sessions) {
       const route = this.sessions.get(sessionId);
       if (route?.agentConn === conn) route.agentConn = null;
@@ -145,7 +174,7 @@ export class Relay {
         if (v) this.deliver(route, v, frame);
         return true;
       }
-      if (ch.recording && this.recorder) this.recorder.output(ch.recording, frame.subarray(5));
+      if (ch.recording && this.recorder && this.recorder.output(ch.recording, frame.subarray(5)) === false) this.pauseForRecorder(conn, ch.recording);
       for (const v of route.viewers.values()) this.deliver(route, v, frame);
       return true;
     }
@@ -266,7 +295,7 @@ export class Relay {
   openRoute(r: { sessionId: string; tenantId: string; machineId: string | null; conn: string | null; viewerId: string; req: string; open: Extract<ServerToAgent, { t: "ch.open" }> }): void {
     const route = this.routeOf(r.sessionId, { tenantId: r.tenantId, machineId: r.machineId });
     const { channel, type } = r.open;
-    const recording = type === "term" && this.recorder
+    const recording = type === "term" && this.recording && this.recorder
       ? this.recorder.start({ tenantId: r.tenantId, sessionId: r.sessionId, machineId: r.machineId, channel, cols: r.open.cols ?? 80, rows: r.open.rows ?? 24 })
       : null;
     this.channels.set(channel, { channel, sessionId: r.sessionId, type, viewerId: r.viewerId, req: r.req, recording, received: 0, acked: 0 });
@@ -395,6 +424,42 @@ export class Relay {
       return;
     }
     v.link.send(frame);
+  }
+
+  /**
+   * The recorder is behind on this agent's terminal: stop reading the agent's socket until it
+   * has caught up (or MAX_RECORDER_PAUSE_MS passed). Output already read is still relayed and
+   * recorded; the agent, and with it the PTY (src/agent/session/terminal.ts), feel TCP pushing back.
+   */
+  private pauseForRecorder(conn: string, recording: string): void {
+    const agent = this.agents.get(conn);
+    if (!agent?.link.pause || !agent.link.resume) return;
+    if (agent.pausedFor) return void agent.pausedFor.add(recording);
+    agent.pausedFor = new Set([recording]);
+    this.stats.recorderPauses++;
+    agent.link.pause();
+    agent.pauseTimer = setTimeout(() => {
+      this.stats.recorderPauseTimeouts++;
+      this.resumeAgent(agent);
+    }, MAX_RECORDER_PAUSE_MS);
+  }
+
+  private resumeCaughtUp(): void {
+    for (const agent of this.agents.values()) {
+      if (!agent.pausedFor) continue;
+      for (const id of agent.pausedFor) if (!this.recorder?.behind?.(id)) agent.pausedFor.delete(id);
+      if (agent.pausedFor.size === 0) this.resumeAgent(agent);
+    }
+  }
+
+  private resumeAgent(agent: AgentState): void {
+    if (!agent.pausedFor) return;
+    agent.pausedFor = null;
+    if (agent.pauseTimer) clearTimeout(agent.pauseTimer);
+    agent.pauseTimer = null;
+    try {
+      agent.link.resume?.();
+    } catch {}
   }
 
   private unicast(route: SessionRoute, viewerId: string, message: ServerToViewer): void {
