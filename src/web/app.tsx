@@ -3,6 +3,11 @@ import { api, ApiError } from "./api.ts";
 import { MachinesPage } from "./pages/machines.tsx";
 import { MachinePage } from "./pages/machine.tsx";
 import { Lazy } from "./ui/lazy.tsx";
+import { AuditPage } from "./pages/admin/audit.tsx";
+import { PendingPage } from "./pages/admin/pending.tsx";
+import { SitesPage } from "./pages/admin/sites.tsx";
+import { TokensPage } from "./pages/admin/tokens.tsx";
+import { UsersPage } from "./pages/admin/users.tsx";
 import { LoginPage } from "./pages/login.tsx";
 import { Link, navigate, useLocation } from "./router.tsx";
 import { ErrorBox, Loading } from "./ui/states.tsx";
@@ -39,11 +44,16 @@ export function App() {
       <nav class="top" aria-label="Main">
         <Link href="/" class="brand">Tether</Link>
         <Link href="/">Machines</Link>
+        {can(me, "sites:read") && <Link href="/sites">Sites</Link>}
+        {can(me, "users:read") && <Link href="/users">Users</Link>}
+        {can(me, "machines:write") && <Link href="/pending">Pending</Link>}
+        {can(me, "audit:read") && <Link href="/audit">Audit</Link>}
+        {me.role !== "end_user" && <Link href="/tokens">API tokens</Link>}
         <span class="spacer" />
         <span class="who">{me.username} ({me.role.replace("_", " ")})</span>
         <button type="button" onClick={signOut}>Sign out</button>
       </nav>
-      <main>{route(path)}</main>
+      <main>{route(path, me)}</main>
     </div>
   );
 }
@@ -51,8 +61,15 @@ export function App() {
 // The session page (xterm.js) and the recordings player load only when they are opened.
 const sessionPage = () => import("./pages/session.tsx").then((m) => m.SessionPage);
 
-function route(path: string) {
+const can = (me: Me, permission: string) => me.permissions.includes(permission);
+
+function route(path: string, me: Me) {
   if (path === "/" || path === "/machines") return <MachinesPage />;
+  if (path === "/sites" && can(me, "sites:read")) return <SitesPage />;
+  if (path === "/users" && can(me, "users:read")) return <UsersPage />;
+  if (path === "/pending" && can(me, "machines:write")) return <PendingPage />;
+  if (path === "/audit" && can(me, "audit:read")) return <AuditPage />;
+  if (path === "/tokens" && me.role !== "end_user") return <TokensPage permissions={me.permissions} />;
   let m: RegExpMatchArray | null;
   if ((m = path.match(/^\/machines\/([0-9a-f-]{36})$/))) return <MachinePage id={m[1]!} />;
   if ((m = path.match(/^\/sessions\/([0-9a-f-]{36})$/))) return <Lazy load={sessionPage} props={{ id: m[1]! }} />;

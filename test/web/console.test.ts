@@ -10,14 +10,18 @@ describe("web console", () => {
   let browser: Browser;
   let context: BrowserContext;
   let page: Page;
+  let siteId: string;
+  let machineIds: string[] = [];
   const errors: string[] = [];
 
   beforeAll(async () => {
     app = await startTestApp("pglite", { env: { TETHER_WEB_DIST: await builtViewer() } });
     const site = await siteWithKey(app);
+    siteId = site.id;
     for (const host of ["web-01", "web-02", "db-01"]) {
       const r = await enroll(app, await enrollBody(site, { hostname: host, public_key: await ed25519PublicKey() }));
       expect([200, 201]).toContain(r.status);
+      machineIds.push(r.body.machine_id);
     }
     browser = await launchBrowser();
     context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
@@ -85,5 +89,52 @@ describe("web console", () => {
     await screenshot(page, "machines-phone");
     await page.setViewportSize({ width: 1280, height: 800 });
     expect(errors).toEqual([]);
+  });
+
+  test("an admin rotates a site's enrollment key: the key and install command are shown once, and the new fingerprint is listed", async () => {
+    await page.getByRole("link", { name: "Sites" }).click();
+    await page.getByRole("table", { name: "Sites" }).waitFor();
+    const row = page.locator("tr", { has: page.getByText(/^SITE-/) }).first();
+    const before = await row.locator("td[data-fingerprint]").getAttribute("data-fingerprint");
+    page.once("dialog", (d) => d.accept());
+    await row.getByRole("button", { name: "Rotate key" }).click();
+    const shown = page.getByRole("status", { name: "New enrollment key" });
+    await shown.waitFor();
+    const label = (await shown.locator("strong").textContent())!;
+    expect(label).toMatch(/^v\d+ \([0-9A-F]{4}\)$/);
+    expect(label).not.toBe(before);
+    expect(await shown.locator("code").textContent()).toContain("cek_");
+    await page.waitForFunction((l) => [...document.querySelectorAll("td[data-fingerprint]")].some((td) => td.getAttribute("data-fingerprint") === l), label);
+    const api = (await app.call("GET", `/api/sites/${siteId}`, { token: app.adminToken })).body;
+    expect(api.enrollment_key.fingerprint_label).toBe(label);
+    await screenshot(page, "sites-rotated");
+    await shown.getByRole("button", { name: "Done" }).click();
+    expect(await shown.count()).toBe(0);
+  });
+
+  test("the audit log lists what just happened, filtered by type", async () => {
+    await page.getByRole("link", { name: "Audit" }).click();
+    await page.getByRole("table", { name: "Audit events" }).waitFor();
+    await page.getByLabel("Event type").fill("enrollment_key.rotated");
+    await page.getByLabel("Event type").press("Enter");
+    await page.waitForFunction(() => [...document.querySelectorAll("tbody tr td:nth-child(2)")].every((td) => td.textContent!.startsWith("enrollment_key.rotated")) && document.querySelectorAll("tbody tr").length > 0);
+    await screenshot(page, "audit");
+  });
+
+  test("an end user sees only the machine granted to them, and no admin pages", async () => {
+    const u = await app.user("end_user");
+    expect((await app.call("POST", `/api/users/${u.id}/grants`, { token: app.adminToken, body: { machine_id: machineIds[1] } })).status).toBe(201);
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const p = await ctx.newPage();
+    await p.goto(app.url + "/");
+    await p.getByLabel("Username").fill(u.username);
+    await p.getByLabel("Password").fill(u.password);
+    await p.getByRole("button", { name: "Sign in" }).click();
+    await p.getByRole("table", { name: "Machines" }).waitFor();
+    expect(await p.locator("tbody tr td:first-child").allTextContents()).toEqual(["web-02"]);
+    expect(await p.getByRole("link", { name: "Sites" }).count()).toBe(0);
+    expect(await p.getByRole("link", { name: "Audit" }).count()).toBe(0);
+    await screenshot(p, "end-user-portal");
+    await ctx.close();
   });
 });
