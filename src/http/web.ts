@@ -9,7 +9,9 @@ import { HttpError } from "./errors.ts";
  */
 export const CONTENT_SECURITY_POLICY = [
   "default-src 'self'",
-  "script-src 'self'",
+  // The recording player's terminal emulator is WebAssembly: compiling it needs this, which
+  // allows no eval of JavaScript and no inline script.
+  "script-src 'self' 'wasm-unsafe-eval'",
   "style-src 'self'",
   "img-src 'self' data: blob:",
   "font-src 'self' data:",

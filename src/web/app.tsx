@@ -3,6 +3,7 @@ import { api, ApiError } from "./api.ts";
 import { MachinesPage } from "./pages/machines.tsx";
 import { MachinePage } from "./pages/machine.tsx";
 import { Lazy } from "./ui/lazy.tsx";
+import { RecordingsPage } from "./recordings/list.tsx";
 import { AuditPage } from "./pages/admin/audit.tsx";
 import { PendingPage } from "./pages/admin/pending.tsx";
 import { SitesPage } from "./pages/admin/sites.tsx";
@@ -60,17 +61,20 @@ export function App() {
 
 // The session page (xterm.js) and the recordings player load only when they are opened.
 const sessionPage = () => import("./pages/session.tsx").then((m) => m.SessionPage);
+const recordingPage = () => import("./recordings/player.tsx").then((m) => m.RecordingPage);
 
 const can = (me: Me, permission: string) => me.permissions.includes(permission);
 
 function route(path: string, me: Me) {
+  let m: RegExpMatchArray | null;
   if (path === "/" || path === "/machines") return <MachinesPage />;
+  if (path === "/recordings" && can(me, "recordings:read")) return <RecordingsPage />;
+  if ((m = path.match(/^\/recordings\/([0-9a-f-]{36})$/)) && can(me, "recordings:read")) return <Lazy load={recordingPage} props={{ id: m[1]! }} />;
   if (path === "/sites" && can(me, "sites:read")) return <SitesPage />;
   if (path === "/users" && can(me, "users:read")) return <UsersPage />;
   if (path === "/pending" && can(me, "machines:write")) return <PendingPage />;
   if (path === "/audit" && can(me, "audit:read")) return <AuditPage />;
   if (path === "/tokens" && me.role !== "end_user") return <TokensPage permissions={me.permissions} />;
-  let m: RegExpMatchArray | null;
   if ((m = path.match(/^\/machines\/([0-9a-f-]{36})$/))) return <MachinePage id={m[1]!} />;
   if ((m = path.match(/^\/sessions\/([0-9a-f-]{36})$/))) return <Lazy load={sessionPage} props={{ id: m[1]! }} />;
   return <p class="state empty">There is no page at {path}. <Link href="/">Back to the machines</Link></p>;

@@ -3,6 +3,8 @@ import type { Browser, BrowserContext, Page } from "playwright-core";
 import { ADMIN_PASSWORD, startTestApp, type TestApp } from "../helpers/app.ts";
 import { builtViewer, launchBrowser, screenshot } from "../helpers/browser.ts";
 import { enroll, enrollBody, ed25519PublicKey, siteWithKey } from "../machines/fixtures.ts";
+import { insertSession } from "../recordings/helpers.ts";
+import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
 
 /** The web viewer in a real headless chromium against a real server (W1, W5 security). */
 describe("web console", () => {
@@ -119,6 +121,33 @@ describe("web console", () => {
     await page.getByLabel("Event type").press("Enter");
     await page.waitForFunction(() => [...document.querySelectorAll("tbody tr td:nth-child(2)")].every((td) => td.textContent!.startsWith("enrollment_key.rotated")) && document.querySelectorAll("tbody tr").length > 0);
     await screenshot(page, "audit");
+  });
+
+  test("a recording plays in asciinema-player (its own chunk), with speed, seek and the .cast download", async () => {
+    const sessionId = await insertSession(app.server.store, { machineId: machineIds[0] });
+    const recorder = app.server.relay.recorder!;
+    const rec = recorder.start({ tenantId: DEFAULT_TENANT_ID, sessionId, machineId: machineIds[0]!, channel: 7, cols: 80, rows: 24 });
+    recorder.output(rec, new TextEncoder().encode("$ echo recorded\r\nrecorded\r\n"));
+    await Bun.sleep(300);
+    recorder.output(rec, new TextEncoder().encode("$ exit\r\n"));
+    recorder.end(rec);
+    await (recorder as unknown as { flush(): Promise<void> }).flush();
+
+    await page.goto(`${app.url}/recordings?session=${sessionId}`);
+    await page.getByRole("table", { name: "Recordings" }).waitFor();
+    const scriptsBefore = await page.evaluate(() => performance.getEntriesByType("resource").filter((r) => r.name.includes("/assets/")).length);
+    await page.getByRole("link", { name: "Play" }).click();
+    await page.locator(".player .ap-player, .player .ap-wrapper").first().waitFor({ timeout: 10_000 });
+    // The player came in a chunk of its own, loaded only now.
+    expect(await page.evaluate(() => performance.getEntriesByType("resource").filter((r) => r.name.includes("/assets/")).length)).toBeGreaterThan(scriptsBefore);
+    await page.getByLabel("Speed").selectOption("4");
+    await page.getByRole("button", { name: "Play from the start" }).click();
+    await page.waitForFunction(() => (document.querySelector(".player")?.textContent ?? "").includes("recorded"), undefined, { timeout: 10_000 });
+    await screenshot(page, "recording");
+    const download = await fetch(`${app.url}/api/recordings/${rec}/cast`, { headers: { authorization: `Bearer ${app.adminToken}` } });
+    expect((await download.text()).split("\n")[0]).toContain('"version":2');
+    expect(await page.getByRole("link", { name: "Download .cast" }).getAttribute("href")).toBe(`/api/recordings/${rec}/cast`);
+    expect(errors).toEqual([]);
   });
 
   test("an end user sees only the machine granted to them, and no admin pages", async () => {
