@@ -12,7 +12,9 @@ export const CONTENT_SECURITY_POLICY = [
   // The recording player's terminal emulator is WebAssembly: compiling it needs this, which
   // allows no eval of JavaScript and no inline script.
   "script-src 'self' 'wasm-unsafe-eval'",
-  "style-src 'self'",
+  // Inline styles (not scripts): xterm.js and the recording player write <style> elements and
+  // style attributes for layout and 24-bit colours.
+  "style-src 'self' 'unsafe-inline'",
   "img-src 'self' data: blob:",
   "font-src 'self' data:",
   "connect-src 'self'",

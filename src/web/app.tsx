@@ -4,6 +4,7 @@ import { MachinesPage } from "./pages/machines.tsx";
 import { MachinePage } from "./pages/machine.tsx";
 import { Lazy } from "./ui/lazy.tsx";
 import { RecordingsPage } from "./recordings/list.tsx";
+import { SupportPage } from "./pages/support.tsx";
 import { AuditPage } from "./pages/admin/audit.tsx";
 import { PendingPage } from "./pages/admin/pending.tsx";
 import { SitesPage } from "./pages/admin/sites.tsx";
@@ -45,6 +46,7 @@ export function App() {
       <nav class="top" aria-label="Main">
         <Link href="/" class="brand">Tether</Link>
         <Link href="/">Machines</Link>
+        {can(me, "support_codes:write") && <Link href="/support">Support</Link>}
         {can(me, "sites:read") && <Link href="/sites">Sites</Link>}
         {can(me, "users:read") && <Link href="/users">Users</Link>}
         {can(me, "machines:write") && <Link href="/pending">Pending</Link>}
@@ -68,6 +70,7 @@ const can = (me: Me, permission: string) => me.permissions.includes(permission);
 function route(path: string, me: Me) {
   let m: RegExpMatchArray | null;
   if (path === "/" || path === "/machines") return <MachinesPage />;
+  if (path === "/support" && can(me, "support_codes:write")) return <SupportPage />;
   if (path === "/recordings" && can(me, "recordings:read")) return <RecordingsPage />;
   if ((m = path.match(/^\/recordings\/([0-9a-f-]{36})$/)) && can(me, "recordings:read")) return <Lazy load={recordingPage} props={{ id: m[1]! }} />;
   if (path === "/sites" && can(me, "sites:read")) return <SitesPage />;

@@ -4,6 +4,7 @@ import { ADMIN_PASSWORD, startTestApp, type TestApp } from "../helpers/app.ts";
 import { builtViewer, launchBrowser, screenshot } from "../helpers/browser.ts";
 import { enroll, enrollBody, ed25519PublicKey, siteWithKey } from "../machines/fixtures.ts";
 import { insertSession } from "../recordings/helpers.ts";
+import { supportAgent } from "../helpers/support-client.ts";
 import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
 
 /** The web viewer in a real headless chromium against a real server (W1, W5 security). */
@@ -42,7 +43,8 @@ describe("web console", () => {
     const res = await fetch(app.url + "/");
     const csp = res.headers.get("content-security-policy")!;
     expect(csp).toContain("script-src 'self'");
-    expect(csp).not.toContain("unsafe-inline");
+    expect(csp.match(/script-src[^;]*/)![0]).not.toContain("unsafe-inline");
+    expect(csp).not.toContain(" 'unsafe-eval'");
     expect(csp).toContain("frame-ancestors 'none'");
     const html = await res.text();
     expect(html).not.toMatch(/<script>(?!<\/script>)/);
@@ -148,6 +150,24 @@ describe("web console", () => {
     expect((await download.text()).split("\n")[0]).toContain('"version":2');
     expect(await page.getByRole("link", { name: "Download .cast" }).getAttribute("href")).toBe(`/api/recordings/${rec}/cast`);
     expect(errors).toEqual([]);
+  });
+
+  test("support: a code and the person's command are shown; the page follows the person arriving and consenting", async () => {
+    await page.getByRole("link", { name: "Support" }).click();
+    await page.getByRole("button", { name: "Create a support code" }).click();
+    const shown = (await page.getByLabel("Support code").textContent())!.replace(/\s/g, "");
+    expect(shown).toMatch(/^\d{6}$/);
+    expect(await page.locator(".code-card pre").textContent()).toContain(`--code ${shown}`);
+    await page.getByRole("status", { name: "Session state" }).filter({ hasText: "Waiting for the person" }).waitFor();
+    await screenshot(page, "support-waiting");
+    const person = await supportAgent(app, shown);
+    const start = await person.waitFor((m) => m.t === "session.start");
+    await page.getByRole("status", { name: "Session state" }).filter({ hasText: "being asked" }).waitFor();
+    person.send({ t: "consent", session: start.session, granted: true });
+    await page.getByRole("status", { name: "Session state" }).filter({ hasText: "allowed" }).waitFor();
+    expect(await page.getByRole("link", { name: "Open the session" }).getAttribute("href")).toBe(`/sessions/${start.session}`);
+    await screenshot(page, "support-allowed");
+    person.ws.close();
   });
 
   test("an end user sees only the machine granted to them, and no admin pages", async () => {

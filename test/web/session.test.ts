@@ -1,0 +1,185 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Browser, BrowserContext, Page } from "playwright-core";
+import { builtViewer, launchBrowser, screenshot } from "../helpers/browser.ts";
+import { E2e, runName } from "../helpers/e2e.ts";
+
+/**
+ * The machine page and the session page in a real headless chromium, against a real server
+ * process and a real managed agent (with a PTY): connect, type in the terminal, upload and
+ * download a file, a view-only viewer who cannot type, a command's exit code, ending it.
+ */
+const ADMIN_PASSWORD = "web session correct horse battery";
+
+describe("web session page", () => {
+  let e2e: E2e;
+  let machineId = "";
+  let sessionId = "";
+  let browser: Browser;
+  let control: Page;
+  let watcherContext: BrowserContext | null = null;
+  let watcher: Page;
+  const errors: string[] = [];
+  const run = runName("webs");
+  const work = mkdtempSync(join(tmpdir(), "tether-web-session-"));
+  // Over the 1 MiB window: the upload waits on the agent's acks, the download sends acks.
+  const payload = new Uint8Array(1536 * 1024 + 77);
+  for (let i = 0; i < payload.byteLength; i += 65_536) crypto.getRandomValues(payload.subarray(i, Math.min(payload.byteLength, i + 65_536)));
+
+  const watch = (page: Page, who: string) => {
+    page.on("console", (m) => m.type() === "error" && !/status of 401/.test(m.text()) && errors.push(`${who}: ${m.text()}`));
+    page.on("pageerror", (e) => errors.push(`${who}: ${e.message}`));
+  };
+  async function signIn(context: BrowserContext, who: string): Promise<Page> {
+    const page = await context.newPage();
+    watch(page, who);
+    await page.goto(e2e.url + "/");
+    await page.getByLabel("Username").fill("admin");
+    await page.getByLabel("Password").fill(ADMIN_PASSWORD);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("heading", { name: "Machines" }).waitFor();
+    return page;
+  }
+  /** The visible terminal's rows, as lines of text. */
+  const termLines = (page: Page) =>
+    page.locator(".term-pane:not([hidden]) .xterm-rows").evaluate((el) => [...el.children].map((row) => (row.textContent ?? "").replace(/\u00a0/g, " ").trimEnd()));
+  async function waitForLine(page: Page, pred: (line: string) => boolean, what: string, timeoutMs = 15_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const lines = await termLines(page).catch(() => [] as string[]);
+      if (lines.some(pred)) return;
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; the terminal shows:\n${lines.filter(Boolean).join("\n")}`);
+      await page.waitForTimeout(50);
+    }
+  }
+  async function typeInTerminal(page: Page, line: string): Promise<void> {
+    await page.locator(".term-pane:not([hidden]) .term-box").click();
+    await page.keyboard.type(line);
+    await page.keyboard.press("Enter");
+  }
+
+  beforeAll(async () => {
+    e2e = await E2e.create("pglite", { adminPassword: ADMIN_PASSWORD, env: { TETHER_WEB_DIST: await builtViewer(), TETHER_HEARTBEAT_MS: "1000" } });
+    e2e.dirs.push(work);
+    await e2e.start();
+    const site = await e2e.site(run);
+    // /bin/sh, not the login shell of whoever runs the tests: no rc files, a plain prompt.
+    const [agent, b] = await Promise.all([e2e.enroll(site, [], { SHELL: "/bin/sh" }), launchBrowser()]);
+    machineId = agent.id;
+    browser = b;
+    control = await signIn(await browser.newContext({ viewport: { width: 1280, height: 800 } }), "control");
+  }, 45_000);
+
+  afterAll(async () => {
+    await browser?.close();
+    await e2e?.cleanup();
+  });
+
+  test("the machine page shows the inventory, labels, keys and sessions; connect opens a terminal where `echo hello` prints hello", async () => {
+    await control.goto(`${e2e.url}/machines/${machineId}`);
+    await control.getByRole("region", { name: "Inventory" }).getByText("Operating system").waitFor();
+    await control.getByRole("region", { name: "Agent keys" }).getByRole("table", { name: "Keys" }).waitFor();
+    await control.getByText("No sessions on this machine yet.").waitFor();
+    expect(await control.getByRole("region", { name: "Labels" }).textContent()).toContain("Tags");
+    await screenshot(control, "machine");
+
+    await control.getByRole("button", { name: "Connect (control)" }).click();
+    await control.waitForURL(/\/sessions\/[0-9a-f-]{36}\?access=control$/);
+    sessionId = new URL(control.url()).pathname.split("/").at(-1)!;
+    await control.getByRole("status", { name: "Session state" }).filter({ hasText: "active" }).waitFor();
+    // The shell's prompt first: what is typed before it would be echoed ahead of it.
+    await waitForLine(control, (l) => l.trim().length > 0, "the prompt");
+    await typeInTerminal(control, "echo hello");
+    await waitForLine(control, (l) => l === "hello", "hello on a line of its own");
+    await screenshot(control, "session");
+  }, 30_000);
+
+  test("the terminal follows the window: a smaller window resizes the PTY (stty size)", async () => {
+    const rowsBefore = (await termLines(control)).length;
+    await control.setViewportSize({ width: 1000, height: 600 });
+    await control.waitForFunction((n) => (document.querySelector(".term-pane:not([hidden]) .xterm-rows")?.children.length ?? n) !== n, rowsBefore);
+    const rows = (await termLines(control)).length;
+    // term.resize goes out shortly after the fit: ask until the shell sees the new size.
+    const deadline = Date.now() + 10_000;
+    for (let seen = false; !seen; ) {
+      await typeInTerminal(control, "stty size");
+      try {
+        await waitForLine(control, (l) => new RegExp(`^${rows} \\d+$`).test(l), `stty size ${rows} …`, 1_000);
+        seen = true;
+      } catch (e) {
+        if (Date.now() > deadline) throw e;
+      }
+    }
+    await control.setViewportSize({ width: 1280, height: 800 });
+  }, 20_000);
+
+  test("a file uploaded from the browser reaches the machine; downloaded again it is byte for byte the same", async () => {
+    await control.getByRole("tab", { name: "Files" }).click();
+    const files = control.getByRole("region", { name: "Files" });
+    await files.getByRole("table", { name: "Directory" }).or(files.getByText("This directory is empty.")).waitFor();
+    await files.getByLabel("Path").fill(work);
+    await files.getByLabel("Path").press("Enter");
+    await files.getByText("This directory is empty.").waitFor();
+    await files.getByLabel("Upload a file").setInputFiles({ name: "payload.bin", mimeType: "application/octet-stream", buffer: Buffer.from(payload) });
+    await files.locator('.transfers li[data-state="done"]').filter({ hasText: "payload.bin" }).waitFor({ timeout: 20_000 });
+    await files.locator('tr[data-name="payload.bin"]').waitFor();
+    expect(Buffer.from(readFileSync(join(work, "payload.bin"))).equals(Buffer.from(payload))).toBe(true);
+
+    const [download] = await Promise.all([control.waitForEvent("download", { timeout: 20_000 }), files.getByRole("button", { name: "Download payload.bin" }).click()]);
+    expect(download.suggestedFilename()).toBe("payload.bin");
+    const got = readFileSync(await download.path());
+    expect(got.byteLength).toBe(payload.byteLength);
+    expect(Buffer.from(got).equals(Buffer.from(payload))).toBe(true);
+    await control.getByRole("tab", { name: "Terminal" }).click();
+  }, 40_000);
+
+  test("a view-only viewer sees the terminal but cannot type in it, nor run, upload, chat or end", async () => {
+    watcherContext = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    watcher = await signIn(watcherContext, "watcher");
+    await watcher.goto(`${e2e.url}/sessions/${sessionId}?access=view`);
+    await watcher.getByText("view only", { exact: true }).first().waitFor();
+    await watcher.locator(".term-tab").first().waitFor();
+    for (const name of ["Command", "Chat message"]) expect(await watcher.getByLabel(name, { exact: true }).isDisabled()).toBe(true);
+    expect(await watcher.getByRole("button", { name: "End session" }).isDisabled()).toBe(true);
+    expect(await watcher.getByRole("button", { name: "+ New terminal" }).isDisabled()).toBe(true);
+    expect(await watcher.getByLabel("Upload a file").isDisabled()).toBe(true);
+    // Both viewers are listed, each with their access.
+    await control.locator(".people li").nth(1).waitFor();
+    expect(await control.locator(".people li .badge").allTextContents()).toEqual(expect.arrayContaining(["control", "view"]));
+
+    const refused = join(work, `viewer-${run}`);
+    await typeInTerminal(watcher, `touch ${refused}`);
+    await typeInTerminal(control, "echo marker-$((20+22))");
+    await waitForLine(control, (l) => l === "marker-42", "marker-42 for the controller");
+    await waitForLine(watcher, (l) => l === "marker-42", "marker-42 for the watcher");
+    expect(existsSync(refused)).toBe(false);
+    expect((await termLines(control)).join("\n")).not.toContain(`viewer-${run}`); // not even echoed by the shell
+    await screenshot(watcher, "session-view-only");
+  }, 30_000);
+
+  test("a command runs with its output streamed and its exit code shown", async () => {
+    await control.getByRole("tab", { name: "Commands" }).click();
+    await control.getByLabel("Command", { exact: true }).fill(`sh -c "echo to-stdout; echo to-stderr >&2; exit 3"`);
+    await control.getByRole("button", { name: "Run" }).click();
+    const runBox = control.locator(".run").first();
+    await runBox.getByText("exit code 3").waitFor({ timeout: 15_000 });
+    expect(await runBox.locator(".output").textContent()).toContain("to-stdout");
+    expect(await runBox.locator(".output .stderr").textContent()).toContain("to-stderr");
+    // The watcher sees the command run too, but has no cancel.
+    await watcher.getByRole("tab", { name: "Commands" }).click();
+    await screenshot(control, "session-command");
+  }, 20_000);
+
+  test("chat reaches every viewer; ending the session tells both pages", async () => {
+    await control.getByLabel("Chat message").fill("hello from the console");
+    await control.getByRole("button", { name: "Send" }).click();
+    await watcher.locator(".chat .messages").getByText("hello from the console").waitFor({ timeout: 10_000 });
+    await control.getByRole("button", { name: "End session" }).click();
+    await control.getByText("The session has ended").waitFor({ timeout: 10_000 });
+    await watcher.getByText("The session has ended").waitFor({ timeout: 10_000 });
+    await e2e.waitSession(sessionId, (s) => s.state === "ended" && s.end_reason === "technician", 5_000, "ended by the technician");
+    expect(errors).toEqual([]);
+  }, 20_000);
+});
