@@ -25,6 +25,7 @@ export const PERMISSIONS = [
   "recordings:read",
   "rooms:read",
   "rooms:write",
+  "actors:read",
 ] as const;
 export type Permission = (typeof PERMISSIONS)[number];
 
@@ -33,7 +34,7 @@ const ALL = new Set<Permission>(PERMISSIONS);
 export const ROLE_PERMISSIONS: Record<Role, ReadonlySet<Permission>> = {
   admin: ALL,
   technician: new Set<Permission>(["sites:read", "machines:read", "sessions:read", "sessions:write", "support_codes:write", "recordings:read", "rooms:read", "rooms:write"]),
-  auditor: new Set<Permission>(["users:read", "sites:read", "machines:read", "agent_keys:read", "audit:read", "settings:read", "sessions:read", "recordings:read", "rooms:read"]),
+  auditor: new Set<Permission>(["users:read", "sites:read", "machines:read", "agent_keys:read", "audit:read", "settings:read", "sessions:read", "recordings:read", "rooms:read", "actors:read"]),
   // Deny by default: only the machines granted to them, and their own sessions (filtered at the query).
   end_user: new Set<Permission>(["machines:read", "sessions:read", "sessions:write", "rooms:read", "rooms:write"]),
 };

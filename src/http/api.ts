@@ -3,6 +3,7 @@ import { requestContext } from "./context.ts";
 import type { AppDeps } from "./deps.ts";
 import { apiDocs } from "./docs.ts";
 import { agentDistRoutes } from "./routes/agent-dist.ts";
+import { actorRoutes } from "./routes/actors.ts";
 import { auditRoutes } from "./routes/audit.ts";
 import { authRoutes } from "./routes/auth.ts";
 import { enrollRoutes } from "./routes/enroll.ts";
@@ -40,6 +41,7 @@ export const api = (deps: AppDeps) =>
     .use(sessionRoutes(deps))
     .use(supportCodeRoutes(deps))
     .use(roomRoutes(deps))
+    .use(actorRoutes(deps))
     .use(agentSocket(deps))
     .use(supportSocket(deps))
     .use(viewerSocket(deps))

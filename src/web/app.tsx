@@ -5,6 +5,7 @@ import { MachinePage } from "./pages/machine.tsx";
 import { Lazy } from "./ui/lazy.tsx";
 import { RecordingsPage } from "./recordings/list.tsx";
 import { SupportPage } from "./pages/support.tsx";
+import { TimelinePage } from "./pages/timeline.tsx";
 import { AuditPage } from "./pages/admin/audit.tsx";
 import { PendingPage } from "./pages/admin/pending.tsx";
 import { SitesPage } from "./pages/admin/sites.tsx";
@@ -51,6 +52,7 @@ export function App() {
         {can(me, "users:read") && <Link href="/users">Users</Link>}
         {can(me, "machines:write") && <Link href="/pending">Pending</Link>}
         {can(me, "audit:read") && <Link href="/audit">Audit</Link>}
+        {can(me, "actors:read") && <Link href="/actors">Timeline</Link>}
         {me.role !== "end_user" && <Link href="/tokens">API tokens</Link>}
         <span class="spacer" />
         <span class="who">{me.username} ({me.role.replace("_", " ")})</span>
@@ -77,6 +79,8 @@ function route(path: string, me: Me) {
   if (path === "/users" && can(me, "users:read")) return <UsersPage />;
   if (path === "/pending" && can(me, "machines:write")) return <PendingPage />;
   if (path === "/audit" && can(me, "audit:read")) return <AuditPage />;
+  if (path === "/actors" && can(me, "actors:read")) return <TimelinePage />;
+  if ((m = path.match(/^\/actors\/([a-z]+)\/([0-9a-f-]{36})$/)) && can(me, "actors:read")) return <TimelinePage kind={m[1]!} id={m[2]!} />;
   if (path === "/tokens" && me.role !== "end_user") return <TokensPage permissions={me.permissions} />;
   if ((m = path.match(/^\/machines\/([0-9a-f-]{36})$/))) return <MachinePage id={m[1]!} />;
   if ((m = path.match(/^\/sessions\/([0-9a-f-]{36})$/))) return <Lazy load={sessionPage} props={{ id: m[1]! }} />;

@@ -96,6 +96,7 @@ const ROWS: Row[] = [
   { method: "GET", path: "/api/rooms/{id}/stream", need: "rooms:read" },
   { method: "PUT", path: "/api/me/keys", need: "rooms:write", body: () => ({ x25519: "A".repeat(43) }) },
   { method: "GET", path: "/api/users/{id}/keys", need: "rooms:read" },
+  { method: "GET", path: "/api/actors/{kind}/{id}/timeline", need: "actors:read" },
 ];
 
 /** Codes that mean "refused by authentication or authorization". */
@@ -114,6 +115,7 @@ function pathFor(row: Row, ids: Ids): string {
     .replace("/tokens/{id}", `/tokens/${ids.random}`)
     .replace("/rooms/{id}", `/rooms/${ids.random}`)
     .replace("{member}", ids.random)
+    .replace("/actors/{kind}/{id}", `/actors/machine/${ids.random}`)
     .replace("/sessions/{id}", `/sessions/${ids.random}`)
     .replace("{code}", "000000")
     .replace("{token_id}", ids.random)

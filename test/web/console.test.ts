@@ -170,6 +170,34 @@ describe("web console", () => {
     person.ws.close();
   });
 
+  test("the actor timeline steps through an actor's history with the state and context diff at each step", async () => {
+    // A machine that never connected has no history yet: the page says so, with the correlation id.
+    await page.goto(`${app.url}/machines/${machineIds[0]}`);
+    await page.getByRole("link", { name: "History" }).click();
+    await page.getByRole("alert").filter({ hasText: "no journal" }).waitFor();
+    // A room with a few events, picked by kind and id.
+    const room = (await app.call("POST", "/api/rooms", { token: app.adminToken, body: { name: "timeline" } })).body.id;
+    const u = await app.user("technician");
+    await app.call("POST", `/api/rooms/${room}/members`, { token: app.adminToken, body: { user_id: u.id } });
+    await app.call("DELETE", `/api/rooms/${room}/members/${u.id}`, { token: app.adminToken });
+    await page.getByLabel("Kind").selectOption("room");
+    await page.getByLabel("Actor id").fill(room);
+    await page.getByRole("button", { name: "Show" }).click();
+    await page.getByRole("list", { name: "Events" }).waitFor();
+    const events = await page.getByRole("list", { name: "Events" }).locator("button").allTextContents();
+    expect(events).toEqual(["#1 room.create", "#2 member.add", "#3 member.remove"]);
+    expect(await page.locator("[aria-label=Step] h2").textContent()).toBe("#1 room.create");
+    await page.getByRole("button", { name: "Next →" }).click();
+    expect(await page.locator("[aria-label=Step] h2").textContent()).toBe("#2 member.add");
+    const changed = await page.getByRole("table", { name: "Context changes" }).locator("tbody td:first-child").allTextContents();
+    expect(changed.some((p) => p.includes(u.id))).toBe(true);
+    await screenshot(page, "timeline");
+    const t = await app.call("GET", `/api/actors/room/${room}/timeline`, { token: app.adminToken });
+    expect(t.body.steps.map((s: any) => `#${s.seq} ${s.event}`)).toEqual(events);
+    expect((await app.call("GET", `/api/actors/counter/${room}/timeline`, { token: app.adminToken })).status).toBe(404);
+    expect((await app.call("GET", `/api/actors/room/${crypto.randomUUID()}/timeline`, { token: app.adminToken })).status).toBe(404);
+  });
+
   test("an end user sees only the machine granted to them, and no admin pages", async () => {
     const u = await app.user("end_user");
     expect((await app.call("POST", `/api/users/${u.id}/grants`, { token: app.adminToken, body: { machine_id: machineIds[1] } })).status).toBe(201);

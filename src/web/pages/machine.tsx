@@ -104,6 +104,8 @@ export function MachinePage(props: { id: string }) {
             {m.status === "offline" && m.last_seen_at && <> · last seen {formatTime(m.last_seen_at)}</>}
             {m.enrollment_state !== "active" && <span class="badge">{m.enrollment_state}</span>}
             {m.site_code && <> · site {m.site_code}</>}
+            {can("recordings:read") && <> · <Link href={`/recordings?machine=${m.id}`}>Recordings</Link></>}
+            {can("actors:read") && <> · <Link href={`/actors/machine/${m.id}`}>History</Link></>}
           </p>
         </div>
         {can("sessions:write") && (
