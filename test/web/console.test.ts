@@ -5,6 +5,8 @@ import { builtViewer, launchBrowser, screenshot } from "../helpers/browser.ts";
 import { enroll, enrollBody, ed25519PublicKey, siteWithKey } from "../machines/fixtures.ts";
 import { insertSession } from "../recordings/helpers.ts";
 import { supportAgent } from "../helpers/support-client.ts";
+import * as OTPAuth from "otpauth";
+import { agentIdentity, TestAgentSocket } from "../helpers/agent-client.ts";
 import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
 
 /** The web viewer in a real headless chromium against a real server (W1, W5 security). */
@@ -15,6 +17,7 @@ describe("web console", () => {
   let page: Page;
   let siteId: string;
   let machineIds: string[] = [];
+  const agents: Array<{ id: string; key: string; privateKey: CryptoKey }> = [];
   const errors: string[] = [];
 
   beforeAll(async () => {
@@ -22,9 +25,11 @@ describe("web console", () => {
     const site = await siteWithKey(app);
     siteId = site.id;
     for (const host of ["web-01", "web-02", "db-01"]) {
-      const r = await enroll(app, await enrollBody(site, { hostname: host, public_key: await ed25519PublicKey() }));
+      const id = await agentIdentity();
+      const r = await enroll(app, await enrollBody(site, { hostname: host, public_key: id.publicKey }));
       expect([200, 201]).toContain(r.status);
       machineIds.push(r.body.machine_id);
+      agents.push({ id: r.body.machine_id, key: r.body.key, privateKey: id.keys.privateKey });
     }
     browser = await launchBrowser();
     context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
@@ -84,6 +89,16 @@ describe("web console", () => {
     await page.getByText("No machine matches.").waitFor();
     await page.getByLabel("Search machines").fill("");
     await page.waitForFunction(() => document.querySelectorAll("tbody tr").length === 3);
+  });
+
+  test("presence updates without a reload: an agent connects and its row turns online, then offline", async () => {
+    const row = page.locator(`tr[data-machine="${agents[2]!.id}"] .presence`);
+    expect(await row.textContent()).toBe("offline");
+    const socket = new TestAgentSocket(app.url);
+    expect(await socket.handshake(agents[2]!.id, agents[2]!.key, agents[2]!.privateKey)).toBe(true);
+    await page.waitForFunction((id) => document.querySelector(`tr[data-machine="${id}"] .presence`)?.textContent === "online", agents[2]!.id, { timeout: 10_000 });
+    socket.close();
+    await page.waitForFunction((id) => document.querySelector(`tr[data-machine="${id}"] .presence`)?.textContent === "offline", agents[2]!.id, { timeout: 10_000 });
   });
 
   test("at a phone's width the list still works", async () => {
@@ -196,6 +211,26 @@ describe("web console", () => {
     expect(t.body.steps.map((s: any) => `#${s.seq} ${s.event}`)).toEqual(events);
     expect((await app.call("GET", `/api/actors/counter/${room}/timeline`, { token: app.adminToken })).status).toBe(404);
     expect((await app.call("GET", `/api/actors/room/${crypto.randomUUID()}/timeline`, { token: app.adminToken })).status).toBe(404);
+  });
+
+  test("a user with a second factor signs in with the password, then the code from their authenticator", async () => {
+    const u = await app.user("technician");
+    const secret = (await app.call("POST", "/api/me/totp", { token: u.token })).body.secret as string;
+    const totp = new OTPAuth.TOTP({ secret: OTPAuth.Secret.fromBase32(secret), period: 30, digits: 6, algorithm: "SHA1" });
+    expect((await app.call("POST", "/api/me/totp/confirm", { token: u.token, body: { code: totp.generate() } })).status).toBe(200);
+    const ctx = await browser.newContext();
+    const p = await ctx.newPage();
+    await p.goto(app.url + "/");
+    await p.getByLabel("Username").fill(u.username);
+    await p.getByLabel("Password").fill(u.password);
+    await p.getByRole("button", { name: "Sign in" }).click();
+    await p.getByLabel(/Code from your authenticator/).waitFor();
+    await screenshot(p, "login-totp");
+    // The next period's code: the confirmation above used this period's, and a code works once.
+    await p.getByLabel(/Code from your authenticator/).fill(totp.generate({ timestamp: Date.now() + 30_000 }));
+    await p.getByRole("button", { name: "Verify" }).click();
+    await p.getByRole("heading", { name: "Machines" }).waitFor();
+    await ctx.close();
   });
 
   test("an end user sees only the machine granted to them, and no admin pages", async () => {
