@@ -13,8 +13,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
-import { applySchema } from "../src/store/schema.ts";
-import { openStore, type StoreConfig } from "../src/store/store.ts";
+import type { StoreConfig } from "../src/store/store.ts";
+import { seedMachines } from "./fixtures/seed-machines.ts";
 import { BENCH_PASSWORD, startBenchServer } from "./fixtures/server-process.ts";
 
 const MACHINES = 10_000;
@@ -36,55 +36,11 @@ const QUERIES: Array<[string, Record<string, string>]> = [
   ["multi + sort: debian berlin, last_seen desc", { q: "debian berlin", sort: "last_seen", order: "desc" }],
 ];
 
-/** Sites and 10,000 machines, in a few statements of generated rows (no user input: constants only). */
-async function seed(config: StoreConfig) {
-  const store = await openStore(config);
-  try {
-    await applySchema(store);
-    await store.query(
-      `insert into sites (id, tenant_id, site_code, display_name, company)
-       select gen_random_uuid(), '00000000-0000-0000-0000-000000000001', 'SITE' || i, 'Office ' || (array['Berlin','Paris','Austin','Osaka','Lima'])[i % 5 + 1] || ' ' || i, 'Company ' || (i % 4)
-         from generate_series(1, $1::int) as i`, [SITES]);
-    await store.query(
-      `insert into machines (id, tenant_id, site_id, machine_uid, hostname, labels, public_key, status, last_seen_at, inventory, external_ip, agent_version, created_at)
-       select gen_random_uuid(), '00000000-0000-0000-0000-000000000001',
-              (select id from sites order by site_code offset (i % $2::int) limit 1),
-              'bench-uid-' || i,
-              (array['WS','SRV','LT','KIOSK'])[i % 4 + 1] || '-' || lpad(i::text, 5, '0'),
-              jsonb_build_object('company', 'Company ' || (i % 4), 'site', 'Office ' || (i % 20), 'department', (array['IT','Sales','Finance','Ops','HR'])[i % 5 + 1],
-                                 'device_type', (array['desktop','server','laptop'])[i % 3 + 1], 'tags', jsonb_build_array((array['prod','dev','lab'])[i % 3 + 1], 'ring' || (i % 7))),
-              'bench-key',
-              case when i % 3 = 0 then 'online' else 'offline' end,
-              case when i % 11 = 0 then null else now() - (i || ' minutes')::interval end,
-              jsonb_build_object(
-                'os', jsonb_build_object('name', (array['Windows 11 Pro','Ubuntu','macOS','Debian','Windows Server 2022'])[i % 5 + 1], 'version', (array['23H2','22.04','14.4','12','21H2'])[i % 5 + 1]),
-                'kernel', (array['10.0.22631','6.5.0-generic','23.4.0','6.1.0-18-amd64','10.0.20348'])[i % 5 + 1],
-                'cpu', jsonb_build_object('model', (array['Intel Core i7-1185G7','AMD EPYC 7302','Apple M2','Intel Xeon E-2236'])[i % 4 + 1], 'cores', 4 + i % 12),
-                'memory_bytes', (8 + i % 56) * 1073741824::bigint,
-                'hostname', 'host-' || i,
-                'users', jsonb_build_array('user' || i, (array['alice','bob','carol','dave','erin','frank','grace'])[i % 7 + 1]),
-                'private_ips', jsonb_build_array('10.' || (i / 65536 % 256) || '.' || (i / 256 % 256) || '.' || (i % 256)),
-                'macs', jsonb_build_array(lpad(to_hex(i % 256), 2, '0') || ':' || lpad(to_hex(i / 256 % 256), 2, '0') || ':5e:00:53:af'),
-                'uptime_s', i * 37,
-                'timezone', (array['Europe/Berlin','America/New_York','Asia/Tokyo','UTC'])[i % 4 + 1],
-                'agent_version', '1.' || (i % 3) || '.0',
-                'elevated', i % 2 = 0),
-              '203.0.' || (i % 256) || '.' || (i / 256 % 256),
-              '1.' || (i % 3) || '.0',
-              now() - (($1::int - i) || ' seconds')::interval
-         from generate_series(1, $1::int) as i`, [MACHINES, SITES]);
-    await store.query("analyze machines");
-  } finally {
-    await store.close();
-  }
-}
-
-
 const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 
 async function run(label: string, config: StoreConfig, env: Record<string, string>) {
   const t0 = performance.now();
-  await seed(config);
+  await seedMachines(config, MACHINES, SITES);
   console.log(`\n${label}: ${MACHINES} machines in ${SITES} sites seeded in ${((performance.now() - t0) / 1000).toFixed(1)} s; ${REQUESTS} sequential requests per query, limit 50`);
   const { proc, url } = await startBenchServer(env);
   try {
