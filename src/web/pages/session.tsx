@@ -69,6 +69,7 @@ export function SessionPage(props: { id: string }) {
           <p class="sub">
             {row?.machine_id && <><Link href={`/machines/${row.machine_id}`}>Machine</Link> · </>}
             Session <code>{props.id.slice(0, 8)}</code>{row && <> · opened by {row.technician}</>}
+            {" · "}<Link href={`/recordings?session=${props.id}`}>Recordings</Link>
           </p>
         </div>
       </header>
