@@ -1,4 +1,4 @@
-import { assign, emit, setup } from "xstate";
+import { assign, emit, enqueueActions, setup } from "xstate";
 import type { Access, ChannelType, EndReason, SessionKind, SessionState } from "../protocol/relay.ts";
 import { effect } from "../actors/effects.ts";
 import type { Effect, KindDefinition } from "../actors/types.ts";
@@ -43,6 +43,12 @@ export interface SessionContext {
   attended: { host: string; user: string } | null;
   viewers: Record<string, ViewerEntry>;
   channels: Record<string, ChannelEntry>;
+  /**
+   * Channels whose relay routes died with a server process (kill -9, crash): recorded closed at
+   * the restart, and the agent is told to close them when it comes back. Absent in snapshots
+   * taken before it existed.
+   */
+  orphans?: number[];
   endReason: EndReason | null;
   graceMs: number;
   consentMs: number;
@@ -110,6 +116,25 @@ function endWith(why: EndReason | ((a: Args) => EndReason), actor: (a: Args) => 
 
 // Built outside setup(), so typed loosely; each is checked where the machine uses it.
 const reply = (data: unknown) => emit(() => effect.reply(data) as never) as never;
+
+/**
+ * The server restarted under a live session: no agent is connected to the new process, and the
+ * relay's routes (and recordings) of the open channels are gone with the old one. Each channel
+ * is recorded closed (`server_restarted`) and remembered, so the agent closes it on its return
+ * instead of keeping a shell nobody can reach; `graceFrom` starts the grace period (agent lost).
+ */
+const orphanChannels = (graceFrom: boolean) =>
+  enqueueActions(({ context, event: e, enqueue }: { context: SessionContext; event: SessionEvent; enqueue: any }) => {
+    const open = Object.values(context.channels);
+    for (const ch of open) {
+      enqueue.emit(() => event(context, "channel.closed", e.at, context.viewers[ch.viewer_id]?.user_id ?? null, { channel: ch.channel, channel_type: ch.type, reason: "server_restarted", ...(ch.path ? { path: ch.path } : {}), ...(ch.argv ? { argv: ch.argv } : {}) }) as never);
+    }
+    enqueue.assign({ agentConn: null, channels: {}, orphans: [...(context.orphans ?? []), ...open.map((ch) => ch.channel)] });
+    if (graceFrom) {
+      enqueue.emit(() => event(context, "agent.lost", e.at, null, { grace_ms: context.graceMs, server_restarted: true, channels_closed: open.length }) as never);
+      enqueue.emit(() => effect.setTimer("grace", e.at + context.graceMs, { type: "grace.expired" }) as never);
+    }
+  }) as never;
 
 /** `session.end` from the API or a viewer: the reason is who ended it; the ask is answered. */
 const endedBy = () => [
@@ -292,8 +317,7 @@ export const sessionLogic = setup({
         "server.restarted": {
           target: "agent_lost",
           actions: [
-            assign({ agentConn: null }),
-            emit(({ context, event: e }) => effect.setTimer("grace", e.at + context.graceMs, { type: "grace.expired" }) as never),
+            orphanChannels(true),
             emit(({ context }) => project("agent_lost", context) as never),
           ],
         },
@@ -317,6 +341,12 @@ export const sessionLogic = setup({
             assign({ agentConn: ({ event: e }) => e.conn }),
             emit(({ context, event: e }) => event(context, "agent.resumed", e.at, null, { channels: Object.keys(context.channels).length }) as never),
             emit(({ context }) => start(context, true) as never),
+            // Channels that died with an old server process: closed on the agent too.
+            enqueueActions(({ context, enqueue }) => {
+              if (!context.orphans?.length) return;
+              for (const channel of context.orphans) enqueue.emit(() => toAgent(context, { t: "ch.close", channel }) as never);
+              enqueue.assign({ orphans: [] });
+            }),
             emit(() => effect.cancelTimer("grace") as never),
             emit(({ context }) => project("active", context) as never),
             emit(({ context }) => toViewers(context, { t: "session.state", state: "active", reason: null }) as never),
@@ -324,6 +354,8 @@ export const sessionLogic = setup({
           ],
         },
         "grace.expired": { target: "ended", actions: endWith("agent_lost") },
+        // Restarted again while lost: the grace period already runs (its timer is durable).
+        "server.restarted": { actions: orphanChannels(false) },
         "session.end": { target: "ended", actions: endedBy() },
       },
     },

@@ -1,14 +1,12 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { readdirSync, readFileSync, statSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { collectInventory } from "../../src/agent/inventory.ts";
 import { AGENT_VERSION } from "../../src/agent/version.ts";
 import { CLOSE } from "../../src/protocol/agent.ts";
-import { freshMachine, killAllAgents, managedArgs, spawnAgent, type AgentProcess } from "../agent/spawn.ts";
-import { dbEnv, spawnServer, type ServerProcess } from "../helpers/process.ts";
-import { createTestDb, eventually, FLAVORS, type TestDb } from "../helpers/stores.ts";
-import { uniq } from "../machines/fixtures.ts";
+import { E2e, nextLog, runName, type ManagedAgent, type Site } from "../helpers/e2e.ts";
+import { eventually, FLAVORS } from "../helpers/stores.ts";
 
 /**
  * Issue 4, requirement 7, with real processes on loopback: a server (`src/main.ts`) and agents
@@ -23,51 +21,25 @@ const OFFLINE_AFTER_MS = 1_500;
 /** One sweep (375 ms), the projection commit and our 10 ms polling, with room for a loaded 2-core box. */
 const SWEEP_MARGIN_MS = 1_500;
 const ADMIN_PASSWORD = "e2e agents correct horse battery";
-const AGENT_FLAGS = [
-  "--enroll-retry-ms", "300", "--enroll-short-retry-ms", "200",
-  "--reconnect-base-ms", "100", "--reconnect-cap-ms", "500",
-  // After a refusal (revoked, removed) retry after 1 s rather than 5 min, to see the refusal repeat.
-  "--refused-retry-ms", "1000",
-];
+/** Besides FAST_AGENT_FLAGS: after a refusal (revoked, removed) retry after 1 s rather than 5 min, to see the refusal repeat. */
+const AGENT_FLAGS = ["--refused-retry-ms", "1000"];
 
 for (const flavor of FLAVORS) {
   describe(`agents end to end (${flavor})`, () => {
-    let db: TestDb;
-    let server: ServerProcess | null = null;
-    let port = "0";
-    let token = "";
-    let listeningAt = 0; // when the last server started said it was listening
-    let site: { id: string; code: string; key: string };
-    const dirs: string[] = [];
+    let e2e: E2e;
+    let site: Site;
     const timings: Record<string, number> = {};
 
     /** Machine A: enrolled in the first step, the subject of every later one. */
-    const A = { machine: freshMachine(), id: "", agent: null as AgentProcess | null, args: [] as string[], env: {} as Record<string, string> };
+    let A: ManagedAgent;
     /** Words unique to this run, for search. */
-    const run = uniq("e2e").toLowerCase();
+    const run = runName("e2e");
     const tags = { all: `${run}-all`, a: `${run}-only-a` };
     /** Machines B (kept online) and C (stopped) beside A, enrolled for search and removal. */
-    const B = { id: "", agent: null as AgentProcess | null, dept: `${run}-dept-b` };
-    const C = { id: "", agent: null as AgentProcess | null };
+    const B = { id: "", agent: null as ManagedAgent["agent"] | null, dept: `${run}-dept-b` };
+    const C = { id: "", agent: null as ManagedAgent["agent"] | null };
 
-    async function startServer(): Promise<ServerProcess> {
-      const s = await spawnServer("src/main.ts", { ...dbEnv(db.config), PORT: port, TETHER_ADMIN_PASSWORD: ADMIN_PASSWORD, TETHER_HEARTBEAT_MS: String(HEARTBEAT_MS), TETHER_OFFLINE_AFTER_MS: String(OFFLINE_AFTER_MS) });
-      listeningAt = Date.now();
-      port = new URL(s.url).port;
-      const login = await fetch(`${s.url}/api/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "admin", password: ADMIN_PASSWORD }) });
-      if (login.status !== 200) throw new Error(`login: ${login.status} ${await login.text()}`);
-      token = ((await login.json()) as { token: string }).token;
-      return s;
-    }
-
-    async function api(method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
-      const headers: Record<string, string> = { authorization: `Bearer ${token}` };
-      if (body !== undefined) headers["content-type"] = "application/json";
-      const res = await fetch(server!.url + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-      const text = await res.text();
-      return { status: res.status, body: text ? JSON.parse(text) : null };
-    }
-
+    const api = (method: string, path: string, body?: unknown) => e2e.api(method, path, body);
     const machine = async (id: string) => (await api("GET", `/api/machines/${id}`)).body;
     const statusOf = async (id: string) => (await machine(id))?.status as string | undefined;
     /** Ids returned by a search, sorted (the order is not what is being checked). */
@@ -83,34 +55,20 @@ for (const flavor of FLAVORS) {
       return Date.now() - since;
     }
 
-    function spawnA(): AgentProcess {
-      A.agent = spawnAgent(A.args, A.env, A.machine.stateDir);
-      return A.agent;
-    }
-
     beforeAll(async () => {
-      db = await createTestDb(flavor);
-      server = await startServer();
-      const created = await api("POST", "/api/sites", { site_code: run.toUpperCase().replace(/[^A-Z0-9]/g, ""), display_name: `${run} office`, company: "Acme" });
-      expect(created.status).toBe(201);
-      const rotated = await api("POST", `/api/sites/${created.body.id}/enrollment-key/rotate`);
-      expect(rotated.status).toBe(201);
-      site = { id: created.body.id, code: created.body.site_code, key: rotated.body.key };
-      A.args = managedArgs(server.url, site, A.machine.stateDir, [...AGENT_FLAGS, "--tag", tags.all, "--tag", tags.a]);
-      A.env = { TETHER_AGENT_MACHINE_ID_FILE: A.machine.machineIdFile };
-      dirs.push(A.machine.dir);
+      e2e = await E2e.create(flavor, { adminPassword: ADMIN_PASSWORD, env: { TETHER_HEARTBEAT_MS: String(HEARTBEAT_MS), TETHER_OFFLINE_AFTER_MS: String(OFFLINE_AFTER_MS) } });
+      await e2e.start();
+      site = await e2e.site(run);
     }, 60_000);
 
     afterAll(async () => {
-      await killAllAgents();
-      if (server?.proc.exitCode === null) await server.kill("SIGKILL");
-      await db?.destroy();
-      for (const d of dirs) rmSync(d, { recursive: true, force: true });
+      await e2e?.cleanup();
       console.log(`[agents e2e ${flavor}] timings (ms): ${JSON.stringify(timings)}`);
     });
 
     test("a new agent enrolls and comes online, and heartbeats keep it online", async () => {
-      const agent = spawnA();
+      A = e2e.managed(site, [...AGENT_FLAGS, "--tag", tags.all, "--tag", tags.a]);
+      const agent = A.agent;
       await agent.waitFor((e) => e.event === "enroll.done" && e.disposition === "new", 15_000, "enrolled");
       const online = await agent.waitFor((e) => e.event === "connect.online", 15_000, "online");
       A.id = online.machine_id;
@@ -145,7 +103,7 @@ for (const flavor of FLAVORS) {
       timings.killToOffline = await waitStatus(A.id, "offline", OFFLINE_AFTER_MS + SWEEP_MARGIN_MS, killedAt);
       expect(timings.killToOffline).toBeLessThanOrEqual(OFFLINE_AFTER_MS + SWEEP_MARGIN_MS);
 
-      const agent = spawnA();
+      const agent = A.respawn();
       await agent.waitFor((e) => e.event === "credentials.loaded" && e.machine_id === A.id, 10_000, "stored credentials loaded");
       const online = await agent.waitFor((e) => e.event === "connect.online", 15_000, "online again");
       expect(online.machine_id).toBe(A.id);
@@ -185,17 +143,18 @@ for (const flavor of FLAVORS) {
     test("kill -9 the server and start it on the same data and port: the agent comes back by itself", async () => {
       const agent = A.agent!;
       const from = agent.logs.length;
-      expect(await server!.kill("SIGKILL")).not.toBe(0);
+      const port = e2e.port;
+      expect(await e2e.kill("SIGKILL")).not.toBe(0);
       await nextLog(agent, from, (e) => e.event === "connect.closed", 5_000, "the agent noticing");
       await Bun.sleep(1_000); // a few failed reconnects while the server is down
 
       const startedAt = Date.now();
-      server = await startServer();
-      expect(new URL(server.url).port).toBe(port);
-      timings.serverStart = listeningAt - startedAt;
+      await e2e.start();
+      expect(new URL(e2e.url).port).toBe(port);
+      timings.serverStart = e2e.listeningAt - startedAt;
       const online = await nextLog(agent, from, (e) => e.event === "connect.online", 10_000, "online after the restart");
       // The agent is at most one capped backoff step (500 ms) from its next try, then a handshake.
-      timings.serverUpToAgentOnline = Math.max(0, Date.parse(online.time) - listeningAt);
+      timings.serverUpToAgentOnline = Math.max(0, Date.parse(online.time) - e2e.listeningAt);
       expect(timings.serverUpToAgentOnline).toBeLessThan(3_000);
       expect(online.machine_id).toBe(A.id);
       await waitStatus(A.id, "online", 5_000);
@@ -207,9 +166,7 @@ for (const flavor of FLAVORS) {
 
     test("search returns the right rows", async () => {
       const enrollOne = async (extra: string[]) => {
-        const m = freshMachine();
-        dirs.push(m.dir);
-        const agent = spawnAgent(managedArgs(server!.url, site, m.stateDir, [...AGENT_FLAGS, "--tag", tags.all, ...extra]), { TETHER_AGENT_MACHINE_ID_FILE: m.machineIdFile }, m.stateDir);
+        const { agent } = e2e.managed(site, [...AGENT_FLAGS, "--tag", tags.all, ...extra]);
         const online = await agent.waitFor((e) => e.event === "connect.online", 15_000, "online");
         return { id: online.machine_id as string, agent };
       };
@@ -277,11 +234,6 @@ for (const flavor of FLAVORS) {
       expect(await search(`tag:${tags.all} status:online`)).toEqual([]); // A revoked, B removed, C stopped
     }, 30_000);
   });
-}
-
-/** The first log line at index ≥ `from` that matches: only what happened after a given moment. */
-function nextLog(agent: AgentProcess, from: number, pred: (e: any) => boolean, timeoutMs: number, what: string): Promise<any> {
-  return agent.waitFor((e) => agent.logs.indexOf(e) >= from && pred(e), timeoutMs, what);
 }
 
 /** Every file of a state dir with its content and mtime: equal snapshots mean nothing was rewritten. */

@@ -1,14 +1,12 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { STDERR, STDOUT } from "../../src/protocol/frames.ts";
 import { FILE_CHUNK, TRANSFER_WINDOW } from "../../src/protocol/relay.ts";
-import { freshMachine, killAllAgents, managedArgs, spawnAgent, type AgentProcess } from "../agent/spawn.ts";
-import { dbEnv, spawnServer, type ServerProcess } from "../helpers/process.ts";
-import { createTestDb, eventually, FLAVORS, type TestDb } from "../helpers/stores.ts";
-import { TestViewer } from "../helpers/viewer-client.ts";
-import { uniq } from "../machines/fixtures.ts";
+import { E2e, runName, shellReady } from "../helpers/e2e.ts";
+import { eventually, FLAVORS } from "../helpers/stores.ts";
+import type { TestViewer } from "../helpers/viewer-client.ts";
 
 /**
  * Issue 5, requirement 9, with real processes on loopback: a server (`src/main.ts`), a managed
@@ -19,7 +17,6 @@ import { uniq } from "../machines/fixtures.ts";
  * terminal's recording played back, and the session's events.
  */
 const ADMIN_PASSWORD = "e2e sessions correct horse battery";
-const AGENT_FLAGS = ["--enroll-retry-ms", "300", "--enroll-short-retry-ms", "200", "--reconnect-base-ms", "100", "--reconnect-cap-ms", "500"];
 
 /** getRandomValues fills at most 64 KiB at a time. */
 function randomBytes(n: number): Uint8Array {
@@ -30,42 +27,21 @@ function randomBytes(n: number): Uint8Array {
 
 for (const flavor of FLAVORS) {
   describe(`sessions end to end (${flavor})`, () => {
-    let db: TestDb;
-    let server: ServerProcess | null = null;
-    let agent: AgentProcess | null = null;
-    let token = "";
+    let e2e: E2e;
     let machineId = "";
     let sessionId = "";
     let control: TestViewer;
     let term = 0; // the terminal channel
-    const viewers: TestViewer[] = [];
-    const dirs: string[] = [];
     const timings: Record<string, number> = {};
-    const run = uniq("e2es").toLowerCase();
+    const run = runName("e2es");
     /** Where files are uploaded and where the view-only viewer's `touch` would land. */
     const work = mkdtempSync(join(tmpdir(), "tether-e2e-sessions-"));
-    dirs.push(work);
     // Over the 1 MiB window both ways: the uploader and the downloader wait on acks.
     const payload = randomBytes(3 * 1024 * 1024 + 123);
     const uploadPath = join(work, "upload.bin");
 
-    async function api(method: string, path: string, body?: unknown): Promise<{ status: number; body: any }> {
-      const headers: Record<string, string> = { authorization: `Bearer ${token}` };
-      if (body !== undefined) headers["content-type"] = "application/json";
-      const res = await fetch(server!.url + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-      const text = await res.text();
-      return { status: res.status, body: text ? JSON.parse(text) : null };
-    }
-
-    async function viewer(access: "control" | "view"): Promise<TestViewer> {
-      const minted = await api("POST", `/api/sessions/${sessionId}/viewer-token`, { access });
-      expect(minted.status).toBe(201);
-      const v = new TestViewer(server!.url, sessionId, minted.body.token);
-      viewers.push(v);
-      await v.open();
-      await v.waitFor((m) => m.t === "joined", 5_000, "joined");
-      return v;
-    }
+    const api = (method: string, path: string, body?: unknown) => e2e.api(method, path, body);
+    const viewer = (access: "control" | "view") => e2e.viewer(sessionId, access);
 
     /** Polls `check` every 10 ms (doing its side effects, e.g. acks) until it is true. */
     async function until(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
@@ -80,30 +56,16 @@ for (const flavor of FLAVORS) {
     const opened = (v: TestViewer, req: string) => v.waitFor((m) => (m.t === "ch.opened" || m.t === "error") && m.req === req, 10_000, `ch.opened ${req}`);
 
     beforeAll(async () => {
-      db = await createTestDb(flavor);
-      server = await spawnServer("src/main.ts", { ...dbEnv(db.config), TETHER_ADMIN_PASSWORD: ADMIN_PASSWORD, TETHER_HEARTBEAT_MS: "1000", TETHER_OFFLINE_AFTER_MS: "5000" });
-      const login = await fetch(`${server.url}/api/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "admin", password: ADMIN_PASSWORD }) });
-      expect(login.status).toBe(200);
-      token = ((await login.json()) as { token: string }).token;
-
-      const created = await api("POST", "/api/sites", { site_code: run.toUpperCase().replace(/[^A-Z0-9]/g, ""), display_name: `${run} office`, company: "Acme" });
-      expect(created.status).toBe(201);
-      const rotated = await api("POST", `/api/sites/${created.body.id}/enrollment-key/rotate`);
-      expect(rotated.status).toBe(201);
-      const m = freshMachine();
-      dirs.push(m.dir);
+      e2e = await E2e.create(flavor, { adminPassword: ADMIN_PASSWORD, env: { TETHER_HEARTBEAT_MS: "1000", TETHER_OFFLINE_AFTER_MS: "5000" } });
+      e2e.dirs.push(work);
+      await e2e.start();
+      const site = await e2e.site(run);
       // /bin/sh, not the login shell of whoever runs the tests: no rc files, a plain prompt.
-      agent = spawnAgent(managedArgs(server.url, { code: created.body.site_code, key: rotated.body.key }, m.stateDir, AGENT_FLAGS), { TETHER_AGENT_MACHINE_ID_FILE: m.machineIdFile, SHELL: "/bin/sh" }, m.stateDir);
-      machineId = (await agent.waitFor((e) => e.event === "connect.online", 15_000, "online")).machine_id;
-      await eventually(async () => (await api("GET", `/api/machines/${machineId}`)).body?.status === "online", 5_000, "online in the API");
+      machineId = (await e2e.enroll(site, [], { SHELL: "/bin/sh" })).id;
     }, 40_000);
 
     afterAll(async () => {
-      for (const v of viewers) v.close();
-      await killAllAgents();
-      if (server?.proc.exitCode === null) await server.kill("SIGKILL");
-      await db?.destroy();
-      for (const d of dirs) rmSync(d, { recursive: true, force: true });
+      await e2e?.cleanup();
       console.log(`[sessions e2e ${flavor}] timings (ms): ${JSON.stringify(timings)}`);
     });
 
@@ -119,6 +81,7 @@ for (const flavor of FLAVORS) {
       const open = await opened(control, "t1");
       expect(open).toMatchObject({ t: "ch.opened", type: "term" });
       term = open.channel;
+      await shellReady(control, term);
       control.sendData(term, "echo hello\n");
       // The echo of the typed line is "echo hello"; the command's output is "hello" on a line of its own.
       await control.waitForText(term, "\nhello\r", 10_000);
@@ -203,7 +166,7 @@ for (const flavor of FLAVORS) {
       expect(await closedOf(control, term)).toMatchObject({ reason: "exit", exit_code: 0 });
       let recs: any[] = [];
       await eventually(async () => (recs = (await api("GET", `/api/sessions/${sessionId}/recordings`)).body?.recordings ?? []).length === 1 && recs[0].ended_at !== null, 5_000, "the recording ended");
-      const cast = await fetch(`${server!.url}/api/recordings/${recs[0].id}/cast`, { headers: { authorization: `Bearer ${token}` } });
+      const cast = await fetch(`${e2e.url}/api/recordings/${recs[0].id}/cast`, { headers: { authorization: `Bearer ${e2e.token}` } });
       expect(cast.status).toBe(200);
       const lines = (await cast.text()).trim().split("\n").map((l) => JSON.parse(l));
       expect(lines[0]).toMatchObject({ version: 2, width: 80, height: 24 });

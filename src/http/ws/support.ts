@@ -50,7 +50,11 @@ export const supportSocket = (deps: AppDeps) => {
         deps.limiters.supportCode.success(ip);
         clearTimeout(stage.timer);
         const conn = crypto.randomUUID();
-        deps.relay.addAgent(conn, { send: (f) => ws.raw.send(f), buffered: () => bufferedAmount(ws.raw), close: (c, r) => ws.raw.close(c, r) }, null);
+        // The welcome is the agent's first frame: what the session sends meanwhile (its
+        // session.start, sent while it accepts the agent below) waits for it.
+        let early: Uint8Array[] | null = [];
+        const toAgent = (f: Uint8Array) => (early ? (early.push(f), f.byteLength) : ws.raw.send(f));
+        deps.relay.addAgent(conn, { send: toAgent, buffered: () => bufferedAmount(ws.raw), close: (c, r) => ws.raw.close(c, r) }, null);
         const address = `session/${claimed.session_id}`;
         const attached = await deps.system.ask<{ ok: boolean }>(address, { type: "agent.attached", conn, host: hello.hostname, user: hello.user }).catch(() => null);
         if (!attached?.reply?.ok) {
@@ -66,6 +70,9 @@ export const supportSocket = (deps: AppDeps) => {
         };
         stages.set(ws.id, bound);
         ws.raw.send(encode({ t: "welcome", session: claimed.session_id, technician: claimed.technician, heartbeat_ms: deps.config.heartbeatMs } as never));
+        const queued = early;
+        early = null;
+        for (const f of queued) ws.raw.send(f);
         return;
       }
 
