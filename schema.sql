@@ -432,3 +432,16 @@ create table user_keys (
   created_at  timestamptz not null default now(),
   primary key (user_id, kind)
 );
+
+-- version: 7
+-- The primary's lease (P9). With PostgreSQL, a process serves only while it holds this row: it
+-- renews `expires_at` (the database's clock, never a host's), and every journal commit checks it
+-- in the same transaction (fencing), so a primary that lost it cannot write after a standby took
+-- over. `epoch` grows with every new holder.
+create table leases (
+  name         text primary key,
+  holder       text not null,
+  epoch        bigint not null,
+  expires_at   timestamptz not null,
+  acquired_at  timestamptz not null default now()
+);

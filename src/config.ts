@@ -5,6 +5,8 @@ export interface Config {
   port: number;
   host: string;
   dataDir: string;
+  /** With PostgreSQL: how long the primary's lease lasts unrenewed (P9). */
+  leaseTtlMs: number;
   /** The built web viewer (npm run build:web). */
   webDist: string;
   databaseUrl?: string;
@@ -48,6 +50,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     port: int("PORT", 8080),
     host: env.HOST || "0.0.0.0",
     dataDir: env.TETHER_DATA_DIR || "./data",
+    leaseTtlMs: int("TETHER_LEASE_TTL_MS", 2_000),
     webDist: env.TETHER_WEB_DIST || resolve(import.meta.dir, "..", "dist", "web"),
     databaseUrl: env.DATABASE_URL || undefined,
     adminPassword: env.TETHER_ADMIN_PASSWORD || undefined,

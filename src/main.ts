@@ -1,13 +1,23 @@
+import { runClustered } from "./cluster/primary.ts";
 import { loadConfig } from "./config.ts";
 import { createLogger } from "./log.ts";
 import { startServer } from "./server.ts";
 
-/** `npm start`: the Tether server on the embedded database, or on DATABASE_URL. */
+/**
+ * `npm start`: the Tether server on the embedded database (one process), or on DATABASE_URL
+ * as primary or standby: it serves once it holds the primary's lease (src/cluster).
+ */
 const config = loadConfig();
 const logger = createLogger(config.logLevel);
-const server = await startServer({ config, logger });
+const running = config.databaseUrl
+  ? await runClustered(config, logger, (url) => console.log(`Tether standby on ${url}: waiting for the primary's lease (API answers 503 STANDBY)`))
+  : await (async () => {
+    const server = await startServer({ config, logger });
+    return { server, stop: () => server.stop() };
+  })();
+const { server } = running;
 logger.info({ url: server.url }, "listening");
-console.log(`Tether is listening on ${server.url} (store: ${server.store.flavor}${config.databaseUrl ? "" : `, data in ${config.dataDir}`})`);
+console.log(`Tether is listening on ${server.url} (store: ${server.store.flavor}${config.databaseUrl ? ", primary" : `, data in ${config.dataDir}`})`);
 if (server.firstAdminPassword) {
   // Printed once, to the console only (never to the JSON log): change it after signing in.
   console.log(`\nFirst start: sign in at ${server.url} as "admin" with password ${server.firstAdminPassword}\n(shown only this once; set TETHER_ADMIN_PASSWORD to choose it instead)\n`);
@@ -16,7 +26,7 @@ if (server.firstAdminPassword) {
 for (const signal of ["SIGTERM", "SIGINT"] as const) {
   process.on(signal, () => {
     logger.info({ signal }, "signal received");
-    server.stop().then(
+    running.stop().then(
       () => process.exit(0),
       (err) => {
         logger.error({ err: String(err) }, "shutdown failed");

@@ -29,7 +29,7 @@ import { errorHandling } from "./http/errors.ts";
 import { health } from "./http/health.ts";
 import type { Logger } from "./log.ts";
 import { applySchema } from "./store/schema.ts";
-import { openStore, type Store } from "./store/store.ts";
+import { openStore, type Queryable, type Store } from "./store/store.ts";
 
 export interface ServerOptions {
   config: Config;
@@ -40,6 +40,12 @@ export interface ServerOptions {
   routes?: Array<(system: ActorSystem) => Elysia<any, any, any, any, any, any, any>>;
   /** Passed to the actor system (tests use its journal hook). */
   systemOptions?: Partial<ConstructorParameters<typeof ActorSystem>[0]>;
+  /**
+   * With PostgreSQL: the primary's lease this process holds (src/cluster). Every journal commit
+   * is fenced by it; `onLeaseLost` is called the moment a commit finds it gone.
+   */
+  lease?: { fence(tx: Queryable): Promise<void> };
+  onLeaseLost?: (err: Error) => void;
 }
 
 export interface RunningServer {
@@ -61,7 +67,18 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const store = await openStore({ databaseUrl: config.databaseUrl, dataDir: config.dataDir });
   const schemaVersion = await applySchema(store);
   const metrics = new RuntimeMetrics();
-  const system = new ActorSystem({ store, logger, onCommit: metrics.onCommit, ...opts.systemOptions });
+  const lease = opts.lease;
+  const fence = lease
+    ? async (tx: Queryable) => {
+      try {
+        await lease.fence(tx);
+      } catch (err) {
+        if ((err as { code?: string }).code === "LEASE_LOST") opts.onLeaseLost?.(err as Error);
+        throw err;
+      }
+    }
+    : undefined;
+  const system = new ActorSystem({ store, logger, onCommit: metrics.onCommit, fence, ...opts.systemOptions });
   const connections = new AgentConnections(store, config.offlineAfterMs);
   const sessionWrites = new Serial();
   const recorder = await createRecorder({ store, log: logger, config });

@@ -36,6 +36,11 @@ export interface JournalOptions {
    * runs after it, before COMMIT (a test can hold or kill the process mid-commit).
    */
   beforeCommit?: (tx: Queryable) => Promise<void>;
+  /**
+   * Runs first inside each commit's transaction and throws if this process may no longer
+   * write (the primary's lease, src/cluster/lease.ts): then nothing of the batch is written.
+   */
+  fence?: (tx: Queryable) => Promise<void>;
 }
 
 interface Batch {
@@ -87,8 +92,12 @@ export class Journal {
     if (done) batch.callbacks.push(done);
     if (!this.flushing) {
       this.flushing = true;
-      // Let the rest of this tick's appends join before the first flush.
-      queueMicrotask(() => void this.flush());
+      // Let the rest of this tick's appends join before the first flush. On PGlite the
+      // statement runs on this thread and nothing else arrives while it does, so the batch
+      // waits for the end of the event loop's turn instead: the other sockets' messages of the
+      // same turn join it (otherwise a burst of agent connects commits one event at a time).
+      if (this.store.flavor === "pglite") setImmediate(() => void this.flush());
+      else queueMicrotask(() => void this.flush());
     }
     return batch.promise;
   }
@@ -120,13 +129,14 @@ export class Journal {
       const started = performance.now();
       try {
         const { sql, params } = batchStatement(batch.writes);
-        const hook = this.options.beforeCommit;
-        if (!hook) await this.store.query(sql, params);
+        const { beforeCommit: hook, fence } = this.options;
+        if (!hook && !fence) await this.store.query(sql, params);
         else {
-          // Tests only: the same statement inside an explicit transaction, held open by the hook.
+          // Fenced (a lease), or a test holding the transaction open before COMMIT.
           await this.store.transaction(async (tx) => {
+            await fence?.(tx);
             await tx.query(sql, params);
-            await hook(tx);
+            await hook?.(tx);
           });
         }
       } catch (err) {

@@ -28,6 +28,8 @@ export interface SystemOptions {
   onCommit?: (stats: CommitStats) => void;
   /** Test hook passed to the journal: runs inside each commit's transaction, before COMMIT. */
   beforeCommit?: JournalOptions["beforeCommit"];
+  /** Checked inside every journal commit: the primary's lease (src/cluster/lease.ts). */
+  fence?: JournalOptions["fence"];
   clock?: () => number;
 }
 
@@ -65,6 +67,7 @@ export class ActorSystem {
     this.journal = new Journal(options.store, {
       maxBatch: options.maxBatch,
       beforeCommit: options.beforeCommit,
+      fence: options.fence,
       onCommit: (stats) => {
         this.commits.batches++;
         this.commits.events += stats.events;

@@ -55,6 +55,7 @@ export async function runAgent(config: AgentConfig, log: Logger, signal: AbortSi
     if (muid.sources.includes("random")) log.warn({ event: "identity.random_uid" }, "no stable machine identifier readable; using a random one kept in the state dir");
     const done = await enrollUntilDone({
       server: config.server,
+      servers: config.servers,
       request: {
         site_code: config.siteCode,
         enrollment_key: config.enrollmentKey,
@@ -73,11 +74,14 @@ export async function runAgent(config: AgentConfig, log: Logger, signal: AbortSi
   }
   config.enrollmentKey = undefined; // not needed again; do not keep it around
 
-  const url = agentSocketUrl(config.server);
+  // With several servers, a connection that never got its welcome moves on to the next one.
+  const servers = config.servers?.length ? config.servers : [config.server];
+  let at = 0;
   const backoff = new Backoff({ baseMs: config.reconnectBaseMs, capMs: config.reconnectCapMs });
   // Sessions live across reconnects (the grace period); consent on a service comes from a flag.
   const host = new SessionHost({ consent: fixedConsent(config.unattendedConsent === "allow", log), presenter: logPresenter(log), log, graceMs: config.sessionGraceMs });
   while (!signal.aborted) {
+    const url = agentSocketUrl(servers[at % servers.length]!);
     log.info({ event: "connect.attempt", url, attempt: backoff.attempts + 1 }, "connecting");
     const end = await runSession({
       url,
@@ -89,6 +93,7 @@ export async function runAgent(config: AgentConfig, log: Logger, signal: AbortSi
       host,
     }, log, signal);
     if (signal.aborted || end.byUs) break;
+    if (!end.welcomed) at++;
     const delayMs = nextDelay(end, backoff, config);
     const refusal = REFUSALS[end.code];
     if (refusal) {

@@ -8,7 +8,10 @@ import type { EnrollLabels } from "../protocol/machines.ts";
  * The enrollment key is needed on the first run only and is never written to the state dir.
  */
 export interface AgentConfig {
+  /** The first of `servers`. */
   server: string;
+  /** Every server to try, in turn (`--server a,b`): a primary and its standbys. */
+  servers: string[];
   siteCode?: string;
   enrollmentKey?: string;
   stateDir: string;
@@ -60,7 +63,7 @@ and stores its agent key in the state dir (mode 0600); later runs connect with w
 and never enroll again (the site code and enrollment key are then ignored).
 
 Options (environment fallback in brackets):
-  --server <url>            Tether server, http(s)://host[:port]           [TETHER_AGENT_SERVER]
+  --server <url>[,<url>…]   Tether server(s), http(s)://host[:port]; several are tried in turn  [TETHER_AGENT_SERVER]
   --state-dir <dir>         where keys are kept (created 0700)             [TETHER_AGENT_STATE_DIR]
   --site-code <code>        site to enroll at (first run)                  [TETHER_AGENT_SITE_CODE]
   --enrollment-key <cek_…>  the site's enrollment key (first run)          [TETHER_AGENT_ENROLLMENT_KEY]
@@ -143,14 +146,19 @@ export function parseConfig(argv: string[], env: Env = process.env): Parsed {
 
   const server = pick(values.server, "SERVER");
   if (!server) throw new ConfigError("--server is required");
-  let url: URL;
-  try {
-    url = new URL(server);
-  } catch {
-    throw new ConfigError(`--server is not a URL: ${JSON.stringify(server)}`);
-  }
-  if (url.protocol !== "http:" && url.protocol !== "https:") throw new ConfigError("--server must be an http:// or https:// URL");
-  const serverBase = url.origin + url.pathname.replace(/\/+$/, "");
+  // Several servers (a primary and its standbys), comma-separated: the agent tries them in turn.
+  const servers = server.split(",").map((one) => one.trim()).filter(Boolean).map((one) => {
+    let url: URL;
+    try {
+      url = new URL(one);
+    } catch {
+      throw new ConfigError(`--server is not a URL: ${JSON.stringify(one)}`);
+    }
+    if (url.protocol !== "http:" && url.protocol !== "https:") throw new ConfigError("--server must be an http:// or https:// URL");
+    return url.origin + url.pathname.replace(/\/+$/, "");
+  });
+  if (servers.length === 0) throw new ConfigError("--server is required");
+  const serverBase = servers[0]!;
   const sessionGraceMs = ms(values["session-grace-ms"], "SESSION_GRACE_MS", 60_000);
 
   if (values.code !== undefined) {
@@ -184,6 +192,7 @@ export function parseConfig(argv: string[], env: Env = process.env): Parsed {
     kind: "run",
     config: {
       server: serverBase,
+      servers,
       siteCode: pick(values["site-code"], "SITE_CODE"),
       enrollmentKey: pick(values["enrollment-key"], "ENROLLMENT_KEY"),
       stateDir,

@@ -14,6 +14,8 @@ import type { Logger } from "./log.ts";
  */
 export interface EnrollParams {
   server: string;
+  /** Servers to try in turn after a network error or a 5xx (a standby answers 503). */
+  servers?: string[];
   request: z.input<typeof EnrollRequest>;
   slowRetryMs: number;
   shortRetryMs: number;
@@ -63,9 +65,12 @@ export async function enrollOnce(p: EnrollParams, signal?: AbortSignal): Promise
 
 /** Enrolls, retrying forever; null when `signal` aborted first. */
 export async function enrollUntilDone(p: EnrollParams, log: Logger, signal: AbortSignal): Promise<Extract<Attempt, { kind: "enrolled" }> | null> {
+  const servers = p.servers?.length ? p.servers : [p.server];
+  let at = 0;
   for (let attempt = 1; !signal.aborted; attempt++) {
-    log.info({ event: "enroll.attempt", attempt, site_code: p.request.site_code, machine_uid: p.request.machine_uid }, "enrolling");
-    const a = await enrollOnce(p, signal);
+    const server = servers[at % servers.length]!;
+    log.info({ event: "enroll.attempt", attempt, server, site_code: p.request.site_code, machine_uid: p.request.machine_uid }, "enrolling");
+    const a = await enrollOnce({ ...p, server }, signal);
     if (signal.aborted) return null;
     if (a.kind === "enrolled") {
       log.info({ event: "enroll.done", disposition: a.disposition, machine_id: a.machineId, key_prefix: keyPrefix(a.key) }, "enrolled");
@@ -75,6 +80,8 @@ export async function enrollUntilDone(p: EnrollParams, log: Logger, signal: Abor
     const delayMs = a.status === 429 && a.delayMs !== p.shortRetryMs ? a.delayMs : jittered(a.delayMs);
     const level = a.status === 401 || a.status === 409 ? "error" : "warn";
     log[level]({ event: "enroll.retry", attempt, status: a.status, reason: a.reason, machine_id: a.machineId, retry_in_ms: delayMs }, `enrollment not done: ${a.reason}; retrying`);
+    // Unreachable or a standby: the next server may be the primary.
+    if (a.status === undefined || a.status >= 500) at++;
     if (!(await sleep(delayMs, signal))) return null;
   }
   return null;

@@ -24,15 +24,15 @@ describe("server process", () => {
     expect(metrics).toContain("tether_journal_pending_events 0");
 
     // Errors come in the one envelope, with the correlation id echoed in a header.
-    const missing = await fetch(`${server.url}/no/such/route`, { headers: { "x-correlation-id": "req-123" } });
+    const missing = await fetch(`${server.url}/api/no/such/route`, { headers: { "x-correlation-id": "req-123" } });
     expect(missing.status).toBe(404);
     expect(missing.headers.get("x-correlation-id")).toBe("req-123");
-    expect(await missing.json()).toEqual({ detail: "no route for GET /no/such/route", error_code: "NOT_FOUND", status_code: 404, correlation_id: "req-123" });
+    expect(await missing.json()).toEqual({ detail: "no route for GET /api/no/such/route", error_code: "NOT_FOUND", status_code: 404, correlation_id: "req-123" });
 
     // The correlation id is in the log line of that request too.
     await Bun.sleep(50);
     const access = server.lines.filter((l) => l.includes('"correlationId":"req-123"')).map((l) => JSON.parse(l));
-    expect(access).toContainEqual(expect.objectContaining({ msg: "request", method: "GET", path: "/no/such/route", status: 404 }));
+    expect(access).toContainEqual(expect.objectContaining({ msg: "request", method: "GET", path: "/api/no/such/route", status: 404 }));
 
     const code = await server.kill("SIGTERM");
     expect(code).toBe(0);

@@ -14,7 +14,8 @@ export interface ServerProcess {
   kill(signal?: NodeJS.Signals): Promise<number>;
 }
 
-export async function spawnServer(script: string, env: Record<string, string>, timeoutMs = 30_000): Promise<ServerProcess> {
+/** `ready`: the line that says where it listens (a primary's by default; a standby prints another). */
+export async function spawnServer(script: string, env: Record<string, string>, timeoutMs = 30_000, ready = /listening on (http:\/\/\S+)/): Promise<ServerProcess> {
   const proc = Bun.spawn([BUN, resolve(ROOT, script)], {
     cwd: ROOT,
     env: { ...process.env, HOST: "127.0.0.1", PORT: "0", LOG_LEVEL: "warn", ...env },
@@ -38,8 +39,8 @@ export async function spawnServer(script: string, env: Record<string, string>, t
       await Promise.race([new Promise<void>((r) => waiters.push(r)), Bun.sleep(Math.min(left, 100))]);
     }
   };
-  const line = await waitForLine(/listening on (http:\/\/\S+)/);
-  const url = line.match(/listening on (http:\/\/\S+)/)![1]!.replace("localhost", "127.0.0.1");
+  const line = await waitForLine(ready);
+  const url = line.match(ready)![1]!.replace(/:$/, "").replace("localhost", "127.0.0.1");
   return {
     url,
     proc,
