@@ -94,7 +94,10 @@ export async function runAgent(config: AgentConfig, log: Logger, signal: AbortSi
     }, log, signal);
     if (signal.aborted || end.byUs) break;
     if (!end.welcomed) at++;
-    const delayMs = nextDelay(end, backoff, config);
+    // Through the list quickly (a dead primary, then its standby); back off once per full round.
+    const delayMs = !end.welcomed && servers.length > 1 && at % servers.length !== 0 && !REFUSALS[end.code]
+      ? jittered(Math.min(config.reconnectBaseMs, 500), 0.5)
+      : nextDelay(end, backoff, config);
     const refusal = REFUSALS[end.code];
     if (refusal) {
       log.error({ event: "connect.refused", code: end.code, reason: end.reason, machine_id: creds.machine_id, key_prefix: keyPrefix(creds.key), retry_in_ms: delayMs }, `refused by the server: ${refusal}; retrying slowly (an admin can re-issue the key)`);
