@@ -85,7 +85,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const relay = new Relay(system, recorder, logger, { slowViewerBytes: 4 * 1024 * 1024, maxUploadBytes: config.maxUploadBytes });
   const hub = new RoomHub(store, logger, { maxBacklogBytes: config.roomSubscriberBufferBytes });
   const roomWrites = new Serial();
-  const rooms = new Rooms(system, store, hub, new MessageLog(store, (room, message, persist) => hub.publish(room, message, persist)), roomWrites);
+  const rooms = new Rooms(system, store, hub, new MessageLog(store, (room, message, persist) => hub.publish(room, message, persist), undefined, undefined, fence), roomWrites);
   // Session chat goes through the session's room; its messages come back to the session's viewers and agent.
   hub.onMessage = (roomId, message) => relay.deliverChat(roomId, message);
   relay.chat = (sessionId, tenantId, from, text) => rooms.sessionChat(sessionId, tenantId, from, text);

@@ -14,6 +14,21 @@ export interface Subscriber {
   send(frame: EncodedFrame): void;
   backlog(): number;
   close(code: number, reason: string): void;
+  /** A WebSocket on Bun's server: once live, it may take the room's frames from a topic instead. */
+  readonly topics?: TopicTransport;
+}
+
+/**
+ * Bun's native fan-out (uWS topics): `server.publish` writes a frame to every socket of a
+ * topic in one call, each socket's frames coalesced into one write; a loop of `ws.send` costs a
+ * JS→native call and a system call per socket and frame. uWS keeps per-socket order between
+ * `publish` and `send` (a send first drains what the topic queued for that socket).
+ */
+export interface TopicTransport {
+  /** The server that publishes; one per process in practice. */
+  readonly publisher: { publish(topic: string, data: string): unknown };
+  subscribe(topic: string): void;
+  unsubscribe(topic: string): void;
 }
 
 /** A frame encoded once and shared by every subscriber it goes to. */
@@ -33,8 +48,16 @@ export class EncodedFrame {
 }
 
 interface RoomState {
-  /** Subscribers receiving live frames. */
+  /** Subscribers receiving live frames: `direct` ones and those on the room's topic. */
   live: Set<Subscriber>;
+  direct: Set<Subscriber>;
+  viaTopic: Set<Subscriber>;
+  topic: string;
+  publisher: TopicTransport["publisher"] | null;
+  /** Bytes published to the topic since its subscribers' backlogs were last checked. */
+  topicBytes: number;
+  /** Bytes published to the topic in this turn of the event loop (reset by setImmediate). */
+  tickBytes: number;
   /** Subscribers still reading history: live messages wait in their buffer. */
   catchingUp: Map<Subscriber, RoomMessage[]>;
   /** Rooms without persisted history: the last messages, for resuming a dropped stream. */
@@ -52,8 +75,22 @@ export interface HubOptions {
   /** Messages kept in memory for resuming streams of rooms without persisted history. */
   recentKept: number;
   historyPage: number;
+  /**
+   * Bun's per-socket backpressure limit (server-wide; 16 MiB unless the server sets
+   * `backpressureLimit`). Past it, uWS silently skips a socket's frames, so the topic path is
+   * used only while a subscriber's worst case stays well under it (see `toTopic`).
+   */
+  socketLimitBytes: number;
+  /** Use topics for WebSocket subscribers that offer them. */
+  topics: boolean;
 }
-const DEFAULTS: HubOptions = { maxBacklogBytes: 1024 * 1024, historyStallMs: 30_000, maxCatchUpBuffer: 10_000, recentKept: 1_000, historyPage: 500 };
+const DEFAULTS: HubOptions = {
+  maxBacklogBytes: 1024 * 1024, historyStallMs: 30_000, maxCatchUpBuffer: 10_000, recentKept: 1_000, historyPage: 500,
+  socketLimitBytes: 16 * 1024 * 1024, topics: true,
+};
+/** The largest frame: a 16 KiB body of control characters is 96 KiB of JSON; ciphertext and the rest fit too. */
+const MAX_FRAME_BYTES = 128 * 1024;
+let hubs = 0;
 
 /**
  * The fan-out of every room (R2, R5): subscribers get history and then live messages, each
@@ -65,10 +102,26 @@ export class RoomHub {
   private readonly rooms = new Map<string, RoomState>();
   private readonly o: HubOptions;
   onMessage: (roomId: string, message: RoomMessage) => void = () => {};
-  stats = { delivered: 0, dropped: 0 };
+  /**
+   * Resolves once every message committed so far has been published (MessageLog.settled; wired
+   * by the Rooms service). History can show rows a moment before they are published.
+   */
+  fence: (roomId: string) => Promise<void> = () => Promise.resolve();
+  /** Frames delivered to live subscribers, subscribers dropped as too slow, frames published to a topic once for many. */
+  stats = { delivered: 0, dropped: 0, published: 0 };
+
+  private readonly id = ++hubs;
+  /** Topic traffic between two checks of the subscribers' backlogs, and in one turn of the loop. */
+  private readonly checkBytes: number;
+  private readonly useTopics: boolean;
+  private touched: RoomState[] = [];
 
   constructor(private readonly db: Queryable, private readonly log: Logger, opts: Partial<HubOptions> = {}) {
     this.o = { ...DEFAULTS, ...opts };
+    this.checkBytes = Math.max(16 * 1024, Math.min(256 * 1024, Math.floor(this.o.maxBacklogBytes / 4)));
+    // Worst case of a topic subscriber's queue (see toTopic): the limit, what a turn of the loop
+    // may leave undrained at a check, what may be published until the next check, one frame.
+    this.useTopics = this.o.topics && this.o.maxBacklogBytes + 2 * this.checkBytes + MAX_FRAME_BYTES <= this.o.socketLimitBytes / 2;
   }
 
   /** Called by the message log, in id order, after the message is durable (or, unpersisted, accepted). */
@@ -83,10 +136,7 @@ export class RoomHub {
         buffer.push(message);
         if (buffer.length > this.o.maxCatchUpBuffer) this.drop(roomId, room, sub);
       }
-      if (room.live.size > 0) {
-        const frame = new EncodedFrame({ t: "message", message });
-        for (const sub of room.live) this.deliver(roomId, room, sub, frame);
-      }
+      if (room.live.size > 0) this.fanOut(roomId, room, new EncodedFrame({ t: "message", message }));
     }
     try {
       this.onMessage(roomId, message);
@@ -106,8 +156,7 @@ export class RoomHub {
     for (const sub of [...room.live, ...room.catchingUp.keys()]) {
       if (!keep.has(sub.member)) this.remove(roomId, room, sub, ROOM_CLOSE.NOT_A_MEMBER, "not_a_member");
     }
-    const frame = new EncodedFrame({ t: "epoch", epoch: epoch.epoch, keyed_epoch: epoch.keyed_epoch });
-    for (const sub of room.live) this.deliver(roomId, room, sub, frame);
+    if (room.live.size > 0) this.fanOut(roomId, room, new EncodedFrame({ t: "epoch", epoch: epoch.epoch, keyed_epoch: epoch.keyed_epoch }));
   }
 
   /**
@@ -140,6 +189,9 @@ export class RoomHub {
           last = m.id;
         }
       }
+      // A page may end with rows committed but not yet published; their publish must land in
+      // this subscriber's buffer (and be skipped there), not reach it live a second time.
+      if (persist) await this.fence(roomId);
     } catch (err) {
       room.catchingUp.delete(sub);
       throw err;
@@ -154,6 +206,17 @@ export class RoomHub {
     }
     sub.send(new EncodedFrame({ t: "live", after: last }));
     room.live.add(sub);
+    // Everything up to here went to the socket directly; from here on the topic carries the
+    // room's frames to it (a frame published before this line is not sent to it twice: uWS
+    // picks a topic's sockets when a frame is published).
+    const topics = this.useTopics ? sub.topics : undefined;
+    if (topics && (room.publisher === null || room.publisher === topics.publisher)) {
+      topics.subscribe(room.topic);
+      room.publisher = topics.publisher;
+      room.viaTopic.add(sub);
+    } else {
+      room.direct.add(sub);
+    }
     if (sub.backlog() > this.o.maxBacklogBytes) this.drop(roomId, room, sub);
   }
 
@@ -161,7 +224,7 @@ export class RoomHub {
   unsubscribe(roomId: string, sub: Subscriber): void {
     const room = this.rooms.get(roomId);
     if (!room) return;
-    room.live.delete(sub);
+    this.leave(room, sub);
     room.catchingUp.delete(sub);
     this.maybeForget(roomId, room);
   }
@@ -180,6 +243,63 @@ export class RoomHub {
   closeAll(): void {
     for (const [roomId, room] of this.rooms) {
       for (const sub of [...room.live, ...room.catchingUp.keys()]) this.remove(roomId, room, sub, ROOM_CLOSE.SERVER_STOPPING, "server_stopping");
+    }
+  }
+
+  /** A frame to every live subscriber: once to the topic, then to each direct one. */
+  private fanOut(roomId: string, room: RoomState, frame: EncodedFrame): void {
+    if (room.viaTopic.size > 0) this.toTopic(roomId, room, frame);
+    for (const sub of room.direct) this.deliver(roomId, room, sub, frame);
+  }
+
+  /**
+   * Publishes to the room's topic, keeping the slow-consumer rule exact enough that uWS never
+   * skips a frame: every `checkBytes` of topic traffic, each topic subscriber's backlog is read
+   * and those over the limit are dropped. uWS may hold a turn's published frames before they
+   * show in a socket's backlog, so a turn of the loop publishes at most `checkBytes` to the
+   * topic; past that, frames go to each subscriber directly (which drains the topic's queue for
+   * that socket first, so order holds) with the exact per-send check. So a kept subscriber
+   * never has more than maxBacklogBytes + 2 × checkBytes + one frame queued, far below Bun's
+   * limit (checked in the constructor).
+   */
+  private toTopic(roomId: string, room: RoomState, frame: EncodedFrame): void {
+    const text = frame.json;
+    const bytes = Buffer.byteLength(text);
+    if (room.topicBytes + bytes > this.checkBytes) {
+      room.topicBytes = 0;
+      for (const sub of room.viaTopic) if (sub.backlog() > this.o.maxBacklogBytes) this.drop(roomId, room, sub);
+      if (room.viaTopic.size === 0) return;
+    }
+    if (room.tickBytes + bytes > this.checkBytes) {
+      for (const sub of room.viaTopic) this.deliver(roomId, room, sub, frame);
+      return;
+    }
+    if (room.tickBytes === 0) {
+      if (this.touched.length === 0) setImmediate(() => this.newTurn());
+      this.touched.push(room);
+    }
+    room.tickBytes += bytes;
+    room.topicBytes += bytes;
+    room.publisher!.publish(room.topic, text);
+    this.stats.published++;
+    this.stats.delivered += room.viaTopic.size;
+  }
+
+  private newTurn(): void {
+    for (const room of this.touched) room.tickBytes = 0;
+    this.touched = [];
+  }
+
+  private leave(room: RoomState, sub: Subscriber): void {
+    room.live.delete(sub);
+    room.direct.delete(sub);
+    if (room.viaTopic.delete(sub)) {
+      try {
+        sub.topics!.unsubscribe(room.topic);
+      } catch {
+        // the socket is already closed
+      }
+      if (room.viaTopic.size === 0) room.publisher = null;
     }
   }
 
@@ -208,7 +328,7 @@ export class RoomHub {
   }
 
   private remove(roomId: string, room: RoomState, sub: Subscriber, code: number, reason: string): void {
-    room.live.delete(sub);
+    this.leave(room, sub);
     room.catchingUp.delete(sub);
     try {
       sub.close(code, reason);
@@ -226,7 +346,13 @@ export class RoomHub {
 
   private state(roomId: string, persist: boolean): RoomState {
     let room = this.rooms.get(roomId);
-    if (!room) this.rooms.set(roomId, (room = { live: new Set(), catchingUp: new Map(), recent: [], persist }));
+    if (!room) {
+      room = {
+        live: new Set(), direct: new Set(), viaTopic: new Set(), topic: `room:${this.id}:${roomId}`, publisher: null, topicBytes: 0, tickBytes: 0,
+        catchingUp: new Map(), recent: [], persist,
+      };
+      this.rooms.set(roomId, room);
+    }
     return room;
   }
 }

@@ -37,7 +37,9 @@ export class Rooms {
     private readonly log: MessageLog,
     /** The rooms rows' writes, in event order (await `settled(id)` to read your own changes). */
     readonly writes: Serial,
-  ) {}
+  ) {
+    hub.fence = () => log.settled();
+  }
 
   /** The room as its actor has it now; null if there is no such room in the tenant. */
   async context(tenantId: string, id: string): Promise<RoomContext | null> {

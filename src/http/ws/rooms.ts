@@ -2,7 +2,7 @@ import { Elysia } from "elysia";
 import { z } from "zod";
 import { Uuid } from "../../protocol/accounts.ts";
 import { ROOM_CLOSE } from "../../protocol/rooms.ts";
-import type { Subscriber } from "../../rooms/hub.ts";
+import type { Subscriber, TopicTransport } from "../../rooms/hub.ts";
 import { RoomError } from "../../rooms/service.ts";
 import type { RoomContext } from "../../rooms/room.ts";
 import { authorize, type RequestContext } from "../context.ts";
@@ -49,11 +49,16 @@ export const roomSocket = (deps: AppDeps) => {
       const a = admitted.get(ws.data.request);
       if (!a) return ws.raw.close(ROOM_CLOSE.NOT_A_MEMBER, "not admitted");
       const raw = ws.raw;
+      // Bun's server, to publish a room's frames to all its sockets at once (hub.ts, toTopic).
+      const server = (ws.data as { server?: { publish?(topic: string, data: string): unknown } | null }).server;
       const sub: Subscriber = {
         member: a.member,
         send: (frame) => void raw.send(frame.json),
         backlog: () => bufferedAmount(raw),
         close: (code, reason) => raw.close(code, reason),
+        topics: typeof server?.publish === "function"
+          ? { publisher: server as TopicTransport["publisher"], subscribe: (topic) => void raw.subscribe(topic), unsubscribe: (topic) => void raw.unsubscribe(topic) }
+          : undefined,
       };
       subs.set(raw, sub);
       (ws.data as { roomId?: string }).roomId = a.room.id;
