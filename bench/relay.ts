@@ -31,7 +31,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { unpack } from "msgpackr";
-import postgres from "postgres";
+import { withBenchSchema } from "./fixtures/pg-schema.ts";
 import { displayPrefix, newSecret, sha256Hex } from "../src/auth/secrets.ts";
 import { encodeOutbound } from "../src/agent/session/wire.ts";
 import { encode, PROTOCOL_VERSION } from "../src/protocol/agent.ts";
@@ -582,24 +582,10 @@ try {
   }
   const pgUrl = process.env.BENCH_DATABASE_URL ?? process.env.TEST_DATABASE_URL;
   if (pgUrl && only !== "pglite") {
-    const admin = postgres(pgUrl, { max: 1, onnotice: () => {} });
-    const [exists] = await admin`select 1 from pg_database where datname = 'bench_relay'`;
-    if (!exists) await admin.unsafe("create database bench_relay");
-    await admin.end();
-    const dbUrl = new URL(pgUrl);
-    dbUrl.pathname = "/bench_relay";
-    const schema = `bench_relay_${crypto.randomUUID().slice(0, 8)}`;
-    const db = postgres(dbUrl.toString(), { max: 1, onnotice: () => {} });
-    await db.unsafe(`create schema ${schema}`);
-    try {
-      await seed({ dataDir: "", databaseUrl: dbUrl.toString(), searchPath: schema }, ids);
-      const serverUrl = new URL(dbUrl);
-      serverUrl.searchParams.set("search_path", schema);
-      results.push(await run("PostgreSQL", ids, bare.url, { DATABASE_URL: serverUrl.toString() }));
-    } finally {
-      await db.unsafe(`drop schema ${schema} cascade`);
-      await db.end();
-    }
+    await withBenchSchema(pgUrl, "bench_relay", async (db) => {
+      await seed(db.config, ids);
+      results.push(await run("PostgreSQL", ids, bare.url, db.env));
+    });
   } else if (!pgUrl) console.log("\nPostgreSQL: skipped (set BENCH_DATABASE_URL)");
   for (const r of results) summary(r);
 } finally {

@@ -30,7 +30,7 @@
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import postgres from "postgres";
+import { withBenchSchema } from "./fixtures/pg-schema.ts";
 import type { LoadReply, LoadRequest, PostTarget } from "./fixtures/room-load.ts";
 import { BENCH_PASSWORD } from "./fixtures/server-process.ts";
 
@@ -321,23 +321,9 @@ try {
   if (only !== "postgres") results.push(await run("PGlite", { TETHER_DATA_DIR: join(dataDir, "pglite"), DATABASE_URL: "" }, load, bare, false));
   const pgUrl = process.env.BENCH_DATABASE_URL ?? process.env.TEST_DATABASE_URL;
   if (pgUrl && only !== "pglite") {
-    const admin = postgres(pgUrl, { max: 1, onnotice: () => {} });
-    const [exists] = await admin`select 1 from pg_database where datname = 'bench_rooms'`;
-    if (!exists) await admin.unsafe("create database bench_rooms");
-    await admin.end();
-    const dbUrl = new URL(pgUrl);
-    dbUrl.pathname = "/bench_rooms";
-    const schema = `bench_rooms_${crypto.randomUUID().slice(0, 8)}`;
-    const db = postgres(dbUrl.toString(), { max: 1, onnotice: () => {} });
-    await db.unsafe(`create schema ${schema}`);
-    try {
-      const serverUrl = new URL(dbUrl);
-      serverUrl.searchParams.set("search_path", schema);
-      results.push(await run("PostgreSQL", { DATABASE_URL: serverUrl.toString() }, load, bare, true));
-    } finally {
-      await db.unsafe(`drop schema ${schema} cascade`);
-      await db.end();
-    }
+    await withBenchSchema(pgUrl, "bench_rooms", async (db) => {
+      results.push(await run("PostgreSQL", db.env, load, bare, true));
+    });
   } else if (!pgUrl) console.log("\nPostgreSQL: skipped (set BENCH_DATABASE_URL)");
   for (const r of results) summary(r);
 } finally {
