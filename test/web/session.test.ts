@@ -172,6 +172,23 @@ describe("web session page", () => {
     await screenshot(control, "session-command");
   }, 20_000);
 
+  test("the server killed and started again: the page reconnects by itself and the session works again", async () => {
+    await control.getByRole("tab", { name: "Terminal" }).click();
+    await e2e.kill("SIGKILL");
+    await control.getByText(/Disconnected from the session/).waitFor({ timeout: 10_000 });
+    await e2e.start();
+    // Nobody clicks anything: the page mints a new token and rejoins once the server answers.
+    await control.getByRole("status", { name: "Session state" }).filter({ hasText: /^active/ }).waitFor({ timeout: 30_000 });
+    await control.locator(".term-pane:not([hidden]) .xterm-rows").waitFor({ timeout: 15_000 });
+    await waitForLine(control, (l) => l.trim().length > 0, "a prompt after the restart");
+    await typeInTerminal(control, "echo back-again");
+    await waitForLine(control, (l) => l === "back-again", "output after the restart");
+    // The browser logged the refused connections while the server was down; nothing else.
+    const unexpected = errors.filter((e) => !/ERR_CONNECTION_REFUSED|WebSocket|status of 50[23]|Failed to fetch/.test(e));
+    errors.length = 0;
+    errors.push(...unexpected);
+  }, 60_000);
+
   test("chat reaches every viewer; ending the session tells both pages", async () => {
     await control.getByLabel("Chat message").fill("hello from the console");
     await control.getByRole("button", { name: "Send" }).click();

@@ -1,5 +1,5 @@
 import { useEffect, useRef, useState } from "preact/hooks";
-import { api } from "../api.ts";
+import { api, ApiError } from "../api.ts";
 import { Link, useLocation } from "../router.tsx";
 import { CommandRunner } from "../session/commands.tsx";
 import { FileBrowser } from "../session/files.tsx";
@@ -40,10 +40,20 @@ export function SessionPage(props: { id: string }) {
   const [attempt, setAttempt] = useState(0);
   const [socket, setSocket] = useState<ViewerSocket | null>(null);
   const [error, setError] = useState<unknown>(null);
+  // Failed connection attempts in a row: the server restarting or a standby taking over
+  // (P10) is waited out with capped, jittered backoff, without the technician doing anything.
+  const failures = useRef(0);
+  const retry = () => setAttempt((n) => n + 1);
+  const retryLater = () => {
+    const ceiling = Math.min(10_000, 500 * 2 ** failures.current++);
+    const t = setTimeout(retry, ceiling / 2 + Math.random() * (ceiling / 2));
+    return () => clearTimeout(t);
+  };
 
   useEffect(() => {
     let live = true;
     let s: ViewerSocket | null = null;
+    let cancelRetry = () => {};
     setSocket(null);
     setError(null);
     api<{ url: string }>("POST", `/api/sessions/${props.id}/viewer-token`, { access })
@@ -51,11 +61,20 @@ export function SessionPage(props: { id: string }) {
         if (!live) return;
         s = new ViewerSocket(minted.url);
         await s.ready;
-        if (live) setSocket(s);
+        if (!live) return;
+        failures.current = 0;
+        setSocket(s);
       })
-      .catch((e) => live && setError(e));
+      .catch((e) => {
+        if (!live) return;
+        setError(e);
+        // Unreachable, or a standby answering 503: try again by itself.
+        if (!(e instanceof ApiError) || e.status === 0 || e.status >= 500) cancelRetry = retryLater();
+      });
+
     return () => {
       live = false;
+      cancelRetry();
       s?.close();
     };
   }, [props.id, access, attempt]);
@@ -73,9 +92,9 @@ export function SessionPage(props: { id: string }) {
           </p>
         </div>
       </header>
-      {error !== null && <ErrorBox error={error} retry={() => setAttempt((n) => n + 1)} />}
+      {error !== null && <ErrorBox error={error} retry={retry} />}
       {error === null && !socket && <Loading what="the session" />}
-      {socket && <SessionView key={attempt} socket={socket} sessionId={props.id} machineId={row?.machine_id ?? null} reconnect={() => setAttempt((n) => n + 1)} />}
+      {socket && <SessionView key={attempt} socket={socket} sessionId={props.id} machineId={row?.machine_id ?? null} reconnect={retry} reconnectLater={retryLater} />}
     </section>
   );
 }
@@ -92,7 +111,7 @@ function useSnapshot(socket: ViewerSocket): SessionSnapshot {
   return snap;
 }
 
-function SessionView(props: { socket: ViewerSocket; sessionId: string; machineId: string | null; reconnect(): void }) {
+function SessionView(props: { socket: ViewerSocket; sessionId: string; machineId: string | null; reconnect(): void; reconnectLater(): () => void }) {
   const { socket } = props;
   const snap = useSnapshot(socket);
   const [closed, setClosed] = useState(socket.closeInfo);
@@ -106,6 +125,9 @@ function SessionView(props: { socket: ViewerSocket; sessionId: string; machineId
 
   const joined = snap.joined;
   const ended = snap.state === "ended" || closed?.code === CLOSE_SESSION_ENDED;
+  // A dropped socket (the server restarted, a standby took over, this viewer fell behind) comes
+  // back by itself; the session's channels are listed again by the server on join.
+  useEffect(() => (closed && !ended ? props.reconnectLater() : undefined), [closed, ended]);
   const connected = closed === null && !ended;
   const readOnly = !joined || joined.access !== "control" || !connected;
   const online = connected && snap.state === "active";
@@ -171,8 +193,8 @@ function SessionView(props: { socket: ViewerSocket; sessionId: string; machineId
       )}
       {!ended && closed && (
         <div class="state error" role="alert">
-          Disconnected from the session ({closed.code}{closed.reason ? `: ${closed.reason}` : ""}).{" "}
-          <button type="button" onClick={props.reconnect}>Reconnect</button>
+          Disconnected from the session ({closed.code}{closed.reason ? `: ${closed.reason}` : ""}); reconnecting…{" "}
+          <button type="button" onClick={props.reconnect}>Reconnect now</button>
         </div>
       )}
       <div class="session-grid">
