@@ -22,6 +22,10 @@ const TOUCH_EVERY_MS = 60_000;
 export class CredentialVerifier {
   private readonly cache = new Map<string, Cached>();
   private readonly touched = new Map<string, number>();
+  /** One lookup per credential at a time: requests arriving meanwhile share it (no stampede). */
+  private readonly inflight = new Map<string, Promise<Found | null>>();
+  /** Bumped by every forget: a lookup that started before one is answered but not cached. */
+  private generation = 0;
 
   constructor(
     private readonly db: Queryable,
@@ -36,26 +40,38 @@ export class CredentialVerifier {
     const now = this.now();
     const hit = this.cache.get(hash);
     if (hit && hit.until > now) return { ok: true, principal: hit.principal };
-    const found = isSession ? await this.session(hash) : await this.apiToken(hash);
+    const generation = this.generation;
+    let lookup = this.inflight.get(hash);
+    if (!lookup) {
+      lookup = isSession ? this.session(hash) : this.apiToken(hash);
+      this.inflight.set(hash, lookup);
+      const done = () => void this.inflight.delete(hash);
+      lookup.then(done, done);
+    }
+    const found = await lookup;
     if (!found) {
       this.cache.delete(hash);
       return { ok: false, code: "INVALID_CREDENTIAL" };
     }
     const { principal, expiresAt } = found;
     if (this.cache.size > 50_000) this.cache.clear();
-    // Never cached past the credential's own expiry.
-    this.cache.set(hash, { principal, until: Math.min(now + CACHE_MS, expiresAt) });
+    // Never cached past the credential's own expiry, nor when it may have been revoked meanwhile.
+    if (generation === this.generation) this.cache.set(hash, { principal, until: Math.min(now + CACHE_MS, expiresAt) });
     this.touch(principal, hash);
     return { ok: true, principal };
   }
 
   /** Drops every cached credential of a user (logout-all, disable, password reset, role change). */
   forgetUser(userId: string): void {
+    this.generation++;
+    this.inflight.clear();
     for (const [k, v] of this.cache) if (v.principal.userId === userId) this.cache.delete(k);
   }
 
   /** Drops one cached credential by its id (logout, token revoke). */
   forgetCredential(credentialId: string): void {
+    this.generation++;
+    this.inflight.clear();
     for (const [k, v] of this.cache) if (v.principal.credentialId === credentialId) this.cache.delete(k);
   }
 
