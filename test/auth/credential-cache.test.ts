@@ -14,8 +14,9 @@ beforeAll(async () => {
 });
 afterAll(async () => app?.close());
 
-function counting(db: Queryable) {
-  const c = { queries: 0, db: { query: (sql: string, params?: readonly unknown[]) => (c.queries++, db.query(sql, params)) } as Queryable };
+function counting(db: Queryable): { queries: number; db: Queryable } {
+  const c: { queries: number; db: Queryable } = { queries: 0, db };
+  c.db = { query: (sql, params) => (c.queries++, db.query(sql, params)) } as Queryable;
   return c;
 }
 
