@@ -8,7 +8,8 @@ import { CredentialVerifier } from "./auth/credentials.ts";
 import { ensureFirstAdmin } from "./auth/first-admin.ts";
 import { Limiter } from "./auth/rate-limit.ts";
 import { machineKind } from "./actors/machine.ts";
-import { machineEffects } from "./machines/presence.ts";
+import { machineEffects, Projections } from "./machines/presence.ts";
+import { flushAudit } from "./audit/audit.ts";
 import { Relay } from "./relay/relay.ts";
 import { createRecorder } from "./recordings/factory.ts";
 import { Serial } from "./actors/serial.ts";
@@ -80,6 +81,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     : undefined;
   const system = new ActorSystem({ store, logger, onCommit: metrics.onCommit, fence, ...opts.systemOptions });
   const connections = new AgentConnections(store, config.offlineAfterMs);
+  const projections = new Projections(store, logger);
   const sessionWrites = new Serial();
   const recorder = await createRecorder({ store, log: logger, config });
   const relay = new Relay(system, recorder, logger, { slowViewerBytes: 4 * 1024 * 1024, maxUploadBytes: config.maxUploadBytes });
@@ -90,7 +92,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   hub.onMessage = (roomId, message) => relay.deliverChat(roomId, message);
   relay.chat = (sessionId, tenantId, from, text) => rooms.sessionChat(sessionId, tenantId, from, text);
   const kinds = [
-    machineKind(machineEffects(store, connections, logger)),
+    machineKind(machineEffects(store, connections, logger, projections)),
     sessionKind(sessionEffects(store, relay, logger, sessionWrites, rooms)),
     roomKind(roomEffects(store, hub, roomWrites)),
     ...(opts.kinds ?? []),
@@ -159,6 +161,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
         await app.stop();
         await recorder.stop();
         await system.stop();
+        // Batched writes still waiting: presence, keys' last use, audit events.
+        await projections.flush();
+        await connections.flush();
+        await flushAudit(store);
         await store.close();
         logger.info("stopped cleanly");
       })()),

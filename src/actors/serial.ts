@@ -24,3 +24,52 @@ export class Serial {
     return this.tails.get(key) ?? Promise.resolve();
   }
 }
+
+/**
+ * Group commit for small writes and reads: items handed in while a batch runs go into the next
+ * one, and the first batch waits for the end of the current tick, so a burst becomes a few
+ * statements instead of one per item. One batch at a time, in the order items were handed in.
+ * `run` answers one result per item (in order) or nothing; if it throws, every item of that
+ * batch is rejected with the error. `flush()` resolves once everything handed in so far is done.
+ */
+export class Batcher<T, R = void> {
+  private queue: Array<{ item: T; resolve: (r: R) => void; reject: (e: unknown) => void }> = [];
+  private running: Promise<void> | null = null;
+
+  constructor(
+    private readonly run: (items: T[]) => Promise<R[] | void>,
+    private readonly maxBatch = 1_000,
+  ) {}
+
+  add(item: T): Promise<R> {
+    return new Promise<R>((resolve, reject) => {
+      this.queue.push({ item, resolve, reject });
+      this.running ??= this.loop();
+    });
+  }
+
+  get pending(): number {
+    return this.queue.length;
+  }
+
+  async flush(): Promise<void> {
+    while (this.running) await this.running;
+  }
+
+  private async loop(): Promise<void> {
+    await new Promise<void>((r) => setImmediate(r));
+    try {
+      while (this.queue.length > 0) {
+        const batch = this.queue.splice(0, this.maxBatch);
+        try {
+          const results = await this.run(batch.map((b) => b.item));
+          for (let i = 0; i < batch.length; i++) batch[i]!.resolve(results ? results[i]! : (undefined as R));
+        } catch (err) {
+          for (const b of batch) b.reject(err);
+        }
+      }
+    } finally {
+      this.running = null;
+    }
+  }
+}

@@ -2,7 +2,8 @@ import { monotonicFactory } from "ulid";
 
 // Monotonic: rows written within one millisecond still sort in the order they were written.
 const ulid = monotonicFactory();
-import type { Queryable } from "../store/store.ts";
+import { Batcher } from "../actors/serial.ts";
+import type { Queryable, Store } from "../store/store.ts";
 
 /**
  * The audit log (A7). Every security event, with who did it, to what, from where and when.
@@ -46,24 +47,80 @@ export interface AuditRow {
 const SECRET_LOOKING = /(^|_)(password|secret|key|token|code|otp|totp)$/i;
 const SECRET_VALUE = /\b(tss|tpat|cak|cek)_[0-9a-f]{16,}/;
 
-/** Refuses to write anything that looks like a secret: a bug, not a condition to handle. */
-function assertNoSecrets(details: Record<string, unknown>): void {
+/** Refuses to write anything that looks like a secret: a bug, not a condition to handle. Answers the details as JSON. */
+function assertNoSecrets(details: Record<string, unknown>): string {
   const text = JSON.stringify(details);
   if (SECRET_VALUE.test(text)) throw new Error("audit details must not contain secret material");
   for (const k of Object.keys(details)) {
     if (SECRET_LOOKING.test(k) && !/(_id|_prefix|fingerprint|version|code_hint)$/.test(k)) throw new Error(`audit detail ${k} looks like a secret`);
   }
+  return text;
 }
 
+const INSERT = `insert into audit_events (id, tenant_id, type, outcome, actor_type, actor_id, actor_name, target_type, target_id, ip, correlation_id, details)`;
+type AuditParams = [string, string, string, string, string, string | null, string | null, string | null, string | null, string | null, string | null, string];
+
+const insertOne = (db: Queryable, p: AuditParams) => db.query(`${INSERT} values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb)`, p);
+
+/**
+ * Group commit for the audit log of one store: the events of a burst (5,000 agents connecting)
+ * go in as one multi-row INSERT, one commit, instead of one commit each. `audit()` still
+ * resolves only once its row is committed, and rejects if it could not be: a batch that fails
+ * is retried row by row, so one bad event fails alone and the others still land.
+ */
+class AuditWriter {
+  /** Answers, per row, null once it is committed or the error that kept it out. */
+  readonly batch: Batcher<AuditParams, unknown>;
+
+  constructor(private readonly db: Queryable) {
+    this.batch = new Batcher((rows) => this.write(rows), 500);
+  }
+
+  private async write(rows: AuditParams[]): Promise<unknown[]> {
+    if (rows.length > 1) {
+      try {
+        await this.db.query(
+          `${INSERT}
+           select r.id, r.tenant_id, r.type, r.outcome, r.actor_type, r.actor_id, r.actor_name, r.target_type, r.target_id, r.ip, r.correlation_id, r.details::jsonb
+             from jsonb_to_recordset($1::text::jsonb) as r(id text, tenant_id uuid, type text, outcome text, actor_type text, actor_id text, actor_name text,
+                                                            target_type text, target_id text, ip text, correlation_id text, details text)`,
+          [JSON.stringify(rows.map((p) => ({
+            id: p[0], tenant_id: p[1], type: p[2], outcome: p[3], actor_type: p[4], actor_id: p[5], actor_name: p[6],
+            target_type: p[7], target_id: p[8], ip: p[9], correlation_id: p[10], details: p[11],
+          })))]);
+        return rows.map(() => null);
+      } catch {
+        // One row the database refuses (say, an unknown tenant) must not take the others with
+        // it: the statement wrote nothing, so each row is tried on its own.
+      }
+    }
+    const results: unknown[] = [];
+    for (const p of rows) results.push(await insertOne(this.db, p).then(() => null, (err: unknown) => err ?? new Error("audit insert failed")));
+    return results;
+  }
+}
+
+const writers = new WeakMap<Queryable, AuditWriter>();
+const isStore = (db: Queryable): db is Store => typeof (db as Partial<Store>).transaction === "function";
+
+/**
+ * Writes one audit event; resolves once it is committed. On a store (not inside a caller's
+ * transaction) events are group-committed with the others of the same moment.
+ */
 export async function audit(db: Queryable, e: AuditEvent): Promise<void> {
-  const details = e.details ?? {};
-  assertNoSecrets(details);
-  await db.query(
-    `insert into audit_events (id, tenant_id, type, outcome, actor_type, actor_id, actor_name, target_type, target_id, ip, correlation_id, details)
-     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::text::jsonb)`,
-    [ulid(), e.tenantId, e.type, e.outcome ?? "success", e.actor.type, e.actor.id ?? null, e.actor.name ?? null,
-      e.target?.type ?? null, e.target?.id ?? null, e.ip ?? null, e.correlationId ?? null, JSON.stringify(details)],
-  );
+  const details = assertNoSecrets(e.details ?? {});
+  const params: AuditParams = [ulid(), e.tenantId, e.type, e.outcome ?? "success", e.actor.type, e.actor.id ?? null, e.actor.name ?? null,
+    e.target?.type ?? null, e.target?.id ?? null, e.ip ?? null, e.correlationId ?? null, details];
+  if (!isStore(db)) return void (await insertOne(db, params));
+  let writer = writers.get(db);
+  if (!writer) writers.set(db, (writer = new AuditWriter(db)));
+  const failed = await writer.batch.add(params);
+  if (failed) throw failed;
+}
+
+/** Waits until every audit event handed in so far is committed (or has failed): before a store closes. */
+export async function flushAudit(db: Queryable): Promise<void> {
+  await writers.get(db)?.batch.flush();
 }
 
 export interface AuditQuery {

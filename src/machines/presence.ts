@@ -1,25 +1,16 @@
-import { Serial } from "../actors/serial.ts";
 import type { Effect } from "../actors/types.ts";
 import type { AgentConnections } from "../http/ws/agent-connections.ts";
 import type { Logger } from "../log.ts";
 import { CLOSE } from "../protocol/agent.ts";
-import type { Queryable } from "../store/store.ts";
+import type { Queryable, Store } from "../store/store.ts";
 
 /**
  * The machine actor's effects: its presence and inventory projected onto the machines table
  * (which lists and search read), and superseded connections closed.
  */
-export function machineEffects(db: Queryable, connections: AgentConnections, log: Logger, writes = new Serial()) {
+export function machineEffects(db: Queryable, connections: AgentConnections, log: Logger, projections = new Projections(db, log)) {
   return {
-    // In event order per machine: a quick online → offline must not land as online.
-    "machine.project": (e: Effect) => writes.run(String((e as Record<string, unknown>).machine_id), async () => {
-      const p = e as Effect & { machine_id: string; status: string; last_seen: number | null; inventory: unknown; external_ip: string | null; agent_version: string | null };
-      await db.query(
-        `update machines set status = $2, last_seen_at = case when $3::bigint is null then last_seen_at else to_timestamp($3::bigint / 1000.0) end,
-                inventory = $4::text::jsonb, external_ip = $5, agent_version = $6, updated_at = now()
-          where id = $1`,
-        [p.machine_id, p.status, p.last_seen, JSON.stringify(p.inventory ?? {}), p.external_ip, p.agent_version]);
-    }),
+    "machine.project": (e: Effect) => projections.project(e as unknown as Projection),
     "machine.close": (e: Effect) => {
       const { conn } = e as Effect & { conn: string };
       const socket = connections.get(conn);
@@ -29,4 +20,126 @@ export function machineEffects(db: Queryable, connections: AgentConnections, log
       }
     },
   };
+}
+
+/** What `machine.project` carries (src/actors/machine.ts). */
+export interface Projection {
+  machine_id: string;
+  status: string;
+  last_seen: number | null;
+  inventory: unknown;
+  external_ip: string | null;
+  agent_version: string | null;
+}
+
+/**
+ * The machines rows' presence columns, written from the machine actors' projections.
+ *
+ * A projection is the whole presence of a machine, so only the last one of a machine matters:
+ * projections wait in `pending`, where a newer one of the same machine replaces the older, and
+ * each write takes many machines' in one UPDATE. A machine has at most one write under way, and
+ * its next projection waits for that write to finish, so its projections land in the order its
+ * events were accepted (the actor hands them in after each event's commit, in event order): a
+ * quick online → offline never lands as online. At connect the projections of
+ * `agent.connected` and of the first `status` mostly become one row write, and a storm of 5,000
+ * connects a handful of statements. On PostgreSQL a few writes (of different machines) run at
+ * once; on PGlite, where every statement runs on this thread, one at a time and smaller, so that
+ * the handshakes' statements get their turn in between.
+ */
+export class Projections {
+  private readonly pending = new Map<string, Projection>();
+  private readonly waiters = new Map<string, Array<() => void>>();
+  /** Machines with a write under way. */
+  private readonly writing = new Set<string>();
+  private writes = 0;
+  private scheduled = false;
+  private idle: Array<() => void> = [];
+  private readonly maxBatch: number;
+  private readonly maxWrites: number;
+
+  constructor(
+    private readonly db: Queryable,
+    private readonly log: Logger,
+  ) {
+    const pglite = (db as Partial<Store>).flavor === "pglite";
+    this.maxBatch = pglite ? 200 : 1_000;
+    this.maxWrites = pglite ? 1 : 3;
+  }
+
+  /** Resolves when this projection (or a newer one of the same machine) is written. */
+  project(p: Projection): Promise<void> {
+    this.pending.set(p.machine_id, p);
+    const done = new Promise<void>((resolve) => {
+      const list = this.waiters.get(p.machine_id);
+      if (list) list.push(resolve);
+      else this.waiters.set(p.machine_id, [resolve]);
+    });
+    if (!this.scheduled && this.writes < this.maxWrites) {
+      // The rest of this tick's projections join the write.
+      this.scheduled = true;
+      setImmediate(() => {
+        this.scheduled = false;
+        this.pump();
+      });
+    }
+    return done;
+  }
+
+  /** Resolves once every projection handed in so far is written (or given up on). */
+  flush(): Promise<void> {
+    if (this.pending.size === 0 && this.writes === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idle.push(resolve));
+  }
+
+  private pump(): void {
+    while (this.writes < this.maxWrites) {
+      const batch: Projection[] = [];
+      const done: Array<() => void> = [];
+      for (const [id, p] of this.pending) {
+        if (batch.length >= this.maxBatch) break;
+        if (this.writing.has(id)) continue; // after the write under way
+        batch.push(p);
+        this.pending.delete(id);
+        this.writing.add(id);
+        done.push(...(this.waiters.get(id) ?? []));
+        this.waiters.delete(id);
+      }
+      if (batch.length === 0) break;
+      this.writes++;
+      void this.write(batch).then(() => {
+        this.writes--;
+        for (const p of batch) this.writing.delete(p.machine_id);
+        for (const resolve of done) resolve();
+        this.pump();
+      });
+    }
+    if (this.pending.size === 0 && this.writes === 0) for (const resolve of this.idle.splice(0)) resolve();
+  }
+
+  private async write(batch: Projection[]): Promise<void> {
+    try {
+      await this.update(batch);
+    } catch (err) {
+      if (batch.length === 1) return this.failed(batch, err);
+      // One row the database refuses (an inventory string it cannot store, say) must not keep
+      // the other machines' presence out: the statement wrote nothing, so each is tried alone.
+      for (const p of batch) await this.update([p]).catch((e) => this.failed([p], e));
+    }
+  }
+
+  private update(batch: Projection[]) {
+    return this.db.query(
+      `update machines m
+          set status = r.status,
+              last_seen_at = case when r.last_seen is null then m.last_seen_at else to_timestamp(r.last_seen / 1000.0) end,
+              inventory = coalesce(r.inventory, '{}'::jsonb), external_ip = r.external_ip, agent_version = r.agent_version, updated_at = now()
+         from jsonb_to_recordset($1::text::jsonb) as r(id uuid, status text, last_seen bigint, inventory jsonb, external_ip text, agent_version text)
+        where m.id = r.id`,
+      [JSON.stringify(batch.map((p) => ({ id: p.machine_id, status: p.status, last_seen: p.last_seen, inventory: p.inventory ?? {}, external_ip: p.external_ip, agent_version: p.agent_version })))]);
+  }
+
+  /** The actor is the source of truth and projects again on its next change; as a failed effect was before, this is logged. */
+  private failed(batch: Projection[], err: unknown): void {
+    this.log.error({ err: (err as Error)?.message, machine_ids: batch.map((p) => p.machine_id) }, "machine projection failed");
+  }
 }

@@ -1,0 +1,75 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { audit, flushAudit } from "../../src/audit/audit.ts";
+import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
+import type { Queryable, Store } from "../../src/store/store.ts";
+import { createTestDb, FLAVORS, type TestDb } from "../helpers/stores.ts";
+
+/** The audit log's group commit: fewer commits, and still every event lands, or fails alone. */
+for (const flavor of FLAVORS) {
+  describe(`audit group commit (${flavor})`, () => {
+    let db: TestDb;
+    let store: Store;
+    let statements = 0;
+    /** The store, counting its statements. */
+    let counted: Store;
+    const count = async (type: string) => Number((await store.query<{ n: number }>("select count(*)::int as n from audit_events where type = $1", [type]))[0]!.n);
+
+    beforeAll(async () => {
+      db = await createTestDb(flavor);
+      store = await db.open();
+      counted = Object.assign(Object.create(store), {
+        query: (sql: string, params?: readonly unknown[]) => (statements++, store.query(sql, params)),
+        transaction: store.transaction.bind(store),
+      }) as Store;
+    }, 60_000);
+    afterAll(async () => {
+      await store?.close();
+      await db?.destroy();
+    });
+
+    test("a burst of events is written in a few statements, and each is committed when its audit() resolves", async () => {
+      statements = 0;
+      const type = `test.burst.${crypto.randomUUID()}`;
+      await Promise.all(Array.from({ length: 300 }, (_, i) => audit(counted, { tenantId: DEFAULT_TENANT_ID, type, actor: { type: "agent", id: String(i) }, details: { i } })));
+      expect(await count(type)).toBe(300);
+      expect(statements).toBeLessThanOrEqual(3);
+      const rows = await store.query<{ actor_id: string; details: unknown }>("select actor_id, details from audit_events where type = $1 order by id", [type]);
+      const details = rows.map((r) => (typeof r.details === "string" ? JSON.parse(r.details) : r.details) as { i: number });
+      expect(details.map((d) => d.i)).toEqual(Array.from({ length: 300 }, (_, i) => i));
+      expect(rows.map((r) => r.actor_id)).toEqual(Array.from({ length: 300 }, (_, i) => String(i)));
+    });
+
+    test("an event the database refuses fails alone: the rest of its batch lands", async () => {
+      const type = `test.partial.${crypto.randomUUID()}`;
+      const results = await Promise.allSettled([
+        audit(counted, { tenantId: DEFAULT_TENANT_ID, type, actor: { type: "system" } }),
+        audit(counted, { tenantId: crypto.randomUUID(), type, actor: { type: "system" } }), // no such tenant
+        audit(counted, { tenantId: DEFAULT_TENANT_ID, type, actor: { type: "system" } }),
+      ]);
+      expect(results.map((r) => r.status)).toEqual(["fulfilled", "rejected", "fulfilled"]);
+      expect(await count(type)).toBe(2);
+    });
+
+    test("flushAudit waits for events nobody awaited (as at shutdown)", async () => {
+      const type = `test.flush.${crypto.randomUUID()}`;
+      for (let i = 0; i < 50; i++) void audit(counted, { tenantId: DEFAULT_TENANT_ID, type, actor: { type: "system" } });
+      await flushAudit(counted);
+      expect(await count(type)).toBe(50);
+    });
+
+    test("inside a caller's transaction the event is written there, and rolls back with it", async () => {
+      const type = `test.tx.${crypto.randomUUID()}`;
+      await store.transaction(async (tx: Queryable) => audit(tx, { tenantId: DEFAULT_TENANT_ID, type, actor: { type: "system" } }));
+      expect(await count(type)).toBe(1);
+      await store.transaction(async (tx: Queryable) => {
+        await audit(tx, { tenantId: DEFAULT_TENANT_ID, type, actor: { type: "system" } });
+        throw new Error("roll back");
+      }).catch(() => {});
+      expect(await count(type)).toBe(1);
+    });
+
+    test("secrets are still refused before anything is written", async () => {
+      await expect(audit(counted, { tenantId: DEFAULT_TENANT_ID, type: "test.secret", actor: { type: "system" }, details: { password: "x" } })).rejects.toThrow();
+    });
+  });
+}

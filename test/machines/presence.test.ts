@@ -1,0 +1,169 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { Batcher } from "../../src/actors/serial.ts";
+import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
+import { AgentConnections, type AgentSocket } from "../../src/http/ws/agent-connections.ts";
+import { silentLogger } from "../../src/log.ts";
+import { mintAgentKey } from "../../src/machines/agent-keys.ts";
+import { type Projection, Projections } from "../../src/machines/presence.ts";
+import type { Queryable, Store } from "../../src/store/store.ts";
+import { createTestDb, eventually, FLAVORS, type TestDb } from "../helpers/stores.ts";
+
+/** Presence writes coalesced per machine, the revocation sweep, last_used_at batching. */
+for (const flavor of FLAVORS) {
+  describe(`machine presence writes (${flavor})`, () => {
+    let db: TestDb;
+    let store: Store;
+    let statements: string[] = [];
+    const counted: Queryable = { query: (sql, params) => (statements.push(sql), store.query(sql, params)) };
+    const machine = async () => {
+      const id = crypto.randomUUID();
+      await store.query("insert into machines (id, tenant_id, machine_uid, hostname, public_key) values ($1, $2, $3, 'H', 'pk')", [id, DEFAULT_TENANT_ID, id]);
+      return id;
+    };
+    const row = async (id: string) => (await store.query<{ status: string; inventory: unknown; agent_version: string | null; last_seen_at: Date | string | null }>(
+      "select status, inventory, agent_version, last_seen_at from machines where id = $1", [id]))[0]!;
+    const p = (machine_id: string, status: "online" | "offline", n: number): Projection =>
+      ({ machine_id, status, last_seen: 1_700_000_000_000 + n, inventory: { hostname: `h${n}` }, external_ip: "10.0.0.1", agent_version: `v${n}` });
+
+    beforeAll(async () => {
+      db = await createTestDb(flavor);
+      store = await db.open();
+    }, 60_000);
+    afterAll(async () => {
+      await store?.close();
+      await db?.destroy();
+    });
+
+    test("many projections of one machine end at the last one, in few statements", async () => {
+      const ids = await Promise.all(Array.from({ length: 20 }, machine));
+      const projections = new Projections(counted, silentLogger);
+      statements = [];
+      const done: Promise<void>[] = [];
+      for (let n = 0; n < 50; n++) for (const id of ids) done.push(projections.project(p(id, n % 2 === 0 ? "online" : "offline", n)));
+      await Promise.all(done);
+      expect(statements.length).toBeLessThanOrEqual(2);
+      for (const id of ids) expect(await row(id)).toMatchObject({ status: "offline", agent_version: "v49" });
+    });
+
+    test("a projection handed in while a write runs lands after it: a quick online → offline stays offline", async () => {
+      const id = await machine();
+      const projections = new Projections(counted, silentLogger);
+      for (let n = 0; n < 30; n++) {
+        const first = projections.project(p(id, "online", 2 * n));
+        // Hand the next in once the first write has started.
+        await Bun.sleep(0);
+        await new Promise((r) => setImmediate(r));
+        const second = projections.project(p(id, "offline", 2 * n + 1));
+        await Promise.all([first, second]);
+        expect((await row(id)).status).toBe("offline");
+      }
+      expect(await row(id)).toMatchObject({ agent_version: "v59" });
+    });
+
+    test("one row the database refuses does not keep the others out", async () => {
+      const [a, b] = [await machine(), await machine()];
+      const projections = new Projections(counted, silentLogger);
+      await Promise.all([
+        projections.project(p(a, "online", 1)),
+        projections.project({ ...p(b, "online", 1), inventory: { hostname: "nul\u0000byte" } }),
+      ]);
+      expect((await row(a)).status).toBe("online");
+      expect((await row(b)).status).toBe("offline");
+      await projections.flush();
+    });
+
+    test("flush waits for every projection handed in", async () => {
+      const id = await machine();
+      const projections = new Projections(counted, silentLogger);
+      void projections.project(p(id, "online", 7));
+      await projections.flush();
+      expect(await row(id)).toMatchObject({ status: "online", agent_version: "v7" });
+    });
+
+    describe("agent connections", () => {
+      let connections: AgentConnections;
+      const closed: Array<{ conn: string; code: number }> = [];
+      const live = (machineId: string, keyId: string): AgentSocket => {
+        const s: AgentSocket = { conn: crypto.randomUUID(), machineId, keyId, tenantId: DEFAULT_TENANT_ID, lastSeen: Date.now(), close: (code) => (closed.push({ conn: s.conn, code }), connections.remove(s.conn)) };
+        connections.add(s);
+        return s;
+      };
+      beforeAll(() => {
+        connections = new AgentConnections(store, 60_000);
+        connections.start();
+      });
+      afterAll(() => {
+        connections.stop(4010, "test over");
+      });
+      const closeOf = (s: AgentSocket) => closed.find((c) => c.conn === s.conn)?.code;
+
+      test("a key revoked, a machine removed or sent back to pending by another process: its agent is closed within a second", async () => {
+        const [m1, m2, m3, m4] = [await machine(), await machine(), await machine(), await machine()];
+        const [k1, k2, k3, k4] = await Promise.all([m1, m2, m3, m4].map((m) => mintAgentKey(store, DEFAULT_TENANT_ID, m, null)));
+        const [s1, s2, s3, s4] = [live(m1, k1!.id), live(m2, k2!.id), live(m3, k3!.id), live(m4, k4!.id)];
+        await Bun.sleep(600); // a sweep has run: changes from here on are "since the last sweep"
+        const t0 = Date.now();
+        await store.query("update agent_keys set revoked_at = now() where id = $1", [k1!.id]);
+        await store.transaction(async (tx) => {
+          await tx.query("update machines set deleted_at = now() where id = $1", [m2]);
+          await tx.query("update agent_keys set revoked_at = now() where machine_id = $1", [m2]);
+        });
+        await store.query("update machines set enrollment_state = 'pending' where id = $1", [m3]);
+        await eventually(() => [s1, s2, s3].every((s) => closeOf(s) !== undefined), 1_000, "closed");
+        expect(Date.now() - t0).toBeLessThan(1_000);
+        expect([closeOf(s1), closeOf(s2), closeOf(s3), closeOf(s4)]).toEqual([4004, 4007, 4006, undefined]);
+      });
+
+      test("a revocation committed by a transaction that began before the previous sweep is still seen", async () => {
+        const m = await machine();
+        const k = await mintAgentKey(store, DEFAULT_TENANT_ID, m, null);
+        const s = live(m, k.id);
+        await store.transaction(async (tx) => {
+          await tx.query("update agent_keys set revoked_at = now() where id = $1", [k.id]);
+          await Bun.sleep(700); // now() is this transaction's start, before the sweep that runs meanwhile
+        });
+        await eventually(() => closeOf(s) !== undefined, 1_500, "closed");
+        expect(closeOf(s)).toBe(4004);
+      });
+
+      test("last_used_at is written within a second, for many keys at once, and at flush", async () => {
+        const ms = await Promise.all(Array.from({ length: 10 }, machine));
+        const keys = await Promise.all(ms.map((m) => mintAgentKey(store, DEFAULT_TENANT_ID, m, null)));
+        for (const k of keys) connections.touch(k.id);
+        const used = async () => Number((await store.query<{ n: number }>(
+          "select count(*)::int as n from agent_keys where last_used_at is not null and id in (select jsonb_array_elements_text($1::text::jsonb)::uuid)",
+          [JSON.stringify(keys.map((k) => k.id))]))[0]!.n);
+        await eventually(async () => (await used()) === 10, 2_000, "last_used_at");
+        const m = await machine();
+        const k = await mintAgentKey(store, DEFAULT_TENANT_ID, m, null);
+        connections.touch(k.id);
+        await connections.flush();
+        expect((await store.query<{ last_used_at: unknown }>("select last_used_at from agent_keys where id = $1", [k.id]))[0]!.last_used_at).not.toBeNull();
+      });
+    });
+  });
+}
+
+describe("Batcher", () => {
+  test("a tick's items go in one batch, later ones in the next, in order", async () => {
+    const batches: number[][] = [];
+    const b = new Batcher<number, number>(async (items) => (batches.push(items), await Bun.sleep(5), items.map((i) => i * 2)));
+    const first = Array.from({ length: 5 }, (_, i) => b.add(i));
+    await Bun.sleep(1);
+    const second = Array.from({ length: 3 }, (_, i) => b.add(10 + i));
+    expect(await Promise.all([...first, ...second])).toEqual([0, 2, 4, 6, 8, 20, 22, 24]);
+    expect(batches).toEqual([[0, 1, 2, 3, 4], [10, 11, 12]]);
+  });
+
+  test("a failed batch rejects its own items only; flush waits for everything", async () => {
+    const b = new Batcher<number>(async (items) => {
+      if (items.includes(1)) throw new Error("no");
+    }, 2);
+    const results = await Promise.allSettled([b.add(0), b.add(1), b.add(2)]);
+    expect(results.map((r) => r.status)).toEqual(["rejected", "rejected", "fulfilled"]);
+    let done = false;
+    void b.add(3).then(() => (done = true));
+    await b.flush();
+    expect(done).toBe(true);
+  });
+});
