@@ -20,17 +20,16 @@
  * (c) GET /api/machines?q= latency over 10,000 machines is bench/search.ts.
  *
  * Runs on the embedded database; set BENCH_DATABASE_URL (or TEST_DATABASE_URL) to also run on
- * PostgreSQL. BENCH_AGENTS changes the agent count (default 5,000) for a quick try.
+ * PostgreSQL. BENCH_AGENTS changes the agent count (default 5,000) for a quick try;
+ * BENCH_ONLY=pglite or BENCH_ONLY=postgres runs one database only; BENCH_PROFILE=1 prints the
+ * server's statements (count, total and longest time) after each agent storm.
  */
-import { generateKeyPairSync } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import postgres from "postgres";
-import { displayPrefix, newSecret, sha256Hex } from "../src/auth/secrets.ts";
-import { applySchema } from "../src/store/schema.ts";
-import { openStore, type StoreConfig } from "../src/store/store.ts";
-import type { SwarmIdentity, SwarmReply, SwarmRequest, SwarmStats, WaveResult } from "./fixtures/agent-swarm.ts";
+import { identities, seed } from "./fixtures/agent-keys.ts";
+import type { SwarmReply, SwarmRequest, SwarmStats, WaveResult } from "./fixtures/agent-swarm.ts";
 import { startBenchServer } from "./fixtures/server-process.ts";
 
 const N = Number(process.env.BENCH_AGENTS ?? 5_000);
@@ -44,7 +43,6 @@ const RSS_SAMPLES = 3;
 const STORM_REPS = 2;
 const GOAL_KB = 20;
 const GOAL_STORM_RATIO = 3;
-const TENANT = "00000000-0000-0000-0000-000000000001";
 const ROOT = resolve(import.meta.dir, "..");
 
 type DistOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
@@ -86,39 +84,6 @@ class Swarm {
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
       this.proc.send({ ...req, id });
     });
-  }
-}
-
-/** Ed25519 identities and agent keys, as the swarm needs them and as the database stores them. */
-function identities(n: number) {
-  const swarm: SwarmIdentity[] = [];
-  const machines: Array<{ id: string; uid: string; hostname: string; pk: string; key_id: string; key_hash: string; prefix: string }> = [];
-  for (let i = 0; i < n; i++) {
-    const { publicKey, privateKey } = generateKeyPairSync("ed25519");
-    const raw = publicKey.export({ type: "spki", format: "der" }).subarray(-32);
-    const id = crypto.randomUUID();
-    const key = newSecret("agentKey");
-    swarm.push({ machine_id: id, key, pkcs8: privateKey.export({ type: "pkcs8", format: "der" }).toString("base64") });
-    machines.push({ id, uid: `bench-agent-${i}`, hostname: `AGENT-${String(i).padStart(5, "0")}`, pk: raw.toString("base64"), key_id: crypto.randomUUID(), key_hash: sha256Hex(key), prefix: displayPrefix(key) });
-  }
-  return { swarm, machines };
-}
-
-async function seed(config: StoreConfig, machines: ReturnType<typeof identities>["machines"]) {
-  const store = await openStore(config);
-  try {
-    await applySchema(store);
-    const rows = JSON.stringify(machines);
-    await store.query(
-      `insert into machines (id, tenant_id, machine_uid, hostname, public_key)
-       select (r->>'id')::uuid, $2::uuid, r->>'uid', r->>'hostname', r->>'pk' from jsonb_array_elements($1::text::jsonb) as r`, [rows, TENANT]);
-    await store.query(
-      `insert into agent_keys (id, tenant_id, machine_id, key_hash, prefix)
-       select (r->>'key_id')::uuid, $2::uuid, (r->>'id')::uuid, r->>'key_hash', r->>'prefix' from jsonb_array_elements($1::text::jsonb) as r`, [rows, TENANT]);
-    await store.query("analyze machines");
-    await store.query("analyze agent_keys");
-  } finally {
-    await store.close();
   }
 }
 
@@ -234,6 +199,7 @@ async function run(label: string, swarm: Swarm, env: Record<string, string>) {
     await waitOffline(url);
     await Bun.sleep(SETTLE_MS);
     const a0 = await memory(url, proc.pid);
+    if (process.env.BENCH_PROFILE) await fetch(`${url}/bench/profile`);
     const first = await swarm.call<WaveResult>({ t: "agents", from: 0, to: STEP, waitOnline: STEP });
     await Bun.sleep(SETTLE_MS);
     const a1 = await memory(url, proc.pid);
@@ -271,6 +237,11 @@ async function run(label: string, swarm: Swarm, env: Record<string, string>) {
       await swarm.call({ t: "close", what: "plain" });
       const a = await timed({ t: "agents", from: 0, to: N, waitOnline: N });
       agentStorms.push(a);
+      if (process.env.BENCH_PROFILE) {
+        for (const q of (await (await fetch(`${url}/bench/profile`)).json()) as Array<{ sql: string; n: number; ms: number; max: number }>) {
+          if (q.ms >= 20) console.log(`    sql ${String(q.n).padStart(6)}× ${String(q.ms).padStart(6)} ms (max ${q.max}) ${q.sql}`);
+        }
+      }
       await swarm.call({ t: "close", what: "agents" });
       await waitOffline(url);
       console.log(`  storm ${rep + 1}: plain connects all open ${secs(p.allMs)} (p50 ${secs(p.p50Ms)}; ${cpuOf(p)})`);
@@ -320,14 +291,17 @@ try {
   await swarm.ready;
   await swarm.call({ t: "load", file });
   console.log(`${fmt(N + WARMUP)} identities made and loaded in ${secs(performance.now() - t)}`);
-  const pgData = join(dataDir, "pglite");
-  t = performance.now();
-  await seed({ dataDir: pgData }, machines);
-  console.log(`PGlite seeded in ${secs(performance.now() - t)}`);
-  results.push(await run("PGlite", swarm, { TETHER_DATA_DIR: pgData, DATABASE_URL: "" }));
+  const only = process.env.BENCH_ONLY;
+  if (only !== "postgres") {
+    const pgData = join(dataDir, "pglite");
+    t = performance.now();
+    await seed({ dataDir: pgData }, machines);
+    console.log(`PGlite seeded in ${secs(performance.now() - t)}`);
+    results.push(await run("PGlite", swarm, { TETHER_DATA_DIR: pgData, DATABASE_URL: "" }));
+  }
 
   const pgUrl = process.env.BENCH_DATABASE_URL ?? process.env.TEST_DATABASE_URL;
-  if (pgUrl) {
+  if (pgUrl && only !== "pglite") {
     const schema = `bench_agents_${crypto.randomUUID().slice(0, 8)}`;
     const admin = postgres(pgUrl, { max: 1, onnotice: () => {} });
     await admin.unsafe(`create schema ${schema}`);

@@ -30,16 +30,14 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { unpack } from "msgpackr";
 import { withBenchSchema } from "./fixtures/pg-schema.ts";
 import { displayPrefix, newSecret, sha256Hex } from "../src/auth/secrets.ts";
-import { encodeOutbound } from "../src/agent/session/wire.ts";
-import { encode, PROTOCOL_VERSION } from "../src/protocol/agent.ts";
-import { channelOf, DATA_HEADER, dataFrame } from "../src/protocol/frames.ts";
+import { dataFrame } from "../src/protocol/frames.ts";
 import { parseCast, replayOutput } from "../src/recordings/asciicast.ts";
 import { applySchema } from "../src/store/schema.ts";
 import { openStore, type StoreConfig } from "../src/store/store.ts";
 import { BENCH_PASSWORD } from "./fixtures/server-process.ts";
+import { Api, End, type Identity, openTerminal, closeTerminal, type TetherSession, tetherSession, typing } from "./fixtures/relay-clients.ts";
 
 const QUICK = process.env.BENCH_QUICK === "1";
 const MiB = 1024 * 1024;
@@ -83,153 +81,6 @@ const framesFor = (channel: number) => {
 function expectedOutput(): string {
   const text = new TextDecoder().decode(TEXT);
   return text.repeat(Math.floor(TOTAL / TEXT.length)) + text.slice(0, TOTAL % TEXT.length);
-}
-
-// ---- sockets ------------------------------------------------------------------------------------
-
-/** A WebSocket end: data frames counted (and handed to onData), control messages kept. */
-class End {
-  readonly ws: WebSocket;
-  readonly opened: Promise<void>;
-  readonly messages: any[] = [];
-  received = 0;
-  onData: ((frame: Uint8Array) => void) | null = null;
-  onControl: ((m: any) => void) | null = null;
-  closed = false;
-  private wakers: Array<() => void> = [];
-
-  constructor(url: string) {
-    this.ws = new WebSocket(url);
-    this.ws.binaryType = "arraybuffer";
-    this.opened = new Promise((resolve, reject) => {
-      this.ws.onopen = () => resolve();
-      this.ws.onerror = () => reject(new Error(`websocket error: ${url.replace(/token=[^&]+/, "token=…")}`));
-    });
-    this.ws.onmessage = (e) => {
-      const frame = new Uint8Array(e.data as ArrayBuffer);
-      if (frame.byteLength >= DATA_HEADER && frame[0] === 0) {
-        this.received += frame.byteLength - DATA_HEADER;
-        this.onData?.(frame);
-        return;
-      }
-      const m = unpack(frame);
-      this.messages.push(m);
-      this.onControl?.(m);
-      for (const w of this.wakers.splice(0)) w();
-    };
-    this.ws.onclose = (e) => {
-      this.closed = true;
-      this.messages.push({ t: "closed", code: e.code, reason: e.reason });
-      for (const w of this.wakers.splice(0)) w();
-    };
-  }
-
-  send(frame: Uint8Array): void {
-    this.ws.send(frame as Uint8Array<ArrayBuffer>);
-  }
-
-  async waitFor(pred: (m: any) => boolean, what: string, ms = 15_000): Promise<any> {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      const i = this.messages.findIndex(pred);
-      if (i >= 0) return this.messages.splice(i, 1)[0];
-      if (this.closed) throw new Error(`closed before ${what}: ${JSON.stringify(this.messages.slice(-3))}`);
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-      await new Promise<void>((r) => {
-        this.wakers.push(r);
-        setTimeout(r, 100);
-      });
-    }
-  }
-
-  close(): void {
-    if (!this.closed) this.ws.close(1000, "bench");
-  }
-}
-
-interface Identity {
-  machineId: string;
-  key: string;
-  privateKey: CryptoKey;
-  publicKey: string;
-}
-
-/** A simulated agent on /ws/agent: the real handshake, then sessions and terminal channels. */
-class Agent extends End {
-  /** Echo what viewers type, as a PTY with echo on does. */
-  echo = false;
-  readonly welcomed: Promise<void>;
-
-  constructor(url: string, id: Identity) {
-    super(`${url.replace(/^http/, "ws")}/ws/agent`);
-    let welcome!: () => void;
-    this.welcomed = new Promise((r) => (welcome = r));
-    void this.opened.then(() => this.send(encode({ t: "hello", machine_id: id.machineId, key: id.key, agent_version: "bench-relay", protocol: PROTOCOL_VERSION })));
-    this.onControl = (m) => {
-      if (m.t === "challenge") {
-        void crypto.subtle.sign({ name: "Ed25519" }, id.privateKey, new Uint8Array(m.nonce)).then((sig) => this.send(encode({ t: "proof", signature: new Uint8Array(sig) })));
-      } else if (m.t === "welcome") welcome();
-      else if (m.t === "ch.open") this.send(encodeOutbound({ t: "ch.opened", channel: m.channel }));
-      else if (m.t === "ch.close") this.send(encodeOutbound({ t: "ch.closed", channel: m.channel, reason: "closed" }));
-      this.messages.length = 0; // nothing waits on the agent's messages
-    };
-    this.onData = (frame) => {
-      if (this.echo) this.send(frame);
-    };
-  }
-}
-
-// ---- the Tether side ----------------------------------------------------------------------------
-
-class Api {
-  token = "";
-  constructor(readonly url: string) {}
-  async call(method: string, path: string, body?: unknown): Promise<any> {
-    const res = await fetch(`${this.url}${path}`, {
-      method,
-      headers: { ...(this.token ? { authorization: `Bearer ${this.token}` } : {}), ...(body ? { "content-type": "application/json" } : {}) },
-      body: body ? JSON.stringify(body) : undefined,
-    });
-    const text = await res.text();
-    if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text.slice(0, 300)}`);
-    return text ? JSON.parse(text) : null;
-  }
-}
-
-interface TetherSession {
-  id: string;
-  agent: Agent;
-  viewers: End[];
-}
-
-async function tetherSession(api: Api, id: Identity, viewers: number): Promise<TetherSession> {
-  const agent = new Agent(api.url, id);
-  await agent.welcomed;
-  const s = await api.call("POST", "/api/sessions", { machine_id: id.machineId });
-  const vs: End[] = [];
-  for (let i = 0; i < viewers; i++) {
-    const { token } = await api.call("POST", `/api/sessions/${s.id}/viewer-token`, { access: i === 0 ? "control" : "view" });
-    const v = new End(`${api.url.replace(/^http/, "ws")}/ws/viewer?session=${s.id}&token=${encodeURIComponent(token)}`);
-    await v.opened;
-    await v.waitFor((m) => m.t === "joined", "joined");
-    vs.push(v);
-  }
-  return { id: s.id, agent, viewers: vs };
-}
-
-let reqs = 0;
-/** A new terminal: the control viewer asks, the agent opens it; every viewer learns its channel. */
-async function openTerminal(s: TetherSession): Promise<number> {
-  const req = `t${++reqs}`;
-  s.viewers[0]!.send(encode({ t: "term.open", req, cols: 200, rows: 50 } as never));
-  const opened = await s.viewers[0]!.waitFor((m) => m.t === "ch.opened" && m.req === req, "ch.opened");
-  for (const v of s.viewers.slice(1)) await v.waitFor((m) => m.t === "ch.opened" && m.channel === opened.channel, "ch.opened (watcher)");
-  return opened.channel;
-}
-
-async function closeTerminal(s: TetherSession, channel: number): Promise<void> {
-  s.agent.send(encodeOutbound({ t: "ch.closed", channel, reason: "exit", exit_code: 0 }));
-  for (const v of s.viewers) await v.waitFor((m) => m.t === "ch.closed" && m.channel === channel, "ch.closed");
 }
 
 // ---- the bare side ------------------------------------------------------------------------------
@@ -285,35 +136,6 @@ const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, 
 const fmt = (n: number, d = 1) => n.toLocaleString("en-US", { minimumFractionDigits: d, maximumFractionDigits: d });
 const best = (xs: number[]) => Math.min(...xs);
 const range = (xs: number[]) => `${fmt(mibps(Math.max(...xs)), 0)}–${fmt(mibps(Math.min(...xs)), 0)}`;
-
-/** Each session types one key every TYPE_MS (random phase) for `ms`; round trips in ms. */
-async function typing(pairs: Array<{ viewer: End; channel: number }>, ms: number): Promise<number[]> {
-  const rtts: number[] = [];
-  const timers: Array<ReturnType<typeof setTimeout>> = [];
-  let recording = false;
-  for (const { viewer, channel } of pairs) {
-    const key = dataFrame(channel, "k");
-    const stamps: number[] = [];
-    viewer.onData = (frame) => {
-      if (channelOf(frame) !== channel) return;
-      const t = stamps.shift();
-      if (t !== undefined && recording) rtts.push(performance.now() - t);
-    };
-    const tick = () => {
-      stamps.push(performance.now());
-      viewer.send(key);
-    };
-    timers.push(setTimeout(() => timers.push(setInterval(tick, TYPE_MS)), Math.random() * TYPE_MS));
-  }
-  await Bun.sleep(WARM_MS);
-  recording = true;
-  await Bun.sleep(ms);
-  recording = false;
-  for (const t of timers) clearInterval(t);
-  await Bun.sleep(200);
-  for (const { viewer } of pairs) viewer.onData = null;
-  return rtts;
-}
 
 // ---- processes and databases --------------------------------------------------------------------
 
@@ -515,9 +337,9 @@ async function run(label: string, ids: Identity[], bareUrl: string, env: Record<
     console.log(`  ${SESSIONS} sessions with a terminal each set up in ${fmt((performance.now() - t0) / 1000, 1)} s`);
     for (let round = 0; round < LATENCY_ROUNDS; round++) {
       await quiet(proc.pid);
-      const b = await typing(pipes, LATENCY_MS);
+      const b = await typing(pipes, LATENCY_MS, TYPE_MS, WARM_MS);
       await quiet(proc.pid);
-      const t = await typing(many, LATENCY_MS);
+      const t = await typing(many, LATENCY_MS, TYPE_MS, WARM_MS);
       r.bareRtt.push(...b);
       r.tetherRtt.push(...t);
       const s = (xs: number[]) => {
