@@ -47,6 +47,8 @@ export interface ServerOptions {
    */
   lease?: { fence(tx: Queryable): Promise<void> };
   onLeaseLost?: (err: Error) => void;
+  /** With a lease: whether it was renewed recently (/readyz is 503 otherwise). */
+  leaseFresh?: () => boolean;
 }
 
 export interface RunningServer {
@@ -134,7 +136,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   // Bun caps WebSocket frames server-wide: the agent's 4 MiB; smaller caps are per socket.
   let app = new Elysia({ websocket: { maxPayloadLength: MAX_AGENT_FRAME } })
     .use(errorHandling(logger))
-    .use(health({ system, store, metrics, role: () => "primary" }))
+    .use(health({ system, store, metrics, role: () => "primary", leaseFresh: opts.leaseFresh }))
     .use(api(deps))
     .use(webViewer(config.webDist));
   for (const route of opts.routes ?? []) app = app.use(route(system));

@@ -23,7 +23,7 @@ export class CredentialVerifier {
   private readonly cache = new Map<string, Cached>();
   private readonly touched = new Map<string, number>();
   /** One lookup per credential at a time: requests arriving meanwhile share it (no stampede). */
-  private readonly inflight = new Map<string, Promise<Found | null>>();
+  private readonly inflight = new Map<string, { lookup: Promise<Found | null>; startedAt: number }>();
   /** Bumped by every forget: a lookup that started before one is answered but not cached. */
   private generation = 0;
 
@@ -41,14 +41,14 @@ export class CredentialVerifier {
     const hit = this.cache.get(hash);
     if (hit && hit.until > now) return { ok: true, principal: hit.principal };
     const generation = this.generation;
-    let lookup = this.inflight.get(hash);
-    if (!lookup) {
-      lookup = isSession ? this.session(hash) : this.apiToken(hash);
-      this.inflight.set(hash, lookup);
+    let shared = this.inflight.get(hash);
+    if (!shared) {
+      shared = { lookup: isSession ? this.session(hash) : this.apiToken(hash), startedAt: now };
+      this.inflight.set(hash, shared);
       const done = () => void this.inflight.delete(hash);
-      lookup.then(done, done);
+      shared.lookup.then(done, done);
     }
-    const found = await lookup;
+    const found = await shared.lookup;
     if (!found) {
       this.cache.delete(hash);
       return { ok: false, code: "INVALID_CREDENTIAL" };
@@ -56,7 +56,8 @@ export class CredentialVerifier {
     const { principal, expiresAt } = found;
     if (this.cache.size > 50_000) this.cache.clear();
     // Never cached past the credential's own expiry, nor when it may have been revoked meanwhile.
-    if (generation === this.generation) this.cache.set(hash, { principal, until: Math.min(now + CACHE_MS, expiresAt) });
+    // Cached for a second from when the database was asked, not from when this request joined.
+    if (generation === this.generation) this.cache.set(hash, { principal, until: Math.min(shared.startedAt + CACHE_MS, expiresAt) });
     this.touch(principal, hash);
     return { ok: true, principal };
   }

@@ -39,22 +39,28 @@ export async function runClustered(config: Config, log: Logger, onStandby: (url:
     process.exit(70);
   };
   let lastRenewed = Date.now();
+  let renewing = false;
   const renewal = setInterval(() => {
+    // Checked on every tick, so a renewal that hangs (a dead connection) cannot keep a stale
+    // primary alive past the lease's time to live.
+    if (Date.now() - lastRenewed > config.leaseTtlMs) return lost(new LeaseLostError(`the lease was not renewed within its ${config.leaseTtlMs} ms`));
+    if (renewing) return;
+    renewing = true;
     lease.renew().then(
       (ok) => (ok ? (lastRenewed = Date.now()) : lost(new LeaseLostError("the lease expired or was taken over"))),
-      (err: Error) => {
-        log.warn({ err: err.message }, "lease renewal failed; retrying");
-        if (Date.now() - lastRenewed > config.leaseTtlMs) lost(new LeaseLostError(`could not renew the lease within its ${config.leaseTtlMs} ms: ${err.message}`));
-      },
-    );
+      (err: Error) => log.warn({ err: err.message }, "lease renewal failed; retrying"),
+    ).finally(() => (renewing = false));
   }, Math.max(50, Math.floor(config.leaseTtlMs / 4)));
+  // Ready only while the lease is fresh: a load balancer stops sending work before it expires.
+  const leaseFresh = () => Date.now() - lastRenewed < config.leaseTtlMs / 2;
 
-  const server = await startServer({ config: { ...config, port }, logger: log, lease, onLeaseLost: lost });
+  const server = await startServer({ config: { ...config, port }, logger: log, lease, onLeaseLost: lost, leaseFresh });
   return {
     server,
     stop: async () => {
-      clearInterval(renewal);
+      // Renewals go on while the server drains and flushes: its last writes are fenced too.
       await server.stop();
+      clearInterval(renewal);
       await lease.release().catch((err: Error) => log.warn({ err: err.message }, "could not release the lease; a standby takes over when it expires"));
       await leaseStore.close();
     },

@@ -8,7 +8,7 @@ import type { Store } from "../store/store.ts";
  * recovery is done (failed actors are listed, and do not make the whole server unready);
  * `/metrics` is Prometheus text.
  */
-export const health = (deps: { system: ActorSystem; store: Store; metrics: RuntimeMetrics; role: () => string }) =>
+export const health = (deps: { system: ActorSystem; store: Store; metrics: RuntimeMetrics; role: () => string; leaseFresh?: () => boolean }) =>
   new Elysia({ name: "health" })
     .get("/healthz", () => ({ status: "ok" }))
     .get("/readyz", async ({ set }) => {
@@ -16,12 +16,13 @@ export const health = (deps: { system: ActorSystem; store: Store; metrics: Runti
         deps.store.query("select 1").then(() => true, () => false),
         Bun.sleep(2_000).then(() => false),
       ]);
-      const ready = storeOk && deps.system.ready;
+      const leaseOk = deps.leaseFresh?.() ?? true;
+      const ready = storeOk && deps.system.ready && leaseOk;
       set.status = ready ? 200 : 503;
       return {
         status: ready ? "ready" : "unavailable",
         role: deps.role(),
-        checks: { store: storeOk ? "ok" : "unreachable", recovery: deps.system.ready ? "done" : "pending" },
+        checks: { store: storeOk ? "ok" : "unreachable", recovery: deps.system.ready ? "done" : "pending", ...(deps.leaseFresh ? { lease: leaseOk ? "held" : "not renewed" } : {}) },
         failed_actors: deps.system.failedActors(),
       };
     })

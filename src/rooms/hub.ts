@@ -83,10 +83,12 @@ export interface HubOptions {
   socketLimitBytes: number;
   /** Use topics for WebSocket subscribers that offer them. */
   topics: boolean;
+  /** Rooms without history and without subscribers whose recent messages stay in memory. */
+  maxIdleRecentRooms: number;
 }
 const DEFAULTS: HubOptions = {
   maxBacklogBytes: 1024 * 1024, historyStallMs: 30_000, maxCatchUpBuffer: 10_000, recentKept: 1_000, historyPage: 500,
-  socketLimitBytes: 16 * 1024 * 1024, topics: true,
+  socketLimitBytes: 16 * 1024 * 1024, topics: true, maxIdleRecentRooms: 1_000,
 };
 /** The largest frame: a 16 KiB body of control characters is 96 KiB of JSON; ciphertext and the rest fit too. */
 const MAX_FRAME_BYTES = 128 * 1024;
@@ -220,6 +222,12 @@ export class RoomHub {
     if (sub.backlog() > this.o.maxBacklogBytes) this.drop(roomId, room, sub);
   }
 
+  /** Ends one subscriber's stream with a reason (e.g. it turned out not to be a member). */
+  end(roomId: string, sub: Subscriber, code: number, reason: string): void {
+    const room = this.rooms.get(roomId);
+    if (room && (room.live.has(sub) || room.catchingUp.has(sub))) this.remove(roomId, room, sub, code, reason);
+  }
+
   /** The subscriber went away by itself (socket closed, stream cancelled). */
   unsubscribe(roomId: string, sub: Subscriber): void {
     const room = this.rooms.get(roomId);
@@ -339,14 +347,39 @@ export class RoomHub {
   }
 
   private maybeForget(roomId: string, room: RoomState): void {
-    // Rooms without history keep their recent messages while the process lives: a dropped
+    // Rooms without history keep their recent messages while there is room for them: a dropped
     // stream resumes from them. Persisted rooms are re-read from the table.
     if (room.persist && room.live.size === 0 && room.catchingUp.size === 0) this.rooms.delete(roomId);
   }
 
+  /**
+   * Rooms without history hold their last messages in memory; past `maxIdleRecentRooms` of them
+   * with nobody subscribed, the least recently used are forgotten (a stream resuming there gets
+   * EVENT_NOT_FOUND and starts from now).
+   */
+  private evictIdleRecent(): void {
+    const idle = (r: RoomState) => !r.persist && r.live.size === 0 && r.catchingUp.size === 0;
+    let n = 0;
+    for (const r of this.rooms.values()) if (idle(r)) n++;
+    // Map order is insertion order, and `state` re-inserts on use: the first idle ones are the oldest.
+    for (const [id, r] of this.rooms) {
+      if (n <= this.o.maxIdleRecentRooms) return;
+      if (idle(r)) {
+        this.rooms.delete(id);
+        n--;
+      }
+    }
+  }
+
   private state(roomId: string, persist: boolean): RoomState {
     let room = this.rooms.get(roomId);
+    if (room && !persist) {
+      // Most recently used last, for evictIdleRecent.
+      this.rooms.delete(roomId);
+      this.rooms.set(roomId, room);
+    }
     if (!room) {
+      if (!persist && this.rooms.size > this.o.maxIdleRecentRooms) this.evictIdleRecent();
       room = {
         live: new Set(), direct: new Set(), viaTopic: new Set(), topic: `room:${this.id}:${roomId}`, publisher: null, topicBytes: 0, tickBytes: 0,
         catchingUp: new Map(), recent: [], persist,

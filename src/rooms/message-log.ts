@@ -136,20 +136,24 @@ export class MessageLog {
       : await insertMessages(this.db, rows);
     this.stats.batches++;
     this.stats.messages += rows.length;
-    const out: Appended[] = [];
+    // Committed: from here nothing may throw (the caller would write the batch again). Written
+    // rows are published and answered in id order; a duplicate whose stored row cannot be read
+    // fails alone.
     for (let i = 0; i < rows.length; i++) {
       const row = rows[i]!;
+      const p = batch[i]!;
       if (written.has(row.id)) {
-        out.push({ message: row, duplicate: false });
+        this.publish(p.roomId, row, true);
+        p.resolve({ message: row, duplicate: false });
         continue;
       }
-      const stored = row.client_id ? await messageByClientId(this.db, row.room_id, row.sender, row.client_id) : null;
-      if (!stored) throw new Error(`room ${row.room_id}: message ${row.id} was neither written nor found by client id`);
-      out.push({ message: stored, duplicate: true });
-    }
-    for (let i = 0; i < out.length; i++) {
-      if (!out[i]!.duplicate) this.publish(batch[i]!.roomId, out[i]!.message, true);
-      batch[i]!.resolve(out[i]!);
+      try {
+        const stored = row.client_id ? await messageByClientId(this.db, row.room_id, row.sender, row.client_id) : null;
+        if (!stored) throw new Error(`room ${row.room_id}: message ${row.id} was neither written nor found by client id`);
+        p.resolve({ message: stored, duplicate: true });
+      } catch (err) {
+        p.reject(err as Error);
+      }
     }
   }
 

@@ -1,9 +1,9 @@
 import type { Serial } from "../actors/serial.ts";
 import type { ActorSystem } from "../actors/system.ts";
 import { isCiphertext, verifyMessage } from "../protocol/room-crypto.ts";
-import { MAX_BODY_BYTES, SIGNED_TS_SKEW_MS, type PostMessageRequest, type RoomMessage } from "../protocol/rooms.ts";
+import { MAX_BODY_BYTES, ROOM_CLOSE, SIGNED_TS_SKEW_MS, type PostMessageRequest, type RoomMessage } from "../protocol/rooms.ts";
 import type { Queryable } from "../store/store.ts";
-import type { RoomHub } from "./hub.ts";
+import type { RoomHub, Subscriber } from "./hub.ts";
 import type { Appended, MessageLog } from "./message-log.ts";
 import type { NewMember, RoomContext } from "./room.ts";
 import { userKeys } from "./rooms.ts";
@@ -55,6 +55,18 @@ export class Rooms {
     if (!c) throw new RoomError(404, "ROOM_NOT_FOUND", "no such room");
     if (!c.members[member]) throw new RoomError(403, "NOT_A_MEMBER", "only the room's members read or post in it");
     return c;
+  }
+
+  /**
+   * Subscribes `sub` and then checks membership again: a removal that landed between the
+   * route's check and this registration did not see the new subscriber, so it is closed here
+   * (a removal after the registration closes it through the hub).
+   */
+  async subscribe(room: RoomContext, sub: Subscriber, after: string | null): Promise<void> {
+    const reading = this.hub.subscribe(room.id, sub, after, room.policy.persist);
+    const now = await this.context(room.tenantId ?? "", room.id).catch(() => null);
+    if (!now?.members[sub.member]) this.hub.end(room.id, sub, ROOM_CLOSE.NOT_A_MEMBER, "not_a_member");
+    await reading;
   }
 
   async ask(id: string, event: Record<string, unknown> & { type: string }): Promise<{ ok: boolean; code?: string; epoch?: number; existed?: boolean }> {

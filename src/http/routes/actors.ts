@@ -21,7 +21,7 @@ export const actorRoutes = (deps: AppDeps) =>
     .use(requestContext(deps))
     .get("/api/actors/:kind/:id/timeline", async (ctx) => {
       const me = await authorize(ctx, "actors:read");
-      const table = OWNER_TABLE[ctx.params.kind];
+      const table = Object.hasOwn(OWNER_TABLE, ctx.params.kind) ? OWNER_TABLE[ctx.params.kind] : undefined;
       if (!table) throw new HttpError(404, "ACTOR_NOT_FOUND", `no actor kind ${JSON.stringify(ctx.params.kind)}; kinds: ${Object.keys(OWNER_TABLE).join(", ")}`);
       const [owned] = await deps.store.query(`select 1 from ${table} where id = $1 and tenant_id = $2`, [ctx.params.id, me.tenantId]);
       if (!owned) throw new HttpError(404, "ACTOR_NOT_FOUND", "no such actor");

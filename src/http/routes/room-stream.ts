@@ -41,7 +41,7 @@ export function roomStream(deps: AppDeps, room: RoomContext, member: string, aft
       };
       push(": connected\n\n");
       heartbeat = setInterval(() => push(": ping\n\n"), deps.config.roomHeartbeatMs);
-      deps.rooms.hub.subscribe(room.id, sub, after, room.policy.persist).catch((err: Error) => {
+      deps.rooms.subscribe(room, sub!, after).catch((err: Error) => {
         deps.log.warn({ room_id: room.id, err: err.message }, "room stream failed while reading history");
         sub?.close(1011, "internal_error");
       });

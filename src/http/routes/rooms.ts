@@ -9,7 +9,7 @@ import {
   SealedKey, SetKeysRequest, UserKeys, UserKeysRequest,
 } from "../../protocol/rooms.ts";
 import { RoomError } from "../../rooms/service.ts";
-import { getRoom, listRooms, messageExists, messagesAfter, publicRoom, roomMembers, sealedKeysOf, setUserKeys, userKeys } from "../../rooms/rooms.ts";
+import { getRoom, listRooms, messageExists, messagesAfter, publicRoom, roomMembers, sealedKeysOf, setUserKeys, storeSealedKeys, userKeys } from "../../rooms/rooms.ts";
 import { actorOf, authorize, requestContext } from "../context.ts";
 import type { AppDeps } from "../deps.ts";
 import { HttpError } from "../errors.ts";
@@ -44,6 +44,11 @@ export const roomRoutes = (deps: AppDeps) => {
     const row = await getRoom(deps.store, me.tenantId, me.userId, id);
     if (!row) throw new HttpError(404, "ROOM_NOT_FOUND", "no such room");
     return { ...publicRoom(row), members: await roomMembers(deps.store, id) };
+  };
+
+  const missingKeys = async (roomId: string, epoch: number, members: string[]) => {
+    const [row] = await deps.store.query<{ n: number }>("select count(*)::int as n from room_keys where room_id = $1 and epoch = $2", [roomId, epoch]);
+    return (row?.n ?? 0) < members.length;
   };
 
   return new Elysia({ name: "room-routes" })
@@ -105,6 +110,15 @@ export const roomRoutes = (deps: AppDeps) => {
       const room = await guard(rooms.forMember(me.tenantId, ctx.params.id, me.userId));
       for (const sealed of Object.values(ctx.body.sealed)) if (!isSealedKey(sealed)) throw new HttpError(400, "MALFORMED_SEALED_KEY", "a sealed key is base64url of 92 bytes");
       const reply = await rooms.ask(room.id, { type: "keys.set", epoch: ctx.body.epoch, sealed: ctx.body.sealed, by: me.userId });
+      if (!reply.ok && reply.code === "EPOCH_ALREADY_KEYED" && ctx.body.epoch === room.epoch && (await missingKeys(room.id, room.epoch, Object.keys(room.members)))) {
+        // The actor took the epoch but its sealed keys were never stored (the effect failed, or
+        // the process died in between): the same upload, covering every member, repairs it.
+        const want = Object.keys(room.members).sort();
+        const got = Object.keys(ctx.body.sealed).sort();
+        if (want.length !== got.length || want.some((m, i) => m !== got[i])) throw refused("KEYS_MUST_COVER_MEMBERS");
+        await storeSealedKeys(deps.store, room.id, room.epoch, ctx.body.sealed);
+        return withMembers(me, room.id);
+      }
       if (!reply.ok) throw refused(reply.code);
       return withMembers(me, room.id);
     }, { params: IdParams, body: SetKeysRequest, response: { 200: RoomWithMembers }, detail: { tags, summary: "Store the epoch's room key sealed to every member (encrypted rooms; the server cannot open it)" } })

@@ -62,7 +62,7 @@ export const roomSocket = (deps: AppDeps) => {
       };
       subs.set(raw, sub);
       (ws.data as { roomId?: string }).roomId = a.room.id;
-      deps.rooms.hub.subscribe(a.room.id, sub, a.after, a.room.policy.persist).catch((err: Error) => {
+      deps.rooms.subscribe(a.room, sub, a.after).catch((err: Error) => {
         deps.log.warn({ room_id: a.room.id, err: err.message }, "room socket failed while reading history");
         raw.close(1011, "internal_error");
       });
