@@ -29,7 +29,8 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import postgres from "postgres";
 import { identities, seed } from "./fixtures/agent-keys.ts";
-import type { SwarmReply, SwarmRequest, SwarmStats, WaveResult } from "./fixtures/agent-swarm.ts";
+import type { SwarmRequest, SwarmStats, WaveResult } from "./fixtures/agent-swarm.ts";
+import { Child, type DistOmit } from "./fixtures/ipc-child.ts";
 import { startBenchServer } from "./fixtures/server-process.ts";
 
 const N = Number(process.env.BENCH_AGENTS ?? 5_000);
@@ -45,47 +46,9 @@ const GOAL_KB = 20;
 const GOAL_STORM_RATIO = 3;
 const ROOT = resolve(import.meta.dir, "..");
 
-type DistOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
-
 /** The agents' process, driven one request at a time over IPC. */
-class Swarm {
-  private next = 1;
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  readonly proc: ReturnType<typeof Bun.spawn>;
-  readonly ready: Promise<unknown>;
-
-  constructor() {
-    let ready!: (v: unknown) => void;
-    let failed!: (e: Error) => void;
-    this.ready = new Promise((resolve, reject) => ((ready = resolve), (failed = reject)));
-    this.pending.set(0, { resolve: ready, reject: failed });
-    this.proc = Bun.spawn([process.execPath, join(ROOT, "bench/fixtures/agent-swarm.ts")], {
-      cwd: ROOT,
-      stdout: "inherit",
-      stderr: "inherit",
-      serialization: "json",
-      ipc: (message: SwarmReply) => {
-        const waiter = this.pending.get(message.id);
-        this.pending.delete(message.id);
-        if ("error" in message) waiter?.reject(new Error(`swarm: ${message.error}`));
-        else waiter?.resolve(message.result);
-      },
-    });
-    // If the agents' process dies, fail whatever waits on it instead of hanging.
-    void this.proc.exited.then((code) => {
-      for (const waiter of this.pending.values()) waiter.reject(new Error(`swarm exited with ${code}`));
-      this.pending.clear();
-    });
-  }
-
-  call<T>(req: DistOmit<SwarmRequest, "id">): Promise<T> {
-    const id = this.next++;
-    return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
-      this.proc.send({ ...req, id });
-    });
-  }
-}
+type Swarm = Child<SwarmRequest>;
+const newSwarm = (): Swarm => new Child<SwarmRequest>("swarm", "bench/fixtures/agent-swarm.ts");
 
 const rssKb = (pid: number) => Number(readFileSync(`/proc/${pid}/status`, "utf8").match(/VmRSS:\s+(\d+) kB/)![1]);
 /** utime + stime of a process, in seconds (clock ticks of 1/100 s). */
@@ -281,7 +244,7 @@ const limit = Number(readFileSync("/proc/self/limits", "utf8").match(/Max open f
 if (limit && limit < N + WARMUP + 500) throw new Error(`open files limit ${limit} is too low for ${N} sockets: raise it (ulimit -n 65536)`);
 
 const dataDir = mkdtempSync(join(tmpdir(), "tether-bench-agents-"));
-const swarm = new Swarm();
+const swarm = newSwarm();
 const results: Array<Awaited<ReturnType<typeof run>>> = [];
 try {
   let t = performance.now();

@@ -38,6 +38,7 @@ import type { SwarmRequest, SwarmStats, WaveResult } from "./fixtures/agent-swar
 import type { LoadSessionsRequest, RunResult } from "./fixtures/load-sessions.ts";
 import { withBenchSchema } from "./fixtures/pg-schema.ts";
 import type { LoadRequest, PostTarget } from "./fixtures/room-load.ts";
+import { Child } from "./fixtures/ipc-child.ts";
 import { BENCH_PASSWORD, startBenchServer } from "./fixtures/server-process.ts";
 
 const QUICK = process.env.BENCH_QUICK === "1";
@@ -59,42 +60,6 @@ const ROOT = resolve(import.meta.dir, "..");
 const BODY = JSON.stringify({ body: "Rebooting the print server now; the queue should drain in about two minutes, tell me if it does not." });
 const started = performance.now();
 const left = () => DEADLINE_MS - (performance.now() - started);
-
-type DistOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
-
-/** A load process driven over IPC, one reply per request id (the fixtures' protocol). */
-class Child<Req extends { id: number }> {
-  private next = 1;
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  readonly proc: ReturnType<typeof Bun.spawn>;
-  readonly ready: Promise<unknown>;
-  constructor(readonly name: string, script: string) {
-    let ready!: (v: unknown) => void;
-    let failed!: (e: Error) => void;
-    this.ready = new Promise((res, rej) => ((ready = res), (failed = rej)));
-    this.pending.set(0, { resolve: ready, reject: failed });
-    this.proc = Bun.spawn([process.execPath, join(ROOT, script)], {
-      cwd: ROOT, stdout: "inherit", stderr: "inherit", serialization: "json",
-      ipc: (m: { id: number; result?: unknown; error?: string }) => {
-        const w = this.pending.get(m.id);
-        this.pending.delete(m.id);
-        if (m.error !== undefined) w?.reject(new Error(`${name}: ${m.error}`));
-        else w?.resolve(m.result);
-      },
-    });
-    void this.proc.exited.then((code) => {
-      for (const w of this.pending.values()) w.reject(new Error(`${name} exited with ${code}`));
-      this.pending.clear();
-    });
-  }
-  call<T>(req: DistOmit<Req, "id">): Promise<T> {
-    const id = this.next++;
-    return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
-      this.proc.send({ ...req, id });
-    });
-  }
-}
 
 // ---- /proc ------------------------------------------------------------------------------------
 

@@ -30,8 +30,9 @@
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { Child } from "./fixtures/ipc-child.ts";
 import { withBenchSchema } from "./fixtures/pg-schema.ts";
-import type { LoadReply, LoadRequest, PostTarget } from "./fixtures/room-load.ts";
+import type { LoadRequest, PostTarget } from "./fixtures/room-load.ts";
 import { BENCH_PASSWORD } from "./fixtures/server-process.ts";
 
 const QUICK = process.env.BENCH_QUICK === "1";
@@ -55,40 +56,8 @@ const ROOT = resolve(import.meta.dir, "..");
 /** A chat line of the usual size. */
 const BODY = "Rebooting the print server now; the queue should drain in about two minutes, tell me if it does not.";
 
-type DistOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
-
-class Load {
-  private next = 1;
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  readonly proc: ReturnType<typeof Bun.spawn>;
-  readonly ready: Promise<unknown>;
-  constructor() {
-    let ready!: (v: unknown) => void;
-    let failed!: (e: Error) => void;
-    this.ready = new Promise((res, rej) => ((ready = res), (failed = rej)));
-    this.pending.set(0, { resolve: ready, reject: failed });
-    this.proc = Bun.spawn([process.execPath, join(ROOT, "bench/fixtures/room-load.ts")], {
-      cwd: ROOT, stdout: "inherit", stderr: "inherit", serialization: "json",
-      ipc: (m: LoadReply) => {
-        const w = this.pending.get(m.id);
-        this.pending.delete(m.id);
-        if ("error" in m) w?.reject(new Error(`load: ${m.error}`));
-        else w?.resolve(m.result);
-      },
-    });
-    void this.proc.exited.then((code) => {
-      for (const w of this.pending.values()) w.reject(new Error(`load process exited with ${code}`));
-      this.pending.clear();
-    });
-  }
-  call<T>(req: DistOmit<LoadRequest, "id">): Promise<T> {
-    const id = this.next++;
-    return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
-      this.proc.send({ ...req, id });
-    });
-  }
-}
+type Load = Child<LoadRequest>;
+const newLoad = (): Load => new Child<LoadRequest>("load", "bench/fixtures/room-load.ts");
 
 async function spawnServer(script: string, env: Record<string, string>) {
   // BENCH_PROFILE=<dir>: the server writes a CPU profile (markdown) there when it stops.
@@ -307,7 +276,7 @@ const limit = Number(readFileSync("/proc/self/limits", "utf8").match(/Max open f
 if (limit && limit < 2 * SUBS + 1_000) throw new Error(`open files limit ${limit} is too low for ${2 * SUBS} sockets: raise it (ulimit -n 65536)`);
 const only = process.env.BENCH_ONLY;
 const dataDir = mkdtempSync(join(tmpdir(), "tether-bench-rooms-"));
-const load = new Load();
+const load = newLoad();
 const bare = await spawnServer("bench/fixtures/bare-rooms.ts", {});
 const results: Result[] = [];
 const deadline = setTimeout(() => {
