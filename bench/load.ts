@@ -31,7 +31,7 @@
  */
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import postgres from "postgres";
 import { identities, seed } from "./fixtures/agent-keys.ts";
 import type { SwarmRequest, SwarmStats, WaveResult } from "./fixtures/agent-swarm.ts";
@@ -39,7 +39,7 @@ import type { LoadSessionsRequest, RunResult } from "./fixtures/load-sessions.ts
 import { withBenchSchema } from "./fixtures/pg-schema.ts";
 import type { LoadRequest, PostTarget } from "./fixtures/room-load.ts";
 import { Child } from "./fixtures/ipc-child.ts";
-import { BENCH_PASSWORD, startBenchServer } from "./fixtures/server-process.ts";
+import { BENCH_PASSWORD, benchApi, startBenchServer } from "./fixtures/server-process.ts";
 
 const QUICK = process.env.BENCH_QUICK === "1";
 const N = Number(process.env.BENCH_AGENTS ?? (QUICK ? 500 : 10_000));
@@ -56,7 +56,6 @@ const SUBS_PER_ROOM = 5;
 const API_RPS = 20;
 const API_INFLIGHT = 4;
 const CONNECT_WAVE = 1_000;
-const ROOT = resolve(import.meta.dir, "..");
 const BODY = JSON.stringify({ body: "Rebooting the print server now; the queue should drain in about two minutes, tell me if it does not." });
 const started = performance.now();
 const left = () => DEADLINE_MS - (performance.now() - started);
@@ -96,14 +95,6 @@ const machineCpu = () => {
 const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] ?? NaN;
 const fmt = (n: number, d = 0) => (Number.isFinite(n) ? n.toLocaleString("en-US", { minimumFractionDigits: d, maximumFractionDigits: d }) : "–");
 
-async function api(url: string, method: string, path: string, token: string | null, body?: unknown) {
-  const headers: Record<string, string> = { "content-type": "application/json" };
-  if (token) headers.authorization = `Bearer ${token}`;
-  const res = await fetch(url + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  const json = (await res.json()) as any;
-  if (res.status >= 300) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(json)}`);
-  return json;
-}
 
 /** The API mix: open loop at API_RPS, at most API_INFLIGHT in flight (a request due while all are busy is skipped). */
 async function apiProbe(url: string, token: string, ms: number) {
@@ -190,14 +181,14 @@ async function run(label: string, env: Record<string, string>, file: string, pgD
     await swarm.call({ t: "load", file: swarmFile });
     await swarm.call({ t: "url", url });
     console.log(`\n${label}: server pid ${proc.pid}, load average ${loadavg()}; ${fmt(N - M)} swarm agents loaded in ${fmt((performance.now() - t) / 1000, 1)} s`);
-    const admin = (await api(url, "POST", "/api/auth/login", null, { username: "admin", password: BENCH_PASSWORD })).token as string;
+    const admin = (await benchApi(url, "POST", "/api/auth/login", null, { username: "admin", password: BENCH_PASSWORD })).token as string;
     const password = "bench-technician-password";
-    await api(url, "POST", "/api/users", admin, { username: "bench-tech", role: "technician", password });
-    const tech = (await api(url, "POST", "/api/auth/login", null, { username: "bench-tech", password })).token as string;
+    await benchApi(url, "POST", "/api/users", admin, { username: "bench-tech", role: "technician", password });
+    const tech = (await benchApi(url, "POST", "/api/auth/login", null, { username: "bench-tech", password })).token as string;
     const roomIds: string[] = [];
     let swarmUp = 0;
     let sessionsUp = 0;
-    const online = async () => ((await api(url, "GET", "/bench/online", null)) as { online: number }).online;
+    const online = async () => ((await benchApi(url, "GET", "/bench/online", null)) as { online: number }).online;
 
     for (const [scale, mult] of STEPS) {
       const nS = Math.round(N * scale), mS = Math.round(M * scale), rS = Math.round(R * scale);
@@ -224,7 +215,7 @@ async function run(label: string, env: Record<string, string>, file: string, pgD
       const sessionsMs = performance.now() - t;
       t = performance.now();
       while (roomIds.length < rS) {
-        const id = (await api(url, "POST", "/api/rooms", tech, { name: `load-${roomIds.length}` })).id as string;
+        const id = (await benchApi(url, "POST", "/api/rooms", tech, { name: `load-${roomIds.length}` })).id as string;
         await rooms.call({ t: "subscribe", set: `room-${roomIds.length}`, url, path: `/ws/rooms/${id}`, token: tech, n: SUBS_PER_ROOM, waitLive: true });
         roomIds.push(id);
       }

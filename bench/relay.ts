@@ -29,14 +29,14 @@
  */
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { withBenchSchema } from "./fixtures/pg-schema.ts";
 import { displayPrefix, newSecret, sha256Hex } from "../src/auth/secrets.ts";
 import { dataFrame } from "../src/protocol/frames.ts";
 import { parseCast, replayOutput } from "../src/recordings/asciicast.ts";
 import { applySchema } from "../src/store/schema.ts";
 import { openStore, type StoreConfig } from "../src/store/store.ts";
-import { BENCH_PASSWORD } from "./fixtures/server-process.ts";
+import { BENCH_PASSWORD, startBenchServer } from "./fixtures/server-process.ts";
 import { Api, End, type Identity, openTerminal, closeTerminal, type TetherSession, tetherSession, typing } from "./fixtures/relay-clients.ts";
 
 const QUICK = process.env.BENCH_QUICK === "1";
@@ -54,7 +54,6 @@ const GOAL_THROUGHPUT = 0.8;
 const GOAL_P99_MS = 5;
 const GOAL_RECORDING = 0.9;
 const TENANT = "00000000-0000-0000-0000-000000000001";
-const ROOT = resolve(import.meta.dir, "..");
 const RUN_TIMEOUT_MS = 60_000;
 
 // ---- terminal output ----------------------------------------------------------------------------
@@ -139,24 +138,10 @@ const range = (xs: number[]) => `${fmt(mibps(Math.max(...xs)), 0)}–${fmt(mibps
 
 // ---- processes and databases --------------------------------------------------------------------
 
-async function spawnServer(script: string, env: Record<string, string>) {
-  // BENCH_PROFILE=<dir>: the server writes a CPU profile (markdown) there when it stops.
+/** The real server (or a bare baseline) as its own process; BENCH_PROFILE=<dir> profiles the server. */
+function spawnServer(script: string, env: Record<string, string>) {
   const prof = process.env.BENCH_PROFILE && script.includes("relay-server") ? ["--cpu-prof-md", `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : [];
-  const proc = Bun.spawn([process.execPath, ...prof, join(ROOT, script)], {
-    cwd: ROOT,
-    env: { ...process.env, HOST: "127.0.0.1", PORT: "0", LOG_LEVEL: "warn", TETHER_ADMIN_PASSWORD: BENCH_PASSWORD, TETHER_HEARTBEAT_MS: "60000", TETHER_OFFLINE_AFTER_MS: "600000", ...env },
-    stdout: "pipe",
-    stderr: "inherit",
-  });
-  const reader = proc.stdout.getReader();
-  let text = "";
-  while (!/listening on (\S+)/.test(text)) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`${script} exited: ${text}`);
-    text += new TextDecoder().decode(value);
-  }
-  reader.releaseLock();
-  return { proc, url: text.match(/listening on (\S+)/)![1]!.replace("localhost", "127.0.0.1") };
+  return startBenchServer({ TETHER_HEARTBEAT_MS: "60000", TETHER_OFFLINE_AFTER_MS: "600000", ...env }, { script, args: prof });
 }
 
 /** utime + stime of a process, in seconds. */

@@ -29,11 +29,11 @@
  */
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { Child } from "./fixtures/ipc-child.ts";
 import { withBenchSchema } from "./fixtures/pg-schema.ts";
 import type { LoadRequest, PostTarget } from "./fixtures/room-load.ts";
-import { BENCH_PASSWORD } from "./fixtures/server-process.ts";
+import { BENCH_PASSWORD, benchApi, startBenchServer } from "./fixtures/server-process.ts";
 
 const QUICK = process.env.BENCH_QUICK === "1";
 const PARTS = new Set((process.env.BENCH_ROOMS_PARTS ?? "a,b,c").split(","));
@@ -52,30 +52,16 @@ const LAT_MS = QUICK ? 3_000 : 6_000;
 const GOAL_FANOUT = 0.7;
 const GOAL_TPUT = 5_000;
 const GOAL_P99 = 20;
-const ROOT = resolve(import.meta.dir, "..");
 /** A chat line of the usual size. */
 const BODY = "Rebooting the print server now; the queue should drain in about two minutes, tell me if it does not.";
 
 type Load = Child<LoadRequest>;
 const newLoad = (): Load => new Child<LoadRequest>("load", "bench/fixtures/room-load.ts");
 
-async function spawnServer(script: string, env: Record<string, string>) {
-  // BENCH_PROFILE=<dir>: the server writes a CPU profile (markdown) there when it stops.
+/** The real server (or a bare baseline) as its own process; BENCH_PROFILE=<dir> profiles the server. */
+function spawnServer(script: string, env: Record<string, string>) {
   const prof = process.env.BENCH_PROFILE && script.includes("rooms-server") ? ["--cpu-prof-md", `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : [];
-  const proc = Bun.spawn([process.execPath, ...prof, join(ROOT, script)], {
-    cwd: ROOT,
-    env: { ...process.env, HOST: "127.0.0.1", PORT: "0", LOG_LEVEL: "warn", TETHER_ADMIN_PASSWORD: BENCH_PASSWORD, ...env },
-    stdout: "pipe", stderr: "inherit",
-  });
-  const reader = proc.stdout.getReader();
-  let text = "";
-  while (!/listening on (\S+)/.test(text)) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`${script} exited: ${text}`);
-    text += new TextDecoder().decode(value);
-  }
-  reader.releaseLock();
-  return { proc, url: text.match(/listening on (\S+)/)![1]!.replace("localhost", "127.0.0.1") };
+  return startBenchServer(env, { script, args: prof });
 }
 
 async function stop(proc: ReturnType<typeof Bun.spawn>) {
@@ -135,14 +121,6 @@ const cores = (c: Cpu) => `CPU (cores): server ${(c.server / c.wall).toFixed(2)}
 const fmt = (n: number, d = 0) => n.toLocaleString("en-US", { minimumFractionDigits: d, maximumFractionDigits: d });
 const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))] ?? NaN;
 
-async function api(url: string, method: string, path: string, token: string | null, body?: unknown) {
-  const headers: Record<string, string> = { "content-type": "application/json" };
-  if (token) headers.authorization = `Bearer ${token}`;
-  const res = await fetch(url + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  const json = (await res.json()) as any;
-  if (res.status >= 300) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(json)}`);
-  return json;
-}
 
 interface Result {
   label: string;
@@ -157,11 +135,11 @@ async function run(label: string, env: Record<string, string>, load: Load, bare:
   const { proc, url } = await spawnServer("bench/fixtures/rooms-server.ts", env);
   const r: Result = { label, fanout: [], tput: [], lat: { real: [], bare: [] }, notes: [] };
   try {
-    const admin = (await api(url, "POST", "/api/auth/login", null, { username: "admin", password: BENCH_PASSWORD })).token as string;
+    const admin = (await benchApi(url, "POST", "/api/auth/login", null, { username: "admin", password: BENCH_PASSWORD })).token as string;
     const password = "bench-technician-password";
-    await api(url, "POST", "/api/users", admin, { username: "bench-tech", role: "technician", password });
-    const token = (await api(url, "POST", "/api/auth/login", null, { username: "bench-tech", password })).token as string;
-    const room = async (name: string) => (await api(url, "POST", "/api/rooms", token, { name })).id as string;
+    await benchApi(url, "POST", "/api/users", admin, { username: "bench-tech", role: "technician", password });
+    const token = (await benchApi(url, "POST", "/api/auth/login", null, { username: "bench-tech", password })).token as string;
+    const room = async (name: string) => (await benchApi(url, "POST", "/api/rooms", token, { name })).id as string;
     const wsUrl = url;
     const target = (id: string): PostTarget => ({ url, path: `/api/rooms/${id}/messages`, token });
     const bodyJson = JSON.stringify({ body: BODY });
@@ -201,9 +179,9 @@ async function run(label: string, env: Record<string, string>, load: Load, bare:
         const [p, cpuBare] = await measured(bare.proc.pid, load.proc.pid, false, () => load.call<any>({ t: "burst", set: "bare", n: FANOUT_N, url: bare.url, mode: "publish", body: BODY }));
         const [s] = await measured(bare.proc.pid, load.proc.pid, false, () => load.call<any>({ t: "burst", set: "bare", n: FANOUT_N, url: bare.url, mode: "send", body: BODY }));
         await quiet(proc.pid);
-        const st0 = await api(url, "GET", "/bench/rooms/stats", null);
+        const st0 = await benchApi(url, "GET", "/bench/rooms/stats", null);
         const [f, cpuReal] = await measured(proc.pid, load.proc.pid, pg, () => load.call<any>({ t: "fanout", set: "real", n: FANOUT_N, post: target(id), concurrency: POSTERS, window: WINDOW, body: bodyJson }));
-        const st1 = await api(url, "GET", "/bench/rooms/stats", null);
+        const st1 = await benchApi(url, "GET", "/bench/rooms/stats", null);
         f.perBatch = (st1.batched - st0.batched) / Math.max(1, st1.batches - st0.batches);
         const rate = (x: { ms: number; delivered: number }) => (x.delivered / x.ms) * 1000;
         const row = { real: rate(f), publish: rate(p), send: rate(s), cpuReal, cpuBare };
@@ -222,10 +200,10 @@ async function run(label: string, env: Record<string, string>, load: Load, bare:
       await load.call({ t: "throughput", targets, perTarget: 10, connectionsPerTarget: CONNS_PER_ROOM, body: bodyJson }); // warm-up
       for (let rep = 0; rep < TPUT_REPS; rep++) {
         await quiet(proc.pid);
-        const st0 = await api(url, "GET", "/bench/rooms/stats", null);
+        const st0 = await benchApi(url, "GET", "/bench/rooms/stats", null);
         const before = st0.stored as number;
         const [x, cpu] = await measured(proc.pid, load.proc.pid, pg, () => load.call<any>({ t: "throughput", targets, perTarget: PER_ROOM, connectionsPerTarget: CONNS_PER_ROOM, body: bodyJson }));
-        const st1 = await api(url, "GET", "/bench/rooms/stats", null);
+        const st1 = await benchApi(url, "GET", "/bench/rooms/stats", null);
         const stored = (st1.stored as number) - before;
         const perInsert = (st1.batched - st0.batched) / Math.max(1, st1.batches - st0.batches);
         const rate = (x.ok / x.ms) * 1000;
@@ -234,7 +212,7 @@ async function run(label: string, env: Record<string, string>, load: Load, bare:
         console.log(`  (b) rep ${rep + 1}: ${fmt(x.ok)} posts to ${ROOMS} rooms (${ROOMS * CONNS_PER_ROOM} connections) in ${fmt(x.ms)} ms: ${fmt(rate)} msg/s, ${fmt(stored)} stored, ${fmt(perInsert, 1)} per insert; post p50 ${fmt(x.p50, 1)} / p99 ${fmt(x.p99, 1)} ms (${cores(cpu)})`);
       }
     }
-    const stats = await api(url, "GET", "/bench/rooms/stats", null);
+    const stats = await benchApi(url, "GET", "/bench/rooms/stats", null);
     if (stats.dropped) r.notes.push(`the hub dropped ${stats.dropped} subscribers as too slow`);
     return r;
   } finally {

@@ -3,7 +3,7 @@ import { rmSync } from "node:fs";
 import { freshMachine, managedArgs, spawnAgent, type AgentProcess } from "../agent/spawn.ts";
 import { agentIdentity, TestAgentSocket } from "../helpers/agent-client.ts";
 import { FAST_AGENT_FLAGS } from "../helpers/e2e.ts";
-import { dbEnv, spawnServer, type ServerProcess } from "../helpers/process.ts";
+import { callServer, dbEnv, spawnServer, type ServerProcess } from "../helpers/process.ts";
 import { createTestDb, eventually, type TestDb } from "../helpers/stores.ts";
 import { TestViewer } from "../helpers/viewer-client.ts";
 
@@ -21,15 +21,7 @@ const REAL = 10;
 const SIMULATED = 40;
 const ROUNDS = 3;
 
-async function call(url: string, method: string, path: string, token: string | null, body?: unknown) {
-  const res = await fetch(url + path, {
-    method,
-    signal: AbortSignal.timeout(5_000),
-    headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body ? { "content-type": "application/json" } : {}) },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  return { status: res.status, body: (await res.json().catch(() => null)) as any };
-}
+const call = (url: string, method: string, path: string, token: string | null, body?: unknown) => callServer(url, method, path, token, body, 5_000);
 
 const freePort = async () => {
   const s = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() });

@@ -2,7 +2,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { rmSync } from "node:fs";
 import { freshMachine, managedArgs, spawnAgent, type AgentProcess } from "../agent/spawn.ts";
 import { FAST_AGENT_FLAGS } from "../helpers/e2e.ts";
-import { dbEnv, spawnServer, type ServerProcess } from "../helpers/process.ts";
+import { callServer, dbEnv, spawnServer, type ServerProcess } from "../helpers/process.ts";
 import { createTestDb, eventually, type TestDb } from "../helpers/stores.ts";
 
 /**
@@ -16,14 +16,6 @@ const PASSWORD = "failover test password";
 const STANDBY = /standby on (http:\/\/\S+):/;
 const TTL_MS = 1_500;
 
-async function call(url: string, method: string, path: string, token: string | null, body?: unknown) {
-  const res = await fetch(url + path, {
-    method,
-    headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body ? { "content-type": "application/json" } : {}) },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  return { status: res.status, body: (await res.json().catch(() => null)) as any };
-}
 
 describe.skipIf(!process.env.TEST_DATABASE_URL)("primary, standby and takeover (postgres)", () => {
   let db: TestDb;
@@ -47,33 +39,33 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)("primary, standby and takeover (
     };
     const a = await spawn(false);
     const b = await spawn(true);
-    const login = async (url: string) => (await call(url, "POST", "/api/auth/login", null, { username: "admin", password: PASSWORD })).body.token as string;
+    const login = async (url: string) => (await callServer(url, "POST", "/api/auth/login", null, { username: "admin", password: PASSWORD })).body.token as string;
 
     // The standby: alive, not ready, and no work.
-    expect((await call(b.url, "GET", "/healthz", null)).body).toMatchObject({ role: "standby" });
-    const ready = await call(b.url, "GET", "/readyz", null);
+    expect((await callServer(b.url, "GET", "/healthz", null)).body).toMatchObject({ role: "standby" });
+    const ready = await callServer(b.url, "GET", "/readyz", null);
     expect([ready.status, ready.body.role]).toEqual([503, "standby"]);
-    const refused = await call(b.url, "POST", "/api/auth/login", null, { username: "admin", password: PASSWORD });
+    const refused = await callServer(b.url, "POST", "/api/auth/login", null, { username: "admin", password: PASSWORD });
     expect([refused.status, refused.body.error_code]).toEqual([503, "STANDBY"]);
-    expect((await call(a.url, "GET", "/readyz", null)).body.role).toBe("primary");
+    expect((await callServer(a.url, "GET", "/readyz", null)).body.role).toBe("primary");
 
     // Work on the primary: a site, an agent that knows both servers, a room with messages.
     let token = await login(a.url);
-    const site = (await call(a.url, "POST", "/api/sites", token, { site_code: "FAILOVER", display_name: "Failover" })).body;
-    const key = (await call(a.url, "POST", `/api/sites/${site.id}/enrollment-key/rotate`, token)).body.key;
+    const site = (await callServer(a.url, "POST", "/api/sites", token, { site_code: "FAILOVER", display_name: "Failover" })).body;
+    const key = (await callServer(a.url, "POST", `/api/sites/${site.id}/enrollment-key/rotate`, token)).body.key;
     const machine = freshMachine();
     dirs.push(machine.dir);
     const agent = spawnAgent(managedArgs(`${a.url},${b.url}`, { code: "FAILOVER", key }, machine.stateDir, [...FAST_AGENT_FLAGS]), { TETHER_AGENT_MACHINE_ID_FILE: machine.machineIdFile }, machine.stateDir);
     agents.push(agent);
     const machineId = (await agent.waitFor((e) => e.event === "connect.online", 15_000, "online")).machine_id as string;
-    const room = (await call(a.url, "POST", "/api/rooms", token, { name: "through failover" })).body.id as string;
+    const room = (await callServer(a.url, "POST", "/api/rooms", token, { name: "through failover" })).body.id as string;
 
     const acked: string[] = [];
     let posting = true;
     const poster = (async () => {
       for (let i = 0; posting; i++) {
         try {
-          const r = await call(a.url, "POST", `/api/rooms/${room}/messages`, token, { body: `m${i}`, client_id: `c${i}` });
+          const r = await callServer(a.url, "POST", `/api/rooms/${room}/messages`, token, { body: `m${i}`, client_id: `c${i}` });
           if (r.status === 201) acked.push(r.body.id);
         } catch {
           return;
@@ -90,11 +82,11 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)("primary, standby and takeover (
     // The standby takes over once the lease expires, recovers, and serves.
     await b.waitForLine(/Tether is listening on/, 20_000);
     const servingMs = Date.now() - killedAt;
-    expect((await call(b.url, "GET", "/readyz", null)).body.role).toBe("primary");
+    expect((await callServer(b.url, "GET", "/readyz", null)).body.role).toBe("primary");
     token = await login(b.url);
-    const stored = (await call(b.url, "GET", `/api/rooms/${room}/messages?limit=1000`, token)).body.messages.map((m: any) => m.id);
+    const stored = (await callServer(b.url, "GET", `/api/rooms/${room}/messages?limit=1000`, token)).body.messages.map((m: any) => m.id);
     for (const id of acked) expect(stored).toContain(id);
-    await eventually(async () => (await call(b.url, "GET", `/api/machines/${machineId}`, token)).body?.status === "online", 15_000, "the agent online on the new primary");
+    await eventually(async () => (await callServer(b.url, "GET", `/api/machines/${machineId}`, token)).body?.status === "online", 15_000, "the agent online on the new primary");
     const onlineMs = Date.now() - killedAt;
 
     // A clean stop hands over at once to the next standby.
@@ -114,7 +106,7 @@ describe.skipIf(!process.env.TEST_DATABASE_URL)("primary, standby and takeover (
     expect(await Promise.race([c.proc.exited, Bun.sleep(10_000).then(() => "still running")])).toBe(70);
     expect(c.lines.join("\n")).toContain("lost the primary's lease");
     token = await login(d.url);
-    expect((await call(d.url, "GET", `/api/rooms/${room}/messages?limit=1000`, token)).body.messages.length).toBe(stored.length);
+    expect((await callServer(d.url, "GET", `/api/rooms/${room}/messages?limit=1000`, token)).body.messages.length).toBe(stored.length);
     console.log(`[failover] kill -9 → standby serving ${servingMs} ms; → agent online ${onlineMs} ms; clean stop → next primary ${handoverMs} ms (lease ${TTL_MS} ms)`);
   }, 120_000);
 });

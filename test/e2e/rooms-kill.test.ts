@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { dbEnv, spawnServer, type ServerProcess } from "../helpers/process.ts";
+import { callServer, dbEnv, spawnServer, type ServerProcess } from "../helpers/process.ts";
 import { sseReader } from "../helpers/room-client.ts";
 import { createTestDb, FLAVORS, type TestDb } from "../helpers/stores.ts";
 
@@ -11,14 +11,6 @@ import { createTestDb, FLAVORS, type TestDb } from "../helpers/stores.ts";
 const PASSWORD = "rooms kill test password";
 const POSTERS = 6;
 
-async function call(url: string, method: string, path: string, token: string | null, body?: unknown) {
-  const res = await fetch(url + path, {
-    method,
-    headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body ? { "content-type": "application/json" } : {}) },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  return { status: res.status, body: (await res.json().catch(() => null)) as any };
-}
 
 for (const flavor of FLAVORS) {
   describe(`rooms under kill -9 (${flavor})`, () => {
@@ -33,9 +25,9 @@ for (const flavor of FLAVORS) {
       db = await createTestDb(flavor);
       const env = { ...dbEnv(db.config), TETHER_ADMIN_PASSWORD: PASSWORD };
       server = await spawnServer("src/main.ts", env);
-      const login = async () => (await call(server!.url, "POST", "/api/auth/login", null, { username: "admin", password: PASSWORD })).body.token as string;
+      const login = async () => (await callServer(server!.url, "POST", "/api/auth/login", null, { username: "admin", password: PASSWORD })).body.token as string;
       let token = await login();
-      const room = (await call(server.url, "POST", "/api/rooms", token, { name: "durable" })).body.id as string;
+      const room = (await callServer(server.url, "POST", "/api/rooms", token, { name: "durable" })).body.id as string;
 
       const acked = new Map<string, string>(); // client_id → message id
       const sent = new Set<string>();
@@ -49,7 +41,7 @@ for (const flavor of FLAVORS) {
             const clientId = `r${round}-p${p}-${i}`;
             sent.add(clientId);
             try {
-              const r = await call(url, "POST", `/api/rooms/${room}/messages`, token, { body: `message ${clientId}`, client_id: clientId });
+              const r = await callServer(url, "POST", `/api/rooms/${room}/messages`, token, { body: `message ${clientId}`, client_id: clientId });
               if (r.status === 201) acked.set(clientId, r.body.id);
             } catch {
               return; // the server died under this post
@@ -67,7 +59,7 @@ for (const flavor of FLAVORS) {
         token = await login();
         const stored = new Map<string, string>();
         for (let after: string | null = null; ;) {
-          const page = await call(server.url, "GET", `/api/rooms/${room}/messages?limit=1000${after ? `&after=${after}` : ""}`, token);
+          const page = await callServer(server.url, "GET", `/api/rooms/${room}/messages?limit=1000${after ? `&after=${after}` : ""}`, token);
           for (const m of page.body.messages) stored.set(m.client_id, m.id);
           if (page.body.messages.length < 1000) break;
           after = page.body.messages.at(-1).id;
@@ -79,7 +71,7 @@ for (const flavor of FLAVORS) {
         // Retrying every acknowledged post stores nothing new.
         const some = [...acked].slice(0, 20);
         for (const [clientId, id] of some) {
-          const again = await call(server.url, "POST", `/api/rooms/${room}/messages`, token, { body: `message ${clientId}`, client_id: clientId });
+          const again = await callServer(server.url, "POST", `/api/rooms/${room}/messages`, token, { body: `message ${clientId}`, client_id: clientId });
           expect([again.status, again.body.id]).toEqual([200, id]);
         }
 

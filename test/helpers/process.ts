@@ -60,3 +60,14 @@ export function dbEnv(config: { databaseUrl?: string; dataDir: string; searchPat
   if (config.searchPath) url.searchParams.set("search_path", config.searchPath);
   return { DATABASE_URL: url.toString() };
 }
+
+/** A JSON call to a server process: its status and parsed body (null if none), never throwing on a status. */
+export async function callServer(url: string, method: string, path: string, token: string | null, body?: unknown, timeoutMs?: number) {
+  const res = await fetch(url + path, {
+    method,
+    signal: timeoutMs ? AbortSignal.timeout(timeoutMs) : undefined,
+    headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body ? { "content-type": "application/json" } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  return { status: res.status, body: (await res.json().catch(() => null)) as any };
+}
