@@ -445,3 +445,15 @@ create table leases (
   expires_at   timestamptz not null,
   acquired_at  timestamptz not null default now()
 );
+
+-- version: 8
+-- Recording chunks compressed by the recorder (zstd of the asciicast event lines) instead of
+-- plain text: about 7x less to write for terminal output, so recording keeps up with the relay.
+-- Stored as it comes (storage external): the database's own compression would only spend CPU
+-- on data that no longer shrinks. `last_ms` is the time of the chunk's last event, for ending a
+-- recording its process left open. Chunks written before keep `events` and are read as before.
+alter table recording_chunks add column data bytea;
+alter table recording_chunks add column last_ms bigint;
+alter table recording_chunks alter column events drop not null;
+alter table recording_chunks alter column data set storage external;
+alter table recording_chunks add constraint recording_chunks_payload check (events is not null or data is not null);

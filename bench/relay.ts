@@ -274,6 +274,12 @@ async function run(label: string, ids: Identity[], bareUrl: string, env: Record<
         async () => void r.off4.push((await tether(four, false)).ms),
         async () => void r.on4.push((await tether(four, true)).ms),
       ];
+      // …and recording on and off swap places every other rep: a run right after another on the
+      // same session was measured slower, whichever variant it was.
+      if (rep % 2 === 1) {
+        [steps[1], steps[2]] = [steps[2]!, steps[1]!];
+        [steps[4], steps[5]] = [steps[5]!, steps[4]!];
+      }
       for (let k = 0; k < steps.length; k++) {
         await quiet(proc.pid);
         await steps[(k + rep) % steps.length]!();
@@ -295,8 +301,8 @@ async function run(label: string, ids: Identity[], bareUrl: string, env: Record<
         r.notes.push(`session ${s === one ? "1 viewer" : "4 viewers"}: ${recs.length} recordings (expected ${expected}), bytes ${recs.map((x) => x.bytes).join("/")}`);
       }
       if (s === one && recs.length > 0) {
-        const chars = recs.map((x) => Number(x.chars));
-        console.log(`  recordings: ${recs.length} × ${fmt(TOTAL / MiB, 0)} MiB, bytes as sent: ${bad.length === 0}; event text ${fmt(chars[0]! / MiB, 1)} MiB each (${fmt(chars[0]! / TOTAL, 2)} × the output); flush at the end of a run ${r.flushMs.map((x) => fmt(x, 0)).join("/")} ms`);
+        const stored = recs.map((x) => Number(x.stored));
+        console.log(`  recordings: ${recs.length} × ${fmt(TOTAL / MiB, 0)} MiB, bytes as sent: ${bad.length === 0}; stored ${fmt(stored[0]! / MiB, 1)} MiB each (${fmt(stored[0]! / TOTAL, 2)} × the output); flush at the end of a run ${r.flushMs.map((x) => fmt(x, 0)).join("/")} ms`);
         const t = performance.now();
         const res = await fetch(`${url}/api/recordings/${recs.at(-1)!.id}/cast`, { headers: { authorization: `Bearer ${api.token}` } });
         const out = replayOutput(parseCast(await res.text()));

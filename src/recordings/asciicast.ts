@@ -1,12 +1,13 @@
 import type { Queryable } from "../store/store.ts";
+import { chunkText } from "./chunk-codec.ts";
 import { getRecording, type RecordingRow } from "./recordings.ts";
 
 /**
  * Recordings as asciicast v2 (https://docs.asciinema.org/manual/asciicast/v2/), the format
  * asciinema and its player read: newline-delimited JSON, a header object on the first line,
  * then one `[time, code, data]` event per line (time in seconds from the start, a float).
- * The chunks already hold event lines, so an export is the header followed by the chunks in
- * sequence order, streamed a page at a time.
+ * The chunks already hold event lines (compressed, chunk-codec.ts), so an export is the header
+ * followed by the chunks in sequence order, streamed a page at a time.
  */
 
 export const CAST_CONTENT_TYPE = "application/x-asciicast";
@@ -56,12 +57,13 @@ export function castStream(db: Queryable, r: RecordingRow, opts: { title?: strin
         return;
       }
       if (done) return;
-      const page = await db.query<{ seq: number; events: string }>(
-        "select seq, events from recording_chunks where recording_id = $1 and seq > $2 order by seq limit $3",
+      const page = await db.query<{ seq: number; events: string | null; data64: string | null }>(
+        "select seq, events, encode(data, 'base64') as data64 from recording_chunks where recording_id = $1 and seq > $2 order by seq limit $3",
         [r.id, after, pageSize],
       );
       for (const c of page) {
-        const text = c.events.endsWith("\n") || c.events.length === 0 ? c.events : c.events + "\n";
+        const events = chunkText({ events: c.events, data: c.data64 === null ? null : Buffer.from(c.data64, "base64") });
+        const text = events.endsWith("\n") || events.length === 0 ? events : events + "\n";
         if (text.length > 0) controller.enqueue(encoder.encode(text));
         after = c.seq;
       }

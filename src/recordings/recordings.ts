@@ -108,22 +108,23 @@ function decodeCursor(cursor: string): { at: number; id: string } {
  * any started since (epoch ms). Returns how many were closed.
  */
 export async function closeAbandonedRecordings(db: Queryable, before: number, ids: readonly string[] = []): Promise<number> {
-  const open = await db.query<{ id: string; started_at: Date; events: string | null }>(
-    `select r.id::text as id, r.started_at,
-            (select c.events from recording_chunks c where c.recording_id = r.id order by c.seq desc limit 1) as events
+  const open = await db.query<{ id: string; last_ms: number | null; events: string | null }>(
+    `select r.id::text as id, c.last_ms, case when c.last_ms is null then c.events end as events
        from recordings r
+       left join lateral (select last_ms, events from recording_chunks c where c.recording_id = r.id order by c.seq desc limit 1) c on true
       where r.ended_at is null and r.started_at < timestamptz 'epoch' + $1::bigint * interval '1 millisecond'
         and r.id::text not in (select jsonb_array_elements_text($2::text::jsonb))`,
     [before, JSON.stringify(ids)],
   );
   for (const r of open) {
-    const seconds = r.events ? lastEventTime(r.events) : 0;
+    // Chunks since schema v8 carry their last event's time; older ones are read for it.
+    const seconds = r.last_ms !== null ? Math.max(0, r.last_ms) / 1000 : r.events ? lastEventTime(r.events) : 0;
     await db.query("update recordings set ended_at = started_at + $2::float8 * interval '1 second' where id = $1 and ended_at is null", [r.id, seconds]);
   }
   return open.length;
 }
 
-/** The time of the last event line in a chunk. */
+/** The time of the last event line of a chunk written before schema v8. */
 function lastEventTime(events: string): number {
   const lines = events.trimEnd().split("\n");
   for (let i = lines.length - 1; i >= 0; i--) {

@@ -1,0 +1,104 @@
+import type { Logger } from "../log.ts";
+import { encodeChunk, type EncodedChunk, type Mark } from "./chunk-codec.ts";
+
+/**
+ * Where recording chunks are encoded (chunk-codec.ts): a worker thread at the lowest CPU
+ * priority (compressor-worker.ts), started on the first chunk. Requests are answered in the
+ * order they were made, so a recording's chunks (and its UTF-8 decoder state) stay in order.
+ * If the worker fails, what it held is lost (the promises reject) and later chunks are
+ * encoded on the calling thread: recording degrades, it never stops.
+ */
+export interface ChunkCompressor {
+  /** `raw` may be a view of the start of its ArrayBuffer, which is handed over to the worker and comes back with the result. */
+  encode(rec: string, raw: Uint8Array, marks: Mark[], final: boolean): Promise<EncodedChunk>;
+  close(): void;
+}
+
+export interface CompressRequest {
+  id: number;
+  rec: string;
+  raw: ArrayBuffer;
+  len: number;
+  marks: Mark[];
+  final: boolean;
+}
+export type CompressReply = { id: number; data: Uint8Array; lastMs: number; raw: ArrayBuffer } | { id: number; error: string };
+
+/** Encoding on the calling thread: the fallback, and what tests compare with. */
+export class InThreadCompressor implements ChunkCompressor {
+  private readonly decoders = new Map<string, TextDecoder>();
+  encode(rec: string, raw: Uint8Array, marks: Mark[], final: boolean): Promise<EncodedChunk> {
+    let decoder = this.decoders.get(rec);
+    if (!decoder) this.decoders.set(rec, (decoder = new TextDecoder("utf-8")));
+    if (final) this.decoders.delete(rec);
+    try {
+      return Promise.resolve({ ...encodeChunk(decoder, raw, marks, final), raw: raw.buffer as ArrayBuffer });
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+  close(): void {}
+}
+
+export class WorkerCompressor implements ChunkCompressor {
+  private worker: Worker | null = null;
+  private fallback: InThreadCompressor | null = null;
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve: (c: EncodedChunk) => void; reject: (e: Error) => void }>();
+  private closed = false;
+
+  constructor(private readonly log: Logger) {}
+
+  encode(rec: string, raw: Uint8Array, marks: Mark[], final: boolean): Promise<EncodedChunk> {
+    if (this.fallback || this.closed) return (this.fallback ??= new InThreadCompressor()).encode(rec, raw, marks, final);
+    const worker = this.start();
+    const id = this.nextId++;
+    return new Promise<EncodedChunk>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      if (raw.byteOffset !== 0) raw = raw.slice();
+      const req: CompressRequest = { id, rec, raw: raw.buffer as ArrayBuffer, len: raw.length, marks, final };
+      worker.postMessage(req, [req.raw]);
+    });
+  }
+
+  /** Stops the worker; chunks still in it are lost (the recorder waits for them before closing). */
+  close(): void {
+    this.closed = true;
+    this.worker?.terminate();
+    this.worker = null;
+    this.failPending("the recording compressor was closed");
+  }
+
+  private start(): Worker {
+    if (this.worker) return this.worker;
+    const worker = new Worker(new URL("./compressor-worker.ts", import.meta.url));
+    // Bun's Worker has unref (the DOM typing does not): an idle compressor keeps no process alive.
+    (worker as unknown as { unref(): void }).unref();
+    worker.onmessage = (e: MessageEvent<CompressReply>) => {
+      const r = e.data;
+      const p = this.pending.get(r.id);
+      if (!p) return;
+      this.pending.delete(r.id);
+      if ("error" in r) p.reject(new Error(r.error));
+      else p.resolve({ data: r.data, lastMs: r.lastMs, raw: r.raw });
+    };
+    worker.onerror = (e) => this.fail(e.message);
+    worker.addEventListener("close", () => this.fail("the worker exited"));
+    this.worker = worker;
+    return worker;
+  }
+
+  private fail(why: string): void {
+    if (this.closed || this.fallback) return;
+    this.log.error({ err: why, lost_chunks: this.pending.size }, "recordings: the compressor thread failed; compressing on the relay's thread from now on");
+    this.fallback = new InThreadCompressor();
+    this.worker?.terminate();
+    this.worker = null;
+    this.failPending(`the recording compressor failed: ${why}`);
+  }
+
+  private failPending(why: string): void {
+    for (const p of this.pending.values()) p.reject(new Error(why));
+    this.pending.clear();
+  }
+}

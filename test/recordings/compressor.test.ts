@@ -1,0 +1,200 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readdirSync, readFileSync } from "node:fs";
+import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
+import { silentLogger } from "../../src/log.ts";
+import { exportCast, parseCast, replayOutput } from "../../src/recordings/asciicast.ts";
+import { chunkEvents, chunkText, encodeChunk, type Mark } from "../../src/recordings/chunk-codec.ts";
+import { InThreadCompressor, WorkerCompressor } from "../../src/recordings/compressor.ts";
+import { Recorder } from "../../src/recordings/recorder.ts";
+import { closeAbandonedRecordings } from "../../src/recordings/recordings.ts";
+import type { Store } from "../../src/store/store.ts";
+import { createTestDb, FLAVORS, type TestDb } from "../helpers/stores.ts";
+import { capturingLogger, insertSession, utf8 } from "./helpers.ts";
+
+const T = DEFAULT_TENANT_ID;
+
+/** Raw bytes and marks of frames output at the given milliseconds. */
+function frames(parts: Array<[ms: number, text: string | Uint8Array]>): { raw: Uint8Array; marks: Mark[] } {
+  const bytes = parts.map(([, t]) => (typeof t === "string" ? utf8(t) : t));
+  const raw = new Uint8Array(bytes.reduce((n, b) => n + b.length, 0));
+  let at = 0;
+  for (const b of bytes) {
+    raw.set(b, at);
+    at += b.length;
+  }
+  return { raw, marks: parts.map(([ms], i) => [ms, bytes[i]!.length] as Mark) };
+}
+
+describe("chunk codec", () => {
+  test("event lines: times in seconds, JSON-escaped output, resizes in place", () => {
+    const { raw, marks } = frames([[0, "a\x1b[0m"], [1500, "\"b\"\r\n"]]);
+    const out = chunkEvents(new TextDecoder(), raw, [...marks.slice(0, 1), [1200, 100, 40], ...marks.slice(1)], true);
+    expect(out.text).toBe('[0.000, "o", "a\\u001b[0m"]\n[1.200, "r", "100x40"]\n[1.500, "o", "\\"b\\"\\r\\n"]\n');
+    expect(out.lastMs).toBe(1500);
+  });
+
+  test("a character split across chunks comes out whole in the later chunk; an unfinished one as U+FFFD at the end", () => {
+    const euro = utf8("€"); // 3 bytes
+    const decoder = new TextDecoder();
+    const a = frames([[5, Uint8Array.of(0x41, euro[0]!)]]);
+    const b = frames([[6, euro.subarray(1)], [7, Uint8Array.of(0xe2)]]);
+    const first = chunkEvents(decoder, a.raw, a.marks, false);
+    const second = chunkEvents(decoder, b.raw, b.marks, true);
+    expect(first.text).toBe('[0.005, "o", "A"]\n');
+    expect(second.text).toBe('[0.006, "o", "€"]\n[0.007, "o", "\uFFFD"]\n');
+  });
+
+  test("a frame of only the first bytes of a character is no event of its own", () => {
+    const pile = utf8("💩");
+    const { raw, marks } = frames([[1, pile.subarray(0, 2)], [2, pile.subarray(2)]]);
+    expect(chunkEvents(new TextDecoder(), raw, marks, true).text).toBe('[0.002, "o", "💩"]\n');
+  });
+
+  test("encoded chunks are zstd, smaller for terminal text, and decode to the same lines; pre-v8 rows read as text", () => {
+    const line = "\x1b[32m2026-11-23T10:00:00Z\x1b[0m INFO worker processed job in 12 ms\r\n";
+    const { raw, marks } = frames(Array.from({ length: 500 }, (_, i) => [i, line] as [number, string]));
+    const enc = encodeChunk(new TextDecoder(), raw, marks, true);
+    const text = chunkEvents(new TextDecoder(), raw, marks, true).text;
+    expect(Array.from(enc.data.subarray(0, 4))).toEqual([0x28, 0xb5, 0x2f, 0xfd]); // the zstd frame magic
+    expect(enc.data.length * 5).toBeLessThan(text.length);
+    expect(chunkText({ data: enc.data })).toBe(text);
+    expect(chunkText({ data: null, events: "[0.1, \"o\", \"old\"]\n" })).toBe("[0.1, \"o\", \"old\"]\n");
+    expect(encodeChunk(new TextDecoder(), new Uint8Array(0), [], true)).toEqual({ data: new Uint8Array(0), lastMs: -1 });
+  });
+
+  test("the worker answers in order with what the calling thread would encode, keeping each recording's decoder apart", async () => {
+    const worker = new WorkerCompressor(silentLogger);
+    const local = new InThreadCompressor();
+    try {
+      const text = "héllo → 日本語 🎉 ".repeat(50);
+      const bytes = utf8(text);
+      const jobs: Array<[string, Uint8Array, Mark[], boolean]> = [];
+      // Two recordings interleaved, each cut at odd byte offsets (splitting characters).
+      for (let i = 0; i < 10; i++) {
+        for (const rec of ["r1", "r2"]) {
+          const part = bytes.slice(i * 97, i === 9 ? bytes.length : (i + 1) * 97);
+          jobs.push([rec, part, [[i, part.length]], i === 9]);
+        }
+      }
+      const fromWorker = await Promise.all(jobs.map(([rec, raw, marks, final]) => worker.encode(rec, raw.slice(), marks, final)));
+      const fromHere = await Promise.all(jobs.map(([rec, raw, marks, final]) => local.encode(rec, raw.slice(), marks, final)));
+      expect(fromWorker.map((c) => chunkText(c))).toEqual(fromHere.map((c) => chunkText(c)));
+      const r1 = fromWorker.filter((_, i) => i % 2 === 0).map((c) => chunkText(c)).join("");
+      expect(r1.split("\n").filter(Boolean).map((l) => JSON.parse(l)[2]).join("")).toBe(text);
+    } finally {
+      worker.close();
+    }
+  });
+
+  test.skipIf(process.platform !== "linux")("the worker thread runs at the lowest CPU priority (nice 19)", async () => {
+    const nice = () => new Map(readdirSync("/proc/self/task").map((t) => [t, Number(readFileSync(`/proc/self/task/${t}/stat`, "utf8").split(") ")[1]!.split(" ")[16])]));
+    const before = nice();
+    const worker = new WorkerCompressor(silentLogger);
+    try {
+      await worker.encode("r", utf8("x"), [[0, 1]], true);
+      const started = [...nice()].filter(([tid]) => !before.has(tid)).map(([, n]) => n);
+      expect(started).toContain(19);
+      expect(nice().get(String(process.pid))).toBe(0); // the calling thread is left alone
+    } finally {
+      worker.close();
+    }
+  });
+});
+
+for (const flavor of FLAVORS) {
+  describe(`recorder and its compressor (${flavor})`, () => {
+    let db: TestDb;
+    let store: Store;
+    beforeAll(async () => {
+      db = await createTestDb(flavor);
+      store = await db.open();
+    });
+    afterAll(async () => {
+      await store?.close();
+      await db?.destroy();
+    });
+
+    test("chunks are stored compressed, with the time of their last event", async () => {
+      const rec = new Recorder(store, silentLogger, { flushMs: 3_600_000, chunkBytes: 4096 });
+      try {
+        const id = rec.start({ tenantId: T, sessionId: await insertSession(store), machineId: null, channel: 1, cols: 80, rows: 24 });
+        const line = "INFO worker-3 processed job 12345 in 7 ms path=/var/lib/app/17/data\r\n";
+        for (let i = 0; i < 200; i++) rec.output(id, utf8(line));
+        await rec.end(id);
+        const rows = await store.query<{ events: string | null; raw: number; stored: number; last_ms: number }>(
+          "select events, octet_length(data) as stored, last_ms from recording_chunks where recording_id = $1 order by seq", [id]);
+        expect(rows.length).toBeGreaterThan(1);
+        for (const r of rows) {
+          expect(r.events).toBeNull();
+          expect(r.stored).toBeLessThan(4096 / 4);
+          expect(r.last_ms).toBeGreaterThanOrEqual(0);
+        }
+        expect(replayOutput(parseCast((await exportCast(store, T, id))!))).toBe(line.repeat(200));
+      } finally {
+        await rec.stop();
+      }
+    });
+
+    test("chunks written before schema v8 (plain event text) still export and still end an abandoned recording", async () => {
+      const session = await insertSession(store);
+      const id = crypto.randomUUID();
+      await store.query("insert into recordings (id, tenant_id, session_id, channel, cols, rows, started_at) values ($1, $2, $3, 1, 80, 24, now() - interval '1 minute')", [id, T, session]);
+      await store.query("insert into recording_chunks (recording_id, seq, events) values ($1, 1, $2)", [id, '[0.5, "o", "old "]\n[2.25, "o", "text"]\n']);
+      expect(replayOutput(parseCast((await exportCast(store, T, id))!))).toBe("old text");
+      await closeAbandonedRecordings(store, Date.now());
+      const [row] = await store.query<{ s: number }>("select extract(epoch from ended_at - started_at)::float8 as s from recordings where id = $1", [id]);
+      expect(row!.s).toBeCloseTo(2.25, 3);
+      await expect(store.query("insert into recording_chunks (recording_id, seq) values ($1, 2)", [id])).rejects.toThrow(/recording_chunks_payload/);
+    });
+
+    test("a burst is compressed after it ends, and at once beyond holdBytes; what is typed goes straight on", async () => {
+      const inner = new InThreadCompressor();
+      const calls: number[] = [];
+      const spy = { encode: (rec: string, raw: Uint8Array, marks: Mark[], final: boolean) => (calls.push(raw.length), inner.encode(rec, raw, marks, final)), close() {} };
+      const rec = new Recorder(store, silentLogger, { flushMs: 3_600_000, chunkBytes: 1024, burstBytesPerSecond: 10_000, holdBytes: 8 * 1024, compressor: spy });
+      try {
+        const id = rec.start({ tenantId: T, sessionId: await insertSession(store), machineId: null, channel: 1, cols: 80, rows: 24 });
+        const frame = utf8("y".repeat(512));
+        // 6 KiB in a moment: a burst (10 KB/s is 1,000 bytes per 100 ms window); six chunks held.
+        for (let i = 0; i < 12; i++) rec.output(id, frame);
+        expect(calls).toEqual([]);
+        // Over holdBytes (8 KiB): the oldest go to the compressor at once, the rest stay held.
+        for (let i = 0; i < 8; i++) rec.output(id, frame);
+        expect(calls.length).toBe(2);
+        // Quiet for QUIET_MS (50 ms): the rest go.
+        await Bun.sleep(120);
+        expect(calls.length).toBe(10);
+        expect(calls.every((n) => n === 1024)).toBe(true);
+        // Typing (slow output) is no burst: each sealed chunk goes at once.
+        await Bun.sleep(150);
+        rec.output(id, utf8("k"));
+        await rec.flush();
+        expect(calls.length).toBe(11);
+        await rec.end(id);
+        expect(replayOutput(parseCast((await exportCast(store, T, id))!))).toBe("y".repeat(512 * 20) + "k");
+      } finally {
+        await rec.stop();
+      }
+    });
+
+    test("a compressor that dies loses only what it held: later output is recorded on the calling thread", async () => {
+      const { log, messages } = capturingLogger();
+      const worker = new WorkerCompressor(log);
+      const rec = new Recorder(store, log, { flushMs: 3_600_000, chunkBytes: 1024, compressor: worker });
+      try {
+        const id = rec.start({ tenantId: T, sessionId: await insertSession(store), machineId: null, channel: 1, cols: 80, rows: 24 });
+        rec.output(id, utf8("before\r\n"));
+        expect(await rec.flush()).toBe(true);
+        // Kill the thread the way a crash inside it would end it.
+        (worker as unknown as { worker: Worker }).worker.terminate();
+        await Bun.sleep(50);
+        rec.output(id, utf8("after\r\n"));
+        await rec.end(id);
+        expect(replayOutput(parseCast((await exportCast(store, T, id))!))).toBe("before\r\nafter\r\n");
+        expect(messages.some((m) => m.level === "error" && m.msg.includes("compressor thread failed"))).toBe(true);
+      } finally {
+        await rec.stop();
+      }
+    });
+  });
+}
