@@ -92,10 +92,11 @@ export class Journal {
     if (done) batch.callbacks.push(done);
     if (!this.flushing) {
       this.flushing = true;
-      // Let the rest of this tick's appends join before the first flush. On PGlite the
-      // statement runs on this thread and nothing else arrives while it does, so the batch
-      // waits for the end of the event loop's turn instead: the other sockets' messages of the
-      // same turn join it (otherwise a burst of agent connects commits one event at a time).
+      // Let the rest of this tick's appends join before the first flush. PGlite runs one
+      // statement at a time (on its worker thread), so the first batch waits for the end of
+      // the event loop's turn instead: the other sockets' messages of the same turn join it,
+      // rather than a batch of one event holding the database while they queue for the next
+      // (a burst of agent connects would start with one-event commits).
       if (this.store.flavor === "pglite") setImmediate(() => void this.flush());
       else queueMicrotask(() => void this.flush());
     }

@@ -43,8 +43,8 @@ export interface Projection {
  * quick online → offline never lands as online. At connect the projections of
  * `agent.connected` and of the first `status` mostly become one row write, and a storm of 5,000
  * connects a handful of statements. On PostgreSQL a few writes (of different machines) run at
- * once; on PGlite, where every statement runs on this thread, one at a time and smaller, so that
- * the handshakes' statements get their turn in between.
+ * once; on PGlite, which runs one statement at a time (on its worker thread), one at a time and
+ * smaller, so that the handshakes' statements queued behind a write get their turn in between.
  */
 export class Projections {
   private readonly pending = new Map<string, Projection>();

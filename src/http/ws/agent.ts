@@ -24,10 +24,11 @@ import type { ServerWebSocket } from "bun";
 const HANDSHAKE_MS = 10_000;
 const NONCE_BYTES = 32;
 /**
- * On the embedded database every statement runs on this process's only thread, so a storm of
- * thousands of simultaneous handshakes makes each one slow, some past HANDSHAKE_MS, and those
- * agents retry (more work). So at most this many handshakes run at once there; the others wait,
- * without their handshake clock running, for at most QUEUED_MS. PostgreSQL has no such limit.
+ * The embedded database runs one statement at a time (on PGlite's worker thread), so in a storm
+ * of thousands of simultaneous handshakes every handshake's statements queue behind all the
+ * others', each handshake is slow, some past HANDSHAKE_MS, and those agents retry (more work).
+ * So at most this many handshakes run at once there; the others wait, without their handshake
+ * clock running, for at most QUEUED_MS. PostgreSQL has no such limit.
  */
 const PGLITE_HANDSHAKES = 500;
 const QUEUED_MS = 60_000;
