@@ -142,8 +142,12 @@ const KiB = 1024;
 const MiB = KiB * KiB;
 /** The first buffer of a recording's chunk; it doubles up to chunkBytes as output comes. */
 const FIRST_BUFFER = 4 * KiB;
-/** Full-size chunk buffers kept for reuse (they come back from the compressor). */
-const POOLED_BUFFERS = 8;
+/**
+ * Full-size chunk buffers come back from the compressor and are kept for the next burst, as
+ * many as a burst can hold: new memory costs a page fault per 4 KiB on first touch, which
+ * measured more than the relay's own work per MiB. Released after POOL_IDLE_MS without a burst.
+ */
+const POOL_IDLE_MS = 30_000;
 /** Output is a burst while it runs above `burstBytesPerSecond` over windows of this… */
 const RATE_WINDOW_MS = 100;
 /** …and has been, until it has been below for this long. */
@@ -405,7 +409,7 @@ export class Recorder {
   private submit({ r, chunk, raw, marks, final }: Held): void {
     const done = this.compressor.encode(r.id, raw, marks, final).then(
       (out) => {
-        if (out.raw?.byteLength === this.chunkBytes && this.pool.length < POOLED_BUFFERS) this.pool.push(out.raw);
+        if (out.raw?.byteLength === this.chunkBytes && this.pool.length * this.chunkBytes < this.holdBytes + this.flushAtBytes) this.pool.push(out.raw);
         if (chunk.gone) return;
         chunk.data = out.data;
         chunk.lastMs = out.lastMs;
@@ -453,6 +457,7 @@ export class Recorder {
    * with it (or now, if it has nothing, or the database is failing and this is the retry).
    */
   private tick(): void {
+    if (this.pool.length > 0 && performance.now() - this.busyUntil > POOL_IDLE_MS) this.pool.length = 0;
     for (const r of this.recs.values()) if (r.endedAt === null) this.seal(r, false);
     this.pump();
     if (this.compressing.size === 0 || this.failing) void this.flushNow();
