@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { beforeEach, describe, expect, test } from "bun:test";
 import { readdirSync, readFileSync } from "node:fs";
 import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
 import { silentLogger } from "../../src/log.ts";
@@ -8,7 +8,8 @@ import { InThreadCompressor, WorkerCompressor } from "../../src/recordings/compr
 import { Recorder } from "../../src/recordings/recorder.ts";
 import { closeAbandonedRecordings } from "../../src/recordings/recordings.ts";
 import type { Store } from "../../src/store/store.ts";
-import { createTestDb, FLAVORS, type TestDb } from "../helpers/stores.ts";
+import { useDb } from "../fixtures/harness.ts";
+import { FLAVORS } from "../helpers/stores.ts";
 import { capturingLogger, insertSession, utf8 } from "./helpers.ts";
 
 const T = DEFAULT_TENANT_ID;
@@ -103,15 +104,10 @@ describe("chunk codec", () => {
 
 for (const flavor of FLAVORS) {
   describe(`recorder and its compressor (${flavor})`, () => {
-    let db: TestDb;
+    const ctx = useDb(flavor);
     let store: Store;
-    beforeAll(async () => {
-      db = await createTestDb(flavor);
-      store = await db.open();
-    });
-    afterAll(async () => {
-      await store?.close();
-      await db?.destroy();
+    beforeEach(async () => {
+      store = await ctx.open();
     });
 
     test("chunks are stored compressed, with the time of their last event", async () => {
