@@ -51,7 +51,14 @@ export class WorkerCompressor implements ChunkCompressor {
 
   encode(rec: string, raw: Uint8Array, marks: Mark[], final: boolean): Promise<EncodedChunk> {
     if (this.fallback || this.closed) return (this.fallback ??= new InThreadCompressor()).encode(rec, raw, marks, final);
-    const worker = this.start();
+    let worker: Worker;
+    try {
+      worker = this.start();
+    } catch (err) {
+      // No thread to be had: never an exception into the relay, compress here instead.
+      this.fail(err instanceof Error ? err.message : String(err));
+      return this.encode(rec, raw, marks, final);
+    }
     const id = this.nextId++;
     return new Promise<EncodedChunk>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
