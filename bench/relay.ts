@@ -30,12 +30,12 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { seed as seedMachines } from "./fixtures/agent-keys.ts";
 import { withBenchSchema } from "./fixtures/pg-schema.ts";
 import { displayPrefix, newSecret, sha256Hex } from "../src/auth/secrets.ts";
 import { dataFrame } from "../src/protocol/frames.ts";
 import { parseCast, replayOutput } from "../src/recordings/asciicast.ts";
-import { applySchema } from "../src/store/schema.ts";
-import { openStore, type StoreConfig } from "../src/store/store.ts";
+import type { StoreConfig } from "../src/store/store.ts";
 import { BENCH_PASSWORD, startBenchServer } from "./fixtures/server-process.ts";
 import { Api, End, type Identity, openTerminal, closeTerminal, type TetherSession, tetherSession, typing } from "./fixtures/relay-clients.ts";
 
@@ -53,7 +53,6 @@ const WARM_MS = 1_000;
 const GOAL_THROUGHPUT = 0.8;
 const GOAL_P99_MS = 5;
 const GOAL_RECORDING = 0.9;
-const TENANT = "00000000-0000-0000-0000-000000000001";
 const RUN_TIMEOUT_MS = 60_000;
 
 // ---- terminal output ----------------------------------------------------------------------------
@@ -178,20 +177,9 @@ async function identities(n: number): Promise<Identity[]> {
   return out;
 }
 
-async function seed(config: StoreConfig, ids: Identity[]) {
-  const store = await openStore(config);
-  try {
-    await applySchema(store);
-    const rows = JSON.stringify(ids.map((m, i) => ({ id: m.machineId, uid: `bench-relay-${i}`, hostname: `RELAY-${String(i).padStart(4, "0")}`, pk: m.publicKey, key_id: crypto.randomUUID(), key_hash: sha256Hex(m.key), prefix: displayPrefix(m.key) })));
-    await store.query(
-      `insert into machines (id, tenant_id, machine_uid, hostname, public_key)
-       select (r->>'id')::uuid, $2::uuid, r->>'uid', r->>'hostname', r->>'pk' from jsonb_array_elements($1::text::jsonb) as r`, [rows, TENANT]);
-    await store.query(
-      `insert into agent_keys (id, tenant_id, machine_id, key_hash, prefix)
-       select (r->>'key_id')::uuid, $2::uuid, (r->>'id')::uuid, r->>'key_hash', r->>'prefix' from jsonb_array_elements($1::text::jsonb) as r`, [rows, TENANT]);
-  } finally {
-    await store.close();
-  }
+/** The machines and agent keys of `ids`, inserted by SQL (bench/fixtures/agent-keys.ts). */
+function seed(config: StoreConfig, ids: Identity[]) {
+  return seedMachines(config, ids.map((m, i) => ({ id: m.machineId, uid: `bench-relay-${i}`, hostname: `RELAY-${String(i).padStart(4, "0")}`, pk: m.publicKey, key_id: crypto.randomUUID(), key_hash: sha256Hex(m.key), prefix: displayPrefix(m.key) })));
 }
 
 /** In batches of `width` at a time. */

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { verifySecret } from "../../src/auth/passwords.ts";
 import { fingerprint, fingerprintLabel, newSecret } from "../../src/auth/secrets.ts";
 import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
@@ -7,7 +7,7 @@ import { rotateEnrollmentKey } from "../../src/enrollment/enrollment-keys.ts";
 import { createSite, KEY_PLACEHOLDER } from "../../src/enrollment/sites.ts";
 import { installCommand } from "../../src/install/install-script.ts";
 import type { Store } from "../../src/store/store.ts";
-import { createTestDb, FLAVORS, type TestDb } from "../helpers/stores.ts";
+import { FLAVORS, useSharedStore } from "../helpers/stores.ts";
 
 test("fingerprints: first 4 hex of SHA-256, upper case, rendered vN (XXXX)", () => {
   const key = newSecret("enrollmentKey");
@@ -25,16 +25,8 @@ test("the install command fetches the server's script and passes the site and ke
 
 for (const flavor of FLAVORS) {
   describe(`enrollment keys in the store (${flavor})`, () => {
-    let db: TestDb;
     let store: Store;
-    beforeAll(async () => {
-      db = await createTestDb(flavor);
-      store = await db.open();
-    }, 60_000);
-    afterAll(async () => {
-      await store?.close();
-      await db?.destroy();
-    });
+    useSharedStore(flavor, (s) => (store = s));
 
     test("rotation: v1, v2, v3; one active key; each hash verifies only its own key", async () => {
       const site = await createSite(store, DEFAULT_TENANT_ID, { siteCode: "ROT-1", displayName: "R", company: "" });

@@ -1,3 +1,4 @@
+import { afterAll, beforeAll } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -20,6 +21,24 @@ export interface TestDb {
 }
 
 export const FLAVORS: Array<"pglite" | "postgres"> = process.env.TEST_DATABASE_URL ? ["pglite", "postgres"] : ["pglite"];
+
+/**
+ * One database for a whole describe: created and opened before its first test (the store is
+ * handed to `set`), closed and destroyed after its last.
+ */
+export function useSharedStore(flavor: TestDb["flavor"], set: (store: Store) => void): void {
+  let db: TestDb | undefined;
+  let store: Store | undefined;
+  beforeAll(async () => {
+    db = await createTestDb(flavor);
+    store = await db.open();
+    set(store);
+  }, 60_000);
+  afterAll(async () => {
+    await store?.close();
+    await db?.destroy();
+  });
+}
 
 export async function createTestDb(flavor: "pglite" | "postgres"): Promise<TestDb> {
   if (flavor === "pglite") {

@@ -1,27 +1,19 @@
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { newSecret } from "../../src/auth/secrets.ts";
 import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
 import { mintAgentKey, revokeAgentKey, verifyAgentKey } from "../../src/machines/agent-keys.ts";
 import type { Store } from "../../src/store/store.ts";
-import { createTestDb, FLAVORS, type TestDb } from "../helpers/stores.ts";
+import { FLAVORS, useSharedStore } from "../helpers/stores.ts";
 
 for (const flavor of FLAVORS) {
   describe(`verifyAgentKey (${flavor})`, () => {
-    let db: TestDb;
     let store: Store;
+    useSharedStore(flavor, (s) => (store = s));
     const machine = async () => {
       const id = crypto.randomUUID();
       await store.query("insert into machines (id, tenant_id, machine_uid, hostname, public_key) values ($1, $2, $3, 'H', 'pk')", [id, DEFAULT_TENANT_ID, id]);
       return id;
     };
-    beforeAll(async () => {
-      db = await createTestDb(flavor);
-      store = await db.open();
-    }, 60_000);
-    afterAll(async () => {
-      await store?.close();
-      await db?.destroy();
-    });
 
     test("the machine's live key verifies and its last use is recorded", async () => {
       const m = await machine();

@@ -6,13 +6,13 @@ import { silentLogger } from "../../src/log.ts";
 import { mintAgentKey } from "../../src/machines/agent-keys.ts";
 import { type Projection, Projections } from "../../src/machines/presence.ts";
 import type { Queryable, Store } from "../../src/store/store.ts";
-import { createTestDb, eventually, FLAVORS, type TestDb } from "../helpers/stores.ts";
+import { eventually, FLAVORS, useSharedStore } from "../helpers/stores.ts";
 
 /** Presence writes coalesced per machine, the revocation sweep, last_used_at batching. */
 for (const flavor of FLAVORS) {
   describe(`machine presence writes (${flavor})`, () => {
-    let db: TestDb;
     let store: Store;
+    useSharedStore(flavor, (s) => (store = s));
     let statements: string[] = [];
     const counted: Queryable = { query: (sql, params) => (statements.push(sql), store.query(sql, params)) };
     const machine = async () => {
@@ -25,14 +25,6 @@ for (const flavor of FLAVORS) {
     const p = (machine_id: string, status: "online" | "offline", n: number): Projection =>
       ({ machine_id, status, last_seen: 1_700_000_000_000 + n, inventory: { hostname: `h${n}` }, external_ip: "10.0.0.1", agent_version: `v${n}` });
 
-    beforeAll(async () => {
-      db = await createTestDb(flavor);
-      store = await db.open();
-    }, 60_000);
-    afterAll(async () => {
-      await store?.close();
-      await db?.destroy();
-    });
 
     test("many projections of one machine end at the last one, in few statements", async () => {
       const ids = await Promise.all(Array.from({ length: 20 }, machine));

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { describe, expect, setDefaultTimeout, test } from "bun:test";
 import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
 import { loadConfig } from "../../src/config.ts";
 import { silentLogger } from "../../src/log.ts";
@@ -6,7 +6,7 @@ import { createRecorder } from "../../src/recordings/factory.ts";
 import { Recorder } from "../../src/recordings/recorder.ts";
 import { sweepRecordings } from "../../src/recordings/retention.ts";
 import type { Store } from "../../src/store/store.ts";
-import { createTestDb, eventually, FLAVORS, type TestDb } from "../helpers/stores.ts";
+import { eventually, FLAVORS, useSharedStore } from "../helpers/stores.ts";
 import { insertSession, utf8 } from "./helpers.ts";
 
 setDefaultTimeout(60_000);
@@ -14,16 +14,8 @@ const DAY = 86_400_000;
 
 for (const flavor of FLAVORS) {
   describe(`recording retention (${flavor})`, () => {
-    let db: TestDb;
     let store: Store;
-    beforeAll(async () => {
-      db = await createTestDb(flavor);
-      store = await db.open();
-    });
-    afterAll(async () => {
-      await store?.close();
-      await db?.destroy();
-    });
+    useSharedStore(flavor, (s) => (store = s));
 
     test("recordings older than the retention are deleted with their chunks; newer ones stay", async () => {
       const now = Date.now();
