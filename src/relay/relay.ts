@@ -337,12 +337,17 @@ export class Relay {
   chat: (sessionId: string, tenantId: string, from: { member: string; name: string }, text: string) => Promise<unknown> = async () => null;
 
   /** A message of a session's room: to every viewer, and to the person at the machine unless it is theirs. */
-  deliverChat(sessionId: string, m: { id: string; sender: string; sender_name: string; body: string; ts: number }): void {
+  deliverChat(sessionId: string, m: ChatRow): void {
     const route = this.sessions.get(sessionId);
     if (!route) return;
-    const fromPerson = m.sender === `person:${sessionId}`;
-    this.broadcast(sessionId, { t: "chat", id: m.id, from: m.sender_name, role: fromPerson ? "end_user" : "technician", text: m.body, at: m.ts });
-    if (!fromPerson) this.toAgent(route.agentConn, { t: "chat", session: sessionId, from: m.sender_name, text: m.body });
+    this.broadcast(sessionId, chatToViewer(sessionId, m));
+    if (m.sender !== `person:${sessionId}`) this.toAgent(route.agentConn, { t: "chat", session: sessionId, from: m.sender_name, text: m.body });
+  }
+
+  /** The chat so far, to one viewer who has just joined (the page drops what it already has, by id). */
+  chatHistory(sessionId: string, viewerId: string, messages: ChatRow[]): void {
+    const route = this.sessions.get(sessionId);
+    if (route) for (const m of messages) this.unicast(route, viewerId, chatToViewer(sessionId, m));
   }
 
   private postChat(route: SessionRoute, from: { member: string; name: string }, text: string): void {
@@ -482,3 +487,9 @@ export class Relay {
     }
   }
 }
+
+/** A message of a session's room, as the rows and the room hub have it. */
+type ChatRow = { id: string; sender: string; sender_name: string; body: string; ts: number };
+
+const chatToViewer = (sessionId: string, m: ChatRow): ServerToViewer =>
+  ({ t: "chat", id: m.id, from: m.sender_name, role: m.sender === `person:${sessionId}` ? "end_user" : "technician", text: m.body, at: m.ts });

@@ -103,6 +103,12 @@ export async function messagesAfter(db: Queryable, roomId: string, after: string
     [roomId, after, limit]);
 }
 
+/** A room's latest `limit` messages, oldest first. */
+export async function lastMessages(db: Queryable, roomId: string, limit: number): Promise<RoomMessage[]> {
+  const rows = await db.query<RoomMessage>(`select ${MESSAGE_COLUMNS} from room_messages where room_id = $1 order by id desc limit $2`, [roomId, limit]);
+  return rows.reverse();
+}
+
 export async function messageExists(db: Queryable, roomId: string, id: string): Promise<boolean> {
   return (await db.query("select 1 from room_messages where room_id = $1 and id = $2", [roomId, id])).length > 0;
 }

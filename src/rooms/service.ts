@@ -6,7 +6,7 @@ import type { Queryable } from "../store/store.ts";
 import type { RoomHub, Subscriber } from "./hub.ts";
 import type { Appended, MessageLog } from "./message-log.ts";
 import type { NewMember, RoomContext } from "./room.ts";
-import { userKeys } from "./rooms.ts";
+import { lastMessages, userKeys } from "./rooms.ts";
 
 /** Why a post or a room operation was refused: an HTTP status and a stable code. */
 export class RoomError extends Error {
@@ -139,5 +139,13 @@ export class Rooms {
     }
     if (!room?.members[from.member]) return null;
     return (await this.post(room, from, { body: text })).message;
+  }
+
+  /**
+   * A session's chat so far, for a viewer who joins or rejoins: its room's latest `limit`
+   * messages. The session was checked against the viewer's tenant before this is asked.
+   */
+  async sessionChatHistory(sessionId: string, limit: number): Promise<RoomMessage[]> {
+    return lastMessages(this.db, sessionId, limit);
   }
 }

@@ -337,6 +337,16 @@ for (const flavor of FLAVORS) {
       expect((await app.call("POST", `/api/rooms/${s.id}/messages`, { token: app.adminToken, body: { body: "posted over the API" } })).status).toBe(201);
       expect(await agent.waitFor((x) => x.t === "chat", "API chat at the agent")).toMatchObject({ from: "admin", text: "posted over the API" });
       expect(await v.waitFor((x) => x.t === "chat" && x.text === "posted over the API")).toMatchObject({ role: "technician" });
+
+      // A viewer who joins (or rejoins after a restart) is sent the chat so far, oldest first.
+      const late = new TestViewer(app.url, s.id, (await viewerToken(s.id, "view", tech.token)).token);
+      cleanups.push(() => late.close());
+      await late.open();
+      await late.waitFor((x) => x.t === "joined", 5_000, "joined");
+      await eventually(async () => late.messages.filter((x) => x.t === "chat").length === 3, 3_000, "the chat history");
+      const history = late.messages.filter((x) => x.t === "chat");
+      expect(history.map((x) => [x.role, x.text])).toEqual([["technician", "hello from the technician"], ["end_user", "thanks, I see it"], ["technician", "posted over the API"]]);
+      expect(history[0].id).toBe(stored[0].id);
     });
   });
 }

@@ -17,6 +17,9 @@ import { HttpError } from "../errors.ts";
  * over 64 KiB are refused. Then the viewer joins the session actor and the relay carries its
  * frames (src/relay/relay.ts).
  */
+/** How much of a session's chat a joining viewer is sent (the page keeps 500). */
+const CHAT_HISTORY = 200;
+
 const Query = z.object({ session: z.uuid(), token: z.string().min(1).max(4096) });
 
 interface Admitted {
@@ -72,6 +75,9 @@ export const viewerSocket = (deps: AppDeps) => {
         t: "joined", session: a.claims.session, viewer_id: viewerId, access: a.claims.access, state: String(joined.value),
         viewers: Object.values(c.viewers), channels: Object.values(c.channels).map(({ opened_at: _o, ...ch }) => ch),
       } as never));
+      // Registered with the relay before this read: a message committed after it arrives live, and the page drops doubles by id.
+      const history = await deps.rooms.sessionChatHistory(a.claims.session, CHAT_HISTORY).catch(() => []);
+      deps.relay.chatHistory(a.claims.session, viewerId, history);
     },
     async message(ws, raw) {
       const link = links.get((ws.data as { viewerId?: string }).viewerId ?? "");

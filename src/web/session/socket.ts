@@ -194,10 +194,14 @@ export class ViewerSocket {
       case "viewers":
         this.snapshot = { ...this.snapshot, viewers: m.viewers };
         break;
-      case "chat":
+      case "chat": {
         if (m.id && this.snapshot.chat.some((c) => c.id === m.id)) break;
-        this.snapshot = { ...this.snapshot, chat: [...this.snapshot.chat.slice(-499), m] };
+        // The history sent on joining may cross a message sent live: room ids (ULIDs) sort in time.
+        const chat = [...this.snapshot.chat.slice(-499), m];
+        if (m.id) chat.sort((x, y) => (x.id && y.id ? (x.id < y.id ? -1 : x.id > y.id ? 1 : 0) : 0));
+        this.snapshot = { ...this.snapshot, chat };
         break;
+      }
       case "ch.opened": {
         this.known.add(m.channel);
         const p = this.take(m.req, "ch.opened");
