@@ -207,13 +207,25 @@ interface Result {
   recordingsOk: boolean;
   castOk: boolean;
   notes: string[];
+  /** CPU time of the relaying process per MiB delivered to each viewer, per run (ms): where a gap comes from. */
+  cpu: { bare1: number[]; off1: number[]; on1: number[]; inproc1: number[] };
+  /** The bare pipe inside Tether's server process (a diagnostic, not the baseline). */
+  inproc1: number[];
 }
 
-async function run(label: string, ids: Identity[], bareUrl: string, env: Record<string, string>): Promise<Result> {
+/** f() and the CPU ms `pid` spent meanwhile, per MiB of TOTAL. */
+async function withCpu<T>(pid: number, f: () => Promise<T>): Promise<[T, number]> {
+  const c0 = cpuSeconds(pid);
+  const out = await f();
+  return [out, ((cpuSeconds(pid) - c0) * 1000) / (TOTAL / MiB)];
+}
+
+async function run(label: string, ids: Identity[], bare: { url: string; pid: number }, env: Record<string, string>): Promise<Result> {
+  const bareUrl = bare.url;
   console.log(`\n${label}`);
   const { proc, url } = await spawnServer("bench/fixtures/relay-server.ts", env);
   const agents: End[] = [];
-  const r: Result = { label, bare1: [], bare4: [], off1: [], on1: [], on1Flushed: [], off4: [], on4: [], flushMs: [], bareRtt: [], tetherRtt: [], dropped: 0, recordingsOk: true, castOk: false, notes: [] };
+  const r: Result = { label, bare1: [], bare4: [], off1: [], on1: [], on1Flushed: [], off4: [], on4: [], flushMs: [], bareRtt: [], tetherRtt: [], dropped: 0, recordingsOk: true, castOk: false, notes: [], cpu: { bare1: [], off1: [], on1: [], inproc1: [] }, inproc1: [] };
   try {
     const api = new Api(url);
     api.token = (await api.call("POST", "/api/auth/login", { username: "admin", password: BENCH_PASSWORD })).token;
@@ -225,13 +237,15 @@ async function run(label: string, ids: Identity[], bareUrl: string, env: Record<
     agents.push(one.agent, four.agent, ...one.viewers, ...four.viewers);
     const bare1 = await barePipe(bareUrl, `${label}-bulk1`, 1);
     const bare4 = await barePipe(bareUrl, `${label}-bulk4`, 4);
-    agents.push(bare1.agent, bare4.agent, ...bare1.viewers, ...bare4.viewers);
+    const inproc1 = await barePipe(`${url}/bench/pipe`, `${label}-inproc1`, 1);
+    agents.push(bare1.agent, bare4.agent, ...bare1.viewers, ...bare4.viewers, inproc1.agent, ...inproc1.viewers);
     const onRecordings = new Set<string>();
 
-    const tether = async (s: TetherSession, on: boolean) => {
+    const tether = async (s: TetherSession, on: boolean, cpu?: number[]) => {
       await recording(on);
       const channel = await openTerminal(s);
-      const ms = await bulk(s.agent, s.viewers, channel);
+      const [ms, cpuPerMiB] = await withCpu(proc.pid, () => bulk(s.agent, s.viewers, channel));
+      cpu?.push(cpuPerMiB);
       let flushed = ms;
       if (on) {
         const t = performance.now();
@@ -251,12 +265,21 @@ async function run(label: string, ids: Identity[], bareUrl: string, env: Record<
     for (let rep = 0; rep < REPS; rep++) {
       // Rotate the order, so that no variant always runs first in a rep.
       const steps: Array<() => Promise<void>> = [
-        async () => void r.bare1.push(await bulk(bare1.agent, bare1.viewers, 1)),
-        async () => void r.off1.push((await tether(one, false)).ms),
         async () => {
-          const t = await tether(one, true);
+          const [ms, cpu] = await withCpu(bare.pid, () => bulk(bare1.agent, bare1.viewers, 1));
+          r.bare1.push(ms);
+          r.cpu.bare1.push(cpu);
+        },
+        async () => void r.off1.push((await tether(one, false, r.cpu.off1)).ms),
+        async () => {
+          const t = await tether(one, true, r.cpu.on1);
           r.on1.push(t.ms);
           r.on1Flushed.push(t.flushed);
+        },
+        async () => {
+          const [ms, cpu] = await withCpu(proc.pid, () => bulk(inproc1.agent, inproc1.viewers, 1));
+          r.inproc1.push(ms);
+          r.cpu.inproc1.push(cpu);
         },
         async () => void r.bare4.push(await bulk(bare4.agent, bare4.viewers, 1)),
         async () => void r.off4.push((await tether(four, false)).ms),
@@ -266,7 +289,7 @@ async function run(label: string, ids: Identity[], bareUrl: string, env: Record<
       // same session was measured slower, whichever variant it was.
       if (rep % 2 === 1) {
         [steps[1], steps[2]] = [steps[2]!, steps[1]!];
-        [steps[4], steps[5]] = [steps[5]!, steps[4]!];
+        [steps[5], steps[6]] = [steps[6]!, steps[5]!];
       }
       for (let k = 0; k < steps.length; k++) {
         await quiet(proc.pid);
@@ -360,6 +383,9 @@ function summary(r: Result) {
   console.log(`\nSummary, ${r.label}: ${fmt(TOTAL / MiB, 0)} MiB in ${FRAME}-byte frames, window ${WINDOW / MiB} MiB, best of ${REPS} (range); ${SESSIONS} sessions typing every ${TYPE_MS} ms for ${(LATENCY_ROUNDS * LATENCY_MS) / 1000} s`);
   console.log("  figure | Tether | bare pipe, same run | ratio | goal | met");
   for (const row of rows) console.log(`  ${row.join(" | ")}`);
+  const med = (xs: number[]) => fmt(sorted(xs)[Math.floor(xs.length / 2)] ?? NaN, 2);
+  console.log(`  relaying process CPU per MiB, 1 viewer (median, while delivering; ms): bare ${med(r.cpu.bare1)}, Tether recording off ${med(r.cpu.off1)}, on ${med(r.cpu.on1)}`);
+  console.log(`  the bare pipe inside Tether's process (diagnostic): ${fmt(mibps(best(r.inproc1)), 0)} MiB/s (${range(r.inproc1)}), ${fmt(best(r.bare1) / best(r.inproc1), 2)} × the bare process; CPU per MiB ${med(r.cpu.inproc1)} ms`);
   for (const n of r.notes) console.log(`  NOTE: ${n}`);
 }
 
@@ -379,13 +405,13 @@ try {
   if (only !== "postgres") {
     const pg = join(dataDir, "pglite");
     await seed({ dataDir: pg }, ids);
-    results.push(await run("PGlite", ids, bare.url, { TETHER_DATA_DIR: pg, DATABASE_URL: "" }));
+    results.push(await run("PGlite", ids, { url: bare.url, pid: bare.proc.pid }, { TETHER_DATA_DIR: pg, DATABASE_URL: "" }));
   }
   const pgUrl = process.env.BENCH_DATABASE_URL ?? process.env.TEST_DATABASE_URL;
   if (pgUrl && only !== "pglite") {
     await withBenchSchema(pgUrl, "bench_relay", async (db) => {
       await seed(db.config, ids);
-      results.push(await run("PostgreSQL", ids, bare.url, db.env));
+      results.push(await run("PostgreSQL", ids, { url: bare.url, pid: bare.proc.pid }, db.env));
     });
   } else if (!pgUrl) console.log("\nPostgreSQL: skipped (set BENCH_DATABASE_URL)");
   for (const r of results) summary(r);
