@@ -457,3 +457,32 @@ alter table recording_chunks add column last_ms bigint;
 alter table recording_chunks alter column events drop not null;
 alter table recording_chunks alter column data set storage external;
 alter table recording_chunks add constraint recording_chunks_payload check (events is not null or data is not null);
+
+-- version: 9
+-- Presence writes without index churn. A machine's status changes at every connect and
+-- disconnect, and was part of `search_doc`: every such UPDATE changed an indexed column, so
+-- each one added entries to all six of machines' indexes (the trigram index among them). With
+-- status out of the document (a search term that could be a status also matches `status`,
+-- src/machines/search.ts) and room left in each page (fillfactor 75), a presence update
+-- touches no indexed column and stays on its page (a HOT update): about half the database
+-- time of a reconnect storm on the embedded database. Re-adding the column rewrites the table,
+-- so existing rows get the room too.
+alter table machines set (fillfactor = 75);
+-- `last_used_at` (written once a second for the keys used since) likewise: new pages keep room.
+alter table agent_keys set (fillfactor = 80);
+drop index machines_search_doc;
+alter table machines drop column search_doc;
+alter table machines add column search_doc text generated always as (lower(
+  hostname || chr(10) || machine_uid || chr(10) ||
+  coalesce(labels->>'company', '') || chr(10) || coalesce(labels->>'site', '') || chr(10) ||
+  coalesce(labels->>'department', '') || chr(10) || coalesce(labels->>'device_type', '') || chr(10) ||
+  tether_json_strings(labels->'tags') || chr(10) ||
+  coalesce(inventory->'os'->>'name', '') || ' ' || coalesce(inventory->'os'->>'version', '') || chr(10) ||
+  coalesce(inventory->>'kernel', '') || chr(10) || coalesce(inventory->'cpu'->>'model', '') || chr(10) ||
+  coalesce(inventory->>'hostname', '') || chr(10) || coalesce(inventory->>'timezone', '') || chr(10) ||
+  coalesce(inventory->>'agent_version', '') || chr(10) || coalesce(agent_version, '') || chr(10) ||
+  tether_json_strings(inventory->'users') || chr(10) || tether_json_strings(inventory->'private_ips') || chr(10) ||
+  tether_json_strings(inventory->'macs') || chr(10) || coalesce(external_ip, '') ||
+  case when enrollment_state = 'pending' then chr(10) || 'pending' else '' end
+)) stored;
+create index machines_search_doc on machines using gin (search_doc public.gin_trgm_ops);

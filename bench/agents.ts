@@ -24,7 +24,7 @@
  * BENCH_ONLY=pglite or BENCH_ONLY=postgres runs one database only; BENCH_PROFILE=1 prints the
  * server's statements (count, total and longest time) after each agent storm.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import postgres from "postgres";
@@ -56,6 +56,21 @@ const cpuSeconds = (pid: number) => {
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
   return (Number(fields[11]) + Number(fields[12])) / 100;
 };
+/** CPU seconds of a process per kind of thread ("bun" is the main thread, "Worker" a worker thread, the rest JSC's GC and JIT). */
+function threadCpu(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")).replace(/\s*\d+$/, "");
+      const fields = stat.slice(stat.lastIndexOf(") ") + 2).split(" ");
+      out.set(name, (out.get(name) ?? 0) + (Number(fields[11]) + Number(fields[12])) / 100);
+    } catch {} // a thread that ended meanwhile
+  }
+  return out;
+}
+const threadCpuSince = (pid: number, before: Map<string, number>) =>
+  [...threadCpu(pid)].map(([k, v]) => [k, v - (before.get(k) ?? 0)] as const).filter(([, v]) => v >= 0.05).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(", ");
 /** Waits until the server has used under 10% of a core over half a second (backlogged writes done), at most 30 s. */
 async function quiet(pid: number) {
   const deadline = Date.now() + 30_000;
@@ -152,7 +167,7 @@ async function run(label: string, swarm: Swarm, env: Record<string, string>) {
   }
 
   // (a) and (b) on another fresh server.
-  ({ proc, url } = await startBenchServer(serverEnv));
+  ({ proc, url } = await startBenchServer(serverEnv, process.env.BENCH_CPU_PROF ? { args: ["--cpu-prof-md", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] } : {}));
   try {
     await swarm.call({ t: "url", url });
     await swarm.call({ t: "stats" }); // resets the count of unexpected closes
@@ -189,11 +204,11 @@ async function run(label: string, swarm: Swarm, env: Record<string, string>) {
     /** A wave, with the CPU seconds the server and the agents' process spent during it. */
     const timed = async (req: DistOmit<SwarmRequest, "id">) => {
       await quiet(proc.pid);
-      const [s0, c0] = [cpuSeconds(proc.pid), cpuSeconds(swarm.proc.pid)];
+      const [s0, c0, t0] = [cpuSeconds(proc.pid), cpuSeconds(swarm.proc.pid), threadCpu(proc.pid)];
       const result = await swarm.call<WaveResult>(req);
-      return { ...result, serverCpu: cpuSeconds(proc.pid) - s0, agentsCpu: cpuSeconds(swarm.proc.pid) - c0 };
+      return { ...result, serverCpu: cpuSeconds(proc.pid) - s0, agentsCpu: cpuSeconds(swarm.proc.pid) - c0, threads: threadCpuSince(proc.pid, t0) };
     };
-    const cpuOf = (w: { serverCpu: number; agentsCpu: number }) => `CPU: server ${w.serverCpu.toFixed(2)} s, agents ${w.agentsCpu.toFixed(2)} s`;
+    const cpuOf = (w: { serverCpu: number; agentsCpu: number; threads: string }) => `CPU: server ${w.serverCpu.toFixed(2)} s [${w.threads}], agents ${w.agentsCpu.toFixed(2)} s`;
     for (let rep = 0; rep < STORM_REPS; rep++) {
       const p = await timed({ t: "plain", n: N });
       plainStorms.push(p);

@@ -7,6 +7,8 @@
  * `status:`), of that attribute only. `"two words"` (also `os:"windows 11"`) is one term. An
  * unknown `word:` prefix is no scope: `aa:bb:cc` is searched as it is (MAC addresses, IPv6).
  * Every scoped term is also required of `search_doc`, so the trigram index narrows every term.
+ * A machine's status is matched on its column, not in `search_doc`, which presence updates
+ * must leave alone (schema version 9).
  */
 
 export const SCOPES = ["host", "os", "user", "ip", "tag", "site", "status"] as const;
@@ -18,6 +20,8 @@ export interface Term {
 
 export const MAX_TERMS = 16;
 const STATUS_VALUES = ["online", "offline", "pending"];
+/** The values of machines.status. */
+const STATUSES = ["online", "offline"];
 
 export class QueryError extends Error {}
 
@@ -130,8 +134,13 @@ export function termSql(t: Term, p: (v: unknown) => string): string {
   const pat = `lower(${p(likeContains(t.value))})`;
   const doc = `m.search_doc like ${pat}`;
   switch (t.scope) {
-    case null:
-      return `(${doc} or ${sitesMatching(pat)})`;
+    case null: {
+      // Status is not in search_doc (it changes at every connect; schema version 9): a term
+      // that could be part of one matches the column too.
+      const v = t.value.toLowerCase();
+      const status = STATUSES.some((s) => s.includes(v)) ? ` or m.status like ${pat}` : "";
+      return `(${doc} or ${sitesMatching(pat)}${status})`;
+    }
     case "host":
       return `(${doc} and lower(m.hostname) like ${pat})`;
     case "os":

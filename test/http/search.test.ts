@@ -143,6 +143,9 @@ for (const flavor of FLAVORS) {
     test("terms are ANDed; a quoted phrase is one term", async () => {
       expect(await find("prod ubuntu")).toEqual(["beta-srv02"]);
       expect(await find("prod   online")).toEqual(["ALPHA-WS01"]);
+      // Status is matched on its column (schema version 9), still as a substring like any term.
+      expect(await find("prod OFFL")).toEqual(["beta-srv02"]);
+      expect(new Set(await find("tie line"))).toEqual(new Set(["echo", "ECHO"]));
       expect(await find("tag:prod status:offline")).toEqual(["beta-srv02"]);
       expect(await find(`site:${siteB.code} status:online os:mac`)).toEqual(["gamma-lt03"]);
       expect(await find('"bob smith"')).toEqual(["ALPHA-WS01"]);

@@ -64,6 +64,30 @@ for (const flavor of FLAVORS) {
       await projections.flush();
     });
 
+    test("a connect or disconnect that changes only status and last_seen is a HOT update: no index is touched", async () => {
+      const ids = await Promise.all(Array.from({ length: 20 }, machine));
+      await Promise.all(ids.map((id) => new Projections(store, silentLogger).project(p(id, "online", 1))));
+      const docs = await store.query<{ search_doc: string }>("select search_doc from machines where id = any($1::uuid[]) order by id", [ids]);
+      // The projection's own statement, in a transaction: the transaction's counters are exact at once.
+      // Each round in a transaction of its own (one connection, whose counters the xact view
+      // has at once); the versions a round leaves behind are pruned by the next.
+      const rounds: Array<{ upd: number; hot: number }> = [];
+      for (let round = 0; round < 3; round++) {
+        rounds.push(await store.transaction(async (tx) => {
+          const counts = async () => (await tx.query<{ upd: number; hot: number }>(
+            "select n_tup_upd::int as upd, n_tup_hot_upd::int as hot from pg_stat_xact_user_tables where relid = 'machines'::regclass"))[0]!;
+          const before = await counts();
+          for (const [k, id] of ids.entries()) await new Projections(tx, silentLogger).project({ ...p(id, (k + round) % 2 ? "online" : "offline", 1), last_seen: 1_800_000_000_000 + k });
+          const after = await counts();
+          return { upd: after.upd - before.upd, hot: after.hot - before.hot };
+        }));
+      }
+      const hot = rounds.at(-1)!;
+      expect(hot).toEqual({ upd: ids.length, hot: ids.length });
+      // Status is matched on its column; the search document did not change.
+      expect(await store.query("select search_doc from machines where id = any($1::uuid[]) order by id", [ids])).toEqual(docs);
+    });
+
     test("flush waits for every projection handed in", async () => {
       const id = await machine();
       const projections = new Projections(counted, silentLogger);
