@@ -24,7 +24,7 @@
  *
  * PGlite always; PostgreSQL too with BENCH_DATABASE_URL (or TEST_DATABASE_URL): a schema of its
  * own in the database `bench_relay` (created if missing), dropped at the end. Env:
- * BENCH_QUICK=1, BENCH_RELAY_MIB (TOTAL), BENCH_FRAME (payload bytes), BENCH_SESSIONS,
+ * BENCH_QUICK=1, BENCH_REPS, BENCH_RELAY_MIB (TOTAL), BENCH_FRAME (payload bytes), BENCH_SESSIONS,
  * BENCH_ONLY=pglite|postgres.
  */
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -44,7 +44,7 @@ const MiB = 1024 * 1024;
 const TOTAL = Number(process.env.BENCH_RELAY_MIB ?? (QUICK ? 16 : 64)) * MiB;
 const FRAME = Number(process.env.BENCH_FRAME ?? 16 * 1024);
 const WINDOW = 2 * MiB;
-const REPS = QUICK ? 2 : 4;
+const REPS = Number(process.env.BENCH_REPS ?? (QUICK ? 2 : 4));
 const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 200);
 const TYPE_MS = 100;
 const LATENCY_ROUNDS = QUICK ? 1 : 2;
