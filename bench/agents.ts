@@ -22,7 +22,8 @@
  * Runs on the embedded database; set BENCH_DATABASE_URL (or TEST_DATABASE_URL) to also run on
  * PostgreSQL. BENCH_AGENTS changes the agent count (default 5,000) for a quick try;
  * BENCH_ONLY=pglite or BENCH_ONLY=postgres runs one database only; BENCH_PROFILE=1 prints the
- * server's statements (count, total and longest time) after each agent storm.
+ * server's statements (count, total and longest time) after each agent storm;
+ * BENCH_CPU_PROF=<dir> writes a CPU profile of the storms' server (bun --cpu-prof-md).
  */
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
