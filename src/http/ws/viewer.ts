@@ -10,6 +10,9 @@ import type { AppDeps } from "../deps.ts";
 import { bufferedAmount } from "./buffered.ts";
 import { HttpError } from "../errors.ts";
 
+/** How much of a session's chat a joining viewer is sent (the page keeps 500). */
+const CHAT_HISTORY = 200;
+
 /**
  * `/ws/viewer?session=<id>&token=<viewer token>` (S3): every check happens before the upgrade,
  * in the order of the reference (signature, expiry, purpose, revocation, then session binding).
@@ -17,9 +20,6 @@ import { HttpError } from "../errors.ts";
  * over 64 KiB are refused. Then the viewer joins the session actor and the relay carries its
  * frames (src/relay/relay.ts).
  */
-/** How much of a session's chat a joining viewer is sent (the page keeps 500). */
-const CHAT_HISTORY = 200;
-
 const Query = z.object({ session: z.uuid(), token: z.string().min(1).max(4096) });
 
 interface Admitted {
@@ -76,7 +76,10 @@ export const viewerSocket = (deps: AppDeps) => {
         viewers: Object.values(c.viewers), channels: Object.values(c.channels).map(({ opened_at: _o, ...ch }) => ch),
       } as never));
       // Registered with the relay before this read: a message committed after it arrives live, and the page drops doubles by id.
-      const history = await deps.rooms.sessionChatHistory(a.claims.session, CHAT_HISTORY).catch(() => []);
+      const history = await deps.rooms.sessionChatHistory(a.claims.session, CHAT_HISTORY).catch((err: Error) => {
+        deps.log.warn({ session_id: a.claims.session, err: err.message }, "session chat history not read; the viewer gets new messages only");
+        return [];
+      });
       deps.relay.chatHistory(a.claims.session, viewerId, history);
     },
     async message(ws, raw) {
