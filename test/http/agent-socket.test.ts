@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { CLOSE } from "../../src/protocol/agent.ts";
+import { dataFrame } from "../../src/protocol/frames.ts";
 import { agentIdentity, TestAgentSocket } from "../helpers/agent-client.ts";
 import { startTestApp, type TestApp } from "../helpers/app.ts";
 import { eventually, FLAVORS } from "../helpers/stores.ts";
@@ -59,6 +60,23 @@ for (const flavor of FLAVORS) {
       expect((await agent.closed).code).toBe(CLOSE.SILENT);
       expect(Date.now() - started).toBeLessThan(3_000);
       await eventually(async () => (await get(m.id)).status === "offline", 3_000, "offline");
+    });
+
+    test("data frames are signs of life too: an agent streaming output without heartbeats stays connected", async () => {
+      const m = await machine();
+      const agent = socket();
+      expect(await agent.handshake(m.id, m.key, m.privateKey)).toBe(true);
+      let closed = false;
+      void agent.closed.then(() => (closed = true));
+      // Twice the offline time, with output on a channel that is gone (the relay drops it).
+      for (let i = 0; i < 8; i++) {
+        agent.sendRaw(dataFrame(12_345, `late output ${i}\r\n`));
+        await Bun.sleep(200);
+      }
+      expect(closed).toBe(false);
+      expect((await get(m.id)).status).toBe("online");
+      // Then silence: dropped as any silent agent.
+      expect((await agent.closed).code).toBe(CLOSE.SILENT);
     });
 
     test("heartbeats keep it online; a second connection supersedes the first (no ghost)", async () => {
