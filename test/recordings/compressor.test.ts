@@ -9,7 +9,7 @@ import { Recorder } from "../../src/recordings/recorder.ts";
 import { closeAbandonedRecordings } from "../../src/recordings/recordings.ts";
 import type { Store } from "../../src/store/store.ts";
 import { useDb } from "../fixtures/harness.ts";
-import { FLAVORS } from "../helpers/stores.ts";
+import { eventually, FLAVORS } from "../helpers/stores.ts";
 import { capturingLogger, insertSession, utf8 } from "./helpers.ts";
 
 const T = DEFAULT_TENANT_ID;
@@ -183,7 +183,8 @@ for (const flavor of FLAVORS) {
         expect(await rec.flush()).toBe(true);
         // Kill the thread the way a crash inside it would end it.
         (worker as unknown as { worker: Worker }).worker.terminate();
-        await Bun.sleep(50);
+        // "Later": once the compressor has noticed (its close event may take a while on a busy machine).
+        await eventually(() => (worker as unknown as { fallback: unknown }).fallback !== null, 5_000, "the compressor noticing its thread's end");
         rec.output(id, utf8("after\r\n"));
         await rec.end(id);
         expect(replayOutput(parseCast((await exportCast(store, T, id))!))).toBe("before\r\nafter\r\n");
