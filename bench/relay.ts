@@ -220,7 +220,7 @@ async function withCpu<T>(pid: number, f: () => Promise<T>): Promise<[T, number]
   return [out, ((cpuSeconds(pid) - c0) * 1000) / (TOTAL / MiB)];
 }
 
-async function run(label: string, ids: Identity[], bare: { url: string; pid: number }, env: Record<string, string>): Promise<Result> {
+async function run(label: string, ids: Identity[], bare: { url: string; proc: { pid: number } }, env: Record<string, string>): Promise<Result> {
   const bareUrl = bare.url;
   console.log(`\n${label}`);
   const { proc, url } = await spawnServer("bench/fixtures/relay-server.ts", env);
@@ -266,7 +266,7 @@ async function run(label: string, ids: Identity[], bare: { url: string; pid: num
       // Rotate the order, so that no variant always runs first in a rep.
       const steps: Array<() => Promise<void>> = [
         async () => {
-          const [ms, cpu] = await withCpu(bare.pid, () => bulk(bare1.agent, bare1.viewers, 1));
+          const [ms, cpu] = await withCpu(bare.proc.pid, () => bulk(bare1.agent, bare1.viewers, 1));
           r.bare1.push(ms);
           r.cpu.bare1.push(cpu);
         },
@@ -405,13 +405,13 @@ try {
   if (only !== "postgres") {
     const pg = join(dataDir, "pglite");
     await seed({ dataDir: pg }, ids);
-    results.push(await run("PGlite", ids, { url: bare.url, pid: bare.proc.pid }, { TETHER_DATA_DIR: pg, DATABASE_URL: "" }));
+    results.push(await run("PGlite", ids, bare, { TETHER_DATA_DIR: pg, DATABASE_URL: "" }));
   }
   const pgUrl = process.env.BENCH_DATABASE_URL ?? process.env.TEST_DATABASE_URL;
   if (pgUrl && only !== "pglite") {
     await withBenchSchema(pgUrl, "bench_relay", async (db) => {
       await seed(db.config, ids);
-      results.push(await run("PostgreSQL", ids, { url: bare.url, pid: bare.proc.pid }, db.env));
+      results.push(await run("PostgreSQL", ids, bare, db.env));
     });
   } else if (!pgUrl) console.log("\nPostgreSQL: skipped (set BENCH_DATABASE_URL)");
   for (const r of results) summary(r);

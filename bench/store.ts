@@ -16,9 +16,26 @@
 import { cpSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { PGlite } from "@electric-sql/pglite";
 import { openPglite } from "../src/store/pglite.ts";
-import { openPgliteInThread } from "../src/store/pglite-in-thread.ts";
-import type { Store } from "../src/store/store.ts";
+import { createPglite } from "../src/store/pglite-in-thread.ts";
+import type { Queryable, Store } from "../src/store/store.ts";
+
+/** PGlite on this thread behind the Store interface: the baseline, not the server's. */
+async function openPgliteInThread(dataDir: string): Promise<Store> {
+  const db = await createPglite(dataDir);
+  const query = async <T>(q: Pick<PGlite, "query">, sql: string, params?: readonly unknown[]) =>
+    (await q.query<T>(sql, params as unknown[])).rows;
+  return {
+    flavor: "pglite",
+    query: (sql, params) => query(db, sql, params),
+    transaction: (fn) => db.transaction((tx) => fn({ query: (sql, params) => query(tx, sql, params) } satisfies Queryable)),
+    exec: async (script) => {
+      await db.exec(script);
+    },
+    close: () => db.close(),
+  };
+}
 
 const N = Number(process.env.BENCH_N ?? 2_000);
 const REPS = Number(process.env.BENCH_REPS ?? 5);

@@ -20,8 +20,8 @@ export interface Term {
 
 export const MAX_TERMS = 16;
 const STATUS_VALUES = ["online", "offline", "pending"];
-/** The values of machines.status. */
-const STATUSES = ["online", "offline"];
+/** The values of machines.status (pending is machines.enrollment_state). */
+const STATUSES = STATUS_VALUES.filter((s) => s !== "pending");
 
 export class QueryError extends Error {}
 

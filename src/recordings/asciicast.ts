@@ -57,12 +57,12 @@ export function castStream(db: Queryable, r: RecordingRow, opts: { title?: strin
         return;
       }
       if (done) return;
-      const page = await db.query<{ seq: number; events: string | null; data64: string | null }>(
-        "select seq, events, encode(data, 'base64') as data64 from recording_chunks where recording_id = $1 and seq > $2 order by seq limit $3",
+      const page = await db.query<{ seq: number; events: string | null; data: Uint8Array | null }>(
+        "select seq, events, data from recording_chunks where recording_id = $1 and seq > $2 order by seq limit $3",
         [r.id, after, pageSize],
       );
       for (const c of page) {
-        const events = chunkText({ events: c.events, data: c.data64 === null ? null : Buffer.from(c.data64, "base64") });
+        const events = chunkText(c);
         const text = events.endsWith("\n") || events.length === 0 ? events : events + "\n";
         if (text.length > 0) controller.enqueue(encoder.encode(text));
         after = c.seq;

@@ -75,11 +75,28 @@ export interface EncodedChunk {
 export function encodeChunk(decoder: TextDecoder, raw: Uint8Array, marks: readonly Mark[], final: boolean): EncodedChunk {
   const { text, lastMs } = chunkEvents(decoder, raw, marks, final);
   if (text.length === 0) return { data: new Uint8Array(0), lastMs };
-  return { data: Bun.zstdCompressSync(new TextEncoder().encode(text), { level: ZSTD_LEVEL }), lastMs };
+  return { data: Bun.zstdCompressSync(text, { level: ZSTD_LEVEL }), lastMs };
 }
+
+/**
+ * Encodes the chunks of many recordings, each in order, keeping one UTF-8 decoder per
+ * recording so that a character split across chunks comes out whole.
+ */
+export class ChunkEncoder {
+  private readonly decoders = new Map<string, TextDecoder>();
+
+  encode(rec: string, raw: Uint8Array, marks: readonly Mark[], final: boolean): EncodedChunk {
+    let decoder = this.decoders.get(rec);
+    if (!decoder) this.decoders.set(rec, (decoder = new TextDecoder("utf-8")));
+    if (final) this.decoders.delete(rec);
+    return encodeChunk(decoder, raw, marks, final);
+  }
+}
+
+const utf8 = new TextDecoder();
 
 /** The event lines of a stored chunk: `data` (v8) or, for chunks written before v8, `events`. */
 export function chunkText(c: { data?: Uint8Array | null; events?: string | null }): string {
-  if (c.data && c.data.length > 0) return new TextDecoder().decode(Bun.zstdDecompressSync(c.data));
+  if (c.data && c.data.length > 0) return utf8.decode(Bun.zstdDecompressSync(c.data));
   return c.events ?? "";
 }

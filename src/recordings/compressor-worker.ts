@@ -3,7 +3,7 @@
  * (chunk-codec.ts) at the lowest CPU priority, so a burst of terminal output is relayed at full
  * speed and compressed when the CPU has time, instead of competing with the relay for it.
  */
-import { encodeChunk } from "./chunk-codec.ts";
+import { ChunkEncoder } from "./chunk-codec.ts";
 import type { CompressReply, CompressRequest } from "./compressor.ts";
 import { lowerThisThreadsPriority } from "./thread-priority.ts";
 
@@ -11,17 +11,13 @@ declare const self: Worker;
 
 lowerThisThreadsPriority();
 
-/** One UTF-8 decoder per recording, so a character split across chunks comes out whole. */
-const decoders = new Map<string, TextDecoder>();
+const encoder = new ChunkEncoder();
 
 self.onmessage = (e: MessageEvent<CompressRequest>) => {
   const m = e.data;
   let reply: CompressReply;
   try {
-    let decoder = decoders.get(m.rec);
-    if (!decoder) decoders.set(m.rec, (decoder = new TextDecoder("utf-8")));
-    if (m.final) decoders.delete(m.rec);
-    const out = encodeChunk(decoder, new Uint8Array(m.raw, 0, m.len), m.marks, m.final);
+    const out = encoder.encode(m.rec, new Uint8Array(m.raw, 0, m.len), m.marks, m.final);
     reply = { id: m.id, data: out.data, lastMs: out.lastMs, raw: m.raw };
   } catch (err) {
     reply = { id: m.id, error: err instanceof Error ? err.message : String(err) };

@@ -1,5 +1,5 @@
 import type { Logger } from "../log.ts";
-import { encodeChunk, type EncodedChunk, type Mark } from "./chunk-codec.ts";
+import { ChunkEncoder, type EncodedChunk, type Mark } from "./chunk-codec.ts";
 
 /**
  * Where recording chunks are encoded (chunk-codec.ts): a worker thread at the lowest CPU
@@ -26,13 +26,10 @@ export type CompressReply = { id: number; data: Uint8Array; lastMs: number; raw:
 
 /** Encoding on the calling thread: the fallback, and what tests compare with. */
 export class InThreadCompressor implements ChunkCompressor {
-  private readonly decoders = new Map<string, TextDecoder>();
+  private readonly encoder = new ChunkEncoder();
   encode(rec: string, raw: Uint8Array, marks: Mark[], final: boolean): Promise<EncodedChunk> {
-    let decoder = this.decoders.get(rec);
-    if (!decoder) this.decoders.set(rec, (decoder = new TextDecoder("utf-8")));
-    if (final) this.decoders.delete(rec);
     try {
-      return Promise.resolve({ ...encodeChunk(decoder, raw, marks, final), raw: raw.buffer as ArrayBuffer });
+      return Promise.resolve({ ...this.encoder.encode(rec, raw, marks, final), raw: raw.buffer as ArrayBuffer });
     } catch (err) {
       return Promise.reject(err);
     }

@@ -509,7 +509,7 @@ export class Recorder {
     const rows: object[] = [];
     const chunks: Array<{ recording_id: string; seq: number; data: Uint8Array; lastMs: number }> = [];
     const taken = new Map<Rec, Chunk[]>();
-    const ends: Rec[] = [];
+    const ends = new Set<Rec>();
     const involved: Rec[] = [];
     this.readyBytes = 0;
     for (const r of this.recs.values()) {
@@ -530,9 +530,9 @@ export class Recorder {
           if (c.raw > 0 || c.data!.length > 0) chunks.push({ recording_id: r.id, seq: c.seq, data: c.data!, lastMs: c.lastMs });
         }
       }
-      if (ending) ends.push(r);
+      if (ending) ends.add(r);
     }
-    if (rows.length === 0 && chunks.length === 0 && ends.length === 0) return true;
+    if (rows.length === 0 && chunks.length === 0 && ends.size === 0) return true;
 
     let result: { present: Set<string>; written: Set<string> };
     try {
@@ -562,7 +562,7 @@ export class Recorder {
             bytes += c.raw;
             n++;
           }
-          const ending = ends.includes(r) && (r.inserted || present.has(r.id));
+          const ending = ends.has(r) && (r.inserted || present.has(r.id));
           if (n > 0 || ending) updates.push({ id: r.id, bytes, chunks: n, ended_at: ending ? r.endedAt : null });
         }
         if (updates.length > 0) await tx.query(UPDATE_RECORDINGS, [JSON.stringify(updates)]);
@@ -605,7 +605,7 @@ export class Recorder {
         this.log.info({ recording: r.id, session: r.sessionId }, "recordings: recording deleted while live; no longer recording it");
         continue;
       }
-      if (ends.includes(r)) r.endWritten = true;
+      if (ends.has(r)) r.endWritten = true;
       if (r.endWritten && r.sealed.length === 0) this.recs.delete(r.id);
     }
     return complete;

@@ -5,6 +5,7 @@ import { channelOf, isDataFrame, newChannelId } from "../protocol/frames.ts";
 import {
   AgentToServer, type ChannelType, FILE_CHUNK, MAX_VIEWER_FRAME, type ServerToAgent, type ServerToViewer, TRANSFER_WINDOW, VIEWER_CLOSE, ViewerToServer,
 } from "../protocol/relay.ts";
+import type { RoomMessage } from "../protocol/rooms.ts";
 import { INPUT_LIMITS, TokenBucket } from "./throttle.ts";
 
 /**
@@ -489,7 +490,7 @@ export class Relay {
 }
 
 /** A message of a session's room, as the rows and the room hub have it. */
-type ChatRow = { id: string; sender: string; sender_name: string; body: string; ts: number };
+type ChatRow = Pick<RoomMessage, "id" | "sender" | "sender_name" | "body" | "ts">;
 
 const chatToViewer = (sessionId: string, m: ChatRow): ServerToViewer =>
   ({ t: "chat", id: m.id, from: m.sender_name, role: m.sender === `person:${sessionId}` ? "end_user" : "technician", text: m.body, at: m.ts });

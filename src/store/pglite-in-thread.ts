@@ -1,7 +1,6 @@
 import { mkdirSync } from "node:fs";
 import { PGlite, types, type PGliteOptions } from "@electric-sql/pglite";
 import { pg_trgm } from "@electric-sql/pglite/contrib/pg_trgm";
-import type { Queryable, Store } from "./store.ts";
 
 /**
  * Opens PGlite on the calling thread with Tether's options. The server runs it on a worker
@@ -24,20 +23,4 @@ export async function createPglite(dataDir: string, extra: Pick<PGliteOptions, "
     },
     extensions: { pg_trgm },
   });
-}
-
-/** PGlite on this thread behind the Store interface: bench/store.ts's baseline, not the server's. */
-export async function openPgliteInThread(dataDir: string): Promise<Store> {
-  const db = await createPglite(dataDir);
-  const query = async <T>(q: Pick<PGlite, "query">, sql: string, params?: readonly unknown[]) =>
-    (await q.query<T>(sql, params as unknown[])).rows;
-  return {
-    flavor: "pglite",
-    query: (sql, params) => query(db, sql, params),
-    transaction: (fn) => db.transaction((tx) => fn({ query: (sql, params) => query(tx, sql, params) } satisfies Queryable)),
-    exec: async (script) => {
-      await db.exec(script);
-    },
-    close: () => db.close(),
-  };
 }

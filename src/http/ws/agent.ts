@@ -129,13 +129,14 @@ export const agentSocket = (deps: AppDeps) => {
     },
     message(ws, raw) {
       const stage = ws.data.stage;
-      // Terminal output and transfers, most of a bound agent's frames: straight to the relay,
-      // without the promise and microtask of the async path (several per second per session).
-      if (stage.at === "bound" && typeof raw !== "string" && isDataFrame(raw) && raw.byteLength <= MAX_AGENT_FRAME) {
-        const socket = connections.get(stage.conn);
-        if (!socket) return void ws.close(CLOSE.BAD_MESSAGE, "not a protocol message");
-        socket.lastSeen = Date.now();
-        return void deps.relay.fromAgent(stage.conn, raw);
+      // A bound agent's frames (terminal output above all) need no await: handled here, without
+      // the promise and microtask of the async path for every frame.
+      if (stage.at === "bound" && typeof raw !== "string" && raw.byteLength <= MAX_AGENT_FRAME) {
+        try {
+          return onBound(ws, stage, raw);
+        } catch (err) {
+          return failed(ws, err as Error);
+        }
       }
       if (stage.at !== "queued") return handle(ws, raw);
       // Before the challenge an agent sends its hello only.
@@ -164,10 +165,11 @@ export const agentSocket = (deps: AppDeps) => {
 
   /** A message, and what becomes of a failure (the database unreachable, say): the agent is closed and retries. */
   function handle(ws: AgentWs, raw: string | Buffer): void {
-    onMessage(ws, raw).catch((err: Error) => {
-      deps.log.warn({ err: err?.message }, "agent message failed");
-      ws.close(1011, "server error");
-    });
+    onMessage(ws, raw).catch((err: Error) => failed(ws, err));
+  }
+  function failed(ws: AgentWs, err: Error): void {
+    deps.log.warn({ err: err?.message }, "agent message failed");
+    ws.close(1011, "server error");
   }
 
   async function onMessage(ws: AgentWs, raw: string | Buffer): Promise<void> {
@@ -238,7 +240,11 @@ export const agentSocket = (deps: AppDeps) => {
       return;
     }
 
-    // Bound: heartbeats here, status to the actor, session frames to the relay.
+    return onBound(ws, stage, frame);
+  }
+
+  /** Bound: heartbeats here, status to the actor, session frames to the relay. */
+  function onBound(ws: AgentWs, stage: Extract<Stage, { at: "bound" }>, frame: Uint8Array): void {
     const socket = connections.get(stage.conn);
     if (!socket) return void ws.close(CLOSE.BAD_MESSAGE, "not a protocol message");
     socket.lastSeen = Date.now();

@@ -198,7 +198,8 @@ export class ViewerSocket {
         if (m.id && this.snapshot.chat.some((c) => c.id === m.id)) break;
         // The history sent on joining may cross a message sent live: room ids (ULIDs) sort in time.
         const chat = [...this.snapshot.chat.slice(-499), m];
-        if (m.id) chat.sort((x, y) => (x.id && y.id ? (x.id < y.id ? -1 : x.id > y.id ? 1 : 0) : 0));
+        const prev = chat.at(-2)?.id;
+        if (m.id && prev && m.id < prev) chat.sort((x, y) => (x.id && y.id ? (x.id < y.id ? -1 : x.id > y.id ? 1 : 0) : 0));
         this.snapshot = { ...this.snapshot, chat };
         break;
       }
