@@ -7,7 +7,10 @@
  * doing the real handshake (hello, challenge, Ed25519 proof, welcome), a status with an
  * inventory, then heartbeats. This process only orchestrates and reads the server's RSS.
  *
- * (a) Resident memory per connected idle agent: the server's VmRSS after a full GC with 1,000
+ * Both server processes run with the allocator settings of `npm start` (src/allocator.ts).
+ *
+ * (a) Resident memory per connected idle agent: the server's VmRSS after a full GC (and after
+ *     the allocator's purge delay, so that freed memory is not counted) with 1,000
  *     and 5,000 agents connected (1,000 at once, then 4,000 at once), handshaken and idle
  *     (heartbeats flowing), minus the same with none, divided by the count. Goal <= 20 KB at
  *     5,000. Baseline: the same figure for plain WebSockets that do no handshake (a fresh
@@ -29,6 +32,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "n
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import postgres from "postgres";
+import { ALLOCATOR_ENV } from "../src/allocator.ts";
 import { identities, seed } from "./fixtures/agent-keys.ts";
 import type { SwarmRequest, SwarmStats, WaveResult } from "./fixtures/agent-swarm.ts";
 import { Child, type DistOmit } from "./fixtures/ipc-child.ts";
@@ -94,13 +98,16 @@ interface Memory {
   types: Record<string, number>;
 }
 
-/** Full GC in the server, a second for the allocator to give pages back, then VmRSS; median of a few. */
+/**
+ * Full GC in the server, then VmRSS once the allocator has given freed pages back (it keeps them
+ * MIMALLOC_PURGE_DELAY ms, src/allocator.ts), then twice more a second apart; the median.
+ */
 async function memory(url: string, pid: number): Promise<Memory> {
   const samples: number[] = [];
   let heap = { heap_size: 0, heap_capacity: 0, extra_memory: 0, types: {} as Record<string, number> };
   for (let k = 0; k < RSS_SAMPLES; k++) {
     heap = (await (await fetch(`${url}/bench/gc`, { method: "POST" })).json()) as typeof heap;
-    await Bun.sleep(1_000);
+    await Bun.sleep(k === 0 ? Number(ALLOCATOR_ENV.MIMALLOC_PURGE_DELAY) + 2_000 : 1_000);
     samples.push(rssKb(pid));
   }
   return { rssKb: median(samples), samples, heapBytes: heap.heap_size, heapCapacity: heap.heap_capacity, extraBytes: heap.extra_memory, types: heap.types };

@@ -143,11 +143,15 @@ function spawnServer(script: string, env: Record<string, string>) {
   return startBenchServer({ TETHER_HEARTBEAT_MS: "60000", TETHER_OFFLINE_AFTER_MS: "600000", ...env }, { script, args: prof });
 }
 
+/** Fields of /proc/<pid>/stat from the third (state) on. */
+const stat = (pid: number) => readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
 /** utime + stime of a process, in seconds. */
 const cpuSeconds = (pid: number) => {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  const fields = stat(pid);
   return (Number(fields[11]) + Number(fields[12])) / 100;
 };
+/** Minor page faults of a process so far. */
+const minorFaults = (pid: number) => Number(stat(pid)[7]);
 /** Waits until a process has used under 10% of a core over 300 ms (background writes done), at most 10 s. */
 async function quiet(pid: number) {
   const deadline = Date.now() + 10_000;
@@ -209,14 +213,18 @@ interface Result {
   notes: string[];
   /** CPU time of the relaying process per MiB delivered to each viewer, per run (ms): where a gap comes from. */
   cpu: { bare1: number[]; off1: number[]; on1: number[]; inproc1: number[] };
+  /** Minor page faults of the relaying process per MiB, per run, likewise. */
+  faults: { bare1: number[]; off1: number[]; on1: number[]; inproc1: number[] };
   /** The bare pipe inside Tether's server process (a diagnostic, not the baseline). */
   inproc1: number[];
 }
 
-/** f() and the CPU ms `pid` spent meanwhile, per MiB of TOTAL. */
-async function withCpu<T>(pid: number, f: () => Promise<T>): Promise<[T, number]> {
+/** f() and the CPU ms `pid` spent meanwhile, per MiB of TOTAL (and its minor page faults per MiB into `faults`). */
+async function withCpu<T>(pid: number, f: () => Promise<T>, faults?: number[]): Promise<[T, number]> {
   const c0 = cpuSeconds(pid);
+  const f0 = minorFaults(pid);
   const out = await f();
+  faults?.push((minorFaults(pid) - f0) / (TOTAL / MiB));
   return [out, ((cpuSeconds(pid) - c0) * 1000) / (TOTAL / MiB)];
 }
 
@@ -225,7 +233,7 @@ async function run(label: string, ids: Identity[], bare: { url: string; proc: { 
   console.log(`\n${label}`);
   const { proc, url } = await spawnServer("bench/fixtures/relay-server.ts", env);
   const agents: End[] = [];
-  const r: Result = { label, bare1: [], bare4: [], off1: [], on1: [], on1Flushed: [], off4: [], on4: [], flushMs: [], bareRtt: [], tetherRtt: [], dropped: 0, recordingsOk: true, castOk: false, notes: [], cpu: { bare1: [], off1: [], on1: [], inproc1: [] }, inproc1: [] };
+  const r: Result = { label, bare1: [], bare4: [], off1: [], on1: [], on1Flushed: [], off4: [], on4: [], flushMs: [], bareRtt: [], tetherRtt: [], dropped: 0, recordingsOk: true, castOk: false, notes: [], cpu: { bare1: [], off1: [], on1: [], inproc1: [] }, faults: { bare1: [], off1: [], on1: [], inproc1: [] }, inproc1: [] };
   try {
     const api = new Api(url);
     api.token = (await api.call("POST", "/api/auth/login", { username: "admin", password: BENCH_PASSWORD })).token;
@@ -241,10 +249,10 @@ async function run(label: string, ids: Identity[], bare: { url: string; proc: { 
     agents.push(bare1.agent, bare4.agent, ...bare1.viewers, ...bare4.viewers, inproc1.agent, ...inproc1.viewers);
     const onRecordings = new Set<string>();
 
-    const tether = async (s: TetherSession, on: boolean, cpu?: number[]) => {
+    const tether = async (s: TetherSession, on: boolean, cpu?: number[], faults?: number[]) => {
       await recording(on);
       const channel = await openTerminal(s);
-      const [ms, cpuPerMiB] = await withCpu(proc.pid, () => bulk(s.agent, s.viewers, channel));
+      const [ms, cpuPerMiB] = await withCpu(proc.pid, () => bulk(s.agent, s.viewers, channel), faults);
       cpu?.push(cpuPerMiB);
       let flushed = ms;
       if (on) {
@@ -266,18 +274,18 @@ async function run(label: string, ids: Identity[], bare: { url: string; proc: { 
       // Rotate the order, so that no variant always runs first in a rep.
       const steps: Array<() => Promise<void>> = [
         async () => {
-          const [ms, cpu] = await withCpu(bare.proc.pid, () => bulk(bare1.agent, bare1.viewers, 1));
+          const [ms, cpu] = await withCpu(bare.proc.pid, () => bulk(bare1.agent, bare1.viewers, 1), r.faults.bare1);
           r.bare1.push(ms);
           r.cpu.bare1.push(cpu);
         },
-        async () => void r.off1.push((await tether(one, false, r.cpu.off1)).ms),
+        async () => void r.off1.push((await tether(one, false, r.cpu.off1, r.faults.off1)).ms),
         async () => {
-          const t = await tether(one, true, r.cpu.on1);
+          const t = await tether(one, true, r.cpu.on1, r.faults.on1);
           r.on1.push(t.ms);
           r.on1Flushed.push(t.flushed);
         },
         async () => {
-          const [ms, cpu] = await withCpu(proc.pid, () => bulk(inproc1.agent, inproc1.viewers, 1));
+          const [ms, cpu] = await withCpu(proc.pid, () => bulk(inproc1.agent, inproc1.viewers, 1), r.faults.inproc1);
           r.inproc1.push(ms);
           r.cpu.inproc1.push(cpu);
         },
@@ -385,6 +393,7 @@ function summary(r: Result) {
   for (const row of rows) console.log(`  ${row.join(" | ")}`);
   const med = (xs: number[]) => fmt(sorted(xs)[Math.floor(xs.length / 2)] ?? NaN, 2);
   console.log(`  relaying process CPU per MiB, 1 viewer (median, while delivering; ms): bare ${med(r.cpu.bare1)}, Tether recording off ${med(r.cpu.off1)}, on ${med(r.cpu.on1)}`);
+  console.log(`  relaying process minor page faults per MiB, 1 viewer (median): bare ${med(r.faults.bare1)}, Tether recording off ${med(r.faults.off1)}, on ${med(r.faults.on1)}, the bare pipe inside Tether's process ${med(r.faults.inproc1)}`);
   console.log(`  the bare pipe inside Tether's process (diagnostic): ${fmt(mibps(best(r.inproc1)), 0)} MiB/s (${range(r.inproc1)}), ${fmt(best(r.bare1) / best(r.inproc1), 2)} × the bare process; CPU per MiB ${med(r.cpu.inproc1)} ms`);
   for (const n of r.notes) console.log(`  NOTE: ${n}`);
 }

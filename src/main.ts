@@ -1,3 +1,4 @@
+import { allocatorWarning } from "./allocator.ts";
 import { runClustered } from "./cluster/primary.ts";
 import { loadConfig } from "./config.ts";
 import { createLogger } from "./log.ts";
@@ -9,6 +10,8 @@ import { startServer } from "./server.ts";
  */
 const config = loadConfig();
 const logger = createLogger(config.logLevel);
+const allocator = allocatorWarning();
+if (allocator) logger.warn(allocator);
 const running = config.databaseUrl
   ? await runClustered(config, logger, (url) => console.log(`Tether standby on ${url}: waiting for the primary's lease (API answers 503 STANDBY)`))
   : await (async () => {

@@ -1,4 +1,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
+import { ALLOCATOR_ENV, allocatorWarning } from "../../src/allocator.ts";
 import { dbEnv, spawnServer } from "../helpers/process.ts";
 import { createTestDb, eventually, type TestDb } from "../helpers/stores.ts";
 
@@ -100,6 +103,29 @@ describe("server process", () => {
     server = await spawnServer("test/fixtures/counter-server.ts", env);
     const again = (await (await fetch(`${server.url}/readyz`)).json()) as { failed_actors: Array<{ address: string }> };
     expect(again.failed_actors.map((f) => f.address)).toEqual(["counter/bad"]);
+    await server.kill("SIGTERM");
+  });
+
+  test("npm start gives the server the allocator settings of src/allocator.ts; this Bun's allocator reads them; without them the server warns", async () => {
+    // package.json's start script sets each one, unless the environment already has a value.
+    const start = (JSON.parse(readFileSync(resolve(import.meta.dir, "../../package.json"), "utf8")) as { scripts: { start: string } }).scripts.start;
+    for (const [k, v] of Object.entries(ALLOCATOR_ENV)) expect(start).toContain(`${k}=\${${k}:-${v}} `);
+    expect(start).toMatch(/ bun src\/main\.ts$/);
+
+    // mimalloc (inside Bun) takes them: an upgrade that renamed an option would show here.
+    const shown = Bun.spawnSync([process.execPath, "-e", "1"], { env: { ...process.env, ...ALLOCATOR_ENV, MIMALLOC_VERBOSE: "1" }, stderr: "pipe" });
+    const options = new TextDecoder().decode(shown.stderr);
+    expect(options).toMatch(new RegExp(`option 'purge_delay': ${ALLOCATOR_ENV.MIMALLOC_PURGE_DELAY}\\b`));
+    expect(options).toMatch(new RegExp(`option 'purge_holes_min_interval': ${ALLOCATOR_ENV.MIMALLOC_PURGE_HOLES_MIN_INTERVAL}\\b`));
+
+    expect(allocatorWarning(ALLOCATOR_ENV)).toBeNull();
+    expect(allocatorWarning({ ...ALLOCATOR_ENV, MIMALLOC_PURGE_DELAY: "-1" })).toBeNull(); // an operator's own choice
+    const db = await createTestDb("pglite");
+    dbs.push(db);
+    const server = await spawnServer("src/main.ts", { ...dbEnv(db.config), MIMALLOC_PURGE_DELAY: "", MIMALLOC_PURGE_HOLES_MIN_INTERVAL: "" });
+    const warning = server.lines.map((l) => (l.startsWith("{") ? (JSON.parse(l) as { level: number; msg: string }) : null)).find((l) => l?.msg.includes("MIMALLOC_PURGE_DELAY"));
+    expect(warning).toMatchObject({ level: 40 });
+    expect(warning!.msg).toContain("started without MIMALLOC_PURGE_DELAY, MIMALLOC_PURGE_HOLES_MIN_INTERVAL");
     await server.kill("SIGTERM");
   });
 });
