@@ -11,7 +11,7 @@
  * same memory in again: 200–300 minor page faults per MiB relayed, about 1 ms of CPU per MiB
  * on the benchmark machine, a third of what relaying costs (docs/PERFORMANCE.md, Relay). With
  * these settings freed memory stays 10 s before it goes back, and free blocks inside pages in
- * use are discarded at most once a second: 35–40 faults per MiB. The resident memory of an idle
+ * use are discarded at most once a second: 7–44 faults per MiB. The resident memory of an idle
  * server is the same once those 10 s have passed (bench/agents.ts waits for them).
  */
 export const ALLOCATOR_ENV = {
