@@ -3,7 +3,8 @@
  *
  * A real server process (bench/fixtures/relay-server.ts) and, beside it, a bare Bun WebSocket
  * pipe in a process of its own (bench/fixtures/bare-relay.ts: agent socket → relay process →
- * viewer sockets, no Tether logic). This process is the load: simulated agents that speak the
+ * viewer sockets, no Tether logic), both with the allocator settings of `npm start`
+ * (src/allocator.ts). This process is the load: simulated agents that speak the
  * real agent protocol (hello, challenge, Ed25519 proof, welcome; session.start, ch.open →
  * ch.opened, data frames) and produce the terminal output themselves (no PTY), and viewers on
  * /ws/viewer with real viewer tokens. Both relays carry the same frames, in the same run.
@@ -21,6 +22,8 @@
  *     timed until the last byte is delivered and then until the recorder has written it.
  *     Goal >= 0.9. Checks: the recorder dropped nothing, every recording's `bytes` equals the
  *     bytes sent, and the last recording's .cast (through the API) replays exactly the output.
+ * For (a) the summary also prints, per MiB delivered to one viewer, each relaying process's CPU
+ * time and minor page faults, and the bare pipe run inside Tether's process (a diagnostic).
  *
  * PGlite always; PostgreSQL too with BENCH_DATABASE_URL (or TEST_DATABASE_URL): a schema of its
  * own in the database `bench_relay` (created if missing), dropped at the end. Env:
