@@ -32,7 +32,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "n
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import postgres from "postgres";
-import { ALLOCATOR_ENV } from "../src/allocator.ts";
+import { withAllocatorEnv } from "../src/allocator.ts";
 import { identities, seed } from "./fixtures/agent-keys.ts";
 import type { SwarmRequest, SwarmStats, WaveResult } from "./fixtures/agent-swarm.ts";
 import { Child, type DistOmit } from "./fixtures/ipc-child.ts";
@@ -107,7 +107,7 @@ async function memory(url: string, pid: number): Promise<Memory> {
   let heap = { heap_size: 0, heap_capacity: 0, extra_memory: 0, types: {} as Record<string, number> };
   for (let k = 0; k < RSS_SAMPLES; k++) {
     heap = (await (await fetch(`${url}/bench/gc`, { method: "POST" })).json()) as typeof heap;
-    await Bun.sleep(k === 0 ? Number(ALLOCATOR_ENV.MIMALLOC_PURGE_DELAY) + 2_000 : 1_000);
+    await Bun.sleep(k === 0 ? Math.max(0, Number(withAllocatorEnv().MIMALLOC_PURGE_DELAY)) + 2_000 : 1_000);
     samples.push(rssKb(pid));
   }
   return { rssKb: median(samples), samples, heapBytes: heap.heap_size, heapCapacity: heap.heap_capacity, extraBytes: heap.extra_memory, types: heap.types };

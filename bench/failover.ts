@@ -19,7 +19,7 @@ import { resolve } from "node:path";
 import postgres from "postgres";
 import { Backoff, jittered } from "../src/agent/backoff.ts";
 import { displayPrefix, newSecret, sha256Hex } from "../src/auth/secrets.ts";
-import { ALLOCATOR_ENV } from "../src/allocator.ts";
+import { withAllocatorEnv } from "../src/allocator.ts";
 import { decode, encode, PROTOCOL_VERSION, ServerMessage } from "../src/protocol/agent.ts";
 import { applySchema } from "../src/store/schema.ts";
 import { openStore } from "../src/store/store.ts";
@@ -69,7 +69,7 @@ const freePort = () => {
 };
 const ports = [freePort(), freePort()];
 const urls = ports.map((p) => `http://127.0.0.1:${p}`);
-const env = { ...process.env, ...ALLOCATOR_ENV, HOST: "127.0.0.1", LOG_LEVEL: "warn", DATABASE_URL: dbUrl, TETHER_ADMIN_PASSWORD: "bench-password-long-enough", TETHER_LEASE_TTL_MS: String(TTL_MS), TETHER_HEARTBEAT_MS: "5000", TETHER_OFFLINE_AFTER_MS: "15000" };
+const env = { ...withAllocatorEnv(), HOST: "127.0.0.1", LOG_LEVEL: "warn", DATABASE_URL: dbUrl, TETHER_ADMIN_PASSWORD: "bench-password-long-enough", TETHER_LEASE_TTL_MS: String(TTL_MS), TETHER_HEARTBEAT_MS: "5000", TETHER_OFFLINE_AFTER_MS: "15000" };
 const procs: Array<ReturnType<typeof Bun.spawn> | null> = [null, null];
 function spawn(i: number) {
   const proc = Bun.spawn([process.execPath, resolve(ROOT, "src/main.ts")], { cwd: ROOT, env: { ...env, PORT: String(ports[i]) }, stdout: "ignore", stderr: "ignore" });

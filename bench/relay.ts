@@ -22,8 +22,9 @@
  *     timed until the last byte is delivered and then until the recorder has written it.
  *     Goal >= 0.9. Checks: the recorder dropped nothing, every recording's `bytes` equals the
  *     bytes sent, and the last recording's .cast (through the API) replays exactly the output.
- * For (a) the summary also prints, per MiB delivered to one viewer, each relaying process's CPU
- * time and minor page faults, and the bare pipe run inside Tether's process (a diagnostic).
+ * For (a) the summary also prints each relaying process's CPU time and minor page faults per MiB
+ * delivered to one viewer, and the throughput of the bare pipe served inside Tether's process
+ * (a diagnostic: what Tether's process costs the same code).
  *
  * PGlite always; PostgreSQL too with BENCH_DATABASE_URL (or TEST_DATABASE_URL): a schema of its
  * own in the database `bench_relay` (created if missing), dropped at the end. Env:
@@ -198,6 +199,10 @@ async function inBatches<T, R>(xs: T[], width: number, f: (x: T, i: number) => P
 
 // ---- one database -------------------------------------------------------------------------------
 
+/** A figure of each 1-viewer variant, per run. */
+type PerRun = { bare1: number[]; off1: number[]; on1: number[]; inproc1: number[] };
+const perRun = (): PerRun => ({ bare1: [], off1: [], on1: [], inproc1: [] });
+
 interface Result {
   label: string;
   bare1: number[];
@@ -215,20 +220,19 @@ interface Result {
   castOk: boolean;
   notes: string[];
   /** CPU time of the relaying process per MiB delivered to each viewer, per run (ms): where a gap comes from. */
-  cpu: { bare1: number[]; off1: number[]; on1: number[]; inproc1: number[] };
+  cpu: PerRun;
   /** Minor page faults of the relaying process per MiB, per run, likewise. */
-  faults: { bare1: number[]; off1: number[]; on1: number[]; inproc1: number[] };
+  faults: PerRun;
   /** The bare pipe inside Tether's server process (a diagnostic, not the baseline). */
   inproc1: number[];
 }
 
-/** f() and the CPU ms `pid` spent meanwhile, per MiB of TOTAL (and its minor page faults per MiB into `faults`). */
-async function withCpu<T>(pid: number, f: () => Promise<T>, faults?: number[]): Promise<[T, number]> {
+/** f(), and the CPU ms and minor page faults of `pid` meanwhile, each per MiB of TOTAL. */
+async function withCost<T>(pid: number, f: () => Promise<T>): Promise<{ out: T; cpu: number; faults: number }> {
   const c0 = cpuSeconds(pid);
   const f0 = minorFaults(pid);
   const out = await f();
-  faults?.push((minorFaults(pid) - f0) / (TOTAL / MiB));
-  return [out, ((cpuSeconds(pid) - c0) * 1000) / (TOTAL / MiB)];
+  return { out, cpu: ((cpuSeconds(pid) - c0) * 1000) / (TOTAL / MiB), faults: (minorFaults(pid) - f0) / (TOTAL / MiB) };
 }
 
 async function run(label: string, ids: Identity[], bare: { url: string; proc: { pid: number } }, env: Record<string, string>): Promise<Result> {
@@ -236,7 +240,7 @@ async function run(label: string, ids: Identity[], bare: { url: string; proc: { 
   console.log(`\n${label}`);
   const { proc, url } = await spawnServer("bench/fixtures/relay-server.ts", env);
   const agents: End[] = [];
-  const r: Result = { label, bare1: [], bare4: [], off1: [], on1: [], on1Flushed: [], off4: [], on4: [], flushMs: [], bareRtt: [], tetherRtt: [], dropped: 0, recordingsOk: true, castOk: false, notes: [], cpu: { bare1: [], off1: [], on1: [], inproc1: [] }, faults: { bare1: [], off1: [], on1: [], inproc1: [] }, inproc1: [] };
+  const r: Result = { label, bare1: [], bare4: [], off1: [], on1: [], on1Flushed: [], off4: [], on4: [], flushMs: [], bareRtt: [], tetherRtt: [], dropped: 0, recordingsOk: true, castOk: false, notes: [], cpu: perRun(), faults: perRun(), inproc1: [] };
   try {
     const api = new Api(url);
     api.token = (await api.call("POST", "/api/auth/login", { username: "admin", password: BENCH_PASSWORD })).token;
@@ -252,11 +256,14 @@ async function run(label: string, ids: Identity[], bare: { url: string; proc: { 
     agents.push(bare1.agent, bare4.agent, ...bare1.viewers, ...bare4.viewers, inproc1.agent, ...inproc1.viewers);
     const onRecordings = new Set<string>();
 
-    const tether = async (s: TetherSession, on: boolean, cpu?: number[], faults?: number[]) => {
+    const tether = async (s: TetherSession, on: boolean, variant?: "off1" | "on1") => {
       await recording(on);
       const channel = await openTerminal(s);
-      const [ms, cpuPerMiB] = await withCpu(proc.pid, () => bulk(s.agent, s.viewers, channel), faults);
-      cpu?.push(cpuPerMiB);
+      const { out: ms, cpu, faults } = await withCost(proc.pid, () => bulk(s.agent, s.viewers, channel));
+      if (variant) {
+        r.cpu[variant].push(cpu);
+        r.faults[variant].push(faults);
+      }
       let flushed = ms;
       if (on) {
         const t = performance.now();
@@ -277,20 +284,22 @@ async function run(label: string, ids: Identity[], bare: { url: string; proc: { 
       // Rotate the order, so that no variant always runs first in a rep.
       const steps: Array<() => Promise<void>> = [
         async () => {
-          const [ms, cpu] = await withCpu(bare.proc.pid, () => bulk(bare1.agent, bare1.viewers, 1), r.faults.bare1);
+          const { out: ms, cpu, faults } = await withCost(bare.proc.pid, () => bulk(bare1.agent, bare1.viewers, 1));
           r.bare1.push(ms);
           r.cpu.bare1.push(cpu);
+          r.faults.bare1.push(faults);
         },
-        async () => void r.off1.push((await tether(one, false, r.cpu.off1, r.faults.off1)).ms),
+        async () => void r.off1.push((await tether(one, false, "off1")).ms),
         async () => {
-          const t = await tether(one, true, r.cpu.on1, r.faults.on1);
+          const t = await tether(one, true, "on1");
           r.on1.push(t.ms);
           r.on1Flushed.push(t.flushed);
         },
         async () => {
-          const [ms, cpu] = await withCpu(proc.pid, () => bulk(inproc1.agent, inproc1.viewers, 1), r.faults.inproc1);
+          const { out: ms, cpu, faults } = await withCost(proc.pid, () => bulk(inproc1.agent, inproc1.viewers, 1));
           r.inproc1.push(ms);
           r.cpu.inproc1.push(cpu);
+          r.faults.inproc1.push(faults);
         },
         async () => void r.bare4.push(await bulk(bare4.agent, bare4.viewers, 1)),
         async () => void r.off4.push((await tether(four, false)).ms),

@@ -1,12 +1,12 @@
 import { resolve } from "node:path";
 import type { Subprocess } from "bun";
-import { ALLOCATOR_ENV } from "../../src/allocator.ts";
+import { withAllocatorEnv } from "../../src/allocator.ts";
 import { readLines } from "./lines.ts";
 
 const ROOT = resolve(import.meta.dir, "..", "..");
 const BUN = process.execPath;
 
-/** A real server process on a loopback port, with its output collected line by line; with the allocator settings of `npm start`. */
+/** A real server process on a loopback port, with its output collected line by line. */
 export interface ServerProcess {
   url: string;
   proc: Subprocess<"ignore", "pipe", "pipe">;
@@ -15,11 +15,14 @@ export interface ServerProcess {
   kill(signal?: NodeJS.Signals): Promise<number>;
 }
 
-/** `ready`: the line that says where it listens (a primary's by default; a standby prints another). */
+/**
+ * `ready`: the line that says where it listens (a primary's by default; a standby prints another).
+ * The process gets the allocator settings of `npm start` unless the environment has its own.
+ */
 export async function spawnServer(script: string, env: Record<string, string>, timeoutMs = 30_000, ready = /listening on (http:\/\/\S+)/): Promise<ServerProcess> {
   const proc = Bun.spawn([BUN, resolve(ROOT, script)], {
     cwd: ROOT,
-    env: { ...process.env, ...ALLOCATOR_ENV, HOST: "127.0.0.1", PORT: "0", LOG_LEVEL: "warn", ...env },
+    env: { ...withAllocatorEnv(), HOST: "127.0.0.1", PORT: "0", LOG_LEVEL: "warn", ...env },
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",
