@@ -39,7 +39,7 @@ function startEnv(): Record<string, string | undefined> {
 
 /** The warning to log when the process did not start with ALLOCATOR_ENV (null: it did, or an operator chose other values). */
 export function allocatorWarning(env: Record<string, string | undefined> = startEnv()): string | null {
-  const missing = Object.keys(ALLOCATOR_ENV).filter((k) => env[k] === undefined || env[k] === "");
+  const missing = Object.keys(ALLOCATOR_ENV).filter((k) => !env[k]); // empty counts as none, as in withAllocatorEnv
   if (missing.length === 0) return null;
   return `started without ${missing.join(", ")} (npm start sets ${Object.entries(ALLOCATOR_ENV).map(([k, v]) => `${k}=${v}`).join(" ")}): bulk terminal output relays slower (docs/OPERATIONS.md)`;
 }
