@@ -486,3 +486,11 @@ alter table machines add column search_doc text generated always as (lower(
   case when enrollment_state = 'pending' then chr(10) || 'pending' else '' end
 )) stored;
 create index machines_search_doc on machines using gin (search_doc public.gin_trgm_ops);
+
+-- version: 10
+-- Recording chunks hold the raw terminal output and its timing (zstd-compressed), no longer
+-- the asciicast event lines: building the lines (UTF-8 decoding, JSON escaping) cost the
+-- recorder about 2.5 times what compressing costs, and recordings are written far more often
+-- than read, so the export builds them instead (src/recordings/chunk-codec.ts has the layout).
+-- Rows written before keep their event lines and are read as before.
+comment on column recording_chunks.data is 'zstd of "\0TR1", the mark count (u32 LE), the marks (f64 ms, u32, u32 each) and the raw output; before schema v10, zstd of asciicast event lines';

@@ -1,13 +1,13 @@
 import type { Queryable } from "../store/store.ts";
-import { chunkText } from "./chunk-codec.ts";
+import { CastLines, ChunkFormatError } from "./chunk-codec.ts";
 import { getRecording, type RecordingRow } from "./recordings.ts";
 
 /**
  * Recordings as asciicast v2 (https://docs.asciinema.org/manual/asciicast/v2/), the format
  * asciinema and its player read: newline-delimited JSON, a header object on the first line,
  * then one `[time, code, data]` event per line (time in seconds from the start, a float).
- * The chunks already hold event lines (compressed, chunk-codec.ts), so an export is the header
- * followed by the chunks in sequence order, streamed a page at a time.
+ * An export is the header followed by the event lines of the chunks in sequence order
+ * (chunk-codec.ts builds them from the stored output), streamed a page at a time.
  */
 
 export const CAST_CONTENT_TYPE = "application/x-asciicast";
@@ -40,13 +40,23 @@ export function castHeader(r: Pick<RecordingRow, "cols" | "rows" | "started_at" 
   return JSON.stringify(header) + "\n";
 }
 
+export interface CastOptions {
+  title?: string;
+  pageSize?: number;
+  /** A stored chunk that cannot be read: it is skipped, with a marker event in its place, and reported here. */
+  onCorrupt?: (seq: number, err: ChunkFormatError) => void;
+}
+
 /**
  * The whole cast as a stream: the header, then the chunks `pageSize` at a time (a huge
- * recording is never in memory at once). Reads from `db` as the consumer pulls.
+ * recording is never in memory at once). Reads from `db` as the consumer pulls. The status and
+ * headers are out before the chunks are read, so a corrupt chunk cannot fail the response: the
+ * rest of the recording still plays, and the marker says where something is missing.
  */
-export function castStream(db: Queryable, r: RecordingRow, opts: { title?: string; pageSize?: number } = {}): ReadableStream<Uint8Array> {
+export function castStream(db: Queryable, r: RecordingRow, opts: CastOptions = {}): ReadableStream<Uint8Array> {
   const pageSize = opts.pageSize ?? 100;
   const encoder = new TextEncoder();
+  const lines = new CastLines();
   let after: number | null = null;
   let done = false;
   return new ReadableStream<Uint8Array>({
@@ -61,22 +71,29 @@ export function castStream(db: Queryable, r: RecordingRow, opts: { title?: strin
         "select seq, events, data from recording_chunks where recording_id = $1 and seq > $2 order by seq limit $3",
         [r.id, after, pageSize],
       );
+      let text = "";
       for (const c of page) {
-        const events = chunkText(c);
-        const text = events.endsWith("\n") || events.length === 0 ? events : events + "\n";
-        if (text.length > 0) controller.enqueue(encoder.encode(text));
+        try {
+          text += lines.chunk(c);
+        } catch (err) {
+          if (!(err instanceof ChunkFormatError)) throw err;
+          opts.onCorrupt?.(c.seq, err);
+          text += lines.marker(`Tether: part ${c.seq} of this recording is damaged and was skipped`);
+        }
         after = c.seq;
       }
       if (page.length < pageSize) {
         done = true;
-        controller.close();
+        text += lines.end();
       }
+      if (text.length > 0) controller.enqueue(encoder.encode(text));
+      if (done) controller.close();
     },
   }, { highWaterMark: 0 });
 }
 
 /** A recording of the tenant, ready to stream as a .cast file; null if there is no such recording. */
-export async function openCast(db: Queryable, tenantId: string, id: string, opts: { pageSize?: number } = {}): Promise<{ recording: RecordingRow; filename: string; stream: ReadableStream<Uint8Array> } | null> {
+export async function openCast(db: Queryable, tenantId: string, id: string, opts: Omit<CastOptions, "title"> = {}): Promise<{ recording: RecordingRow; filename: string; stream: ReadableStream<Uint8Array> } | null> {
   const recording = await getRecording(db, tenantId, id);
   if (!recording) return null;
   const [machine] = recording.machine_id
@@ -86,12 +103,12 @@ export async function openCast(db: Queryable, tenantId: string, id: string, opts
   return {
     recording,
     filename: `${recording.session_id}-${recording.channel}.cast`,
-    stream: castStream(db, recording, { title, pageSize: opts.pageSize }),
+    stream: castStream(db, recording, { ...opts, title }),
   };
 }
 
 /** The whole cast as text (tests, small recordings). */
-export async function exportCast(db: Queryable, tenantId: string, id: string, opts: { pageSize?: number } = {}): Promise<string | null> {
+export async function exportCast(db: Queryable, tenantId: string, id: string, opts: Omit<CastOptions, "title"> = {}): Promise<string | null> {
   const cast = await openCast(db, tenantId, id, opts);
   return cast ? new Response(cast.stream).text() : null;
 }

@@ -3,7 +3,7 @@
  * (chunk-codec.ts) at the lowest CPU priority, so a burst of terminal output is relayed at full
  * speed and compressed when the CPU has time, instead of competing with the relay for it.
  */
-import { ChunkEncoder } from "./chunk-codec.ts";
+import { encodeChunk } from "./chunk-codec.ts";
 import type { CompressReply, CompressRequest } from "./compressor.ts";
 import { lowerThisThreadsPriority } from "./thread-priority.ts";
 
@@ -11,13 +11,11 @@ declare const self: Worker;
 
 lowerThisThreadsPriority();
 
-const encoder = new ChunkEncoder();
-
 self.onmessage = (e: MessageEvent<CompressRequest>) => {
   const m = e.data;
   let reply: CompressReply;
   try {
-    const out = encoder.encode(m.rec, new Uint8Array(m.raw, 0, m.len), m.marks, m.final);
+    const out = encodeChunk(new Uint8Array(m.raw, 0, m.len), m.marks);
     reply = { id: m.id, data: out.data, lastMs: out.lastMs, raw: m.raw };
   } catch (err) {
     reply = { id: m.id, error: err instanceof Error ? err.message : String(err) };

@@ -1,35 +1,31 @@
 import type { Logger } from "../log.ts";
-import { ChunkEncoder, type EncodedChunk, type Mark } from "./chunk-codec.ts";
+import { type EncodedChunk, encodeChunk, type Mark } from "./chunk-codec.ts";
 
 /**
  * Where recording chunks are encoded (chunk-codec.ts): a worker thread at the lowest CPU
- * priority (compressor-worker.ts), started on the first chunk. Requests are answered in the
- * order they were made, so a recording's chunks (and its UTF-8 decoder state) stay in order.
- * If the worker fails, what it held is lost (the promises reject) and later chunks are
- * encoded on the calling thread: recording degrades, it never stops.
+ * priority (compressor-worker.ts), started on the first chunk. If the worker fails, what it
+ * held is lost (the promises reject) and later chunks are encoded on the calling thread:
+ * recording degrades, it never stops.
  */
 export interface ChunkCompressor {
   /** `raw` may be a view of the start of its ArrayBuffer, which is handed over to the worker and comes back with the result. */
-  encode(rec: string, raw: Uint8Array, marks: Mark[], final: boolean): Promise<EncodedChunk>;
+  encode(raw: Uint8Array, marks: Mark[]): Promise<EncodedChunk>;
   close(): void;
 }
 
 export interface CompressRequest {
   id: number;
-  rec: string;
   raw: ArrayBuffer;
   len: number;
   marks: Mark[];
-  final: boolean;
 }
 export type CompressReply = { id: number; data: Uint8Array; lastMs: number; raw: ArrayBuffer } | { id: number; error: string };
 
 /** Encoding on the calling thread: the fallback, and what tests compare with. */
 export class InThreadCompressor implements ChunkCompressor {
-  private readonly encoder = new ChunkEncoder();
-  encode(rec: string, raw: Uint8Array, marks: Mark[], final: boolean): Promise<EncodedChunk> {
+  encode(raw: Uint8Array, marks: Mark[]): Promise<EncodedChunk> {
     try {
-      return Promise.resolve({ ...this.encoder.encode(rec, raw, marks, final), raw: raw.buffer as ArrayBuffer });
+      return Promise.resolve({ ...encodeChunk(raw, marks), raw: raw.buffer as ArrayBuffer });
     } catch (err) {
       return Promise.reject(err);
     }
@@ -46,21 +42,21 @@ export class WorkerCompressor implements ChunkCompressor {
 
   constructor(private readonly log: Logger) {}
 
-  encode(rec: string, raw: Uint8Array, marks: Mark[], final: boolean): Promise<EncodedChunk> {
-    if (this.fallback || this.closed) return (this.fallback ??= new InThreadCompressor()).encode(rec, raw, marks, final);
+  encode(raw: Uint8Array, marks: Mark[]): Promise<EncodedChunk> {
+    if (this.fallback || this.closed) return (this.fallback ??= new InThreadCompressor()).encode(raw, marks);
     let worker: Worker;
     try {
       worker = this.start();
     } catch (err) {
       // No thread to be had: never an exception into the relay, compress here instead.
       this.fail(err instanceof Error ? err.message : String(err));
-      return this.encode(rec, raw, marks, final);
+      return this.encode(raw, marks);
     }
     const id = this.nextId++;
     return new Promise<EncodedChunk>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
       if (raw.byteOffset !== 0) raw = raw.slice();
-      const req: CompressRequest = { id, rec, raw: raw.buffer as ArrayBuffer, len: raw.length, marks, final };
+      const req: CompressRequest = { id, raw: raw.buffer as ArrayBuffer, len: raw.length, marks };
       worker.postMessage(req, [req.raw]);
     });
   }

@@ -5,19 +5,19 @@ import { type ChunkCompressor, WorkerCompressor } from "./compressor.ts";
 
 /**
  * Session recordings (S6), the write side. The relay hands every terminal channel's output to
- * a Recorder, which stores it as asciicast v2 event lines (`[t, "o", data]`, `[t, "r",
- * "COLSxROWS"]`), zstd-compressed, in `recording_chunks` (chunk-codec.ts).
+ * a Recorder, which stores it in `recording_chunks` as it came, with its timing and the terminal's
+ * resizes, zstd-compressed (chunk-codec.ts); the export turns that into asciicast v2.
  *
  * The hot path does as little as it can: `start`, `output` and `resize` are synchronous, copy
  * the raw bytes into the recording's chunk buffer and note their time (output within one
  * millisecond shares one mark). A full chunk (`chunkBytes`), and every `flushMs` whatever is
  * buffered, is sealed and handed to the compressor (compressor.ts: a worker thread at the
- * lowest CPU priority), which decodes, escapes and compresses it. Compressed chunks are written
+ * lowest CPU priority), which compresses it. Compressed chunks are written
  * by a flush: every `flushMs`, and at once when `flushAtBytes` of output is ready; one flush
  * writes every new recording row, every ready chunk and every end in ONE transaction.
  *
- * Bursts are compressed after they end. Recording costs a few ms of CPU per MiB (decoding,
- * escaping, compressing, writing), and while the relay streams bulk output that CPU is not
+ * Bursts are compressed after they end. Recording costs a few ms of CPU per MiB (compressing,
+ * writing), and while the relay streams bulk output that CPU is not
  * free: measured here, even a nice-19 thread on the other core slows the relay's thread by a
  * fifth. So while output runs above `burstBytesPerSecond` (8 MiB/s: far above anyone typing,
  * far below `cat` of a big file), sealed chunks wait, up to `holdBytes` (64 MiB in all), and go
@@ -158,7 +158,6 @@ interface Held {
   chunk: Chunk;
   raw: Uint8Array;
   marks: Mark[];
-  final: boolean;
 }
 
 export class Recorder {
@@ -360,11 +359,10 @@ export class Recorder {
 
   /**
    * What is buffered becomes a chunk, handed to the compressor. `final`: the recording's last
-   * one (sealed even when empty, so the compressor can finish a split character and forget
-   * the recording).
+   * one, never held back.
    */
   private seal(r: Rec, final: boolean): void {
-    if (!final && r.bufLen === 0 && r.marks.length === 0) return;
+    if (r.bufLen === 0 && r.marks.length === 0) return;
     const raw = r.buf === null ? new Uint8Array(0) : r.buf.subarray(0, r.bufLen);
     r.streaming = r.bufLen >= this.chunkBytes;
     const chunk: Chunk = { seq: r.nextSeq++, raw: r.bufLen, data: null, lastMs: -1, gone: false };
@@ -376,7 +374,7 @@ export class Recorder {
     r.sealed.push(chunk);
     r.queued += chunk.raw;
     this.queuedTotal += chunk.raw;
-    this.held.push({ r, chunk, raw, marks, final });
+    this.held.push({ r, chunk, raw, marks });
     this.heldBytes += chunk.raw;
     if (r.queued > this.cap || this.queuedTotal > this.totalCap) this.dropOldest(r);
     this.pump(final);
@@ -406,8 +404,8 @@ export class Recorder {
     }
   }
 
-  private submit({ r, chunk, raw, marks, final }: Held): void {
-    const done = this.compressor.encode(r.id, raw, marks, final).then(
+  private submit({ r, chunk, raw, marks }: Held): void {
+    const done = this.compressor.encode(raw, marks).then(
       (out) => {
         if (out.raw?.byteLength === this.chunkBytes && this.pool.length * this.chunkBytes < this.holdBytes + this.flushAtBytes) this.pool.push(out.raw);
         if (chunk.gone) return;
@@ -526,8 +524,7 @@ export class Recorder {
         for (const c of cs) {
           r.queued -= c.raw;
           this.queuedTotal -= c.raw;
-          // An empty final chunk (nothing after the last seal) has nothing to store.
-          if (c.raw > 0 || c.data!.length > 0) chunks.push({ recording_id: r.id, seq: c.seq, data: c.data!, lastMs: c.lastMs });
+          if (c.data!.length > 0) chunks.push({ recording_id: r.id, seq: c.seq, data: c.data!, lastMs: c.lastMs });
         }
       }
       if (ending) ends.add(r);
@@ -545,7 +542,7 @@ export class Recorder {
         for (let i = 0; i < chunks.length; i += CHUNKS_PER_STATEMENT) {
           const part = chunks.slice(i, i + CHUNKS_PER_STATEMENT);
           const params: unknown[] = [];
-          for (const c of part) params.push(c.recording_id, c.seq, Buffer.from(c.data.buffer, c.data.byteOffset, c.data.length).toString("base64"), c.lastMs);
+          for (const c of part) params.push(c.recording_id, c.seq, c.data, c.lastMs);
           for (const row of await tx.query<{ id: string; seq: number | null }>(insertChunks(part.length), params)) {
             if (row.seq === null) present.add(row.id);
             else written.add(`${row.id}/${row.seq}`);
@@ -646,14 +643,14 @@ const INSERT_RECORDINGS = `
 
 // Chunks of recordings that exist. Answers (id, seq) for each chunk inserted and (id, null)
 // for each recording found; a chunk already there (a retried commit) is left as it is. The
-// compressed chunk travels as base64 text, decoded by the database: 4/3 of its size on the
-// wire, and no bytea encoding in JS on either driver. One statement text per row count.
+// compressed chunk is a bytea parameter: binary on PGlite (see pglite-in-thread.ts), hex
+// (native Buffer encoding) with postgres.js. One statement text per row count.
 const CHUNKS_PER_STATEMENT = 50;
 const chunkStatements = new Map<number, string>();
 function insertChunks(n: number): string {
   let sql = chunkStatements.get(n);
   if (sql) return sql;
-  const rows = Array.from({ length: n }, (_, i) => `($${4 * i + 1}::uuid, $${4 * i + 2}::int, decode($${4 * i + 3}::text, 'base64'), $${4 * i + 4}::bigint)`).join(", ");
+  const rows = Array.from({ length: n }, (_, i) => `($${4 * i + 1}::uuid, $${4 * i + 2}::int, $${4 * i + 3}::bytea, $${4 * i + 4}::bigint)`).join(", ");
   sql = `
   with x (recording_id, seq, data, last_ms) as (
     values ${rows}

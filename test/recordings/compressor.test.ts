@@ -3,7 +3,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
 import { silentLogger } from "../../src/log.ts";
 import { exportCast, parseCast, replayOutput } from "../../src/recordings/asciicast.ts";
-import { chunkEvents, chunkText, encodeChunk, type Mark } from "../../src/recordings/chunk-codec.ts";
+import { castLines, ChunkFormatError, decodeChunk, encodeChunk, type Mark } from "../../src/recordings/chunk-codec.ts";
 import { InThreadCompressor, WorkerCompressor } from "../../src/recordings/compressor.ts";
 import { Recorder } from "../../src/recordings/recorder.ts";
 import { closeAbandonedRecordings } from "../../src/recordings/recordings.ts";
@@ -26,62 +26,76 @@ function frames(parts: Array<[ms: number, text: string | Uint8Array]>): { raw: U
   return { raw, marks: parts.map(([ms], i) => [ms, bytes[i]!.length] as Mark) };
 }
 
+/** The event lines of chunks stored from these (raw, marks) pairs, read back in order. */
+const stored = (...chunks: Array<{ raw: Uint8Array; marks: Mark[] }>) => castLines(chunks.map((c) => encodeChunk(c.raw, c.marks)));
+
 describe("chunk codec", () => {
   test("event lines: times in seconds, JSON-escaped output, resizes in place", () => {
     const { raw, marks } = frames([[0, "a\x1b[0m"], [1500, "\"b\"\r\n"]]);
-    const out = chunkEvents(new TextDecoder(), raw, [...marks.slice(0, 1), [1200, 100, 40], ...marks.slice(1)], true);
-    expect(out.text).toBe('[0.000, "o", "a\\u001b[0m"]\n[1.200, "r", "100x40"]\n[1.500, "o", "\\"b\\"\\r\\n"]\n');
-    expect(out.lastMs).toBe(1500);
+    const withResize: Mark[] = [...marks.slice(0, 1), [1200, 100, 40], ...marks.slice(1)];
+    expect(stored({ raw, marks: withResize })).toBe('[0.000, "o", "a\\u001b[0m"]\n[1.200, "r", "100x40"]\n[1.500, "o", "\\"b\\"\\r\\n"]\n');
+    expect(encodeChunk(raw, withResize).lastMs).toBe(1500);
   });
 
-  test("a character split across chunks comes out whole in the later chunk; an unfinished one as U+FFFD at the end", () => {
+  test("a character split across chunks comes out whole in the later chunk; an unfinished one as U+FFFD at the last output's time", () => {
     const euro = utf8("€"); // 3 bytes
-    const decoder = new TextDecoder();
     const a = frames([[5, Uint8Array.of(0x41, euro[0]!)]]);
     const b = frames([[6, euro.subarray(1)], [7, Uint8Array.of(0xe2)]]);
-    const first = chunkEvents(decoder, a.raw, a.marks, false);
-    const second = chunkEvents(decoder, b.raw, b.marks, true);
-    expect(first.text).toBe('[0.005, "o", "A"]\n');
-    expect(second.text).toBe('[0.006, "o", "€"]\n[0.007, "o", "\uFFFD"]\n');
+    expect(stored(a, b)).toBe('[0.005, "o", "A"]\n[0.006, "o", "€"]\n[0.007, "o", "\uFFFD"]\n');
+    // The unfinished character ends a chunk before the last one: it comes out at the end, never back in time.
+    const c = frames([[5, "A"], [7, Uint8Array.of(0xe2)]]);
+    expect(stored(c, { raw: new Uint8Array(0), marks: [[9, 100, 40]] })).toBe('[0.005, "o", "A"]\n[0.009, "r", "100x40"]\n[0.009, "o", "\uFFFD"]\n');
   });
 
   test("a frame of only the first bytes of a character is no event of its own", () => {
     const pile = utf8("💩");
-    const { raw, marks } = frames([[1, pile.subarray(0, 2)], [2, pile.subarray(2)]]);
-    expect(chunkEvents(new TextDecoder(), raw, marks, true).text).toBe('[0.002, "o", "💩"]\n');
+    expect(stored(frames([[1, pile.subarray(0, 2)], [2, pile.subarray(2)]]))).toBe('[0.002, "o", "💩"]\n');
   });
 
-  test("encoded chunks are zstd, smaller for terminal text, and decode to the same lines; pre-v8 rows read as text", () => {
+  test("stored chunks are zstd of the raw output, smaller for terminal text; rows of schema v8 (zstd lines) and before (text) read as they were", () => {
     const line = "\x1b[32m2026-11-23T10:00:00Z\x1b[0m INFO worker processed job in 12 ms\r\n";
     const { raw, marks } = frames(Array.from({ length: 500 }, (_, i) => [i, line] as [number, string]));
-    const enc = encodeChunk(new TextDecoder(), raw, marks, true);
-    const text = chunkEvents(new TextDecoder(), raw, marks, true).text;
+    const enc = encodeChunk(raw, marks);
     expect(Array.from(enc.data.subarray(0, 4))).toEqual([0x28, 0xb5, 0x2f, 0xfd]); // the zstd frame magic
-    expect(enc.data.length * 5).toBeLessThan(text.length);
-    expect(chunkText({ data: enc.data })).toBe(text);
-    expect(chunkText({ data: null, events: "[0.1, \"o\", \"old\"]\n" })).toBe("[0.1, \"o\", \"old\"]\n");
-    expect(encodeChunk(new TextDecoder(), new Uint8Array(0), [], true)).toEqual({ data: new Uint8Array(0), lastMs: -1 });
+    expect(enc.data.length * 5).toBeLessThan(raw.length);
+    expect(decodeChunk(Bun.zstdDecompressSync(enc.data))).toEqual({ raw, marks });
+    const text = castLines([enc]);
+    expect(text.split("\n").length).toBe(501);
+    expect(castLines([{ data: Bun.zstdCompressSync(text) }])).toBe(text);
+    expect(castLines([{ data: null, events: '[0.1, "o", "old"]' }])).toBe('[0.1, "o", "old"]\n');
+    expect(encodeChunk(new Uint8Array(0), [])).toEqual({ data: new Uint8Array(0), lastMs: -1 });
   });
 
-  test("the worker answers in order with what the calling thread would encode, keeping each recording's decoder apart", async () => {
+  test("a corrupt stored chunk is a ChunkFormatError, never wrong output", () => {
+    const { raw, marks } = frames([[0, "hello"], [3, "world"]]);
+    const plain = Bun.zstdDecompressSync(encodeChunk(raw, marks).data);
+    const corrupt = (edit: (b: Uint8Array) => Uint8Array) => () => castLines([{ data: Bun.zstdCompressSync(edit(plain.slice())) }]);
+    expect(corrupt((b) => b.subarray(0, b.length - 1))).toThrow(ChunkFormatError); // output cut short
+    expect(corrupt((b) => b.subarray(0, 20))).toThrow(ChunkFormatError); // marks cut short
+    expect(corrupt((b) => (new DataView(b.buffer).setFloat64(8 + 16, Number.NaN, true), b))).toThrow(ChunkFormatError); // a time that is no number
+    expect(corrupt((b) => (new DataView(b.buffer).setFloat64(8, 9, true), b))).toThrow(ChunkFormatError); // time going back
+    expect(() => castLines([{ data: Uint8Array.of(1, 2, 3) }])).toThrow(ChunkFormatError); // not zstd
+    expect(() => decodeChunk(utf8("[0.1, \"o\", \"x\"]\n"))).toThrow(ChunkFormatError);
+  });
+
+  test("the worker answers with what the calling thread would encode", async () => {
     const worker = new WorkerCompressor(silentLogger);
     const local = new InThreadCompressor();
     try {
       const text = "héllo → 日本語 🎉 ".repeat(50);
       const bytes = utf8(text);
-      const jobs: Array<[string, Uint8Array, Mark[], boolean]> = [];
-      // Two recordings interleaved, each cut at odd byte offsets (splitting characters).
+      // Cut at odd byte offsets (splitting characters).
+      const jobs: Array<[Uint8Array, Mark[]]> = [];
       for (let i = 0; i < 10; i++) {
-        for (const rec of ["r1", "r2"]) {
-          const part = bytes.slice(i * 97, i === 9 ? bytes.length : (i + 1) * 97);
-          jobs.push([rec, part, [[i, part.length]], i === 9]);
-        }
+        const part = bytes.slice(i * 97, i === 9 ? bytes.length : (i + 1) * 97);
+        jobs.push([part, [[i, part.length], [i, 100 + i, 40]]]);
       }
-      const fromWorker = await Promise.all(jobs.map(([rec, raw, marks, final]) => worker.encode(rec, raw.slice(), marks, final)));
-      const fromHere = await Promise.all(jobs.map(([rec, raw, marks, final]) => local.encode(rec, raw.slice(), marks, final)));
-      expect(fromWorker.map((c) => chunkText(c))).toEqual(fromHere.map((c) => chunkText(c)));
-      const r1 = fromWorker.filter((_, i) => i % 2 === 0).map((c) => chunkText(c)).join("");
-      expect(r1.split("\n").filter(Boolean).map((l) => JSON.parse(l)[2]).join("")).toBe(text);
+      const fromWorker = await Promise.all(jobs.map(([raw, marks]) => worker.encode(raw.slice(), marks)));
+      const fromHere = await Promise.all(jobs.map(([raw, marks]) => local.encode(raw.slice(), marks)));
+      expect(fromWorker.map((c) => [c.data, c.lastMs])).toEqual(fromHere.map((c) => [c.data, c.lastMs]));
+      const events = castLines(fromWorker).split("\n").filter(Boolean).map((l) => JSON.parse(l));
+      expect(events.filter((e) => e[1] === "o").map((e) => e[2]).join("")).toBe(text);
+      expect(events.filter((e) => e[1] === "r").length).toBe(10);
     } finally {
       worker.close();
     }
@@ -103,7 +117,7 @@ describe("chunk codec", () => {
     const before = nice();
     const worker = new WorkerCompressor(silentLogger);
     try {
-      await worker.encode("r", utf8("x"), [[0, 1]], true);
+      await worker.encode(utf8("x"), [[0, 1]]);
       const started = [...nice()].filter(([tid]) => !before.has(tid)).map(([, n]) => n);
       expect(started).toContain(19);
       expect(nice().get(String(process.pid))).toBe(0); // the calling thread is left alone
@@ -157,7 +171,7 @@ for (const flavor of FLAVORS) {
     test("a burst is compressed after it ends, and at once beyond holdBytes; what is typed goes straight on", async () => {
       const inner = new InThreadCompressor();
       const calls: number[] = [];
-      const spy = { encode: (rec: string, raw: Uint8Array, marks: Mark[], final: boolean) => (calls.push(raw.length), inner.encode(rec, raw, marks, final)), close() {} };
+      const spy = { encode: (raw: Uint8Array, marks: Mark[]) => (calls.push(raw.length), inner.encode(raw, marks)), close() {} };
       const rec = new Recorder(store, silentLogger, { flushMs: 3_600_000, chunkBytes: 1024, burstBytesPerSecond: 10_000, holdBytes: 8 * 1024, compressor: spy });
       try {
         const id = rec.start({ tenantId: T, sessionId: await insertSession(store), machineId: null, channel: 1, cols: 80, rows: 24 });

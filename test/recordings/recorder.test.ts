@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
 import { silentLogger } from "../../src/log.ts";
 import { castHeader, exportCast, parseCast, replayOutput } from "../../src/recordings/asciicast.ts";
-import { chunkText } from "../../src/recordings/chunk-codec.ts";
+import { CastLines } from "../../src/recordings/chunk-codec.ts";
 import { Recorder, type RecordingStart } from "../../src/recordings/recorder.ts";
 import { closeAbandonedRecordings, getRecording } from "../../src/recordings/recordings.ts";
 import type { Store } from "../../src/store/store.ts";
@@ -29,7 +29,11 @@ for (const flavor of FLAVORS) {
       return rec.start({ tenantId: T, sessionId, machineId: null, channel: 1, cols: 80, rows: 24, ...over });
     };
     const cast = async (id: string, pageSize?: number) => parseCast((await exportCast(store, T, id, { pageSize }))!);
-    const chunks = async (id: string) => (await store.query<{ seq: number; events: string | null; data: Uint8Array | null }>("select seq, events, data from recording_chunks where recording_id = $1 order by seq", [id])).map((c) => ({ seq: c.seq, events: chunkText(c) }));
+    const chunks = async (id: string) => {
+      const lines = new CastLines();
+      const rows = await store.query<{ seq: number; events: string | null; data: Uint8Array | null }>("select seq, events, data from recording_chunks where recording_id = $1 order by seq", [id]);
+      return rows.map((c) => ({ seq: c.seq, events: lines.chunk(c) }));
+    };
 
     beforeAll(async () => {
       db = await createTestDb(flavor);

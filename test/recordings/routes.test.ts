@@ -3,6 +3,7 @@ import { createUser } from "../../src/auth/users.ts";
 import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
 import { silentLogger } from "../../src/log.ts";
 import { parseCast, replayOutput } from "../../src/recordings/asciicast.ts";
+import { encodeChunk } from "../../src/recordings/chunk-codec.ts";
 import { Recorder } from "../../src/recordings/recorder.ts";
 import { startTestApp, type TestApp } from "../helpers/app.ts";
 import { FLAVORS } from "../helpers/stores.ts";
@@ -100,6 +101,23 @@ for (const flavor of FLAVORS) {
       expect(cast.events.at(-1)).toEqual([expect.any(Number), "r", "100x30"]);
       const audit = await app.call("GET", "/api/audit?type=recording.exported", { token: app.adminToken });
       expect(audit.body.events[0]).toMatchObject({ type: "recording.exported", target_type: "recording", target_id: recs[0], details: { session_id: session, channel: 1 } });
+    });
+
+    test("a damaged chunk: the cast still plays the rest, with a marker where the chunk was", async () => {
+      const id = crypto.randomUUID();
+      const store = app.server.store;
+      await store.query("insert into recordings (id, tenant_id, session_id, machine_id, channel, cols, rows, started_at) values ($1, $2, $3, $4, 9, 80, 24, now())", [id, DEFAULT_TENANT_ID, session, machine]);
+      const parts = ["one\r\n", "two\r\n", "three\r\n"];
+      for (const [i, text] of parts.entries()) {
+        const data = i === 1 ? Bun.zstdCompressSync(utf8("\0TR1 not really")) : encodeChunk(utf8(text), [[i * 100, utf8(text).length]]).data;
+        await store.query("insert into recording_chunks (recording_id, seq, data, last_ms) values ($1, $2, $3, $4)", [id, i + 1, data, i * 100]);
+      }
+      const res = await fetch(`${app.url}/api/recordings/${id}/cast`, { headers: { authorization: `Bearer ${app.adminToken}` } });
+      expect(res.status).toBe(200);
+      const cast = parseCast(await res.text());
+      expect(replayOutput(cast)).toBe("one\r\nthree\r\n");
+      expect(cast.events.map(([t, code]) => [t, code])).toEqual([[0, "o"], [0, "m"], [0.2, "o"]]);
+      expect(cast.events[1]![2]).toContain("part 2");
     });
 
     test("unknown ids and another tenant's rows: 404; a malformed id: 400", async () => {

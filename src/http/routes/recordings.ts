@@ -51,7 +51,9 @@ export const recordingRoutes = (deps: AppDeps) =>
 
     .get("/api/recordings/:id/cast", async (ctx) => {
       const me = await authorize(ctx, "recordings:read");
-      const cast = await openCast(deps.store, me.tenantId, ctx.params.id);
+      const cast = await openCast(deps.store, me.tenantId, ctx.params.id, {
+        onCorrupt: (seq, err) => deps.log.error({ recording_id: ctx.params.id, seq, err: err.message }, "recordings: a stored chunk is damaged; the export skips it"),
+      });
       if (!cast) throw notFound();
       const r = cast.recording;
       await audit(deps.store, {
