@@ -71,23 +71,25 @@ export function castStream(db: Queryable, r: RecordingRow, opts: CastOptions = {
         "select seq, events, data from recording_chunks where recording_id = $1 and seq > $2 order by seq limit $3",
         [r.id, after, pageSize],
       );
-      let text = "";
+      const out = (text: string) => text.length > 0 && controller.enqueue(encoder.encode(text));
       for (const c of page) {
+        // A gap (chunks dropped under memory pressure): a character cut there is not joined to what follows.
+        if (c.seq !== after + 1) out(lines.end());
         try {
-          text += lines.chunk(c);
+          out(lines.chunk(c));
         } catch (err) {
           if (!(err instanceof ChunkFormatError)) throw err;
           opts.onCorrupt?.(c.seq, err);
-          text += lines.marker(`Tether: part ${c.seq} of this recording is damaged and was skipped`);
+          out(lines.end() + lines.marker(`Tether: part ${c.seq} of this recording is damaged and was skipped`));
         }
         after = c.seq;
       }
       if (page.length < pageSize) {
         done = true;
-        text += lines.end();
+        // An unfinished character at the end of a recording still open may be completed by the next chunk.
+        if (r.ended_at !== null) out(lines.end());
+        controller.close();
       }
-      if (text.length > 0) controller.enqueue(encoder.encode(text));
-      if (done) controller.close();
     },
   }, { highWaterMark: 0 });
 }

@@ -68,7 +68,8 @@ export function encodeChunk(raw: Uint8Array, marks: readonly Mark[]): EncodedChu
   for (const m of marks) {
     view.setFloat64(at, m[0], true);
     view.setUint32(at + 8, m[1], true);
-    view.setUint32(at + 12, m.length === 3 ? m[2] : OUTPUT, true);
+    // A resize's rows stay below OUTPUT (the protocol allows 1–1000 anyway).
+    view.setUint32(at + 12, m.length === 3 ? Math.min(Math.max(m[2], 0), OUTPUT - 1) : OUTPUT, true);
     at += MARK_BYTES;
   }
   plain.set(raw, head);
@@ -120,19 +121,27 @@ export class CastLines {
 
   /** The event lines of the next chunk (newline-terminated; "" when it holds none). */
   chunk(c: { data?: Uint8Array | null; events?: string | null }): string {
-    if (!c.data || c.data.length === 0) return lines(c.events ?? "");
+    if (!c.data || c.data.length === 0) return this.stored(c.events ?? "");
     let plain: Uint8Array;
     try {
       plain = Bun.zstdDecompressSync(c.data);
     } catch (err) {
       throw new ChunkFormatError(`a recording chunk does not decompress: ${err instanceof Error ? err.message : String(err)}`);
     }
-    if (!isRawChunk(plain)) return lines(utf8.decode(plain)); // schema v8, v9: event lines
-    const { raw, marks } = decodeChunk(plain);
-    return this.events(raw, marks);
+    if (isRawChunk(plain)) {
+      const { raw, marks } = decodeChunk(plain);
+      return this.events(raw, marks);
+    }
+    // Schema v8 and v9: the event lines themselves.
+    const text = utf8.decode(plain);
+    if (text.length > 0 && !text.startsWith("[")) throw new ChunkFormatError("a recording chunk holds neither output nor event lines");
+    return this.stored(text);
   }
 
-  /** What is left when the recording is over: an unfinished character, as U+FFFD. */
+  /**
+   * What is left of an unfinished character, as U+FFFD: when the recording is over, and before
+   * a gap (chunks dropped, or damaged and skipped), so that it is not joined to bytes after it.
+   */
   end(): string {
     const rest = this.decoder.decode();
     return rest.length === 0 ? "" : this.now("o", rest);
@@ -147,6 +156,13 @@ export class CastLines {
     const ms = Math.max(this.lastMs, this.outMs, 0);
     this.lastMs = ms;
     return `[${seconds(ms)}, "${code}", ${JSON.stringify(data)}]\n`;
+  }
+
+  /** Event lines as stored before schema v10; later events must not go back before their last. */
+  private stored(text: string): string {
+    const t = lastEventTime(text);
+    if (t !== null) this.lastMs = Math.max(this.lastMs, Math.round(t * 1000));
+    return lines(text);
   }
 
   private events(raw: Uint8Array, marks: readonly Mark[]): string {
@@ -172,6 +188,16 @@ export class CastLines {
 
 const utf8 = new TextDecoder();
 const lines = (text: string) => (text.length === 0 || text.endsWith("\n") ? text : text + "\n");
+
+/** The time (seconds) of the last event line in `text`, or null if it has none. */
+export function lastEventTime(text: string): number | null {
+  const all = text.trimEnd().split("\n");
+  for (let i = all.length - 1; i >= 0; i--) {
+    const m = /^\[\s*([0-9.eE+-]+)\s*,/.exec(all[i]!);
+    if (m && Number.isFinite(Number(m[1]))) return Number(m[1]);
+  }
+  return null;
+}
 
 /** A whole recording's event lines from its chunks in order (tests, small recordings). */
 export function castLines(chunks: Iterable<{ data?: Uint8Array | null; events?: string | null }>): string {

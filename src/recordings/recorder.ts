@@ -12,18 +12,18 @@ import { type ChunkCompressor, WorkerCompressor } from "./compressor.ts";
  * the raw bytes into the recording's chunk buffer and note their time (output within one
  * millisecond shares one mark). A full chunk (`chunkBytes`), and every `flushMs` whatever is
  * buffered, is sealed and handed to the compressor (compressor.ts: a worker thread at the
- * lowest CPU priority), which compresses it. Compressed chunks are written
- * by a flush: every `flushMs`, and at once when `flushAtBytes` of output is ready; one flush
- * writes every new recording row, every ready chunk and every end in ONE transaction.
+ * lowest CPU priority). Compressed chunks are written by a flush: every `flushMs`, and at once
+ * when `flushAtBytes` of output is ready; one flush writes every new recording row, every ready
+ * chunk and every end in ONE transaction.
  *
  * Bursts are compressed after they end. Recording costs a few ms of CPU per MiB (compressing,
- * writing), and while the relay streams bulk output that CPU is not
- * free: measured here, even a nice-19 thread on the other core slows the relay's thread by a
- * fifth. So while output runs above `burstBytesPerSecond` (8 MiB/s: far above anyone typing,
- * far below `cat` of a big file), sealed chunks wait, up to `holdBytes` (64 MiB in all), and go
- * to the compressor once output has been quiet for 50 ms; beyond `holdBytes` the oldest go at
- * once. A crash (kill -9) therefore loses what was not yet flushed: the last `flushMs`, or the
- * part of a burst still held or compressing.
+ * writing), and while the relay streams bulk output that CPU is not free: measured here, even
+ * a nice-19 thread on the other core slows the relay's thread by a fifth. So while output runs
+ * above `burstBytesPerSecond` (8 MiB/s: far above anyone typing, far below `cat` of a big
+ * file), sealed chunks wait, up to `holdBytes` (64 MiB in all), and go to the compressor once
+ * output has been quiet for 50 ms; beyond `holdBytes` the oldest go at once. A crash (kill -9)
+ * therefore loses what was not yet flushed: the last `flushMs`, or the part of a burst still
+ * held or compressing.
  *
  * Best effort, by design: recording failure never stalls or breaks a session.
  *   - A failed flush (database down) keeps its chunks and retries them at the next tick, in

@@ -1,5 +1,6 @@
 import type { Queryable } from "../store/store.ts";
 import { iso, isoOrNull } from "../machines/rows.ts";
+import { lastEventTime } from "./chunk-codec.ts";
 
 /** Recording rows (S6), the read side: always scoped to the caller's tenant. */
 
@@ -118,18 +119,8 @@ export async function closeAbandonedRecordings(db: Queryable, before: number, id
   );
   for (const r of open) {
     // Chunks since schema v8 carry their last event's time; older ones are read for it.
-    const seconds = r.last_ms !== null ? Math.max(0, r.last_ms) / 1000 : r.events ? lastEventTime(r.events) : 0;
+    const seconds = r.last_ms !== null ? Math.max(0, r.last_ms) / 1000 : r.events ? (lastEventTime(r.events) ?? 0) : 0;
     await db.query("update recordings set ended_at = started_at + $2::float8 * interval '1 second' where id = $1 and ended_at is null", [r.id, seconds]);
   }
   return open.length;
-}
-
-/** The time of the last event line of a chunk written before schema v8. */
-function lastEventTime(events: string): number {
-  const lines = events.trimEnd().split("\n");
-  for (let i = lines.length - 1; i >= 0; i--) {
-    const m = /^\[\s*([0-9.eE+-]+)\s*,/.exec(lines[i]!);
-    if (m) return Number(m[1]) || 0;
-  }
-  return 0;
 }

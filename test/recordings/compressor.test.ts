@@ -64,6 +64,8 @@ describe("chunk codec", () => {
     expect(castLines([{ data: Bun.zstdCompressSync(text) }])).toBe(text);
     expect(castLines([{ data: null, events: '[0.1, "o", "old"]' }])).toBe('[0.1, "o", "old"]\n');
     expect(encodeChunk(new Uint8Array(0), [])).toEqual({ data: new Uint8Array(0), lastMs: -1 });
+    // A resize stays a resize whatever its numbers (0xffffffff rows would read as output).
+    expect(decodeChunk(Bun.zstdDecompressSync(encodeChunk(new Uint8Array(0), [[1, 80, -1]]).data)).marks).toEqual([[1, 80, 0]]);
   });
 
   test("a corrupt stored chunk is a ChunkFormatError, never wrong output", () => {
@@ -166,6 +168,34 @@ for (const flavor of FLAVORS) {
       const [row] = await store.query<{ s: number }>("select extract(epoch from ended_at - started_at)::float8 as s from recordings where id = $1", [id]);
       expect(row!.s).toBeCloseTo(2.25, 3);
       await expect(store.query("insert into recording_chunks (recording_id, seq) values ($1, 2)", [id])).rejects.toThrow(/recording_chunks_payload/);
+    });
+
+    test("the export around gaps and damage: a cut character is not glued across, times never go back, an open recording keeps its cut character", async () => {
+      const session = await insertSession(store);
+      const recording = async (ended: boolean, chunks: Array<[seq: number, row: { data?: Uint8Array; events?: string }]>) => {
+        const id = crypto.randomUUID();
+        await store.query(`insert into recordings (id, tenant_id, session_id, channel, cols, rows, started_at, ended_at) values ($1, $2, $3, 1, 80, 24, now(), ${ended ? "now()" : "null"})`, [id, T, session]);
+        for (const [seq, row] of chunks) await store.query("insert into recording_chunks (recording_id, seq, data, events) values ($1, $2, $3, $4)", [id, seq, row.data ?? null, row.events ?? null]);
+        return id;
+      };
+      const euro = utf8("€");
+      const head = encodeChunk(Uint8Array.of(0x41, euro[0]!, euro[1]!), [[10, 3]]);
+      const tail = encodeChunk(Uint8Array.of(euro[2]!, 0x42), [[20, 2]]);
+      const damaged = { data: Uint8Array.of(1, 2, 3) };
+      const events = async (id: string) => parseCast((await exportCast(store, T, id))!).events;
+      // Chunk 2 was dropped: the € cut at its start comes out as U+FFFD, not glued to chunk 3's last byte.
+      expect(await events(await recording(true, [[1, head], [3, tail]]))).toEqual([[0.01, "o", "A"], [0.01, "o", "\uFFFD"], [0.02, "o", "\uFFFDB"]]);
+      // Chunk 2 is damaged: the same, and the marker stands where it was.
+      const skipped = await events(await recording(true, [[1, head], [2, damaged], [3, tail]]));
+      expect(skipped.map(([t, code]) => [t, code])).toEqual([[0.01, "o"], [0.01, "o"], [0.01, "m"], [0.02, "o"]]);
+      // After rows of older schemas the marker keeps to their times (parseCast checks they never go back).
+      const old = await events(await recording(true, [[1, { events: '[0.5, "o", "a"]\n' }], [2, { data: Bun.zstdCompressSync('[2.25, "o", "b"]\n') }], [3, damaged]]));
+      expect(old.map(([t, code]) => [t, code])).toEqual([[0.5, "o"], [2.25, "o"], [2.25, "m"]]);
+      // A recording still open: its last chunk may end mid-character, which is not yet an error.
+      expect(await events(await recording(false, [[1, head]]))).toEqual([[0.01, "o", "A"]]);
+      expect(await events(await recording(true, [[1, head]]))).toEqual([[0.01, "o", "A"], [0.01, "o", "\uFFFD"]]);
+      // Decompressed garbage of an older layout is damage too, not event lines.
+      expect((await events(await recording(true, [[1, { data: Bun.zstdCompressSync("not events") }]])))[0]![1]).toBe("m");
     });
 
     test("a burst is compressed after it ends, and at once beyond holdBytes; what is typed goes straight on", async () => {
