@@ -198,11 +198,3 @@ export function lastEventTime(text: string): number | null {
   }
   return null;
 }
-
-/** A whole recording's event lines from its chunks in order (tests, small recordings). */
-export function castLines(chunks: Iterable<{ data?: Uint8Array | null; events?: string | null }>): string {
-  const out = new CastLines();
-  let text = "";
-  for (const c of chunks) text += out.chunk(c);
-  return text + out.end();
-}

@@ -118,7 +118,7 @@ export async function closeAbandonedRecordings(db: Queryable, before: number, id
     [before, JSON.stringify(ids)],
   );
   for (const r of open) {
-    // Chunks since schema v8 carry their last event's time; older ones are read for it.
+    // Chunks since schema v8 carry the time of their last output or resize; older ones are read for it.
     const seconds = r.last_ms !== null ? Math.max(0, r.last_ms) / 1000 : r.events ? (lastEventTime(r.events) ?? 0) : 0;
     await db.query("update recordings set ended_at = started_at + $2::float8 * interval '1 second' where id = $1 and ended_at is null", [r.id, seconds]);
   }

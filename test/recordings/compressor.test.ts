@@ -3,14 +3,14 @@ import { readdirSync, readFileSync } from "node:fs";
 import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
 import { silentLogger } from "../../src/log.ts";
 import { exportCast, parseCast, replayOutput } from "../../src/recordings/asciicast.ts";
-import { castLines, ChunkFormatError, decodeChunk, encodeChunk, type Mark } from "../../src/recordings/chunk-codec.ts";
+import { ChunkFormatError, decodeChunk, encodeChunk, type Mark } from "../../src/recordings/chunk-codec.ts";
 import { InThreadCompressor, WorkerCompressor } from "../../src/recordings/compressor.ts";
 import { Recorder } from "../../src/recordings/recorder.ts";
 import { closeAbandonedRecordings } from "../../src/recordings/recordings.ts";
 import type { Store } from "../../src/store/store.ts";
 import { useDb } from "../fixtures/harness.ts";
 import { eventually, FLAVORS } from "../helpers/stores.ts";
-import { capturingLogger, insertSession, utf8 } from "./helpers.ts";
+import { capturingLogger, castLines, insertSession, utf8 } from "./helpers.ts";
 
 const T = DEFAULT_TENANT_ID;
 

@@ -1,6 +1,7 @@
 import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
 import type { Logger } from "../../src/log.ts";
 import { silentLogger } from "../../src/log.ts";
+import { CastLines } from "../../src/recordings/chunk-codec.ts";
 import type { Queryable, Store } from "../../src/store/store.ts";
 
 /** Small fixtures for the recordings tests. */
@@ -60,3 +61,11 @@ export function capturingLogger(): { log: Logger; messages: Array<{ level: strin
 
 /** UTF-8 bytes of a string. */
 export const utf8 = (s: string) => new TextEncoder().encode(s);
+
+/** A whole recording's event lines from its stored chunks, in order, as the export builds them. */
+export function castLines(chunks: Iterable<{ data?: Uint8Array | null; events?: string | null }>): string {
+  const out = new CastLines();
+  let text = "";
+  for (const c of chunks) text += out.chunk(c);
+  return text + out.end();
+}
