@@ -494,3 +494,20 @@ create index machines_search_doc on machines using gin (search_doc public.gin_tr
 -- than read, so the export builds them instead (src/recordings/chunk-codec.ts has the layout).
 -- Rows written before keep their event lines and are read as before.
 comment on column recording_chunks.data is 'zstd of "\0TR1", the mark count (u32 LE), the marks (f64 ms, u32, u32 each) and the raw output; before schema v10, zstd of asciicast event lines';
+
+-- version: 11
+-- Cheaper search documents. `search_doc` is recomputed by every UPDATE of a machine, presence
+-- included, and the four calls of tether_json_strings were about half of a presence UPDATE:
+-- a function whose body is a query (an aggregate over a set-returning function) cannot be
+-- inlined, so each call set up its own executor. The arrays it reads (users, IPs, MACs, tags)
+-- are short: up to eight elements it is now one expression the planner inlines, and longer
+-- arrays take the old query. Both give the same text (the elements one per line, JSON nulls
+-- skipped), so stored documents are left as they are.
+create function tether_json_strings_all(j jsonb) returns text language sql immutable parallel safe as $$ select coalesce(string_agg(t.v, chr(10)), '') from jsonb_array_elements_text(case when jsonb_typeof(j) = 'array' then j else '[]'::jsonb end) as t(v) $$;
+create or replace function tether_json_strings(j jsonb) returns text language sql immutable parallel safe as $$
+  select case
+    when jsonb_typeof(j) is distinct from 'array' then ''
+    when jsonb_array_length(j) > 8 then tether_json_strings_all(j)
+    else coalesce(j->>0, '') || coalesce(chr(10) || (j->>1), '') || coalesce(chr(10) || (j->>2), '') || coalesce(chr(10) || (j->>3), '')
+      || coalesce(chr(10) || (j->>4), '') || coalesce(chr(10) || (j->>5), '') || coalesce(chr(10) || (j->>6), '') || coalesce(chr(10) || (j->>7), '')
+  end $$;

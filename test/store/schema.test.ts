@@ -104,6 +104,24 @@ for (const flavor of FLAVORS) {
       expect(await exists(store, "half_done")).toBe(true);
     });
 
+    test("search documents: the inlined tether_json_strings gives what the query form gives (v11)", async () => {
+      const store = await connect();
+      await applySchema(store);
+      const long = (n: number) => JSON.stringify(Array.from({ length: n }, (_, i) => `e${i}`));
+      const cases = [null, '"x"', "{}", "[]", '["a"]', '["a","b"]', '["a",null,"b"]', '[null]', '[1,true,{"k":"v"},["n"]]',
+        long(7), long(8), long(9), long(40), JSON.stringify(["DOMAIN\\user", 'q"uote', "ünï", ""])];
+      for (const c of cases) {
+        const [row] = await store.query<{ fast: string; all: string }>(
+          "select tether_json_strings($1::text::jsonb) as fast, tether_json_strings_all($1::text::jsonb) as all", [c]);
+        expect({ c, text: row!.fast }).toEqual({ c, text: row!.all });
+      }
+      // And it is inlined (no executor per call): a presence UPDATE's cost depended on it.
+      const plan = await store.query<Record<string, string>>("explain (verbose) select tether_json_strings(x) from (values ('[\"a\"]'::jsonb), ('[]'::jsonb)) as v(x)");
+      const text = plan.map((r) => Object.values(r)[0]).join("\n");
+      expect(text).toContain("jsonb_typeof");
+      expect(text).not.toContain("tether_json_strings(");
+    });
+
     test("processes starting together on an empty database both succeed and apply it once", async () => {
       // PGlite is single-process: two concurrent starts share its one connection. On
       // PostgreSQL they are two connection pools, as two processes (a primary and a standby)
