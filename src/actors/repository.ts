@@ -24,15 +24,50 @@ export interface StoredActor {
   tail: JournalRow[];
 }
 
-export async function loadActor(db: Queryable, kind: string, id: string): Promise<StoredActor> {
-  const [meta] = await db.query<{ status: StoredActor["status"]; failure: string | null }>(
-    "select status, failure from actors where kind = $1 and actor_id = $2", [kind, id]);
-  const [snapshot] = await db.query<SnapshotRow>(
-    "select seq, version, at, state from actor_snapshots where kind = $1 and actor_id = $2 order by seq desc limit 1", [kind, id]);
-  const tail = await db.query<JournalRow>(
-    "select seq, version, at, event from actor_journal where kind = $1 and actor_id = $2 and seq > $3 order by seq",
-    [kind, id, snapshot?.seq ?? 0]);
-  return { kind, id, status: meta?.status ?? null, failure: meta?.failure ?? null, snapshot: snapshot ?? null, tail };
+/**
+ * Several actors of one kind, in the order of `ids`, in three queries however many there are:
+ * a wave of 5,000 machines connecting whose actors are not in memory is a handful of
+ * statements, not 15,000.
+ */
+export async function loadActors(db: Queryable, kind: string, ids: readonly string[]): Promise<StoredActor[]> {
+  const list = JSON.stringify([...new Set(ids)]);
+  const metas = await db.query<{ actor_id: string; status: StoredActor["status"]; failure: string | null }>(
+    "select actor_id, status, failure from actors where kind = $1 and actor_id in (select jsonb_array_elements_text($2::text::jsonb))",
+    [kind, list]);
+  const heads = await db.query<SnapshotRow & { actor_id: string }>(
+    `select i.id as actor_id, s.seq, s.version, s.at, s.state
+       from jsonb_array_elements_text($2::text::jsonb) as i(id)
+       join lateral (select seq, version, at, state from actor_snapshots s
+                      where s.kind = $1 and s.actor_id = i.id order by seq desc limit 1) s on true`,
+    [kind, list]);
+  // Each actor's tail after its latest snapshot, through the primary key (as in loadActiveActors).
+  const tails = await db.query<JournalRow & { actor_id: string }>(
+    `select i.id as actor_id, j.seq, j.version, j.at, j.event
+       from jsonb_array_elements_text($2::text::jsonb) as i(id)
+       cross join lateral (select coalesce(max(seq), 0) as seq from actor_snapshots s
+                            where s.kind = $1 and s.actor_id = i.id) s
+       join lateral (select seq, version, at, event from actor_journal j
+                      where j.kind = $1 and j.actor_id = i.id and j.seq > s.seq
+                      order by j.seq) j on true`,
+    [kind, list]);
+  const meta = new Map(metas.map((m) => [m.actor_id, m]));
+  const head = new Map(heads.map((h) => [h.actor_id, h]));
+  const tail = new Map<string, JournalRow[]>();
+  for (const t of tails) {
+    const rows = tail.get(t.actor_id) ?? [];
+    if (rows.length === 0) tail.set(t.actor_id, rows);
+    rows.push({ seq: t.seq, version: t.version, at: t.at, event: t.event });
+  }
+  return ids.map((id) => {
+    const m = meta.get(id);
+    const h = head.get(id);
+    return {
+      kind, id, status: m?.status ?? null, failure: m?.failure ?? null,
+      snapshot: h ? { seq: h.seq, version: h.version, at: h.at, state: h.state } : null,
+      // Sorting (cheap on sorted input) makes the lateral join's order a guarantee.
+      tail: (tail.get(id) ?? []).slice().sort((x, y) => x.seq - y.seq),
+    };
+  });
 }
 
 /**

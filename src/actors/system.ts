@@ -8,7 +8,8 @@ import {
 } from "./errors.ts";
 import { Journal, type CommitStats, type JournalOptions, type Write } from "./journal.ts";
 import { Kind } from "./kind.ts";
-import { loadActiveActors, loadActor, loadFailedActors, loadTimers, type StoredActor } from "./repository.ts";
+import { loadActiveActors, loadActors, loadFailedActors, loadTimers, type StoredActor } from "./repository.ts";
+import { Batcher } from "./serial.ts";
 import { Deadlines } from "./deadlines.ts";
 import { onFailure } from "./supervisor.ts";
 import { TimerService, type Timer } from "./timers.ts";
@@ -54,6 +55,18 @@ export class ActorSystem {
   private readonly askTimeoutMs: number;
   private sweeper: ReturnType<typeof setInterval> | null = null;
   private readonly deadlines = new Deadlines();
+  /** Actors coming into memory in the same tick are read together (a wave of agents connecting). */
+  private readonly loads = new Batcher<{ kind: string; id: string }, StoredActor>(async (items) => {
+    const byKind = new Map<string, string[]>();
+    for (const { kind, id } of items) {
+      const ids = byKind.get(kind);
+      if (ids) ids.push(id);
+      else byKind.set(kind, [id]);
+    }
+    const loaded = new Map<string, StoredActor>();
+    for (const [kind, ids] of byKind) for (const a of await loadActors(this.store, kind, ids)) loaded.set(`${kind}/${a.id}`, a);
+    return items.map(({ kind, id }) => loaded.get(`${kind}/${id}`)!);
+  }, 1_000);
   private stopping = false;
   private started = false;
   /** Commit figures since start, for metrics. */
@@ -255,7 +268,7 @@ export class ActorSystem {
     const generation = cell.generation;
     try {
       await cell.durable.catch(() => {});
-      const stored = await loadActor(this.store, cell.kind.name, cell.id);
+      const stored = await this.loads.add({ kind: cell.kind.name, id: cell.id });
       // After a failed commit, timers registered by events that never became durable go too.
       const timers = afterFailure ? await loadTimers(this.store, cell.address) : null;
       if (cell.generation !== generation || cell.status === "failed") return;

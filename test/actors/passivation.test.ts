@@ -47,6 +47,27 @@ for (const flavor of FLAVORS) {
       expect(count(view.context)).toBe(6);
     });
 
+    test("actors coming back in the same tick are read together, each with its own state", async () => {
+      const { system, store } = await ctx.boot([counterKind({ idleMs: 40 })], { sweepMs: 10 });
+      const N = 120;
+      const ids = Array.from({ length: N }, (_, i) => `w${i}`);
+      await Promise.all(ids.map((id, i) => system.ask(`counter/${id}`, { type: "add", n: i })));
+      await Promise.all(ids.map((id) => system.ask(`counter/${id}`, { type: "add", n: 1 })));
+      await eventually(() => ids.every((id) => !system.isResident(`counter/${id}`)), 5_000, "all to leave memory");
+      // Every third comes back from its journal alone (its snapshot gone), the rest from snapshots.
+      await store.query("delete from actor_snapshots where kind = 'counter' and actor_id in (select 'w' || g from generate_series(0, $1::int, 3) g)", [N - 1]);
+      const reads: string[] = [];
+      const query = store.query.bind(store);
+      store.query = ((sql: string, params?: readonly unknown[]) => {
+        if (/from (actors|actor_snapshots|actor_journal)\b|jsonb_array_elements_text\(\$2/.test(sql)) reads.push(sql);
+        return query(sql, params);
+      }) as typeof store.query;
+      const back = await Promise.all(ids.map((id) => system.ask<number>(`counter/${id}`, { type: "add", n: 0 })));
+      expect(back.map((b) => b.reply)).toEqual(ids.map((_, i) => i + 1));
+      expect(back.map((b) => b.seq)).toEqual(ids.map(() => 3));
+      expect(reads.length).toBeLessThanOrEqual(6); // one per table per batch; it was three per actor
+    });
+
     test("an actor that keeps getting events is not passivated", async () => {
       const { system } = await ctx.boot([counterKind({ idleMs: 300 })], { sweepMs: 10 });
       for (let i = 0; i < 10; i++) {
