@@ -497,7 +497,7 @@ comment on column recording_chunks.data is 'zstd of "\0TR1", the mark count (u32
 
 -- version: 11
 -- Cheaper search documents. `search_doc` is recomputed by every UPDATE of a machine, presence
--- included, and the four calls of tether_json_strings were about half of a presence UPDATE:
+-- included, and the four calls of tether_json_strings were about a quarter of a presence UPDATE:
 -- a function whose body is a query (an aggregate over a set-returning function) cannot be
 -- inlined, so each call set up its own executor. The arrays it reads (users, IPs, MACs, tags)
 -- are short: up to eight elements it is now one expression the planner inlines, and longer
