@@ -26,13 +26,16 @@
  * PostgreSQL. BENCH_AGENTS changes the agent count (default 5,000) for a quick try;
  * BENCH_ONLY=pglite or BENCH_ONLY=postgres runs one database only; BENCH_PROFILE=1 prints the
  * server's statements (count, total and longest time) after each agent storm;
- * BENCH_CPU_PROF=<dir> writes a CPU profile of the storms' server (bun --cpu-prof-md).
+ * BENCH_CPU_PROF=<dir> writes a CPU profile of the storms' server (bun --cpu-prof and
+ * --cpu-prof-md) and prints, for each agent storm, its hottest functions by samples
+ * (bench/fixtures/profile-window.ts: the Markdown profile's times are mostly idle time).
  */
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import postgres from "postgres";
 import { withAllocatorEnv } from "../src/allocator.ts";
+import { hottest } from "./fixtures/profile-window.ts";
 import { identities, seed } from "./fixtures/agent-keys.ts";
 import type { SwarmRequest, SwarmStats, WaveResult } from "./fixtures/agent-swarm.ts";
 import { Child, type DistOmit } from "./fixtures/ipc-child.ts";
@@ -50,6 +53,7 @@ const STORM_REPS = 2;
 const GOAL_KB = 20;
 const GOAL_STORM_RATIO = 3;
 const ROOT = resolve(import.meta.dir, "..");
+const CPU_PROF = process.env.BENCH_CPU_PROF;
 
 /** The agents' process, driven one request at a time over IPC. */
 type Swarm = Child<SwarmRequest>;
@@ -181,7 +185,7 @@ async function run(label: string, swarm: Swarm, env: Record<string, string>) {
   }
 
   // (a) and (b) on another fresh server.
-  ({ proc, url } = await startBenchServer(serverEnv, process.env.BENCH_CPU_PROF ? { args: ["--cpu-prof-md", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] } : {}));
+  ({ proc, url } = await startBenchServer(serverEnv, CPU_PROF ? { args: ["--cpu-prof", "--cpu-prof-md", `--cpu-prof-dir=${CPU_PROF}`] } : {}));
   try {
     await swarm.call({ t: "url", url });
     await swarm.call({ t: "stats" }); // resets the count of unexpected closes
@@ -214,12 +218,14 @@ async function run(label: string, swarm: Swarm, env: Record<string, string>) {
     await swarm.call({ t: "close", what: "agents" });
     await waitOffline(url);
     const plainStorms: WaveResult[] = [];
+    stormWindows = [];
     const agentStorms: WaveResult[] = [];
     /** A wave, with the CPU seconds the server and the agents' process spent during it. */
     const timed = async (req: DistOmit<SwarmRequest, "id">) => {
       await quiet(proc.pid);
-      const [s0, c0, t0, m0, w0] = [cpuSeconds(proc.pid), cpuSeconds(swarm.proc.pid), threadCpu(proc.pid), machineBusySeconds(), performance.now()];
+      const [s0, c0, t0, m0, w0, from] = [cpuSeconds(proc.pid), cpuSeconds(swarm.proc.pid), threadCpu(proc.pid), machineBusySeconds(), performance.now(), Date.now()];
       const result = await swarm.call<WaveResult>(req);
+      if (req.t === "agents") stormWindows.push([from, Date.now()]);
       const wall = (performance.now() - w0) / 1000;
       return { ...result, serverCpu: cpuSeconds(proc.pid) - s0, agentsCpu: cpuSeconds(swarm.proc.pid) - c0, threads: threadCpuSince(proc.pid, t0), machineCpu: machineBusySeconds() - m0, wall };
     };
@@ -254,6 +260,21 @@ async function run(label: string, swarm: Swarm, env: Record<string, string>) {
     return { label, plainMem, a0, a1, aN, idleCpu, plainBest, agentBest };
   } finally {
     await stop(proc);
+    if (CPU_PROF) printStormProfiles(CPU_PROF, proc.pid);
+  }
+}
+
+/** Agent storms' [from, to] in epoch ms, for the CPU profile (BENCH_CPU_PROF). */
+let stormWindows: Array<[number, number]> = [];
+function printStormProfiles(dir: string, pid: number) {
+  const file = readdirSync(dir).find((f) => f.includes(`.${pid}.`) && f.endsWith(".cpuprofile"));
+  if (!file) return console.log(`    no CPU profile of process ${pid} in ${dir}`);
+  const profile = JSON.parse(readFileSync(join(dir, file), "utf8"));
+  for (const [i, [from, to]] of stormWindows.entries()) {
+    const r = hottest(profile, from, to, 30);
+    console.log(`  storm ${i + 1}, main thread, ${r.samples} samples (${join(dir, file)}):`);
+    for (const row of r.self) console.log(`    self ${row.pct.toFixed(1).padStart(5)}%  ${row.fn}`);
+    for (const row of r.total) console.log(`    total ${row.pct.toFixed(1).padStart(5)}%  ${row.fn}`);
   }
 }
 
