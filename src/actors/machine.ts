@@ -20,7 +20,7 @@ export interface MachineContext {
 
 type At = { at: number };
 export type MachineEvent =
-  | ({ type: "agent.connected"; conn: string; ip: string; agent_version: string } & At)
+  | ({ type: "agent.connected"; conn: string; ip: string; agent_version: string; inventory?: Inventory } & At)
   | ({ type: "agent.status"; conn: string; inventory: Inventory } & At)
   | ({ type: "agent.disconnected"; conn: string; reason: string } & At)
   | ({ type: "server.restarted" } & At);
@@ -61,6 +61,8 @@ export const machineLogic = setup({
           lastSeen: ({ event }) => event.at,
           externalIp: ({ event }) => event.ip,
           agentVersion: ({ event }) => event.agent_version,
+          // Sent with the proof (docs/PROTOCOL.md); older agents send it in a status after.
+          inventory: ({ context, event }) => event.inventory ?? context.inventory,
         }),
         "projectOnline",
       ],

@@ -9,8 +9,8 @@ import { decodeInbound, encodeOutbound, type Outbound } from "./session/wire.ts"
 
 /**
  * One WebSocket session on /ws/agent (M3, M4): hello → challenge → proof (Ed25519 over the raw
- * nonce) → welcome; then heartbeats every heartbeat_ms and status {inventory} right away, again
- * when it changes and at least every statusIntervalMs. After welcome, data frames and session
+ * nonce, with the inventory) → welcome; then heartbeats every heartbeat_ms and status
+ * {inventory} when it changes and at least every statusIntervalMs. After welcome, data frames and session
  * messages (relay.ts) go to the session host, and it sends through this socket until it closes.
  * Resolves when the socket closes, with the close code, so the caller decides how long to wait
  * before the next one.
@@ -70,21 +70,32 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
     const sendSession = (out: Outbound) => {
       if (ws.readyState === WebSocket.OPEN) ws.send(encodeOutbound(out));
     };
-    const sendStatus = (force: boolean) => {
-      let inv: Inventory;
+    const collect = (): Inventory | null => {
       try {
-        inv = inventory();
+        return inventory();
       } catch (e) {
         log.warn({ event: "status.inventory_failed", err: (e as Error).message }, "could not collect the inventory");
-        return;
+        return null;
       }
+    };
+    /** The inventory to report now, if it changed or is due (`force`: in any case); null if not. */
+    const due = (force: boolean): Inventory | null => {
+      const inv = collect();
+      if (!inv) return null;
       const fp = inventoryFingerprint(inv);
-      if (!force && fp === lastFingerprint && Date.now() - lastStatusAt < p.statusIntervalMs) return;
+      if (!force && fp === lastFingerprint && Date.now() - lastStatusAt < p.statusIntervalMs) return null;
       lastFingerprint = fp;
       lastStatusAt = Date.now();
+      return inv;
+    };
+    const sendStatus = (force: boolean) => {
+      const inv = due(force);
+      if (!inv) return;
       send({ t: "status", inventory: inv });
       log.debug({ event: "status.sent" }, "status sent");
     };
+    /** Whether the proof carried the inventory (then no status is needed right after welcome). */
+    let provedWithInventory = false;
     const onAbort = () => {
       byUs = true;
       try {
@@ -127,7 +138,11 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
       }
       if (msg.t === "challenge") {
         const c = msg as ReturnType<typeof Challenge.parse>;
-        void signNonce(p.privateKey, c.nonce).then((signature) => send({ t: "proof", signature }));
+        void signNonce(p.privateKey, c.nonce).then((signature) => {
+          const inv = due(true);
+          provedWithInventory = inv !== null;
+          send({ t: "proof", signature, ...(inv ? { inventory: inv } : {}) });
+        });
         return;
       }
       if (msg.t === "welcome" && !welcomed) {
@@ -136,7 +151,7 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
         clearTimeout(handshakeTimer);
         log.info({ event: "connect.online", machine_id: w.machine_id, key_prefix: keyPrefix(p.key), heartbeat_ms: w.heartbeat_ms, external_ip: w.external_ip }, "connected");
         timers.push(setInterval(() => send({ t: "heartbeat", seq: seq++ }), w.heartbeat_ms));
-        sendStatus(true);
+        if (!provedWithInventory) sendStatus(true);
         timers.push(setInterval(() => sendStatus(false), Math.min(p.statusCheckMs, p.statusIntervalMs)));
         p.host?.attach(sendSession);
       }

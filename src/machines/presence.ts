@@ -40,9 +40,8 @@ export interface Projection {
  * each write takes many machines' in one UPDATE. A machine has at most one write under way, and
  * its next projection waits for that write to finish, so its projections land in the order its
  * events were accepted (the actor hands them in after each event's commit, in event order): a
- * quick online → offline never lands as online. At connect the projections of
- * `agent.connected` and of the first `status` mostly become one row write, and a storm of 5,000
- * connects a handful of statements. On PostgreSQL a few writes (of different machines) run at
+ * quick online → offline never lands as online. A storm of 5,000 connects (each one
+ * `agent.connected`, carrying the inventory) is a handful of statements. On PostgreSQL a few writes (of different machines) run at
  * once; on PGlite, which runs one statement at a time (on its worker thread), one at a time and
  * smaller, so that the handshakes' statements queued behind a write get their turn in between.
  */

@@ -8,9 +8,10 @@ import { z } from "zod";
  *
  *   agent  → hello { machine_id, key: "cak_…", agent_version, protocol: 1 }
  *   server → challenge { nonce: 32+ random bytes, heartbeat_ms }
- *   agent  → proof { signature: Ed25519 over the raw nonce bytes }
+ *   agent  → proof { signature: Ed25519 over the raw nonce bytes, inventory? }
  *   server → welcome { machine_id, heartbeat_ms, offline_after_ms, external_ip }
- *   agent  → heartbeat { seq } every heartbeat_ms;  status { inventory } on connect and change
+ *   agent  → heartbeat { seq } every heartbeat_ms;  status { inventory } on change (and on
+ *            connect, if the proof did not carry it)
  *   server → closes with a code from CLOSE when it refuses or drops the agent
  */
 export const PROTOCOL_VERSION = 1;
@@ -25,7 +26,6 @@ export const Hello = z.object({
   agent_version: z.string().max(64),
   protocol: z.literal(PROTOCOL_VERSION),
 });
-export const Proof = z.object({ t: z.literal("proof"), signature: bytes });
 export const Heartbeat = z.object({ t: z.literal("heartbeat"), seq: z.number().int().nonnegative() });
 
 /** What the agent reports about its machine (SPEC M4). Every field optional: agents differ. */
@@ -47,6 +47,12 @@ export const Inventory = z.object({
 export type Inventory = z.infer<typeof Inventory>;
 
 export const Status = z.object({ t: z.literal("status"), inventory: Inventory });
+/**
+ * The inventory may ride on the proof: the machine then comes online with it in one event,
+ * instead of an online event and a status right after (half the journal rows and actor steps
+ * of a reconnect storm). It counts only once the signature checks out.
+ */
+export const Proof = z.object({ t: z.literal("proof"), signature: bytes, inventory: Inventory.optional() });
 
 export const AgentMessage = z.discriminatedUnion("t", [Hello, Proof, Heartbeat, Status]);
 export type AgentMessage = z.infer<typeof AgentMessage>;

@@ -55,8 +55,8 @@ export class TestAgentSocket {
     return this.inbox.shift()!;
   }
 
-  /** The whole handshake; `signWith` may be another key, `skipProof` sends a heartbeat instead. */
-  async handshake(machineId: string, key: string, privateKey: CryptoKey, opts: { signWith?: CryptoKey; skipProof?: boolean } = {}): Promise<boolean> {
+  /** The whole handshake; `signWith` may be another key, `skipProof` sends a heartbeat instead, `inventory` rides on the proof. */
+  async handshake(machineId: string, key: string, privateKey: CryptoKey, opts: { signWith?: CryptoKey; skipProof?: boolean; inventory?: Inventory } = {}): Promise<boolean> {
     await this.open();
     this.send({ t: "hello", machine_id: machineId, key, agent_version: "test-1", protocol: PROTOCOL_VERSION });
     const frame = await this.next();
@@ -65,7 +65,7 @@ export class TestAgentSocket {
     if (opts.skipProof) this.send({ t: "heartbeat", seq: 1 });
     else {
       const signature = new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, opts.signWith ?? privateKey, new Uint8Array(challenge.nonce)));
-      this.send({ t: "proof", signature });
+      this.send({ t: "proof", signature, ...(opts.inventory ? { inventory: opts.inventory } : {}) });
     }
     const w = await this.next();
     this.welcome = w && decode(Welcome, w);

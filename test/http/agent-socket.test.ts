@@ -51,6 +51,27 @@ for (const flavor of FLAVORS) {
       await eventually(async () => (await get(m.id)).status === "offline", 3_000, "offline");
     });
 
+    test("an inventory sent with the proof: online with it at once; with a bad signature it changes nothing", async () => {
+      const m = await machine();
+      const other = (await crypto.subtle.generateKey("Ed25519", true, ["sign", "verify"])) as CryptoKeyPair;
+      const forged = socket();
+      expect(await forged.handshake(m.id, m.key, m.privateKey, { signWith: other.privateKey, inventory: { hostname: "forged" } })).toBe(false);
+      expect((await forged.closed).code).toBe(CLOSE.BAD_SIGNATURE);
+      expect(await get(m.id)).toMatchObject({ status: "offline", inventory: {} });
+
+      const agent = socket();
+      expect(await agent.handshake(m.id, m.key, m.privateKey, { inventory: { hostname: "box-2", users: ["erin"], os: { name: "Debian", version: "12" } } })).toBe(true);
+      // No status message: the online projection already has the inventory.
+      await eventually(async () => (await get(m.id)).status === "online", 3_000, "online");
+      expect(await get(m.id)).toMatchObject({ status: "online", agent_version: "test-1", inventory: { hostname: "box-2", users: ["erin"], os: { name: "Debian", version: "12" } } });
+      const listed = (await app.call("GET", `/api/machines?q=${encodeURIComponent("user:erin")}`, { token: app.adminToken })).body.machines;
+      expect(listed.map((x: any) => x.id)).toEqual([m.id]);
+      agent.close();
+      await eventually(async () => (await get(m.id)).status === "offline", 3_000, "offline");
+      // Offline keeps the last inventory reported.
+      expect((await get(m.id)).inventory).toMatchObject({ hostname: "box-2" });
+    });
+
     test("a silent agent is dropped and goes offline after the configured time", async () => {
       const m = await machine();
       const agent = socket();

@@ -227,7 +227,7 @@ export const agentSocket = (deps: AppDeps) => {
       deps.system.pin(address);
       connections.touch(key.key_id);
       await Promise.all([
-        deps.system.ask(address, { type: "agent.connected", conn, ip, agent_version: hello.agent_version }),
+        deps.system.ask(address, { type: "agent.connected", conn, ip, agent_version: hello.agent_version, ...(proof.inventory ? { inventory: ownStrings(proof.inventory) } : {}) }),
         audit(deps.store, { tenantId: key.tenant_id, type: "agent.connected", actor: { type: "agent", id: key.machine_id }, target: { type: "machine", id: key.machine_id }, ip, details: { key_id: key.key_id, conn } }),
       ]);
       send(ws, { t: "welcome", machine_id: key.machine_id, heartbeat_ms: deps.config.heartbeatMs, offline_after_ms: deps.config.offlineAfterMs, external_ip: ip });
