@@ -29,7 +29,7 @@ afterAll(async () => {
 });
 
 describe("enrollment policy and the socket, against a stub server", () => {
-  test("503 → short retry, 429 → Retry-After, 202 → slow retry, 201 → connect; handshake signed with the enrolled key; heartbeats and status; KEY_REVOKED → slow retry; SIGTERM → close 1000, exit 0", async () => {
+  test("503 → short retry, 429 → Retry-After, 202 → slow retry, 201 → connect; handshake signed with the enrolled key, inventory with the proof; heartbeats; KEY_REVOKED → slow retry; SIGTERM → close 1000, exit 0", async () => {
     const script = [
       () => new Response("down", { status: 503 }),
       () => Response.json({ error: { code: "RATE_LIMITED" } }, { status: 429, headers: { "retry-after": "1" } }),
