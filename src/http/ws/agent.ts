@@ -6,6 +6,8 @@ import { isDataFrame } from "../../protocol/frames.ts";
 import type { AppDeps } from "../deps.ts";
 import { Batcher } from "../../actors/serial.ts";
 import type { ServerWebSocket } from "bun";
+import type { AgentSocket } from "./agent-connections.ts";
+import type { Link } from "../../relay/relay.ts";
 
 /**
  * `/ws/agent`: an agent proves, before anything else, that it holds both its `cak_` key and the
@@ -222,8 +224,9 @@ export const agentSocket = (deps: AppDeps) => {
       const address = `machine/${key.machine_id}`;
       ws.data.stage = { at: "bound", machineId: key.machine_id, conn };
       release(ws);
-      connections.add({ conn, machineId: key.machine_id, keyId: key.key_id, tenantId: key.tenant_id, lastSeen: Date.now(), close: (code, reason) => ws.close(code, reason) });
-      deps.relay.addAgent(conn, { send: (f) => ws.send(f), buffered: () => ws.getBufferedAmount(), close: (c, r) => ws.close(c, r), pause: () => ws.pause(), resume: () => ws.resume() }, key.machine_id);
+      const bound = new BoundAgent(ws, conn, key.machine_id, key.key_id, key.tenant_id);
+      connections.add(bound);
+      deps.relay.addAgent(conn, bound, key.machine_id);
       deps.system.pin(address);
       connections.touch(key.key_id);
       await Promise.all([
@@ -268,6 +271,37 @@ export const agentSocket = (deps: AppDeps) => {
     return new Response("Expected a websocket connection", { status: 400 });
   });
 };
+
+/**
+ * A bound agent socket as the registry (its presence, for the sweeps) and the relay (its data
+ * plane) see it: one object whose methods are on the prototype, not an object and six closures
+ * per agent.
+ */
+class BoundAgent implements AgentSocket, Link {
+  lastSeen = Date.now();
+  constructor(
+    private readonly ws: AgentWs,
+    readonly conn: string,
+    readonly machineId: string,
+    readonly keyId: string,
+    readonly tenantId: string,
+  ) {}
+  send(frame: Uint8Array): number {
+    return this.ws.send(frame);
+  }
+  buffered(): number {
+    return this.ws.getBufferedAmount();
+  }
+  close(code: number, reason: string): void {
+    this.ws.close(code, reason);
+  }
+  pause(): void {
+    this.ws.pause();
+  }
+  resume(): void {
+    this.ws.resume();
+  }
+}
 
 /** A deep copy whose strings are strings of their own, not slices of the frame (see where it is used). */
 function ownStrings<T>(value: T): T {
