@@ -21,6 +21,8 @@ export interface Config {
   /** How often agents send a heartbeat, and how long a silent one stays online. */
   heartbeatMs: number;
   offlineAfterMs: number;
+  /** At most this many agent handshakes at once (0: no limit); unset: 1,000 on the embedded database, no limit on PostgreSQL. */
+  agentHandshakes?: number;
   /** The URL agents and installers are told to use; default: the origin each request came to. */
   publicUrl?: string;
   /** The agent executable served at /api/agent/binary (built by `npm run build:agent`). */
@@ -60,6 +62,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     idleMs: int("TETHER_IDLE_MS", 5 * 60_000),
     heartbeatMs: int("TETHER_HEARTBEAT_MS", 15_000),
     offlineAfterMs: int("TETHER_OFFLINE_AFTER_MS", 45_000),
+    agentHandshakes: env.TETHER_AGENT_HANDSHAKES ? int("TETHER_AGENT_HANDSHAKES", 0) : undefined,
     publicUrl: publicUrl(env.TETHER_PUBLIC_URL),
     agentBinary: env.TETHER_AGENT_BINARY || resolve(import.meta.dir, "..", "dist", "tether-agent"),
     recordingRetentionDays: int("TETHER_RECORDING_RETENTION_DAYS", 90),

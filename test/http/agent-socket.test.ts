@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { CLOSE } from "../../src/protocol/agent.ts";
+import { Challenge, CLOSE, decode, PROTOCOL_VERSION, Welcome } from "../../src/protocol/agent.ts";
 import { dataFrame } from "../../src/protocol/frames.ts";
 import { agentIdentity, TestAgentSocket } from "../helpers/agent-client.ts";
 import { startTestApp, type TestApp } from "../helpers/app.ts";
@@ -186,3 +186,62 @@ for (const flavor of FLAVORS) {
     });
   });
 }
+
+/** The handshake limit (TETHER_AGENT_HANDSHAKES): in a storm, agents past it wait their turn. */
+describe("agent socket: handshakes beyond the limit wait their turn", () => {
+  let app: TestApp;
+  let site: SiteWithKey;
+  beforeAll(async () => {
+    app = await startTestApp("pglite", { env: { TETHER_AGENT_HANDSHAKES: "2" } });
+    site = await siteWithKey(app);
+  }, 60_000);
+  afterAll(async () => {
+    await app?.close();
+  });
+
+  test("a waiting agent's hello is answered once a slot frees; one that leaves while waiting changes nothing", async () => {
+    const machines = await Promise.all([0, 1, 2, 3].map(async () => {
+      const id = await agentIdentity();
+      const r = await enroll(app, await enrollBody(site, { public_key: id.publicKey }));
+      expect(r.status).toBe(201);
+      return { id: r.body.machine_id as string, key: r.body.key as string, privateKey: id.keys.privateKey };
+    }));
+    const hello = (m: (typeof machines)[number]) => ({ t: "hello", machine_id: m.id, key: m.key, agent_version: "test-1", protocol: PROTOCOL_VERSION });
+    const sockets = machines.map(() => new TestAgentSocket(app.url));
+    try {
+      // Two handshakes hold both slots: challenged, no proof yet.
+      const challenges: Array<ReturnType<typeof Challenge.parse>> = [];
+      for (const i of [0, 1]) {
+        await sockets[i]!.open();
+        sockets[i]!.send(hello(machines[i]!));
+        challenges.push(decode(Challenge, (await sockets[i]!.next())!)!);
+      }
+      // The third and fourth wait: their hellos get no challenge while the slots are taken.
+      for (const i of [2, 3]) {
+        await sockets[i]!.open();
+        sockets[i]!.send(hello(machines[i]!));
+      }
+      expect(await sockets[2]!.next(400)).toBeNull();
+      sockets[3]!.close(); // leaves while waiting
+      // The first proves and is bound: its slot goes to the third, whose hello is answered now.
+      const signature = new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, machines[0]!.privateKey, new Uint8Array(challenges[0]!.nonce)));
+      sockets[0]!.send({ t: "proof", signature });
+      expect(decode(Welcome, (await sockets[0]!.next())!)).toMatchObject({ machine_id: machines[0]!.id });
+      const third = decode(Challenge, (await sockets[2]!.next(3_000))!);
+      expect(third?.nonce.byteLength).toBe(32);
+      const sig2 = new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, machines[2]!.privateKey, new Uint8Array(third!.nonce)));
+      sockets[2]!.send({ t: "proof", signature: sig2 });
+      expect(decode(Welcome, (await sockets[2]!.next())!)).toMatchObject({ machine_id: machines[2]!.id });
+      // The agent that left never came online; a later connect of it gets a slot as usual.
+      expect((await sockets[3]!.closed).code).toBe(1000);
+      const again = new TestAgentSocket(app.url);
+      sockets.push(again);
+      expect(await again.handshake(machines[3]!.id, machines[3]!.key, machines[3]!.privateKey)).toBe(true);
+      const status = async (id: string) => (await app.call("GET", `/api/machines/${id}`, { token: app.adminToken })).body.status;
+      await eventually(async () => (await status(machines[0]!.id)) === "online" && (await status(machines[2]!.id)) === "online" && (await status(machines[3]!.id)) === "online", 3_000, "online");
+      expect(await status(machines[1]!.id)).toBe("offline");
+    } finally {
+      for (const s of sockets) s.close();
+    }
+  });
+});
