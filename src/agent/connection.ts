@@ -10,10 +10,10 @@ import { decodeInbound, encodeOutbound, type Outbound } from "./session/wire.ts"
 /**
  * One WebSocket session on /ws/agent (M3, M4): hello → challenge → proof (Ed25519 over the raw
  * nonce, with the inventory) → welcome; then heartbeats every heartbeat_ms and status
- * {inventory} when it changes and at least every statusIntervalMs. After welcome, data frames and session
- * messages (relay.ts) go to the session host, and it sends through this socket until it closes.
- * Resolves when the socket closes, with the close code, so the caller decides how long to wait
- * before the next one.
+ * {inventory} when it changes and at least every statusIntervalMs. After welcome, data frames
+ * and session messages (relay.ts) go to the session host, and it sends through this socket
+ * until it closes. Resolves when the socket closes, with the close code, so the caller decides
+ * how long to wait before the next one.
  */
 export interface SessionParams {
   url: string;

@@ -41,9 +41,10 @@ export interface Projection {
  * its next projection waits for that write to finish, so its projections land in the order its
  * events were accepted (the actor hands them in after each event's commit, in event order): a
  * quick online → offline never lands as online. A storm of 5,000 connects (each one
- * `agent.connected`, carrying the inventory) is a handful of statements. On PostgreSQL a few writes (of different machines) run at
- * once; on PGlite, which runs one statement at a time (on its worker thread), one at a time and
- * smaller, so that the handshakes' statements queued behind a write get their turn in between.
+ * `agent.connected`, carrying the inventory) is a handful of statements. On PostgreSQL a few
+ * writes (of different machines) run at once; on PGlite, which runs one statement at a time (on
+ * its worker thread), one at a time and smaller, so that the handshakes' statements queued
+ * behind a write get their turn in between.
  */
 export class Projections {
   private readonly pending = new Map<string, Projection>();

@@ -102,8 +102,9 @@ export const agentSocket = (deps: AppDeps) => {
     return machineIds.map((m) => byMachine.get(m) ?? []);
   }, 500);
 
-  const configured = deps.config.agentHandshakes;
-  const maxHandshakes = configured !== undefined ? configured || Infinity : deps.store.flavor === "pglite" ? PGLITE_HANDSHAKES : Infinity;
+  // TETHER_AGENT_HANDSHAKES if set (0: no limit); otherwise PGlite's limit, and none on PostgreSQL.
+  const limit = deps.config.agentHandshakes ?? (deps.store.flavor === "pglite" ? PGLITE_HANDSHAKES : 0);
+  const maxHandshakes = limit === 0 ? Infinity : limit;
   let handshakes = 0;
   const queued: AgentWs[] = [];
   const admit = (ws: AgentWs) => {
