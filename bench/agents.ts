@@ -185,6 +185,8 @@ async function run(label: string, swarm: Swarm, env: Record<string, string>) {
   }
 
   // (a) and (b) on another fresh server.
+  /** Agent storms' [from, to] in epoch ms, for the CPU profile. */
+  const stormWindows: Array<[number, number]> = [];
   ({ proc, url } = await startBenchServer(serverEnv, CPU_PROF ? { args: ["--cpu-prof", "--cpu-prof-md", `--cpu-prof-dir=${CPU_PROF}`] } : {}));
   try {
     await swarm.call({ t: "url", url });
@@ -218,7 +220,6 @@ async function run(label: string, swarm: Swarm, env: Record<string, string>) {
     await swarm.call({ t: "close", what: "agents" });
     await waitOffline(url);
     const plainStorms: WaveResult[] = [];
-    stormWindows = [];
     const agentStorms: WaveResult[] = [];
     /** A wave, with the CPU seconds the server and the agents' process spent during it. */
     const timed = async (req: DistOmit<SwarmRequest, "id">) => {
@@ -260,13 +261,12 @@ async function run(label: string, swarm: Swarm, env: Record<string, string>) {
     return { label, plainMem, a0, a1, aN, idleCpu, plainBest, agentBest };
   } finally {
     await stop(proc);
-    if (CPU_PROF) printStormProfiles(CPU_PROF, proc.pid);
+    if (CPU_PROF) printStormProfiles(CPU_PROF, proc.pid, stormWindows);
   }
 }
 
-/** Agent storms' [from, to] in epoch ms, for the CPU profile (BENCH_CPU_PROF). */
-let stormWindows: Array<[number, number]> = [];
-function printStormProfiles(dir: string, pid: number) {
+/** Each agent storm's hottest functions, from the server's CPU profile (BENCH_CPU_PROF). */
+function printStormProfiles(dir: string, pid: number, stormWindows: Array<[number, number]>) {
   const file = readdirSync(dir).find((f) => f.includes(`.${pid}.`) && f.endsWith(".cpuprofile"));
   if (!file) return console.log(`    no CPU profile of process ${pid} in ${dir}`);
   const profile = JSON.parse(readFileSync(join(dir, file), "utf8"));

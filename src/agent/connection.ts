@@ -70,18 +70,15 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
     const sendSession = (out: Outbound) => {
       if (ws.readyState === WebSocket.OPEN) ws.send(encodeOutbound(out));
     };
-    const collect = (): Inventory | null => {
+    /** The inventory to report now, if it changed or is due (`force`: in any case); null if not. */
+    const due = (force: boolean): Inventory | null => {
+      let inv: Inventory;
       try {
-        return inventory();
+        inv = inventory();
       } catch (e) {
         log.warn({ event: "status.inventory_failed", err: (e as Error).message }, "could not collect the inventory");
         return null;
       }
-    };
-    /** The inventory to report now, if it changed or is due (`force`: in any case); null if not. */
-    const due = (force: boolean): Inventory | null => {
-      const inv = collect();
-      if (!inv) return null;
       const fp = inventoryFingerprint(inv);
       if (!force && fp === lastFingerprint && Date.now() - lastStatusAt < p.statusIntervalMs) return null;
       lastFingerprint = fp;

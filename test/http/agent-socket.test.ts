@@ -6,6 +6,14 @@ import { startTestApp, type TestApp } from "../helpers/app.ts";
 import { eventually, FLAVORS } from "../helpers/stores.ts";
 import { enroll, enrollBody, siteWithKey, type SiteWithKey } from "../machines/fixtures.ts";
 
+/** Enrolls a machine with a fresh identity; returns what its agent would store. */
+async function enrolledMachine(app: TestApp, site: SiteWithKey, over: Record<string, unknown> = {}) {
+  const id = await agentIdentity();
+  const r = await enroll(app, await enrollBody(site, { public_key: id.publicKey, ...over }));
+  expect(r.status).toBe(201);
+  return { id: r.body.machine_id as string, key: r.body.key as string, privateKey: id.keys.privateKey };
+}
+
 /** M3/M4 on /ws/agent: proof of possession, every refusal's close code, presence, revocation. */
 for (const flavor of FLAVORS) {
   describe(`agent socket (${flavor})`, () => {
@@ -18,13 +26,7 @@ for (const flavor of FLAVORS) {
       return s;
     };
 
-    /** Enrolls a machine with a fresh identity; returns what its agent would store. */
-    const machine = async (over: Record<string, unknown> = {}) => {
-      const id = await agentIdentity();
-      const r = await enroll(app, await enrollBody(site, { public_key: id.publicKey, ...over }));
-      expect(r.status).toBe(201);
-      return { id: r.body.machine_id as string, key: r.body.key as string, privateKey: id.keys.privateKey };
-    };
+    const machine = (over: Record<string, unknown> = {}) => enrolledMachine(app, site, over);
     const get = async (id: string) => (await app.call("GET", `/api/machines/${id}`, { token: app.adminToken })).body;
 
     beforeAll(async () => {
@@ -200,12 +202,7 @@ describe("agent socket: handshakes beyond the limit wait their turn", () => {
   });
 
   test("a waiting agent's hello is answered once a slot frees; one that leaves while waiting changes nothing", async () => {
-    const machines = await Promise.all([0, 1, 2, 3].map(async () => {
-      const id = await agentIdentity();
-      const r = await enroll(app, await enrollBody(site, { public_key: id.publicKey }));
-      expect(r.status).toBe(201);
-      return { id: r.body.machine_id as string, key: r.body.key as string, privateKey: id.keys.privateKey };
-    }));
+    const machines = await Promise.all([0, 1, 2, 3].map(() => enrolledMachine(app, site)));
     const hello = (m: (typeof machines)[number]) => ({ t: "hello", machine_id: m.id, key: m.key, agent_version: "test-1", protocol: PROTOCOL_VERSION });
     const sockets = machines.map(() => new TestAgentSocket(app.url));
     try {
