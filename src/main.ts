@@ -12,12 +12,15 @@ const config = loadConfig();
 const logger = createLogger(config.logLevel);
 const allocator = allocatorWarning();
 if (allocator) logger.warn(allocator);
-const running = config.databaseUrl
-  ? await runClustered(config, logger, (url) => console.log(`Tether standby on ${url}: waiting for the primary's lease (API answers 503 STANDBY)`))
-  : await (async () => {
-    const server = await startServer({ config, logger });
-    return { server, stop: () => server.stop() };
-  })();
+const running = await (config.databaseUrl
+  ? runClustered(config, logger, (url) => console.log(`Tether standby on ${url}: waiting for the primary's lease (API answers 503 STANDBY)`))
+  : startServer({ config, logger }).then((server) => ({ server, stop: () => server.stop() }))
+).catch((err: Error) => {
+  // The data directory or the port in use, the database unreachable: one clear line, exit 1.
+  logger.fatal({ err: err.message }, "could not start");
+  console.error(`Tether could not start: ${err.message}`);
+  process.exit(1);
+});
 const { server } = running;
 logger.info({ url: server.url }, "listening");
 console.log(`Tether is listening on ${server.url} (store: ${server.store.flavor}${config.databaseUrl ? ", primary" : `, data in ${config.dataDir}`})`);

@@ -113,7 +113,6 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   connections.start();
 
   const viewerTokens = await ViewerTokens.load(store);
-  const firstAdmin = await ensureFirstAdmin(store, logger, config.adminPassword);
   const deps: AppDeps = {
     config, store, system, log: logger,
     verifier: new CredentialVerifier(store),
@@ -140,35 +139,37 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     .use(api(deps))
     .use(webViewer(config.webDist));
   for (const route of opts.routes ?? []) app = app.use(route(system));
-  app.listen({ port: config.port, hostname: config.host });
+  let stopping: Promise<void> | null = null;
+  const stop = () =>
+    (stopping ??= (async () => {
+      logger.info("shutting down: no new work, draining mailboxes");
+      connections.stop(CLOSE.SERVER_STOPPING, "server stopping");
+      relay.stop();
+      hub.closeAll();
+      if (app.server) await app.stop();
+      await recorder.stop();
+      await system.stop();
+      // Batched writes still waiting: presence, keys' last use, audit events.
+      await projections.flush();
+      await connections.flush();
+      await flushAudit(store);
+      await store.close();
+      logger.info("stopped cleanly");
+    })());
+
+  try {
+    // Not Elysia's default `reusePort: true`: with it a second server on the same port starts
+    // without a word and the kernel splits the connections between the two.
+    app.listen({ port: config.port, hostname: config.host, reusePort: false });
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  // Only once the port is ours: a start that fails on the port leaves no admin whose generated
+  // password nobody saw.
+  const firstAdmin = await ensureFirstAdmin(store, logger, config.adminPassword);
   const port = app.server!.port;
   const shownHost = config.host === "0.0.0.0" || config.host === "::" ? "localhost" : config.host;
   const url = `http://${shownHost}:${port}`;
-
-  let stopping: Promise<void> | null = null;
-  return {
-    url,
-    firstAdminPassword: firstAdmin.generated,
-    system,
-    store,
-    relay,
-    viewerTokens,
-    rooms,
-    stop: () =>
-      (stopping ??= (async () => {
-        logger.info("shutting down: no new work, draining mailboxes");
-        connections.stop(CLOSE.SERVER_STOPPING, "server stopping");
-        relay.stop();
-        hub.closeAll();
-        await app.stop();
-        await recorder.stop();
-        await system.stop();
-        // Batched writes still waiting: presence, keys' last use, audit events.
-        await projections.flush();
-        await connections.flush();
-        await flushAudit(store);
-        await store.close();
-        logger.info("stopped cleanly");
-      })()),
-  };
+  return { url, firstAdminPassword: firstAdmin.generated, system, store, relay, viewerTokens, rooms, stop };
 }

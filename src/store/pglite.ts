@@ -1,4 +1,5 @@
 import { fileURLToPath } from "node:url";
+import { lockDataDir } from "./data-dir-lock.ts";
 import type { Reply, Request, WireError } from "./pglite-worker.ts";
 import type { Queryable, Store } from "./store.ts";
 
@@ -11,6 +12,8 @@ import type { Queryable, Store } from "./store.ts";
  * rows cross by structured clone.
  */
 export async function openPglite(dataDir: string): Promise<Store> {
+  // Before anything touches the directory: a second server on it is refused (data-dir-lock.ts).
+  const lock = lockDataDir(dataDir);
   const wasm = await compiledWasm();
   const worker = new Worker(new URL("./pglite-worker.ts", import.meta.url)) as BunWorker;
   const store = new WorkerStore(worker);
@@ -18,6 +21,7 @@ export async function openPglite(dataDir: string): Promise<Store> {
     await store.open(dataDir, wasm);
   } catch (err) {
     await store.close().catch(() => {});
+    lock.release();
     throw err;
   }
   // A plain object of functions, as the other stores are: callers (and tests) spread stores.
@@ -26,7 +30,7 @@ export async function openPglite(dataDir: string): Promise<Store> {
     query: (sql, params) => store.query(sql, params),
     transaction: (fn) => store.transaction(fn),
     exec: (script) => store.exec(script),
-    close: () => store.close(),
+    close: () => store.close().finally(() => lock.release()),
     [WORKER]: worker,
   };
   return proxy;

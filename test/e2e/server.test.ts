@@ -72,6 +72,36 @@ describe("server process", () => {
     await server.kill("SIGTERM");
   });
 
+  test("a second server on the same data directory, or on the same port, exits with a clear error and changes nothing", async () => {
+    const db = await createTestDb("pglite");
+    dbs.push(db);
+    const first = await spawnServer("src/main.ts", { ...dbEnv(db.config), TETHER_ADMIN_PASSWORD: "" });
+    const password = (await first.waitForLine(/with password (\S+)/)).match(/with password (\S+)/)![1]!;
+    const failure = (env: Record<string, string>) => spawnServer("src/main.ts", env, 30_000).then(() => "started", (err: Error) => err.message);
+
+    // The same data directory (another port): refused before the database is opened.
+    const sameDir = await failure(dbEnv(db.config));
+    expect(sameDir).toContain("server exited (1)");
+    expect(sameDir).toContain(`Tether could not start: the data directory ${db.config.dataDir} is in use by process ${first.proc.pid}`);
+
+    // The same port (another data directory): refused, where Elysia's default (reusePort) would
+    // have had the kernel split the connections between the two.
+    const other = await createTestDb("pglite");
+    dbs.push(other);
+    const port = new URL(first.url).port;
+    const samePort = await failure({ ...dbEnv(other.config), PORT: port, TETHER_ADMIN_PASSWORD: "" });
+    expect(samePort).toContain(`Tether could not start: Failed to start server. Is port ${port} in use?`);
+    // That start created no admin whose generated password nobody saw: the next one prints one.
+    const later = await spawnServer("src/main.ts", { ...dbEnv(other.config), TETHER_ADMIN_PASSWORD: "" });
+    await later.waitForLine(/as "admin" with password \S+/);
+    await later.kill("SIGTERM");
+
+    // The first server never noticed.
+    const login = await fetch(`${first.url}/api/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ username: "admin", password }) });
+    expect(login.status).toBe(200);
+    expect(await first.kill("SIGTERM")).toBe(0);
+  });
+
   test("a failed actor is listed by /readyz and counted in /metrics, across a restart, while others keep working", async () => {
     const db = await createTestDb("pglite");
     dbs.push(db);
