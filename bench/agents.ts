@@ -71,6 +71,16 @@ const machineBusySeconds = () => {
   const [user, nice, system, , , irq, softirq, steal] = f as [number, number, number, number, number, number, number, number];
   return (user + nice + system + irq + softirq + steal) / 100;
 };
+/**
+ * Connections the kernel turned away since boot because a listen queue was full (all sockets;
+ * Bun's queue is 512 long and a wave is 5,000 connects). Each costs its client a SYN retransmit
+ * (1 s, then 3 s), so it says whether a wave's tail was the server's work or the queue.
+ */
+const listenOverflows = () => {
+  const lines = readFileSync("/proc/net/netstat", "utf8").split("\n").filter((l) => l.startsWith("TcpExt:"));
+  const at = lines[0]!.split(" ").indexOf("ListenOverflows");
+  return at > 0 ? Number(lines[1]!.split(" ")[at]) : 0;
+};
 /** CPU seconds of a process per kind of thread ("bun" is the main thread, "Worker" a worker thread, the rest JSC's GC and JIT). */
 function threadCpu(pid: number): Map<string, number> {
   const out = new Map<string, number>();
@@ -224,17 +234,17 @@ async function run(label: string, swarm: Swarm, env: Record<string, string>) {
     /** A wave, with the CPU seconds the server and the agents' process spent during it. */
     const timed = async (req: DistOmit<SwarmRequest, "id">) => {
       await quiet(proc.pid);
-      const [s0, c0, t0, m0, w0, from] = [cpuSeconds(proc.pid), cpuSeconds(swarm.proc.pid), threadCpu(proc.pid), machineBusySeconds(), performance.now(), Date.now()];
+      const [s0, c0, t0, m0, o0, w0, from] = [cpuSeconds(proc.pid), cpuSeconds(swarm.proc.pid), threadCpu(proc.pid), machineBusySeconds(), listenOverflows(), performance.now(), Date.now()];
       const result = await swarm.call<WaveResult>(req);
       if (req.t === "agents") stormWindows.push([from, Date.now()]);
       const wall = (performance.now() - w0) / 1000;
-      return { ...result, serverCpu: cpuSeconds(proc.pid) - s0, agentsCpu: cpuSeconds(swarm.proc.pid) - c0, threads: threadCpuSince(proc.pid, t0), machineCpu: machineBusySeconds() - m0, wall };
+      return { ...result, serverCpu: cpuSeconds(proc.pid) - s0, agentsCpu: cpuSeconds(swarm.proc.pid) - c0, threads: threadCpuSince(proc.pid, t0), machineCpu: machineBusySeconds() - m0, overflows: listenOverflows() - o0, wall };
     };
     // The machine's busy time says whether a wave was bound by the CPU of the whole machine
     // (server, database, the agents' process and anything else), not by a wait somewhere.
     const retriesOf = (w: WaveResult) => (w.retries > 0 ? `, ${w.retries} retries ${JSON.stringify(w.retryCodes)}` : "");
-    const cpuOf = (w: { serverCpu: number; agentsCpu: number; threads: string; machineCpu: number; wall: number }) =>
-      `CPU: server ${w.serverCpu.toFixed(2)} s [${w.threads}], agents ${w.agentsCpu.toFixed(2)} s; machine ${w.machineCpu.toFixed(2)} s busy in ${w.wall.toFixed(2)} s, ${Math.round((100 * w.machineCpu) / (w.wall * navigator.hardwareConcurrency))}% of its ${navigator.hardwareConcurrency} cores`;
+    const cpuOf = (w: { serverCpu: number; agentsCpu: number; threads: string; machineCpu: number; overflows: number; wall: number }) =>
+      `listen queue overflows ${w.overflows}; CPU: server ${w.serverCpu.toFixed(2)} s [${w.threads}], agents ${w.agentsCpu.toFixed(2)} s; machine ${w.machineCpu.toFixed(2)} s busy in ${w.wall.toFixed(2)} s, ${Math.round((100 * w.machineCpu) / (w.wall * navigator.hardwareConcurrency))}% of its ${navigator.hardwareConcurrency} cores`;
     for (let rep = 0; rep < STORM_REPS; rep++) {
       const p = await timed({ t: "plain", n: N });
       plainStorms.push(p);
@@ -242,8 +252,9 @@ async function run(label: string, swarm: Swarm, env: Record<string, string>) {
       const a = await timed({ t: "agents", from: 0, to: N, waitOnline: N });
       agentStorms.push(a);
       if (process.env.BENCH_PROFILE) {
-        for (const q of (await (await fetch(`${url}/bench/profile`)).json()) as Array<{ sql: string; n: number; ms: number; max: number }>) {
-          if (q.ms >= 20) console.log(`    sql ${String(q.n).padStart(6)}× ${String(q.ms).padStart(6)} ms (max ${q.max}) ${q.sql}`);
+        for (const q of (await (await fetch(`${url}/bench/profile`)).json()) as Array<{ sql: string; n: number; ms: number; max: number; own: number }>) {
+          const own = label === "PGlite" ? `, ${String(q.own).padStart(5)} ms its own` : "";
+          if (q.ms >= 20) console.log(`    sql ${String(q.n).padStart(6)}× ${String(q.ms).padStart(6)} ms waited (max ${q.max}${own}) ${q.sql}`);
         }
       }
       await swarm.call({ t: "close", what: "agents" });

@@ -21,6 +21,8 @@ export interface Config {
   /** How often agents send a heartbeat, and how long a silent one stays online. */
   heartbeatMs: number;
   offlineAfterMs: number;
+  /** The listen queue's length (src/http/listen-backlog.ts; the kernel caps it at net.core.somaxconn); 0: Bun's 512. */
+  listenBacklog: number;
   /** At most this many agent handshakes at once (0: no limit); unset: 1,000 on the embedded database, no limit on PostgreSQL. */
   agentHandshakes?: number;
   /** The URL agents and installers are told to use; default: the origin each request came to. */
@@ -62,6 +64,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     idleMs: int("TETHER_IDLE_MS", 5 * 60_000),
     heartbeatMs: int("TETHER_HEARTBEAT_MS", 15_000),
     offlineAfterMs: int("TETHER_OFFLINE_AFTER_MS", 45_000),
+    listenBacklog: int("TETHER_LISTEN_BACKLOG", 4096),
     agentHandshakes: env.TETHER_AGENT_HANDSHAKES ? int("TETHER_AGENT_HANDSHAKES", 0) : undefined,
     publicUrl: publicUrl(env.TETHER_PUBLIC_URL),
     agentBinary: env.TETHER_AGENT_BINARY || resolve(import.meta.dir, "..", "dist", "tether-agent"),

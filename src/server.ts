@@ -29,6 +29,7 @@ import type { AppDeps } from "./http/deps.ts";
 import { errorHandling } from "./http/errors.ts";
 import { health } from "./http/health.ts";
 import type { Logger } from "./log.ts";
+import { widenListenBacklog } from "./http/listen-backlog.ts";
 import { applySchema } from "./store/schema.ts";
 import { openStore, type Queryable, type Store } from "./store/store.ts";
 
@@ -165,6 +166,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     await stop();
     throw err;
   }
+  widenListenBacklog(app.server!.port!, config.listenBacklog, logger);
   // Only once the port is ours: a start that fails on the port leaves no admin whose generated
   // password nobody saw.
   const firstAdmin = await ensureFirstAdmin(store, logger, config.adminPassword);
