@@ -167,7 +167,7 @@ async function stop(proc: ReturnType<typeof Bun.spawn>) {
 }
 
 async function run(label: string, swarm: Swarm, env: Record<string, string>) {
-  const serverEnv = { ...env, TETHER_HEARTBEAT_MS: String(HEARTBEAT_MS), TETHER_OFFLINE_AFTER_MS: String(OFFLINE_AFTER_MS) };
+  const serverEnv = { ...env, TETHER_HEARTBEAT_MS: String(HEARTBEAT_MS), TETHER_OFFLINE_AFTER_MS: String(OFFLINE_AFTER_MS), ...(process.env.BENCH_PROFILE ? { TETHER_PGLITE_PROFILE: "1" } : {}) };
   console.log(`\n${label}: ${fmt(N)} agents, heartbeat ${HEARTBEAT_MS / 1000} s, offline after ${OFFLINE_AFTER_MS / 1000} s`);
 
   // Baseline for (a): plain sockets on a fresh server.
@@ -252,8 +252,8 @@ async function run(label: string, swarm: Swarm, env: Record<string, string>) {
       const a = await timed({ t: "agents", from: 0, to: N, waitOnline: N });
       agentStorms.push(a);
       if (process.env.BENCH_PROFILE) {
-        for (const q of (await (await fetch(`${url}/bench/profile`)).json()) as Array<{ sql: string; n: number; ms: number; max: number; own: number }>) {
-          const own = label === "PGlite" ? `, ${String(q.own).padStart(5)} ms its own` : "";
+        for (const q of (await (await fetch(`${url}/bench/profile`)).json()) as Array<{ sql: string; n: number; ms: number; max: number; own: number | null }>) {
+          const own = q.own === null ? "" : `, ${String(q.own).padStart(5)} ms on PGlite's thread`;
           if (q.ms >= 20) console.log(`    sql ${String(q.n).padStart(6)}× ${String(q.ms).padStart(6)} ms waited (max ${q.max}${own}) ${q.sql}`);
         }
       }

@@ -16,6 +16,8 @@ export type Request =
   | { id: number; op: "begin" }
   /** Ends transaction `tx`; replied to once COMMIT (or ROLLBACK) has run. */
   | { id: number; op: "end"; tx: number; commit: boolean }
+  /** The statement profile since the last one (empty unless TETHER_PGLITE_PROFILE is set), then reset. */
+  | { id: number; op: "profile" }
   | { id: number; op: "close" };
 
 /** An error as it crosses: structured clone would keep only the message of an Error. */
@@ -41,6 +43,31 @@ interface OpenTx {
 const txs = new Map<number, OpenTx>();
 /** Thrown inside the transaction callback to make PGlite roll back; never leaves the worker. */
 const ROLLBACK = Symbol("rollback");
+
+/**
+ * TETHER_PGLITE_PROFILE: each statement's own time on this thread, summed by its first words.
+ * PGlite runs one statement at a time in the order called, so a statement's own time runs from
+ * its call, or the end of the one before if later, to its end. A diagnostic (bench/agents.ts
+ * reads it with BENCH_PROFILE); off, it costs one branch per statement.
+ */
+const profiling = Boolean(process.env.TETHER_PGLITE_PROFILE);
+let profile = new Map<string, { n: number; ms: number }>();
+let lastDone = 0;
+function profiled<T>(sql: string, running: Promise<T>): Promise<T> {
+  if (!profiling) return running;
+  const called = performance.now();
+  const count = () => {
+    const done = performance.now();
+    const key = sql.replace(/\s+/g, " ").trim().slice(0, 60);
+    const entry = profile.get(key) ?? { n: 0, ms: 0 };
+    entry.n++;
+    entry.ms += done - Math.max(called, lastDone);
+    lastDone = done;
+    profile.set(key, entry);
+  };
+  running.then(count, count);
+  return running;
+}
 
 function reply(msg: Reply): void {
   try {
@@ -81,12 +108,12 @@ self.onmessage = (event: MessageEvent<Request>) => {
   if (!db) return fail(m.id)(new Error("PGlite is not open"));
   switch (m.op) {
     case "query": {
-      if (m.tx === undefined) db.query(m.sql, m.params as unknown[]).then(ok(m.id), fail(m.id));
+      if (m.tx === undefined) profiled(m.sql, db.query(m.sql, m.params as unknown[])).then(ok(m.id), fail(m.id));
       else {
         const open = txs.get(m.tx);
         if (!open) fail(m.id)(new Error("Transaction is closed"));
         // Not awaited: PGlite's query mutex keeps the transaction's statements in arrival order.
-        else open.tx.query(m.sql, m.params as unknown[]).then(ok(m.id), fail(m.id));
+        else profiled(m.sql, open.tx.query(m.sql, m.params as unknown[])).then(ok(m.id), fail(m.id));
       }
       return;
     }
@@ -123,6 +150,10 @@ self.onmessage = (event: MessageEvent<Request>) => {
       else fail(m.id)(new Error("Transaction is closed"));
       return;
     }
+    case "profile":
+      reply({ id: m.id, rows: [...profile].map(([sql, e]) => ({ sql, n: e.n, ms: e.ms })) });
+      profile = new Map();
+      return;
     case "close":
       db.close().then(() => reply({ id: m.id }), fail(m.id));
       return;

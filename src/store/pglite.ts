@@ -25,18 +25,32 @@ export async function openPglite(dataDir: string): Promise<Store> {
     throw err;
   }
   // A plain object of functions, as the other stores are: callers (and tests) spread stores.
-  const proxy: Store & { [WORKER]: Worker } = {
+  const proxy: Store & { [WORKER]: Worker; [PROFILE]: () => Promise<StatementProfile[]> } = {
     flavor: "pglite",
     query: (sql, params) => store.query(sql, params),
     transaction: (fn) => store.transaction(fn),
     exec: (script) => store.exec(script),
     close: () => store.close().finally(() => lock.release()),
     [WORKER]: worker,
+    [PROFILE]: () => store.profile(),
   };
   return proxy;
 }
 
 const WORKER = Symbol("pglite worker");
+const PROFILE = Symbol("pglite profile");
+export interface StatementProfile {
+  /** The statement's first words. */
+  sql: string;
+  n: number;
+  /** Time on PGlite's thread, in ms. */
+  ms: number;
+}
+/** The statements PGlite ran since the last call, with their own time (only with TETHER_PGLITE_PROFILE set in the environment; see pglite-worker.ts). */
+export function pgliteProfile(store: Store): Promise<StatementProfile[]> {
+  const profile = (store as { [PROFILE]?: () => Promise<StatementProfile[]> })[PROFILE];
+  return profile ? profile() : Promise.resolve([]);
+}
 /** The worker behind a store opened by `openPglite` (tests end it to see a worker die). */
 export function workerOf(store: Store): Worker | undefined {
   return (store as { [WORKER]?: Worker })[WORKER];
@@ -113,6 +127,10 @@ class WorkerStore implements Omit<Store, "flavor"> {
     } finally {
       this.leave();
     }
+  }
+
+  async profile(): Promise<StatementProfile[]> {
+    return (await this.send({ id: this.nextId++, op: "profile" })) as StatementProfile[];
   }
 
   async exec(script: string): Promise<void> {
