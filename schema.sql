@@ -511,3 +511,38 @@ create or replace function tether_json_strings(j jsonb) returns text language sq
     else coalesce(j->>0, '') || coalesce(chr(10) || (j->>1), '') || coalesce(chr(10) || (j->>2), '') || coalesce(chr(10) || (j->>3), '')
       || coalesce(chr(10) || (j->>4), '') || coalesce(chr(10) || (j->>5), '') || coalesce(chr(10) || (j->>6), '') || coalesce(chr(10) || (j->>7), '')
   end $$;
+
+-- version: 12
+-- `search_doc` rebuilt only when what it is made of changes. As a generated column it was
+-- recomputed by every UPDATE of a machine: every connect and disconnect, whose presence update
+-- sets the inventory again although it rarely changed. On the embedded database that was about
+-- a third of a presence UPDATE's cost, and a reconnect storm is thousands of them. It is now a
+-- plain column kept by triggers: on INSERT, and on an UPDATE of one of its sources that changes
+-- its value (the WHEN compares them, which costs far less than building the document). The text
+-- is the one of version 9, from tether_machine_search_doc; nothing but the triggers writes it.
+create function tether_machine_search_doc(hostname text, machine_uid text, labels jsonb, inventory jsonb, agent_version text, external_ip text, enrollment_state text) returns text language sql immutable parallel safe as $$
+  select lower(
+    hostname || chr(10) || machine_uid || chr(10) ||
+    coalesce(labels->>'company', '') || chr(10) || coalesce(labels->>'site', '') || chr(10) ||
+    coalesce(labels->>'department', '') || chr(10) || coalesce(labels->>'device_type', '') || chr(10) ||
+    tether_json_strings(labels->'tags') || chr(10) ||
+    coalesce(inventory->'os'->>'name', '') || ' ' || coalesce(inventory->'os'->>'version', '') || chr(10) ||
+    coalesce(inventory->>'kernel', '') || chr(10) || coalesce(inventory->'cpu'->>'model', '') || chr(10) ||
+    coalesce(inventory->>'hostname', '') || chr(10) || coalesce(inventory->>'timezone', '') || chr(10) ||
+    coalesce(inventory->>'agent_version', '') || chr(10) || coalesce(agent_version, '') || chr(10) ||
+    tether_json_strings(inventory->'users') || chr(10) || tether_json_strings(inventory->'private_ips') || chr(10) ||
+    tether_json_strings(inventory->'macs') || chr(10) || coalesce(external_ip, '') ||
+    case when enrollment_state = 'pending' then chr(10) || 'pending' else '' end)
+$$;
+create function tether_machines_search_doc() returns trigger language plpgsql as $$ begin new.search_doc := tether_machine_search_doc(new.hostname, new.machine_uid, new.labels, new.inventory, new.agent_version, new.external_ip, new.enrollment_state); return new; end $$;
+drop index machines_search_doc;
+alter table machines drop column search_doc;
+alter table machines add column search_doc text not null default '';
+update machines set search_doc = tether_machine_search_doc(hostname, machine_uid, labels, inventory, agent_version, external_ip, enrollment_state);
+create trigger machines_search_doc_insert before insert on machines for each row execute function tether_machines_search_doc();
+create trigger machines_search_doc_update before update of hostname, machine_uid, labels, inventory, agent_version, external_ip, enrollment_state on machines for each row
+  when (old.hostname is distinct from new.hostname or old.machine_uid is distinct from new.machine_uid or old.labels is distinct from new.labels
+        or old.inventory is distinct from new.inventory or old.agent_version is distinct from new.agent_version
+        or old.external_ip is distinct from new.external_ip or old.enrollment_state is distinct from new.enrollment_state)
+  execute function tether_machines_search_doc();
+create index machines_search_doc on machines using gin (search_doc public.gin_trgm_ops);

@@ -2,7 +2,7 @@
  * Machine search (M5): the `q` language, the opaque keyset cursor, and the SQL they become.
  *
  * `q` is whitespace-separated terms, all of which must match (AND). A term is a
- * case-insensitive substring of any attribute (the generated `machines.search_doc`, plus the
+ * case-insensitive substring of any attribute (`machines.search_doc`, kept by triggers, plus the
  * site's code and name), or, with a scope (`host:` `os:` `user:` `ip:` `tag:` `site:`
  * `status:`), of that attribute only. `"two words"` (also `os:"windows 11"`) is one term. An
  * unknown `word:` prefix is no scope: `aa:bb:cc` is searched as it is (MAC addresses, IPv6).

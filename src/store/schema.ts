@@ -57,7 +57,7 @@ export async function applySchema(store: Store, text = readFileSync(SCHEMA_PATH,
   return Number(latest?.v ?? 0);
 }
 
-/** Statements split on `;` at line ends; schema.sql keeps to that (no function bodies). */
+/** Statements split on `;` at line ends; schema.sql keeps to that (a function body has none at the end of a line). */
 function splitStatements(sql: string): string[] {
   return sql
     .split(/;\s*$/m)
