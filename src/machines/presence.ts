@@ -42,9 +42,12 @@ export interface Projection {
  * events were accepted (the actor hands them in after each event's commit, in event order): a
  * quick online → offline never lands as online. A storm of 5,000 connects (each one
  * `agent.connected`, carrying the inventory) is a handful of statements. On PostgreSQL a few
- * writes (of different machines) run at once; on PGlite, which runs one statement at a time (on
- * its worker thread), one at a time and smaller, so that the handshakes' statements queued
- * behind a write get their turn in between.
+ * writes (of different machines) run at once. PGlite runs one statement at a time (on its
+ * worker thread), so there writes are smaller (200 machines), and the handshakes' statements
+ * queued behind one get their turn before the next; two are handed over at a time, so that the
+ * next one waits in PGlite's queue rather than for this thread to hear the first one is done (one
+ * at a time, the writes fell behind a storm's connects and finished 0.2-0.3 s after the last
+ * agent was welcomed; docs/PERFORMANCE.md, Agents).
  */
 export class Projections {
   private readonly pending = new Map<string, Projection>();
@@ -63,7 +66,7 @@ export class Projections {
   ) {
     const pglite = (db as Partial<Store>).flavor === "pglite";
     this.maxBatch = pglite ? 200 : 1_000;
-    this.maxWrites = pglite ? 1 : 3;
+    this.maxWrites = pglite ? 2 : 3;
   }
 
   /** Resolves when this projection (or a newer one of the same machine) is written. */
