@@ -520,6 +520,8 @@ create or replace function tether_json_strings(j jsonb) returns text language sq
 -- plain column kept by triggers: on INSERT, and on an UPDATE of one of its sources that changes
 -- its value (the WHEN compares them, which costs far less than building the document). The text
 -- is the one of version 9, from tether_machine_search_doc; nothing but the triggers writes it.
+-- The trigger function keeps the search_path it was created with, so an UPDATE from a session
+-- whose path lacks Tether's schema (psql, a maintenance job) still finds the functions.
 create function tether_machine_search_doc(hostname text, machine_uid text, labels jsonb, inventory jsonb, agent_version text, external_ip text, enrollment_state text) returns text language sql immutable parallel safe as $$
   select lower(
     hostname || chr(10) || machine_uid || chr(10) ||
@@ -534,7 +536,7 @@ create function tether_machine_search_doc(hostname text, machine_uid text, label
     tether_json_strings(inventory->'macs') || chr(10) || coalesce(external_ip, '') ||
     case when enrollment_state = 'pending' then chr(10) || 'pending' else '' end)
 $$;
-create function tether_machines_search_doc() returns trigger language plpgsql as $$ begin new.search_doc := tether_machine_search_doc(new.hostname, new.machine_uid, new.labels, new.inventory, new.agent_version, new.external_ip, new.enrollment_state); return new; end $$;
+create function tether_machines_search_doc() returns trigger language plpgsql set search_path from current as $$ begin new.search_doc := tether_machine_search_doc(new.hostname, new.machine_uid, new.labels, new.inventory, new.agent_version, new.external_ip, new.enrollment_state); return new; end $$;
 drop index machines_search_doc;
 alter table machines drop column search_doc;
 alter table machines add column search_doc text not null default '';

@@ -169,7 +169,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   widenListenBacklog(app.server!.port!, config.listenBacklog, logger);
   // Only once the port is ours: a start that fails on the port leaves no admin whose generated
   // password nobody saw.
-  const firstAdmin = await ensureFirstAdmin(store, logger, config.adminPassword);
+  const firstAdmin = await ensureFirstAdmin(store, logger, config.adminPassword).catch(async (err: Error) => {
+    await stop();
+    throw err;
+  });
   const port = app.server!.port;
   const shownHost = config.host === "0.0.0.0" || config.host === "::" ? "localhost" : config.host;
   const url = `http://${shownHost}:${port}`;

@@ -44,7 +44,14 @@ async function main(argv: string[]): Promise<number> {
   }
   const kinds: KindDefinition[] = kindsModule ? (await import(Bun.pathToFileURL(kindsModule).href)).kinds : productKinds;
   const config = loadConfig();
-  const store = await openStore({ databaseUrl: config.databaseUrl, dataDir: config.dataDir });
+  let store;
+  try {
+    store = await openStore({ databaseUrl: config.databaseUrl, dataDir: config.dataDir });
+  } catch (err) {
+    // The server holding the embedded data directory, say: one line, not a stack trace.
+    console.error(`replay: ${(err as Error).message}`);
+    return 1;
+  }
   try {
     await applySchema(store);
     if (doVerify) {

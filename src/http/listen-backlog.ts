@@ -1,4 +1,5 @@
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { libc } from "../libc.ts";
 import type { Logger } from "../log.ts";
 
 /**
@@ -21,10 +22,12 @@ export function widenListenBacklog(port: number, backlog: number, log: Logger): 
     return 0;
   }
   try {
-    const listen = libcListen();
+    const { listen, errno } = libc();
     let widened = 0;
-    for (const fd of listeningFds(port)) {
-      if (listen(fd, backlog) !== 0) throw new Error(`listen(${fd}, ${backlog}) failed`);
+    for (const { fd, link } of listeningFds(port)) {
+      // Still that socket (not closed and its number reused since it was found)?
+      if (linkOf(fd) !== link) continue;
+      if (listen(fd, backlog) !== 0) throw new Error(`listen(${fd}, ${backlog}) failed (errno ${errno()})`);
       widened++;
     }
     if (widened === 0) throw new Error(`no listening socket of this process on port ${port}`);
@@ -36,8 +39,8 @@ export function widenListenBacklog(port: number, backlog: number, log: Logger): 
   }
 }
 
-/** This process's descriptors of TCP sockets listening on `port` (any address, IPv4 and IPv6). */
-export function listeningFds(port: number): number[] {
+/** This process's descriptors of TCP sockets listening on `port` (any address, IPv4 and IPv6), with what /proc/self/fd links them to. */
+export function listeningFds(port: number): Array<{ fd: number; link: string }> {
   const hexPort = `:${port.toString(16).toUpperCase().padStart(4, "0")}`;
   const inodes = new Set<string>();
   for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
@@ -53,30 +56,21 @@ export function listeningFds(port: number): number[] {
       if (cols.length > 9 && cols[1]!.endsWith(hexPort) && cols[3] === "0A") inodes.add(cols[9]!);
     }
   }
-  const fds: number[] = [];
+  const fds: Array<{ fd: number; link: string }> = [];
   for (const name of readdirSync("/proc/self/fd")) {
     try {
-      const inode = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/self/fd/${name}`))?.[1];
-      if (inode && inodes.has(inode)) fds.push(Number(name));
+      const link = readlinkSync(`/proc/self/fd/${name}`);
+      const inode = /^socket:\[(\d+)\]$/.exec(link)?.[1];
+      if (inode && inodes.has(inode)) fds.push({ fd: Number(name), link });
     } catch {} // closed meanwhile (the readdir's own descriptor, say)
   }
   return fds;
 }
 
-let listenFn: ((fd: number, backlog: number) => number) | null = null;
-function libcListen(): (fd: number, backlog: number) => number {
-  if (listenFn) return listenFn;
-  const { dlopen, FFIType } = require("bun:ffi") as typeof import("bun:ffi");
-  const errors: string[] = [];
-  // glibc, then musl (Alpine).
-  for (const name of ["libc.so.6", "libc.musl-x86_64.so.1", "libc.musl-aarch64.so.1", "libc.so"]) {
-    try {
-      const lib = dlopen(name, { listen: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 } });
-      listenFn = (fd, backlog) => lib.symbols.listen(fd, backlog);
-      return listenFn;
-    } catch (err) {
-      errors.push(`${name}: ${(err as Error).message}`);
-    }
+function linkOf(fd: number): string {
+  try {
+    return readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    return "";
   }
-  throw new Error(`no libc to call listen() in (${errors.join("; ")})`);
 }

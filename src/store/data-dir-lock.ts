@@ -1,120 +1,86 @@
-import { linkSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { closeSync, ftruncateSync, mkdirSync, openSync, readFileSync, writeSync } from "node:fs";
+import { resolve } from "node:path";
+import { EWOULDBLOCK, libc, LOCK_EX, LOCK_NB } from "../libc.ts";
 
 /**
  * One process per embedded data directory. PGlite has no lock of its own, so two servers
- * started on the same directory (a second `npm start` by mistake) would both open it and
- * corrupt it. A server therefore holds `tether.pid` in the directory, as PostgreSQL holds
- * `postmaster.pid`: a file whose process is alive refuses the second server, and a file left by
- * a process that died (kill -9, a crash, a reboot) is taken over. The file also names the boot
- * and the process's start time (Linux), so a pid reused by another process after a crash or a
- * reboot is seen as stale; elsewhere the pid alone decides, and the error says what to remove.
- * (Two servers started at the same instant on a stale file can both take it over; only flock
- * would close that, and Bun has none.)
+ * started on the same directory (a second `npm start` by mistake, or `npm run replay` while the
+ * server runs) would both open it and corrupt it. A process that opens it therefore holds an
+ * exclusive `flock` on `tether.pid` in the directory for as long as its store is open. The
+ * kernel drops the lock when the process dies, however it dies (kill -9, a crash), so nothing
+ * is ever stale, and it holds across containers that share the volume, where pids mean nothing.
+ * The file also names the holder's pid, for the error message only, and stays when the lock
+ * goes: its presence means nothing.
+ *
+ * Where libc cannot be loaded (bun:ffi), the directory is opened without the lock.
  */
 export const LOCK_FILE = "tether.pid";
-/** Stores of this process open on each lock file: the file goes with the last one's release. */
-const held = new Map<string, number>();
 
 export class DataDirInUseError extends Error {
   constructor(
     readonly dataDir: string,
-    readonly pid: number,
+    readonly holder: string,
   ) {
-    super(`the data directory ${dataDir} is in use by process ${pid} (another Tether server?): stop that process first, or, if it is not a Tether server, remove ${join(dataDir, LOCK_FILE)}`);
+    super(`the data directory ${dataDir} is in use by ${holder} (another Tether server, or npm run replay?): stop it first`);
   }
 }
 
-/** Takes the directory for this process (creating it if needed); the release removes the file. Throws DataDirInUseError. */
+/** This process's locks, by file: the descriptor that holds it and the stores sharing it (a store reopened in one process, as tests do). */
+const held = new Map<string, { fd: number; users: number }>();
+
+/** Takes the directory for this process (creating it if needed) until `release`. Throws DataDirInUseError. */
 export function lockDataDir(dataDir: string): { release(): void } {
   mkdirSync(dataDir, { recursive: true });
   const path = resolve(dataDir, LOCK_FILE);
-  const taken = () => {
-    held.set(path, (held.get(path) ?? 0) + 1);
-    let released = false;
-    return {
-      release: () => {
-        if (released) return;
-        released = true;
-        const left = (held.get(path) ?? 1) - 1;
-        if (left > 0) return void held.set(path, left);
-        held.delete(path);
-        if (holderOf(path)?.pid === process.pid) rmSync(path, { force: true });
-      },
-    };
+  let lock = held.get(path);
+  if (!lock) {
+    const fd = openSync(path, "a+", 0o644);
+    try {
+      if (!take(fd)) throw new DataDirInUseError(dataDir, holderOf(path));
+      ftruncateSync(fd, 0);
+      writeSync(fd, `${process.pid}\n`);
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
+    lock = { fd, users: 0 };
+    held.set(path, lock);
+  }
+  lock.users++;
+  let released = false;
+  const taken = lock;
+  return {
+    release: () => {
+      if (released) return;
+      released = true;
+      if (--taken.users > 0) return;
+      held.delete(path);
+      // Closing the descriptor drops the lock. The file stays: removing it would let a process
+      // that opened it just before lock a name nobody else sees any more.
+      closeSync(taken.fd);
+    },
   };
-  for (let attempt = 0; ; attempt++) {
-    if (create(path)) return taken();
-    const holder = holderOf(path);
-    // This process already holds it (a store reopened in the same process, as tests do).
-    if (holder?.pid === process.pid) return taken();
-    if (holder !== null && alive(holder)) throw new DataDirInUseError(dataDir, holder.pid);
-    if (attempt >= 2) throw new DataDirInUseError(dataDir, holder?.pid ?? 0);
-    // Stale: its process is gone (kill -9, a crash). Taken over.
-    rmSync(path, { force: true });
-  }
 }
 
-/**
- * Creates the lock file with this process's pid in it, atomically: written under a name of its
- * own, then linked to the lock's name (which fails if that exists), so nobody reads it empty.
- */
-function create(path: string): boolean {
-  const tmp = `${path}.${process.pid}.tmp`;
-  writeFileSync(tmp, `${process.pid}\n${BOOT_ID}\n${startTimeOf(process.pid)}\n`, { mode: 0o600 });
+/** True once this descriptor holds the lock; false if another open file does. */
+function take(fd: number): boolean {
+  let c;
   try {
-    linkSync(tmp, path);
-    return true;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "EEXIST") return false;
-    throw err;
-  } finally {
-    rmSync(tmp, { force: true });
-  }
-}
-
-interface Holder {
-  pid: number;
-  /** Empty where the system does not say. */
-  bootId: string;
-  startTime: string;
-}
-
-function holderOf(path: string): Holder | null {
-  try {
-    const [pidText = "", bootId = "", startTime = ""] = readFileSync(path, "utf8").split("\n");
-    const pid = Number.parseInt(pidText, 10);
-    return Number.isSafeInteger(pid) && pid > 0 ? { pid, bootId, startTime } : null;
+    c = libc();
   } catch {
-    return null;
+    return true; // no libc to lock with (see above)
   }
+  if (c.flock(fd, LOCK_EX | LOCK_NB) === 0) return true;
+  const errno = c.errno();
+  if (errno === EWOULDBLOCK) return false;
+  throw new Error(`could not lock ${LOCK_FILE} in the data directory (errno ${errno}; is it on a file system without locks?)`);
 }
 
-/** Whether the process that wrote the file still runs: its pid exists, in this boot, started when it did. */
-function alive(h: Holder): boolean {
+function holderOf(path: string): string {
   try {
-    process.kill(h.pid, 0);
-  } catch (err) {
-    // EPERM: it exists, under another user.
-    if ((err as NodeJS.ErrnoException).code !== "EPERM") return false;
-  }
-  if (h.bootId && BOOT_ID && h.bootId !== BOOT_ID) return false;
-  const started = startTimeOf(h.pid);
-  return !(h.startTime && started && h.startTime !== started);
-}
-
-const BOOT_ID = readOr("/proc/sys/kernel/random/boot_id").trim();
-
-/** Field 22 of /proc/<pid>/stat (clock ticks since boot), after the command name, which may hold spaces. */
-function startTimeOf(pid: number): string {
-  const stat = readOr(`/proc/${pid}/stat`);
-  return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? "";
-}
-
-function readOr(path: string): string {
-  try {
-    return readFileSync(path, "utf8");
-  } catch {
-    return "";
-  }
+    const pid = Number.parseInt(readFileSync(path, "utf8"), 10);
+    // As the holder's own pid namespace numbers it (another container's pid 1, say).
+    if (Number.isSafeInteger(pid) && pid > 0) return `process ${pid}`;
+  } catch {}
+  return "another process";
 }

@@ -12,27 +12,30 @@ import type { Queryable, Store } from "./store.ts";
  * rows cross by structured clone.
  */
 export async function openPglite(dataDir: string): Promise<Store> {
-  // Before anything touches the directory: a second server on it is refused (data-dir-lock.ts).
+  // Before anything touches the directory: a second process on it is refused (data-dir-lock.ts).
   const lock = lockDataDir(dataDir);
-  const wasm = await compiledWasm();
-  const worker = new Worker(new URL("./pglite-worker.ts", import.meta.url)) as BunWorker;
-  const store = new WorkerStore(worker);
+  let store: WorkerStore | undefined;
+  let worker: BunWorker;
   try {
+    const wasm = await compiledWasm();
+    worker = new Worker(new URL("./pglite-worker.ts", import.meta.url)) as BunWorker;
+    store = new WorkerStore(worker);
     await store.open(dataDir, wasm);
   } catch (err) {
-    await store.close().catch(() => {});
+    await store?.close().catch(() => {});
     lock.release();
     throw err;
   }
+  const opened = store;
   // A plain object of functions, as the other stores are: callers (and tests) spread stores.
   const proxy: Store & { [WORKER]: Worker; [PROFILE]: () => Promise<StatementProfile[]> } = {
     flavor: "pglite",
-    query: (sql, params) => store.query(sql, params),
-    transaction: (fn) => store.transaction(fn),
-    exec: (script) => store.exec(script),
-    close: () => store.close().finally(() => lock.release()),
+    query: (sql, params) => opened.query(sql, params),
+    transaction: (fn) => opened.transaction(fn),
+    exec: (script) => opened.exec(script),
+    close: () => opened.close().finally(() => lock.release()),
     [WORKER]: worker,
-    [PROFILE]: () => store.profile(),
+    [PROFILE]: () => opened.profile(),
   };
   return proxy;
 }

@@ -137,5 +137,17 @@ for (const flavor of FLAVORS) {
       expect(help.code).toBe(0);
       expect(help.stdout).toContain("--verify");
     });
+
+    if (flavor === "pglite") {
+      test("refused, with one line and exit 1, while a server holds the embedded data directory", async () => {
+        await history();
+        const server = await ctx.open(); // this process holds the directory, as a running server would
+        const refused = await cli(ctx.db, ["counter/h", "--kinds", KINDS]);
+        expect(refused.code).toBe(1);
+        expect(refused.stderr.trim()).toBe(`replay: the data directory ${ctx.db.config.dataDir} is in use by process ${process.pid} (another Tether server, or npm run replay?): stop it first`);
+        await server.close();
+        expect((await cli(ctx.db, ["counter/h", "--kinds", KINDS])).code).toBe(0);
+      });
+    }
   });
 }

@@ -46,8 +46,8 @@ describe("the listen queue", () => {
     apps.push(app);
     const port = Number(new URL(app.url).port);
     expect(backlogOf(port)).toEqual([Math.min(4096, SOMAXCONN)]);
-    // 3,000 connects while the server is busy: all queued (with Bun's 512, about two thirds dropped).
-    const n = Math.min(3_000, SOMAXCONN);
+    // 2,000 connects while the server is busy: all queued (with Bun's 512, about half dropped).
+    const n = Math.min(2_000, SOMAXCONN);
     expect(await connectsWhileBlocked(port, n)).toBe(n);
     expect((await app.call("GET", "/healthz")).status).toBe(200);
   });
@@ -56,7 +56,7 @@ describe("the listen queue", () => {
     const app = await startTestApp("pglite", { env: { TETHER_LISTEN_BACKLOG: "0" } });
     apps.push(app);
     const port = Number(new URL(app.url).port);
-    expect(backlogOf(port)).toEqual([512]);
-    expect(await connectsWhileBlocked(port, 3_000)).toBeLessThan(2_000);
+    expect(backlogOf(port)).toEqual([Math.min(512, SOMAXCONN)]);
+    expect(await connectsWhileBlocked(port, 2_000)).toBeLessThan(1_500);
   });
 });
