@@ -73,8 +73,9 @@ const machineBusySeconds = () => {
 };
 /**
  * Connections the kernel turned away since boot because a listen queue was full (all sockets;
- * Bun's queue is 512 long and a wave is 5,000 connects). Each costs its client a SYN retransmit
- * (1 s, then 3 s), so it says whether a wave's tail was the server's work or the queue.
+ * a wave is 5,000 connects, Bun's own queue 512 long, the server's 4096: src/http/listen-backlog.ts).
+ * Each costs its client a SYN retransmit (1 s, then 3 s), so it says whether a wave's tail was
+ * the server's work or the queue.
  */
 const listenOverflows = () => {
   const lines = readFileSync("/proc/net/netstat", "utf8").split("\n").filter((l) => l.startsWith("TcpExt:"));
