@@ -40,7 +40,7 @@ export function widenListenBacklog(port: number, backlog: number, log: Logger): 
 }
 
 /** This process's descriptors of TCP sockets listening on `port` (any address, IPv4 and IPv6), with what /proc/self/fd links them to. */
-export function listeningFds(port: number): Array<{ fd: number; link: string }> {
+function listeningFds(port: number): Array<{ fd: number; link: string }> {
   const hexPort = `:${port.toString(16).toUpperCase().padStart(4, "0")}`;
   const inodes = new Set<string>();
   for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
