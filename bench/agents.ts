@@ -23,7 +23,8 @@
  * (c) GET /api/machines?q= latency over 10,000 machines is bench/search.ts.
  *
  * Runs on the embedded database; set BENCH_DATABASE_URL (or TEST_DATABASE_URL) to also run on
- * PostgreSQL. BENCH_AGENTS changes the agent count (default 5,000) for a quick try;
+ * PostgreSQL. BENCH_AGENTS changes the agent count (default 5,000) for a quick try, and
+ * BENCH_STORMS the number of agent storms (default 2);
  * BENCH_ONLY=pglite or BENCH_ONLY=postgres runs one database only; BENCH_PROFILE=1 prints the
  * server's statements (count, total and longest time) after each agent storm;
  * BENCH_CPU_PROF=<dir> writes a CPU profile of the storms' server (bun --cpu-prof and
@@ -49,7 +50,8 @@ const OFFLINE_AFTER_MS = 15_000;
 /** Longer than a heartbeat interval, so every agent has sent one since it connected. */
 const SETTLE_MS = 6_000;
 const RSS_SAMPLES = 3;
-const STORM_REPS = 2;
+/** BENCH_STORMS: more storms (and plain waves) per run, for comparing two versions of the code. */
+const STORM_REPS = Number(process.env.BENCH_STORMS ?? 2);
 const GOAL_KB = 20;
 const GOAL_STORM_RATIO = 3;
 const ROOT = resolve(import.meta.dir, "..");
