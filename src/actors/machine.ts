@@ -1,4 +1,4 @@
-import { assign, emit, setup } from "xstate";
+import { assign, emit, enqueueActions, setup } from "xstate";
 import type { Inventory } from "../protocol/agent.ts";
 import type { Effect, KindDefinition } from "./types.ts";
 
@@ -25,8 +25,14 @@ export type MachineEvent =
   | ({ type: "agent.disconnected"; conn: string; reason: string } & At)
   | ({ type: "server.restarted" } & At);
 
-/** The presence projection: what lists and search read from the machines table. */
-const projection = (status: "online" | "offline", context: MachineContext, at: number) => ({
+/**
+ * The presence projection: what lists and search read from the machines table. `details` is
+ * false when the inventory, external IP and agent version are those of the previous
+ * projection; the writer may then update status and last seen only, which costs the database
+ * a third of a full update (src/machines/presence.ts says when it does). A reconnect storm is
+ * mostly agents coming back unchanged.
+ */
+const projection = (status: "online" | "offline", context: MachineContext, at: number, details: boolean) => ({
   type: "machine.project",
   machine_id: context.id,
   status,
@@ -34,7 +40,21 @@ const projection = (status: "online" | "offline", context: MachineContext, at: n
   inventory: context.inventory,
   external_ip: context.externalIp,
   agent_version: context.agentVersion,
+  details,
 });
+
+/** Whether an event leaves the inventory, external IP and agent version as they were. */
+function sameDetails(context: MachineContext, event: MachineEvent): boolean {
+  switch (event.type) {
+    case "agent.connected":
+      return event.ip === context.externalIp && event.agent_version === context.agentVersion
+        && (event.inventory === undefined || Bun.deepEquals(event.inventory, context.inventory));
+    case "agent.status":
+      return Bun.deepEquals(event.inventory, context.inventory);
+    default:
+      return true;
+  }
+}
 
 const isCurrent = ({ context, event }: { context: MachineContext; event: MachineEvent }) =>
   "conn" in event && context.connection?.id === event.conn;
@@ -43,8 +63,9 @@ export const machineLogic = setup({
   types: {} as { context: MachineContext; events: MachineEvent; input: { id: string } },
   guards: { isCurrent },
   actions: {
-    projectOnline: emit(({ context, event }) => projection("online", context, event.at) as never),
-    projectOffline: emit(({ context, event }) => projection("offline", context, event.at) as never),
+    // `details` is decided from the context before the event's assigns, the projection after them.
+    projectOnline: emit(({ context, event }, params: { details: boolean }) => projection("online", context, event.at, params.details) as never),
+    projectOffline: emit(({ context, event }, params: { details: boolean }) => projection("offline", context, event.at, params.details) as never),
   },
 }).createMachine({
   id: "machine",
@@ -56,34 +77,49 @@ export const machineLogic = setup({
       actions: [
         // The connection it replaces, if any, is closed: one agent per machine.
         emit(({ context }) => (context.connection ? { type: "machine.close", conn: context.connection.id, reason: "superseded" } : { type: "machine.noop" }) as never),
-        assign({
-          connection: ({ event }) => ({ id: event.conn, since: event.at, ip: event.ip }),
-          lastSeen: ({ event }) => event.at,
-          externalIp: ({ event }) => event.ip,
-          agentVersion: ({ event }) => event.agent_version,
-          // Sent with the proof (docs/PROTOCOL.md); older agents send it in a status after.
-          inventory: ({ context, event }) => event.inventory ?? context.inventory,
+        enqueueActions(({ context, event, enqueue }) => {
+          if (event.type !== "agent.connected") return;
+          const details = !sameDetails(context, event);
+          enqueue.assign({
+            connection: { id: event.conn, since: event.at, ip: event.ip },
+            lastSeen: event.at,
+            externalIp: event.ip,
+            agentVersion: event.agent_version,
+            // Sent with the proof (docs/PROTOCOL.md); older agents send it in a status after.
+            inventory: event.inventory ?? context.inventory,
+          });
+          enqueue({ type: "projectOnline", params: { details } });
         }),
-        "projectOnline",
       ],
     },
   },
   states: {
     offline: {
-      on: { "agent.status": { guard: "isCurrent", actions: assign({ inventory: ({ event }) => event.inventory }) } },
+      on: {
+        "agent.status": { guard: "isCurrent", actions: assign({ inventory: ({ event }) => event.inventory }) },
+        // The server lists machines its table shows online; a disconnect whose projection was
+        // lost with the process left this one there.
+        "server.restarted": { actions: { type: "projectOffline", params: { details: true } } },
+      },
     },
     online: {
       on: {
         "agent.status": {
           guard: "isCurrent",
-          actions: [assign({ inventory: ({ event }) => event.inventory, lastSeen: ({ event }) => event.at }), "projectOnline"],
+          actions: enqueueActions(({ context, event, enqueue }) => {
+            if (event.type !== "agent.status") return;
+            const details = !sameDetails(context, event);
+            enqueue.assign({ inventory: event.inventory, lastSeen: event.at });
+            enqueue({ type: "projectOnline", params: { details } });
+          }),
         },
         "agent.disconnected": {
           guard: "isCurrent",
           target: "offline",
-          actions: [assign({ connection: null, lastSeen: ({ event }) => event.at }), "projectOffline"],
+          actions: [assign({ connection: null, lastSeen: ({ event }) => event.at }), { type: "projectOffline", params: { details: false } }],
         },
-        "server.restarted": { target: "offline", actions: [assign({ connection: null }), "projectOffline"] },
+        // In full: a projection lost with the process may have left the row behind.
+        "server.restarted": { target: "offline", actions: [assign({ connection: null }), { type: "projectOffline", params: { details: true } }] },
       },
     },
   },

@@ -30,6 +30,8 @@ export interface Projection {
   inventory: unknown;
   external_ip: string | null;
   agent_version: string | null;
+  /** False: inventory, external IP and agent version are those of the machine's previous projection. */
+  details?: boolean;
 }
 
 /**
@@ -51,6 +53,14 @@ export interface Projection {
  */
 export class Projections {
   private readonly pending = new Map<string, Projection>();
+  /**
+   * Machines whose details (inventory, external IP, agent version) this process has written,
+   * and not failed to write since. Only their unchanged projections are written as status and
+   * last seen alone: the first projection of a machine after a start, or after a failed write,
+   * is written in full, so a projection lost with a crash or a failed write does not leave the
+   * row's details behind.
+   */
+  private readonly written = new Set<string>();
   private readonly waiters = new Map<string, Array<() => void>>();
   /** Machines with a write under way. */
   private readonly writing = new Set<string>();
@@ -71,7 +81,9 @@ export class Projections {
 
   /** Resolves when this projection (or a newer one of the same machine) is written. */
   project(p: Projection): Promise<void> {
-    this.pending.set(p.machine_id, p);
+    // A newer projection replaces a pending one; if that one changed the details, so does this.
+    const replaced = this.pending.get(p.machine_id);
+    this.pending.set(p.machine_id, replaced && replaced.details !== false && p.details === false ? { ...p, details: true } : p);
     const done = new Promise<void>((resolve) => {
       const list = this.waiters.get(p.machine_id);
       if (list) list.push(resolve);
@@ -130,19 +142,37 @@ export class Projections {
     }
   }
 
-  private update(batch: Projection[]) {
-    return this.db.query(
-      `update machines m
-          set status = r.status,
-              last_seen_at = case when r.last_seen is null then m.last_seen_at else to_timestamp(r.last_seen / 1000.0) end,
-              inventory = coalesce(r.inventory, '{}'::jsonb), external_ip = r.external_ip, agent_version = r.agent_version, updated_at = now()
-         from jsonb_to_recordset($1::text::jsonb) as r(id uuid, status text, last_seen bigint, inventory jsonb, external_ip text, agent_version text)
-        where m.id = r.id`,
-      [JSON.stringify(batch.map((p) => ({ id: p.machine_id, status: p.status, last_seen: p.last_seen, inventory: p.inventory ?? {}, external_ip: p.external_ip, agent_version: p.agent_version })))]);
+  private async update(batch: Projection[]): Promise<void> {
+    const full: Projection[] = [];
+    const presence: Projection[] = [];
+    for (const p of batch) (p.details === false && this.written.has(p.machine_id) ? presence : full).push(p);
+    if (full.length > 0) {
+      await this.db.query(
+        `update machines m
+            set status = r.status,
+                last_seen_at = case when r.last_seen is null then m.last_seen_at else to_timestamp(r.last_seen / 1000.0) end,
+                inventory = coalesce(r.inventory, '{}'::jsonb), external_ip = r.external_ip, agent_version = r.agent_version, updated_at = now()
+           from jsonb_to_recordset($1::text::jsonb) as r(id uuid, status text, last_seen bigint, inventory jsonb, external_ip text, agent_version text)
+          where m.id = r.id`,
+        [JSON.stringify(full.map((p) => ({ id: p.machine_id, status: p.status, last_seen: p.last_seen, inventory: p.inventory ?? {}, external_ip: p.external_ip, agent_version: p.agent_version })))]);
+      for (const p of full) this.written.add(p.machine_id);
+    }
+    // Without the details the UPDATE names none of search_doc's sources, so its trigger does not run.
+    if (presence.length > 0) {
+      await this.db.query(
+        `update machines m
+            set status = r.status,
+                last_seen_at = case when r.last_seen is null then m.last_seen_at else to_timestamp(r.last_seen / 1000.0) end,
+                updated_at = now()
+           from jsonb_to_recordset($1::text::jsonb) as r(id uuid, status text, last_seen bigint)
+          where m.id = r.id`,
+        [JSON.stringify(presence.map((p) => ({ id: p.machine_id, status: p.status, last_seen: p.last_seen })))]);
+    }
   }
 
   /** The actor is the source of truth and projects again on its next change; as a failed effect was before, this is logged. */
   private failed(batch: Projection[], err: unknown): void {
+    for (const p of batch) this.written.delete(p.machine_id);
     this.log.error({ err: (err as Error)?.message, machine_ids: batch.map((p) => p.machine_id) }, "machine projection failed");
   }
 }

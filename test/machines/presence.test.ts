@@ -88,6 +88,38 @@ for (const flavor of FLAVORS) {
       expect(await store.query("select search_doc from machines where id = any($1::uuid[]) order by id", [ids])).toEqual(docs);
     });
 
+    test("an unchanged projection writes status and last seen alone, once this writer has written the machine's details", async () => {
+      const [a, b] = [await machine(), await machine()];
+      const projections = new Projections(counted, silentLogger);
+      // Never written by this writer (a restart): in full, although the actor says unchanged.
+      await projections.project({ ...p(a, "online", 1), details: false });
+      expect(await row(a)).toMatchObject({ status: "online", agent_version: "v1", inventory: { hostname: "h1" } });
+      statements = [];
+      // Written since: the details are left alone (the writer trusts `details: false`, so different ones here show it).
+      await projections.project({ ...p(a, "offline", 2), details: false });
+      expect(await row(a)).toMatchObject({ status: "offline", agent_version: "v1", inventory: { hostname: "h1" } });
+      expect(statements).toHaveLength(1);
+      expect(statements[0]).not.toContain("inventory");
+      // A changed projection replaced by an unchanged one before it was written: still in full.
+      await projections.project(p(b, "online", 3));
+      const both = [projections.project({ ...p(b, "online", 4), details: true }), projections.project({ ...p(b, "online", 5), details: false })];
+      await Promise.all(both);
+      expect(await row(b)).toMatchObject({ agent_version: "v5", inventory: { hostname: "h5" } });
+    });
+
+    test("after a failed write, a machine's next projection is written in full", async () => {
+      const id = await machine();
+      let failing = false;
+      const flaky: Queryable = { query: (sql, params) => (failing ? Promise.reject(new Error("database down")) : store.query(sql, params)) };
+      const projections = new Projections(flaky, silentLogger);
+      await projections.project(p(id, "online", 1));
+      failing = true;
+      await projections.project(p(id, "online", 2)); // lost: logged, as a failed effect is
+      failing = false;
+      await projections.project({ ...p(id, "online", 3), details: false });
+      expect(await row(id)).toMatchObject({ agent_version: "v3", inventory: { hostname: "h3" } });
+    });
+
     test("flush waits for every projection handed in", async () => {
       const id = await machine();
       const projections = new Projections(counted, silentLogger);
