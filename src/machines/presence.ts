@@ -38,7 +38,8 @@ export interface Projection {
  * The machines rows' presence columns, written from the machine actors' projections.
  *
  * A projection is the whole presence of a machine, so only the last one of a machine matters:
- * projections wait in `pending`, where a newer one of the same machine replaces the older, and
+ * projections wait in `pending`, where a newer one of the same machine replaces the older (and
+ * keeps its `details` if the older changed them; see `written` for when they are left out), and
  * each write takes many machines' in one UPDATE. A machine has at most one write under way, and
  * its next projection waits for that write to finish, so its projections land in the order its
  * events were accepted (the actor hands them in after each event's commit, in event order): a
