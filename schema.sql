@@ -548,3 +548,10 @@ create trigger machines_search_doc_update before update of hostname, machine_uid
         or old.external_ip is distinct from new.external_ip or old.enrollment_state is distinct from new.enrollment_state)
   execute function tether_machines_search_doc();
 create index machines_search_doc on machines using gin (search_doc public.gin_trgm_ops);
+
+-- version: 13
+-- The audit log's actor filter matches an actor's id or its name (`? in (actor_id, actor_name)`,
+-- src/audit/audit.ts). With an index on the id alone PostgreSQL can use neither and reads the
+-- whole table; with the name indexed too it combines the two (a BitmapOr). Partial: agents and
+-- the system act without a name, so a reconnect storm's events add nothing to it.
+create index audit_events_actor_name on audit_events (tenant_id, actor_name, id desc) where actor_name is not null;
