@@ -1,4 +1,4 @@
-import { assign, emit, enqueueActions, setup } from "xstate";
+import { assign, emit, setup } from "xstate";
 import type { Inventory } from "../protocol/agent.ts";
 import type { Effect, KindDefinition } from "./types.ts";
 
@@ -26,13 +26,13 @@ export type MachineEvent =
   | ({ type: "server.restarted" } & At);
 
 /**
- * The presence projection: what lists and search read from the machines table. `details` is
- * false when the inventory, external IP and agent version are those of the previous
- * projection; the writer may then update status and last seen only, which costs the database
- * a third of a full update (src/machines/presence.ts says when it does). A reconnect storm is
- * mostly agents coming back unchanged.
+ * The presence projection: what lists and search read from the machines table. It carries the
+ * context's own inventory object, which the actor keeps when an equal inventory arrives (see
+ * `keptInventory`): the writer (src/machines/presence.ts) leaves out details it wrote already
+ * by comparing that object's identity, and a reconnect storm is mostly agents coming back
+ * unchanged.
  */
-const projection = (status: "online" | "offline", context: MachineContext, at: number, details: boolean) => ({
+const projection = (status: "online" | "offline", context: MachineContext, at: number) => ({
   type: "machine.project",
   machine_id: context.id,
   status,
@@ -40,21 +40,15 @@ const projection = (status: "online" | "offline", context: MachineContext, at: n
   inventory: context.inventory,
   external_ip: context.externalIp,
   agent_version: context.agentVersion,
-  details,
 });
 
-/** Whether an event leaves the inventory, external IP and agent version as they were. */
-function sameDetails(context: MachineContext, event: MachineEvent): boolean {
-  switch (event.type) {
-    case "agent.connected":
-      return event.ip === context.externalIp && event.agent_version === context.agentVersion
-        && (event.inventory === undefined || Bun.deepEquals(event.inventory, context.inventory));
-    case "agent.status":
-      return Bun.deepEquals(event.inventory, context.inventory);
-    default:
-      return true;
-  }
-}
+/**
+ * The inventory after an event that reports one: the one the machine has if they are equal, so
+ * an unchanged inventory keeps its identity (the projection writer relies on it), and the copy
+ * the event brought is dropped rather than kept alive.
+ */
+const keptInventory = (context: MachineContext, reported: Inventory | undefined): Inventory =>
+  reported === undefined || Bun.deepEquals(reported, context.inventory) ? context.inventory : reported;
 
 const isCurrent = ({ context, event }: { context: MachineContext; event: MachineEvent }) =>
   "conn" in event && context.connection?.id === event.conn;
@@ -63,9 +57,8 @@ export const machineLogic = setup({
   types: {} as { context: MachineContext; events: MachineEvent; input: { id: string } },
   guards: { isCurrent },
   actions: {
-    // `details` is decided from the context before the event's assigns, the projection after them.
-    projectOnline: emit(({ context, event }, params: { details: boolean }) => projection("online", context, event.at, params.details) as never),
-    projectOffline: emit(({ context, event }, params: { details: boolean }) => projection("offline", context, event.at, params.details) as never),
+    projectOnline: emit(({ context, event }) => projection("online", context, event.at) as never),
+    projectOffline: emit(({ context, event }) => projection("offline", context, event.at) as never),
   },
 }).createMachine({
   id: "machine",
@@ -77,49 +70,39 @@ export const machineLogic = setup({
       actions: [
         // The connection it replaces, if any, is closed: one agent per machine.
         emit(({ context }) => (context.connection ? { type: "machine.close", conn: context.connection.id, reason: "superseded" } : { type: "machine.noop" }) as never),
-        enqueueActions(({ context, event, enqueue }) => {
-          if (event.type !== "agent.connected") return;
-          const details = !sameDetails(context, event);
-          enqueue.assign({
-            connection: { id: event.conn, since: event.at, ip: event.ip },
-            lastSeen: event.at,
-            externalIp: event.ip,
-            agentVersion: event.agent_version,
-            // Sent with the proof (docs/PROTOCOL.md); older agents send it in a status after.
-            inventory: event.inventory ?? context.inventory,
-          });
-          enqueue({ type: "projectOnline", params: { details } });
+        assign({
+          connection: ({ event }) => ({ id: event.conn, since: event.at, ip: event.ip }),
+          lastSeen: ({ event }) => event.at,
+          externalIp: ({ event }) => event.ip,
+          agentVersion: ({ event }) => event.agent_version,
+          // Sent with the proof (docs/PROTOCOL.md); older agents send it in a status after.
+          inventory: ({ context, event }) => keptInventory(context, event.inventory),
         }),
+        "projectOnline",
       ],
     },
   },
   states: {
     offline: {
       on: {
-        "agent.status": { guard: "isCurrent", actions: assign({ inventory: ({ event }) => event.inventory }) },
+        "agent.status": { guard: "isCurrent", actions: assign({ inventory: ({ context, event }) => keptInventory(context, event.inventory) }) },
         // The server lists machines its table shows online; a disconnect whose projection was
         // lost with the process left this one there.
-        "server.restarted": { actions: { type: "projectOffline", params: { details: true } } },
+        "server.restarted": { actions: "projectOffline" },
       },
     },
     online: {
       on: {
         "agent.status": {
           guard: "isCurrent",
-          actions: enqueueActions(({ context, event, enqueue }) => {
-            if (event.type !== "agent.status") return;
-            const details = !sameDetails(context, event);
-            enqueue.assign({ inventory: event.inventory, lastSeen: event.at });
-            enqueue({ type: "projectOnline", params: { details } });
-          }),
+          actions: [assign({ inventory: ({ context, event }) => keptInventory(context, event.inventory), lastSeen: ({ event }) => event.at }), "projectOnline"],
         },
         "agent.disconnected": {
           guard: "isCurrent",
           target: "offline",
-          actions: [assign({ connection: null, lastSeen: ({ event }) => event.at }), { type: "projectOffline", params: { details: false } }],
+          actions: [assign({ connection: null, lastSeen: ({ event }) => event.at }), "projectOffline"],
         },
-        // In full: a projection lost with the process may have left the row behind.
-        "server.restarted": { target: "offline", actions: [assign({ connection: null }), { type: "projectOffline", params: { details: true } }] },
+        "server.restarted": { target: "offline", actions: [assign({ connection: null }), "projectOffline"] },
       },
     },
   },

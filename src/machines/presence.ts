@@ -30,16 +30,13 @@ export interface Projection {
   inventory: unknown;
   external_ip: string | null;
   agent_version: string | null;
-  /** False: inventory, external IP and agent version are those of the machine's previous projection. */
-  details?: boolean;
 }
 
 /**
  * The machines rows' presence columns, written from the machine actors' projections.
  *
  * A projection is the whole presence of a machine, so only the last one of a machine matters:
- * projections wait in `pending`, where a newer one of the same machine replaces the older (and
- * keeps its `details` if the older changed them; see `written` for when they are left out), and
+ * projections wait in `pending`, where a newer one of the same machine replaces the older, and
  * each write takes many machines' in one UPDATE. A machine has at most one write under way, and
  * its next projection waits for that write to finish, so its projections land in the order its
  * events were accepted (the actor hands them in after each event's commit, in event order): a
@@ -55,13 +52,16 @@ export interface Projection {
 export class Projections {
   private readonly pending = new Map<string, Projection>();
   /**
-   * Machines whose details (inventory, external IP, agent version) this process has written,
-   * and not failed to write since. Only their unchanged projections are written as status and
-   * last seen alone: the first projection of a machine after a start, or after a failed write,
-   * is written in full, so a projection lost with a crash or a failed write does not leave the
-   * row's details behind.
+   * The details (inventory, external IP, agent version) last written for each machine, the
+   * inventory by identity. A projection whose details are these is written as status and last
+   * seen alone, a third of a full update's cost to the database (docs/PERFORMANCE.md, Agents).
+   * Identity, not equality: the machine actor keeps its inventory object while it is unchanged,
+   * and any reload of the actor (a restart, a failed commit, the actor leaving memory and coming
+   * back) makes new objects, so its next projection is written in full. So is a machine's first
+   * after this process starts, and its next after a failed write: nothing lost with a crash or
+   * a failed write, or written by a projection this writer never saw, stays behind in the row.
    */
-  private readonly written = new Set<string>();
+  private readonly written = new Map<string, Written>();
   private readonly waiters = new Map<string, Array<() => void>>();
   /** Machines with a write under way. */
   private readonly writing = new Set<string>();
@@ -82,9 +82,7 @@ export class Projections {
 
   /** Resolves when this projection (or a newer one of the same machine) is written. */
   project(p: Projection): Promise<void> {
-    // A newer projection replaces a pending one; if that one changed the details, so does this.
-    const replaced = this.pending.get(p.machine_id);
-    this.pending.set(p.machine_id, replaced && replaced.details !== false && p.details === false ? { ...p, details: true } : p);
+    this.pending.set(p.machine_id, p);
     const done = new Promise<void>((resolve) => {
       const list = this.waiters.get(p.machine_id);
       if (list) list.push(resolve);
@@ -146,7 +144,7 @@ export class Projections {
   private async update(batch: Projection[]): Promise<void> {
     const full: Projection[] = [];
     const presence: Projection[] = [];
-    for (const p of batch) (p.details === false && this.written.has(p.machine_id) ? presence : full).push(p);
+    for (const p of batch) (this.written.get(p.machine_id)?.matches(p) ? presence : full).push(p);
     if (full.length > 0) {
       await this.db.query(
         `update machines m
@@ -156,7 +154,7 @@ export class Projections {
            from jsonb_to_recordset($1::text::jsonb) as r(id uuid, status text, last_seen bigint, inventory jsonb, external_ip text, agent_version text)
           where m.id = r.id`,
         [JSON.stringify(full.map((p) => ({ id: p.machine_id, status: p.status, last_seen: p.last_seen, inventory: p.inventory ?? {}, external_ip: p.external_ip, agent_version: p.agent_version })))]);
-      for (const p of full) this.written.add(p.machine_id);
+      for (const p of full) this.written.set(p.machine_id, new Written(p));
     }
     // Without the details the UPDATE names none of search_doc's sources, so its trigger does not run.
     if (presence.length > 0) {
@@ -175,5 +173,20 @@ export class Projections {
   private failed(batch: Projection[], err: unknown): void {
     for (const p of batch) this.written.delete(p.machine_id);
     this.log.error({ err: (err as Error)?.message, machine_ids: batch.map((p) => p.machine_id) }, "machine projection failed");
+  }
+}
+
+/** A machine's details as last written; the inventory held weakly (the actor holds it while it is current). */
+class Written {
+  private readonly inventory: WeakRef<object> | null;
+  private readonly externalIp: string | null;
+  private readonly agentVersion: string | null;
+  constructor(p: Projection) {
+    this.inventory = typeof p.inventory === "object" && p.inventory !== null ? new WeakRef(p.inventory) : null;
+    this.externalIp = p.external_ip;
+    this.agentVersion = p.agent_version;
+  }
+  matches(p: Projection): boolean {
+    return this.inventory !== null && this.inventory.deref() === p.inventory && this.externalIp === p.external_ip && this.agentVersion === p.agent_version;
   }
 }

@@ -1,10 +1,12 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { machineKind } from "../../src/actors/machine.ts";
 import { Batcher } from "../../src/actors/serial.ts";
+import { ActorSystem } from "../../src/actors/system.ts";
 import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
 import { AgentConnections, type AgentSocket } from "../../src/http/ws/agent-connections.ts";
 import { silentLogger } from "../../src/log.ts";
 import { mintAgentKey } from "../../src/machines/agent-keys.ts";
-import { type Projection, Projections } from "../../src/machines/presence.ts";
+import { machineEffects, type Projection, Projections } from "../../src/machines/presence.ts";
 import type { Queryable, Store } from "../../src/store/store.ts";
 import { eventually, FLAVORS, useSharedStore } from "../helpers/stores.ts";
 
@@ -88,23 +90,31 @@ for (const flavor of FLAVORS) {
       expect(await store.query("select search_doc from machines where id = any($1::uuid[]) order by id", [ids])).toEqual(docs);
     });
 
-    test("an unchanged projection writes status and last seen alone, once this writer has written the machine's details", async () => {
+    test("a projection with the details last written (the same inventory object) writes status and last seen alone", async () => {
       const [a, b] = [await machine(), await machine()];
       const projections = new Projections(counted, silentLogger);
-      // Never written by this writer (a restart): in full, although the actor says unchanged.
-      await projections.project({ ...p(a, "online", 1), details: false });
-      expect(await row(a)).toMatchObject({ status: "online", agent_version: "v1", inventory: { hostname: "h1" } });
+      const first = p(a, "online", 1);
+      await projections.project(first);
       statements = [];
-      // Written since: the details are left alone (the writer trusts `details: false`, so different ones here show it).
-      await projections.project({ ...p(a, "offline", 2), details: false });
+      // The writer compares the inventory by identity (the actor keeps its object while it is
+      // unchanged), so a change made behind its back shows that it was not written again.
+      (first.inventory as { hostname: string }).hostname = "not written";
+      await projections.project({ ...first, status: "offline", last_seen: 1_700_000_000_002 });
       expect(await row(a)).toMatchObject({ status: "offline", agent_version: "v1", inventory: { hostname: "h1" } });
       expect(statements).toHaveLength(1);
       expect(statements[0]).not.toContain("inventory");
-      // A changed projection replaced by an unchanged one before it was written: still in full.
-      await projections.project(p(b, "online", 3));
-      const both = [projections.project({ ...p(b, "online", 4), details: true }), projections.project({ ...p(b, "online", 5), details: false })];
-      await Promise.all(both);
-      expect(await row(b)).toMatchObject({ agent_version: "v5", inventory: { hostname: "h5" } });
+      // An equal inventory in another object (an actor loaded again), another IP or another version: in full.
+      for (const next of [{ ...first, inventory: { hostname: "h1" } }, { ...first, external_ip: "10.0.0.9" }, { ...first, agent_version: "v9" }]) {
+        statements = [];
+        await projections.project(next);
+        expect(statements[0]).toContain("inventory");
+      }
+      // A changed projection replaced, before it was written, by one with the same details: in full.
+      const b1 = p(b, "online", 1);
+      await projections.project(b1);
+      const b2 = p(b, "online", 2);
+      await Promise.all([projections.project(b2), projections.project({ ...b2, status: "offline" })]);
+      expect(await row(b)).toMatchObject({ status: "offline", agent_version: "v2", inventory: { hostname: "h2" } });
     });
 
     test("after a failed write, a machine's next projection is written in full", async () => {
@@ -112,12 +122,49 @@ for (const flavor of FLAVORS) {
       let failing = false;
       const flaky: Queryable = { query: (sql, params) => (failing ? Promise.reject(new Error("database down")) : store.query(sql, params)) };
       const projections = new Projections(flaky, silentLogger);
-      await projections.project(p(id, "online", 1));
+      const first = p(id, "online", 1);
+      await projections.project(first);
       failing = true;
-      await projections.project(p(id, "online", 2)); // lost: logged, as a failed effect is
+      const second = p(id, "online", 2);
+      await projections.project(second); // lost: logged, as a failed effect is
       failing = false;
-      await projections.project({ ...p(id, "online", 3), details: false });
-      expect(await row(id)).toMatchObject({ agent_version: "v3", inventory: { hostname: "h3" } });
+      await projections.project({ ...second, status: "offline" });
+      expect(await row(id)).toMatchObject({ status: "offline", agent_version: "v2", inventory: { hostname: "h2" } });
+    });
+
+    test("a machine actor reloaded after a commit that landed but reported failure: its next projection is written in full", async () => {
+      const id = await machine();
+      let ambiguous = false;
+      // The journal's statement commits, then the caller hears an error (a connection lost after the commit).
+      const flaky: Store = {
+        ...store,
+        query: async (sql, params) => {
+          const rows = await store.query(sql, params);
+          if (ambiguous && sql.includes("insert into actor_journal")) {
+            ambiguous = false;
+            throw new Error("connection reset");
+          }
+          return rows as never;
+        },
+      };
+      const projections = new Projections(store, silentLogger);
+      const system = new ActorSystem({ store: flaky, logger: silentLogger });
+      system.register(machineKind(machineEffects(store, new AgentConnections(store, 60_000), silentLogger, projections)));
+      await system.start();
+      try {
+        const connect = (conn: string, agent_version: string, hostname: string) =>
+          system.ask(`machine/${id}`, { type: "agent.connected", conn, ip: "10.0.0.1", agent_version, inventory: { hostname } });
+        await connect("c1", "1.0", "old");
+        await projections.flush();
+        ambiguous = true;
+        // Journaled, but its effects never run: the actor is reloaded from what is durable.
+        await connect("c2", "2.0", "new").catch(() => {});
+        await eventually(async () => (await connect("c3", "2.0", "new").then(() => true, () => false)), 5_000, "the actor answers again");
+        await projections.flush();
+        expect(await row(id)).toMatchObject({ status: "online", agent_version: "2.0", inventory: { hostname: "new" } });
+      } finally {
+        await system.stop();
+      }
     });
 
     test("flush waits for every projection handed in", async () => {
