@@ -58,8 +58,10 @@ export class Projections {
    * Identity, not equality: the machine actor keeps its inventory object while it is unchanged,
    * and any reload of the actor (a restart, a failed commit, the actor leaving memory and coming
    * back) makes new objects, so its next projection is written in full. So is a machine's first
-   * after this process starts, and its next after a failed write: nothing lost with a crash or
-   * a failed write, or written by a projection this writer never saw, stays behind in the row.
+   * after this process starts, and its next after a failed write: nothing lost with a crash, a
+   * failed write or a reload stays behind in the row. Not covered: another process writing the
+   * row after this one (a deposed primary's last write landing after a standby took over); the
+   * next change of details, or a restart, puts it right.
    */
   private readonly written = new Map<string, Written>();
   private readonly waiters = new Map<string, Array<() => void>>();
