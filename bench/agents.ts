@@ -27,9 +27,10 @@
  * BENCH_STORMS the number of agent storms (default 2);
  * BENCH_ONLY=pglite or BENCH_ONLY=postgres runs one database only; BENCH_PROFILE=1 prints the
  * server's statements (count, total and longest time) after each agent storm;
- * BENCH_CPU_PROF=<dir> writes a CPU profile of the storms' server (bun --cpu-prof and
- * --cpu-prof-md) and prints, for each agent storm, its hottest functions by samples
- * (bench/fixtures/profile-window.ts: the Markdown profile's times are mostly idle time).
+ * BENCH_CPU_PROF=<dir> writes CPU profiles of the storms' server (bun --cpu-prof and
+ * --cpu-prof-md) and of the agents' process, and prints, for each agent storm, their hottest
+ * functions by samples (bench/fixtures/profile-window.ts: the Markdown profile's times are
+ * mostly idle time).
  */
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -59,7 +60,9 @@ const CPU_PROF = process.env.BENCH_CPU_PROF;
 
 /** The agents' process, driven one request at a time over IPC. */
 type Swarm = Child<SwarmRequest>;
-const newSwarm = (): Swarm => new Child<SwarmRequest>("swarm", "bench/fixtures/agent-swarm.ts");
+const newSwarm = (): Swarm => new Child<SwarmRequest>("swarm", "bench/fixtures/agent-swarm.ts", CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${CPU_PROF}`] : []);
+/** Every run's agent storms, [from, to] in epoch ms, for the agents' process's profile. */
+const swarmStormWindows: Array<[string, Array<[number, number]>]> = [];
 
 const rssKb = (pid: number) => Number(readFileSync(`/proc/${pid}/status`, "utf8").match(/VmRSS:\s+(\d+) kB/)![1]);
 /** utime + stime of a process, in seconds (clock ticks of 1/100 s). */
@@ -275,18 +278,21 @@ async function run(label: string, swarm: Swarm, env: Record<string, string>) {
     return { label, plainMem, a0, a1, aN, idleCpu, plainBest, agentBest };
   } finally {
     await stop(proc);
-    if (CPU_PROF) printStormProfiles(CPU_PROF, proc.pid, stormWindows);
+    if (CPU_PROF) {
+      printStormProfiles(CPU_PROF, proc.pid, stormWindows, "server, main thread");
+      swarmStormWindows.push([label, stormWindows]);
+    }
   }
 }
 
 /** Each agent storm's hottest functions, from the server's CPU profile (BENCH_CPU_PROF). */
-function printStormProfiles(dir: string, pid: number, stormWindows: Array<[number, number]>) {
+function printStormProfiles(dir: string, pid: number, stormWindows: Array<[number, number]>, what: string) {
   const file = readdirSync(dir).find((f) => f.includes(`.${pid}.`) && f.endsWith(".cpuprofile"));
   if (!file) return console.log(`    no CPU profile of process ${pid} in ${dir}`);
   const profile = JSON.parse(readFileSync(join(dir, file), "utf8"));
   for (const [i, [from, to]] of stormWindows.entries()) {
     const r = hottest(profile, from, to, 30);
-    console.log(`  storm ${i + 1}, main thread, ${r.samples} samples (${join(dir, file)}):`);
+    console.log(`  storm ${i + 1}, ${what}, ${r.samples} samples (${join(dir, file)}):`);
     for (const row of r.self) console.log(`    self ${row.pct.toFixed(1).padStart(5)}%  ${row.fn}`);
     for (const row of r.total) console.log(`    total ${row.pct.toFixed(1).padStart(5)}%  ${row.fn}`);
   }
@@ -348,6 +354,15 @@ try {
     }
   } else {
     console.log("\nPostgreSQL: skipped (set BENCH_DATABASE_URL)");
+  }
+  if (CPU_PROF) {
+    // Bun writes the profile when the process exits by itself, not when it is killed.
+    await swarm.call({ t: "exit" }).catch(() => {});
+    await swarm.proc.exited;
+    for (const [label, windows] of swarmStormWindows) {
+      console.log(`\n${label}, the agents' process:`);
+      printStormProfiles(CPU_PROF, swarm.proc.pid, windows, "agents' process");
+    }
   }
   for (const r of results) summary(r);
 } finally {
