@@ -84,7 +84,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     : undefined;
   const system = new ActorSystem({ store, logger, onCommit: metrics.onCommit, fence, ...opts.systemOptions });
   const connections = new AgentConnections(store, config.offlineAfterMs);
-  const projections = new Projections(store, logger);
+  const projections = new Projections(store, logger, fence);
   const sessionWrites = new Serial();
   const recorder = await createRecorder({ store, log: logger, config });
   const relay = new Relay(system, recorder, logger, { slowViewerBytes: 4 * 1024 * 1024, maxUploadBytes: config.maxUploadBytes });

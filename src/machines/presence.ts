@@ -59,9 +59,9 @@ export class Projections {
    * and any reload of the actor (a restart, a failed commit, the actor leaving memory and coming
    * back) makes new objects, so its next projection is written in full. So is a machine's first
    * after this process starts, and its next after a failed write: nothing lost with a crash, a
-   * failed write or a reload stays behind in the row. Not covered: another process writing the
-   * row after this one (a deposed primary's last write landing after a standby took over); the
-   * next change of details, or a restart, puts it right.
+   * failed write or a reload stays behind in the row. Another process's late write cannot land
+   * after this one's: with a lease (a clustered primary), every write is fenced by it, so a
+   * deposed primary writes nothing once a standby has taken over.
    */
   private readonly written = new Map<string, Written>();
   private readonly waiters = new Map<string, Array<() => void>>();
@@ -73,9 +73,14 @@ export class Projections {
   private readonly maxBatch: number;
   private readonly maxWrites: number;
 
+  /**
+   * `fence`, when the server runs under a lease (src/cluster/lease.ts), runs in each write's
+   * transaction, as it does for the journal's: `db` must then be a Store.
+   */
   constructor(
     private readonly db: Queryable,
     private readonly log: Logger,
+    private readonly fence?: (tx: Queryable) => Promise<void>,
   ) {
     const pglite = (db as Partial<Store>).flavor === "pglite";
     this.maxBatch = pglite ? 200 : 1_000;
@@ -136,7 +141,8 @@ export class Projections {
     try {
       await this.update(batch);
     } catch (err) {
-      if (batch.length === 1) return this.failed(batch, err);
+      // Without the lease no row may be written: trying each alone would only fail again.
+      if (batch.length === 1 || (err as { code?: string }).code === "LEASE_LOST") return this.failed(batch, err);
       // One row the database refuses (an inventory string it cannot store, say) must not keep
       // the other machines' presence out: the statement wrote nothing, so each is tried alone.
       for (const p of batch) await this.update([p]).catch((e) => this.failed([p], e));
@@ -147,8 +153,21 @@ export class Projections {
     const full: Projection[] = [];
     const presence: Projection[] = [];
     for (const p of batch) (this.written.get(p.machine_id)?.matches(p) ? presence : full).push(p);
+    const fence = this.fence;
+    if (fence) {
+      await (this.db as Store).transaction(async (tx) => {
+        await fence(tx);
+        await this.statements(tx, full, presence);
+      });
+    } else {
+      await this.statements(this.db, full, presence);
+    }
+    for (const p of full) this.written.set(p.machine_id, new Written(p));
+  }
+
+  private async statements(db: Queryable, full: Projection[], presence: Projection[]): Promise<void> {
     if (full.length > 0) {
-      await this.db.query(
+      await db.query(
         `update machines m
             set status = r.status,
                 last_seen_at = case when r.last_seen is null then m.last_seen_at else to_timestamp(r.last_seen / 1000.0) end,
@@ -156,11 +175,10 @@ export class Projections {
            from jsonb_to_recordset($1::text::jsonb) as r(id uuid, status text, last_seen bigint, inventory jsonb, external_ip text, agent_version text)
           where m.id = r.id`,
         [JSON.stringify(full.map((p) => ({ id: p.machine_id, status: p.status, last_seen: p.last_seen, inventory: p.inventory ?? {}, external_ip: p.external_ip, agent_version: p.agent_version })))]);
-      for (const p of full) this.written.set(p.machine_id, new Written(p));
     }
     // Without the details the UPDATE names none of search_doc's sources, so its trigger does not run.
     if (presence.length > 0) {
-      await this.db.query(
+      await db.query(
         `update machines m
             set status = r.status,
                 last_seen_at = case when r.last_seen is null then m.last_seen_at else to_timestamp(r.last_seen / 1000.0) end,

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { machineKind } from "../../src/actors/machine.ts";
 import { Batcher } from "../../src/actors/serial.ts";
+import { Lease } from "../../src/cluster/lease.ts";
 import { ActorSystem } from "../../src/actors/system.ts";
 import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
 import { AgentConnections, type AgentSocket } from "../../src/http/ws/agent-connections.ts";
@@ -173,6 +174,30 @@ for (const flavor of FLAVORS) {
       void projections.project(p(id, "online", 7));
       await projections.flush();
       expect(await row(id)).toMatchObject({ status: "online", agent_version: "v7" });
+    });
+
+    test("under a lease, a deposed primary's projections are not written, and its batch fails once, not row by row", async () => {
+      const [a, b, c] = [await machine(), await machine(), await machine()];
+      const name = `presence-${crypto.randomUUID()}`;
+      const deposed = new Lease(store, { name, ttlMs: 60_000 });
+      expect(await deposed.acquire()).toBe(true);
+      let fences = 0;
+      const projections = new Projections(store, silentLogger, (tx) => (fences++, deposed.fence(tx)));
+      await Promise.all([a, b, c].map((id) => projections.project(p(id, "online", 1))));
+      expect(fences).toBe(1);
+      expect(await row(a)).toMatchObject({ status: "online", agent_version: "v1" });
+      // A standby takes over (the deposed one's lease expired while it was paused, say) and writes.
+      await store.query("update leases set expires_at = now() - interval '1 second' where name = $1", [name]);
+      const standby = new Lease(store, { name, ttlMs: 60_000 });
+      expect(await standby.acquire()).toBe(true);
+      const current = new Projections(store, silentLogger, (tx) => standby.fence(tx));
+      await current.project({ ...p(a, "online", 2), inventory: { hostname: "current" } });
+      // The deposed primary's late projections: given up on, nothing written.
+      fences = 0;
+      await Promise.all([a, b, c].map((id) => projections.project(p(id, "offline", 3))));
+      expect(fences).toBe(1);
+      expect(await row(a)).toMatchObject({ status: "online", agent_version: "v2", inventory: { hostname: "current" } });
+      for (const id of [b, c]) expect(await row(id)).toMatchObject({ status: "online", agent_version: "v1" });
     });
 
     describe("agent connections", () => {
