@@ -26,6 +26,7 @@ import { AgentConnections } from "./http/ws/agent-connections.ts";
 import { api } from "./http/api.ts";
 import { webViewer } from "./http/web.ts";
 import type { AppDeps } from "./http/deps.ts";
+import { storableInput } from "./http/storable-input.ts";
 import { errorHandling } from "./http/errors.ts";
 import { health } from "./http/health.ts";
 import type { Logger } from "./log.ts";
@@ -136,6 +137,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   // Bun caps WebSocket frames server-wide: the agent's 4 MiB; smaller caps are per socket.
   let app = new Elysia({ websocket: { maxPayloadLength: MAX_AGENT_FRAME } })
     .use(errorHandling(logger))
+    .use(storableInput())
     .use(health({ system, store, metrics, role: () => "primary", leaseFresh: opts.leaseFresh }))
     .use(api(deps))
     .use(webViewer(config.webDist));

@@ -1,5 +1,6 @@
 import { Packr } from "msgpackr";
 import { z } from "zod";
+import { unstorableAt } from "./storable.ts";
 
 /**
  * The agent ↔ server protocol on `/ws/agent`: binary WebSocket frames, each one msgpack map
@@ -92,7 +93,7 @@ export function encode(message: AgentMessage | ServerMessage): Uint8Array {
   return packr.pack(message);
 }
 
-/** Decodes and validates one frame; null if it is not a valid message of `schema`. */
+/** Decodes and validates one frame; null if it is not a valid message of `schema`, or carries text the database cannot store. */
 export function decode<S extends z.ZodType>(schema: S, frame: Uint8Array): z.infer<S> | null {
   let value: unknown;
   try {
@@ -101,5 +102,6 @@ export function decode<S extends z.ZodType>(schema: S, frame: Uint8Array): z.inf
     return null;
   }
   const parsed = schema.safeParse(value);
-  return parsed.success ? parsed.data : null;
+  // Text the database cannot store is refused here, as a malformed frame is.
+  return parsed.success && unstorableAt(parsed.data) === null ? parsed.data : null;
 }

@@ -148,6 +148,28 @@ for (const flavor of FLAVORS) {
       expect(audited.body.events.length).toBeGreaterThanOrEqual(7);
     });
 
+    test("an inventory with text the database cannot store is a malformed frame (4000), refused alone: agents connecting beside it are welcomed", async () => {
+      const bad = await machine();
+      const good = await Promise.all(Array.from({ length: 6 }, () => machine()));
+      const badSocket = socket();
+      const [badWelcomed, ...goodWelcomed] = await Promise.all([
+        badSocket.handshake(bad.id, bad.key, bad.privateKey, { inventory: { hostname: "a\u0000b" } }),
+        ...good.map((m, i) => socket().handshake(m.id, m.key, m.privateKey, { inventory: { hostname: `good-${i}` } })),
+      ]);
+      expect(badWelcomed).toBe(false);
+      expect((await badSocket.closed).code).toBe(CLOSE.BAD_MESSAGE);
+      expect(goodWelcomed).toEqual(good.map(() => true));
+      for (const [i, m] of good.entries()) await eventually(async () => (await get(m.id)).inventory?.hostname === `good-${i}`, 3_000, "good inventory");
+      expect(await get(bad.id)).toMatchObject({ status: "offline", inventory: {} });
+      // Once bound, a status with such text closes the socket the same way, and the inventory stays.
+      const again = socket();
+      expect(await again.handshake(bad.id, bad.key, bad.privateKey, { inventory: { hostname: "clean" } })).toBe(true);
+      await eventually(async () => (await get(bad.id)).inventory?.hostname === "clean", 3_000, "clean inventory");
+      again.status({ hostname: "x", users: ["u\u0000"] });
+      expect((await again.closed).code).toBe(CLOSE.BAD_MESSAGE);
+      expect((await get(bad.id)).inventory).toEqual({ hostname: "clean" });
+    });
+
     test("a revoked key, a removed machine: refused at connect, and disconnected within a second when live", async () => {
       const m = await machine();
       const live = socket();

@@ -219,6 +219,8 @@ export const agentSocket = (deps: AppDeps) => {
       if (!key) return refuse(ws, CLOSE.BAD_MESSAGE, "expected hello", { ip, machineId: hello.machine_id });
       const proof = decode(Proof, frame);
       const who = { ip, machineId: key.machine_id, tenantId: key.tenant_id };
+      // A proof that does not match its schema (its inventory, say) is a malformed frame; anything else in its place is no proof.
+      if (!proof && (safeUnpack(frame) as { t?: unknown } | null)?.t === "proof") return refuse(ws, CLOSE.BAD_MESSAGE, "malformed proof", who);
       if (!proof || !(await verifyEd25519(key.public_key, nonce, proof.signature))) return refuse(ws, CLOSE.BAD_SIGNATURE, "proof of possession failed", who);
       if (ws.data.stage !== stage) return; // closed meanwhile
       if (key.deleted_at) return refuse(ws, CLOSE.MACHINE_REMOVED, "machine removed", who);

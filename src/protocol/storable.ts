@@ -1,0 +1,31 @@
+/**
+ * Text that PostgreSQL cannot store: U+0000 (neither `text` nor `jsonb` holds it) and unpaired
+ * UTF-16 surrogates (`jsonb` refuses them). Every string from outside (HTTP bodies, queries and
+ * path parameters; agents' and viewers' control frames) is checked at the edge, so such input
+ * gets a clear refusal instead of failing a write later, where a journal group commit would
+ * have taken other actors' events down with it.
+ */
+const storable = (s: string) => !s.includes("\u0000") && s.isWellFormed();
+
+/**
+ * Where the first unstorable string (value or object key) in `value` is, as a path
+ * ("inventory.users[2]"; "" for `value` itself), or null if there is none. Bytes are not text
+ * and are not looked into. Walks with a stack of its own, so deep nesting cannot overflow.
+ */
+export function unstorableAt(value: unknown): string | null {
+  const stack: Array<[unknown, string]> = [[value, ""]];
+  while (stack.length > 0) {
+    const [v, path] = stack.pop()!;
+    if (typeof v === "string") {
+      if (!storable(v)) return path;
+    } else if (Array.isArray(v)) {
+      for (let i = v.length - 1; i >= 0; i--) stack.push([v[i], `${path}[${i}]`]);
+    } else if (typeof v === "object" && v !== null && !ArrayBuffer.isView(v) && !(v instanceof ArrayBuffer)) {
+      for (const [k, child] of Object.entries(v)) {
+        if (!storable(k)) return path ? `${path}.<key>` : "<key>"; // the key itself is not echoed
+        stack.push([child, path ? `${path}.${k}` : k]);
+      }
+    }
+  }
+  return null;
+}
