@@ -8,7 +8,8 @@ import type { Queryable, Store } from "../store/store.ts";
 /**
  * The audit log (A7). Every security event, with who did it, to what, from where and when.
  * Callers pass ids, names, fingerprints and dispositions, never secrets or message text;
- * `details` is checked for fields that look like secrets before it is written.
+ * `details` is checked for fields that look like secrets, and values that look like one are
+ * redacted, before it is written.
  */
 export type ActorType = "user" | "api_token" | "agent" | "anonymous" | "system";
 
@@ -45,16 +46,22 @@ export interface AuditRow {
 }
 
 const SECRET_LOOKING = /(^|_)(password|secret|key|token|code|otp|totp)$/i;
-const SECRET_VALUE = /\b(tss|tpat|cak|cek)_[0-9a-f]{16,}/;
+const SECRET_VALUE = /\b(tss|tpat|cak|cek)_[0-9a-f]{16,}/g;
 
-/** Refuses to write anything that looks like a secret: a bug, not a condition to handle. Answers the details as JSON. */
-function assertNoSecrets(details: Record<string, unknown>): string {
-  const text = JSON.stringify(details);
-  if (SECRET_VALUE.test(text)) throw new Error("audit details must not contain secret material");
+/**
+ * The details as JSON, with nothing in them that looks like a secret. A field named like one
+ * is a bug (it throws). A value that looks like one is redacted, not refused: values carry what
+ * clients typed (a company named "cak_…"), and refusing them would fail a request after its
+ * change was made.
+ */
+function withoutSecrets(details: Record<string, unknown>): string {
   for (const k of Object.keys(details)) {
     if (SECRET_LOOKING.test(k) && !/(_id|_prefix|fingerprint|version|code_hint)$/.test(k)) throw new Error(`audit detail ${k} looks like a secret`);
   }
-  return text;
+  const text = JSON.stringify(details);
+  SECRET_VALUE.lastIndex = 0;
+  if (!SECRET_VALUE.test(text)) return text;
+  return JSON.stringify(details, (_k, v: unknown) => (typeof v === "string" ? v.replace(SECRET_VALUE, "$1_[redacted]") : v));
 }
 
 const INSERT = `insert into audit_events (id, tenant_id, type, outcome, actor_type, actor_id, actor_name, target_type, target_id, ip, correlation_id, details)`;
@@ -108,7 +115,7 @@ const isStore = (db: Queryable): db is Store => typeof (db as Partial<Store>).tr
  * transaction) events are group-committed with the others of the same moment.
  */
 export async function audit(db: Queryable, e: AuditEvent): Promise<void> {
-  const details = assertNoSecrets(e.details ?? {});
+  const details = withoutSecrets(e.details ?? {});
   const params: AuditParams = [ulid(), e.tenantId, e.type, e.outcome ?? "success", e.actor.type, e.actor.id ?? null, e.actor.name ?? null,
     e.target?.type ?? null, e.target?.id ?? null, e.ip ?? null, e.correlationId ?? null, details];
   if (!isStore(db)) return void (await insertOne(db, params));

@@ -68,8 +68,14 @@ for (const flavor of FLAVORS) {
       expect(await count(type)).toBe(1);
     });
 
-    test("secrets are still refused before anything is written", async () => {
+    test("a field named like a secret is refused before anything is written; a value that looks like one is redacted", async () => {
       await expect(audit(counted, { tenantId: DEFAULT_TENANT_ID, type: "test.secret", actor: { type: "system" }, details: { password: "x" } })).rejects.toThrow();
+      expect(await count("test.secret")).toBe(0);
+      // Values carry what clients typed: refusing them would fail a request after its change was made.
+      const typed = `cak_${"ab".repeat(32)}`;
+      await audit(counted, { tenantId: DEFAULT_TENANT_ID, type: "test.typed", actor: { type: "system" }, details: { company: typed, names: [`x ${typed} y`], site: "HQ" } });
+      const [row] = await store.query<{ details: unknown }>("select details from audit_events where type = 'test.typed'");
+      expect(row!.details).toEqual({ company: "cak_[redacted]", names: ["x cak_[redacted] y"], site: "HQ" });
     });
   });
 }

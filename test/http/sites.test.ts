@@ -108,6 +108,15 @@ for (const flavor of FLAVORS) {
       expect(JSON.stringify(everything)).not.toContain(rotated.body.key.slice(4));
     });
 
+    test("a name that looks like a secret is stored, and redacted in the audit log (it was a 500 after the site was made)", async () => {
+      const company = `cak_${"5e".repeat(32)}`;
+      const r = await app.call("POST", "/api/sites", { token: app.adminToken, body: { site_code: "LOOKALIKE", display_name: "Lookalike", company } });
+      expect(r.status).toBe(201);
+      expect(r.body.company).toBe(company);
+      const events = (await app.call("GET", `/api/audit?type=site.created&target=${r.body.id}`, { token: app.adminToken })).body.events;
+      expect(events[0].details).toMatchObject({ site: "LOOKALIKE", company: "cak_[redacted]" });
+    });
+
     test("rotating an unknown site is 404 SITE_NOT_FOUND", async () => {
       const r = await app.call("POST", `/api/sites/${crypto.randomUUID()}/enrollment-key/rotate`, { token: app.adminToken });
       expect(r.status).toBe(404);
