@@ -3,6 +3,7 @@ import { Packr } from "msgpackr";
 import { CLOSE, PROTOCOL_VERSION } from "../../src/protocol/agent.ts";
 import { DATA_HEADER } from "../../src/protocol/frames.ts";
 import { VIEWER_CLOSE } from "../../src/protocol/relay.ts";
+import { SUPPORT_CLOSE } from "../../src/protocol/support.ts";
 import { agentIdentity, TestAgentSocket } from "../helpers/agent-client.ts";
 import { startTestApp, type TestApp } from "../helpers/app.ts";
 import { eventually, FLAVORS } from "../helpers/stores.ts";
@@ -10,9 +11,9 @@ import { TestViewer } from "../helpers/viewer-client.ts";
 import { enroll, enrollBody, siteWithKey, type SiteWithKey } from "../machines/fixtures.ts";
 
 /**
- * Bounded fuzzing of the three inputs a client controls: agent frames on /ws/agent (before the
- * hello, after the challenge, and bound), viewer frames on /ws/viewer, and HTTP request bodies
- * and queries. Frames and bodies are random bytes, random msgpack or JSON values, valid
+ * Bounded fuzzing of the inputs a client controls: agent frames on /ws/agent (before the
+ * hello, after the challenge, and bound), viewer frames on /ws/viewer, support-code hellos on
+ * /ws/support, and HTTP request bodies and queries. Frames and bodies are random bytes, random msgpack or JSON values, valid
  * messages with fields replaced, dropped or added, and truncated ones. Whatever comes in, the
  * server answers with a documented refusal (a close code, a 4xx with the error envelope),
  * never a server error; well-behaved clients connected beside the fuzzing are not disturbed;
@@ -130,6 +131,7 @@ const closedWithin = (closed: Promise<{ code: number }>, ms: number) =>
 
 const AGENT_CODES = new Set<number>([1000, 1009, CLOSE.BAD_MESSAGE, CLOSE.HANDSHAKE_TIMEOUT, CLOSE.UNKNOWN_KEY, CLOSE.WRONG_PLANE, CLOSE.KEY_REVOKED, CLOSE.BAD_SIGNATURE, CLOSE.MACHINE_PENDING, CLOSE.MACHINE_REMOVED, CLOSE.SUPERSEDED]);
 const VIEWER_CODES = new Set<number>([1009, VIEWER_CLOSE.BAD_MESSAGE, VIEWER_CLOSE.THROTTLED]);
+const SUPPORT_CODES = new Set<number>([CLOSE.BAD_MESSAGE, SUPPORT_CLOSE.BAD_CODE, SUPPORT_CLOSE.LOCKED_OUT]);
 
 for (const flavor of FLAVORS) {
   describe(`fuzzing the inputs (${flavor}, seed ${SEED})`, () => {
@@ -264,6 +266,26 @@ for (const flavor of FLAVORS) {
       expect(await closedWithin(agent.closed, 0)).toBeNull();
       expect((await app.call("GET", `/api/sessions/${id}`, { token: app.adminToken })).body.state).toBe("active");
       await viewer("control");
+      await ready();
+    }, 60_000);
+
+    test("support-code hellos on /ws/support: refused as malformed, a bad code or a lockout, nothing else", async () => {
+      const bases = [{ t: "hello", code: "12345678", agent_version: "fuzz", protocol: PROTOCOL_VERSION, hostname: "h", user: "u" }];
+      const codes: number[] = [];
+      for (let i = 0; i < 40; i++) {
+        const ws = new WebSocket(`${app.url.replace(/^http/, "ws")}/ws/support`);
+        ws.binaryType = "arraybuffer";
+        const closed = new Promise<{ code: number }>((resolve) => (ws.onclose = (e) => resolve({ code: e.code })));
+        await new Promise((resolve) => (ws.onopen = resolve));
+        const f = fuzz.frame(bases);
+        ws.send(typeof f === "string" ? f : new Uint8Array(f));
+        const code = await closedWithin(closed, 300);
+        if (code !== null) codes.push(code);
+        ws.close();
+      }
+      const unexpected = codes.filter((c) => !SUPPORT_CODES.has(c));
+      expect({ seed: SEED, unexpected }).toEqual({ seed: SEED, unexpected: [] });
+      expect(codes.length).toBeGreaterThan(30);
       await ready();
     }, 60_000);
 

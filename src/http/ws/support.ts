@@ -30,7 +30,8 @@ export const supportSocket = (deps: AppDeps) => {
       const stage = stages.get(ws.id);
       if (!stage) return;
       const frame = raw instanceof Uint8Array ? raw : null;
-      if (!frame || frame.byteLength > MAX_AGENT_FRAME) return ws.raw.close(CLOSE.TOO_BIG, "frame too large");
+      if (!frame) return ws.raw.close(CLOSE.BAD_MESSAGE, "binary frames only");
+      if (frame.byteLength > MAX_AGENT_FRAME) return ws.raw.close(CLOSE.TOO_BIG, "frame too large");
 
       if (stage.at === "hello") {
         const ip = deps.ips.resolve(ws.raw.remoteAddress, ws.data.request.headers.get("x-forwarded-for"));
