@@ -24,7 +24,18 @@ export function collectInventory(): Inventory {
     agent_version: AGENT_VERSION,
     elevated: typeof process.getuid === "function" ? process.getuid() === 0 : false,
   };
-  return inv;
+  return storableStrings(inv);
+}
+
+/**
+ * The server refuses text its database cannot store (NUL, unpaired surrogates): whatever a
+ * probe read (an os-release file, a user name), the report must not keep the machine offline.
+ */
+export function storableStrings<T>(value: T): T {
+  if (typeof value === "string") return value.replaceAll("\u0000", "").toWellFormed() as T;
+  if (Array.isArray(value)) return value.map(storableStrings) as T;
+  if (typeof value === "object" && value !== null) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, storableStrings(v)])) as T;
+  return value;
 }
 
 /** The inventory without what changes all the time (uptime, free space), to notice real changes. */

@@ -50,18 +50,24 @@ const SECRET_VALUE = /\b(tss|tpat|cak|cek)_[0-9a-f]{16,}/g;
 
 /**
  * The details as JSON, with nothing in them that looks like a secret. A field named like one
- * is a bug (it throws). A value that looks like one is redacted, not refused: values carry what
- * clients typed (a company named "cak_…"), and refusing them would fail a request after its
- * change was made.
+ * is a bug (it throws). A value (or a nested key) that looks like one is redacted, not refused:
+ * values carry what clients typed (a company named "cak_…"), and refusing them would fail a
+ * request after its change was made. Each string is checked as it is, not as JSON text, where
+ * an escape such as `\n` would hide the word boundary in front of a key.
  */
 function withoutSecrets(details: Record<string, unknown>): string {
   for (const k of Object.keys(details)) {
     if (SECRET_LOOKING.test(k) && !/(_id|_prefix|fingerprint|version|code_hint)$/.test(k)) throw new Error(`audit detail ${k} looks like a secret`);
   }
-  const text = JSON.stringify(details);
-  SECRET_VALUE.lastIndex = 0;
-  if (!SECRET_VALUE.test(text)) return text;
-  return JSON.stringify(details, (_k, v: unknown) => (typeof v === "string" ? v.replace(SECRET_VALUE, "$1_[redacted]") : v));
+  return JSON.stringify(redacted(details));
+}
+
+const redact = (s: string) => s.replace(SECRET_VALUE, "$1_[redacted]");
+function redacted(v: unknown): unknown {
+  if (typeof v === "string") return redact(v);
+  if (Array.isArray(v)) return v.map(redacted);
+  if (typeof v === "object" && v !== null) return Object.fromEntries(Object.entries(v).map(([k, x]) => [redact(k), redacted(x)]));
+  return v;
 }
 
 const INSERT = `insert into audit_events (id, tenant_id, type, outcome, actor_type, actor_id, actor_name, target_type, target_id, ip, correlation_id, details)`;

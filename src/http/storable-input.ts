@@ -9,9 +9,12 @@ import { HttpError } from "./errors.ts";
  * actors' events.
  */
 export const storableInput = () =>
-  new Elysia({ name: "storable-input" }).onTransform({ as: "global" }, (ctx) => {
+  new Elysia({ name: "storable-input" }).onTransform({ as: "global" }, ({ body, query, params }) => {
+    // Named, not looked up by key: Elysia reads which inputs a hook uses from its source, and
+    // parses only those.
+    const inputs = { body, query, params };
     for (const where of ["body", "query", "params"] as const) {
-      const at = unstorableAt(ctx[where]);
+      const at = unstorableAt(inputs[where]);
       if (at !== null) {
         throw new HttpError(400, "VALIDATION_FAILED", `${at ? `${where}.${at}` : where}: text must not contain NUL characters or unpaired surrogates`);
       }

@@ -153,40 +153,48 @@ export class Projections {
     const full: Projection[] = [];
     const presence: Projection[] = [];
     for (const p of batch) (this.written.get(p.machine_id)?.matches(p) ? presence : full).push(p);
-    const fence = this.fence;
-    if (fence) {
-      await (this.db as Store).transaction(async (tx) => {
-        await fence(tx);
-        await this.statements(tx, full, presence);
-      });
-    } else {
-      await this.statements(this.db, full, presence);
+    if (full.length > 0) {
+      await this.fenced((db) => this.writeFull(db, full));
+      for (const p of full) this.written.set(p.machine_id, new Written(p));
     }
-    for (const p of full) this.written.set(p.machine_id, new Written(p));
+    if (presence.length > 0) await this.fenced((db) => this.writePresence(db, presence));
   }
 
-  private async statements(db: Queryable, full: Projection[], presence: Projection[]): Promise<void> {
-    if (full.length > 0) {
-      await db.query(
-        `update machines m
-            set status = r.status,
-                last_seen_at = case when r.last_seen is null then m.last_seen_at else to_timestamp(r.last_seen / 1000.0) end,
-                inventory = coalesce(r.inventory, '{}'::jsonb), external_ip = r.external_ip, agent_version = r.agent_version, updated_at = now()
-           from jsonb_to_recordset($1::text::jsonb) as r(id uuid, status text, last_seen bigint, inventory jsonb, external_ip text, agent_version text)
-          where m.id = r.id`,
-        [JSON.stringify(full.map((p) => ({ id: p.machine_id, status: p.status, last_seen: p.last_seen, inventory: p.inventory ?? {}, external_ip: p.external_ip, agent_version: p.agent_version })))]);
-    }
-    // Without the details the UPDATE names none of search_doc's sources, so its trigger does not run.
-    if (presence.length > 0) {
-      await db.query(
-        `update machines m
-            set status = r.status,
-                last_seen_at = case when r.last_seen is null then m.last_seen_at else to_timestamp(r.last_seen / 1000.0) end,
-                updated_at = now()
-           from jsonb_to_recordset($1::text::jsonb) as r(id uuid, status text, last_seen bigint)
-          where m.id = r.id`,
-        [JSON.stringify(presence.map((p) => ({ id: p.machine_id, status: p.status, last_seen: p.last_seen })))]);
-    }
+  /**
+   * One statement, in a transaction of its own behind the lease when there is one. Each on its
+   * own, as without a lease: one transaction for both would hold the first one's row locks
+   * while the second runs, inviting deadlocks with other multi-row updates of machines.
+   */
+  private async fenced(write: (db: Queryable) => Promise<void>): Promise<void> {
+    const fence = this.fence;
+    if (!fence) return write(this.db);
+    await (this.db as Store).transaction(async (tx) => {
+      await fence(tx);
+      await write(tx);
+    });
+  }
+
+  private async writeFull(db: Queryable, full: Projection[]): Promise<void> {
+    await db.query(
+      `update machines m
+          set status = r.status,
+              last_seen_at = case when r.last_seen is null then m.last_seen_at else to_timestamp(r.last_seen / 1000.0) end,
+              inventory = coalesce(r.inventory, '{}'::jsonb), external_ip = r.external_ip, agent_version = r.agent_version, updated_at = now()
+         from jsonb_to_recordset($1::text::jsonb) as r(id uuid, status text, last_seen bigint, inventory jsonb, external_ip text, agent_version text)
+        where m.id = r.id`,
+      [JSON.stringify(full.map((p) => ({ id: p.machine_id, status: p.status, last_seen: p.last_seen, inventory: p.inventory ?? {}, external_ip: p.external_ip, agent_version: p.agent_version })))]);
+  }
+
+  // Without the details the UPDATE names none of search_doc's sources, so its trigger does not run.
+  private async writePresence(db: Queryable, presence: Projection[]): Promise<void> {
+    await db.query(
+      `update machines m
+          set status = r.status,
+              last_seen_at = case when r.last_seen is null then m.last_seen_at else to_timestamp(r.last_seen / 1000.0) end,
+              updated_at = now()
+         from jsonb_to_recordset($1::text::jsonb) as r(id uuid, status text, last_seen bigint)
+        where m.id = r.id`,
+      [JSON.stringify(presence.map((p) => ({ id: p.machine_id, status: p.status, last_seen: p.last_seen })))]);
   }
 
   /** The actor is the source of truth and projects again on its next change; as a failed effect was before, this is logged. */

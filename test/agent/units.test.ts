@@ -6,7 +6,8 @@ import { Inventory } from "../../src/protocol/agent.ts";
 import { Backoff, backoffDelay, jittered, parseRetryAfter } from "../../src/agent/backoff.ts";
 import { agentSocketUrl, ConfigError, parseConfig } from "../../src/agent/config.ts";
 import { deriveMachineUid, isPlaceholderId, loadOrCreateIdentity, signNonce } from "../../src/agent/identity.ts";
-import { collectInventory } from "../../src/agent/inventory.ts";
+import { collectInventory, storableStrings } from "../../src/agent/inventory.ts";
+import { unstorableAt } from "../../src/protocol/storable.ts";
 import { FILES, StateDir, StateError } from "../../src/agent/state.ts";
 import { nextDelay } from "../../src/agent/agent.ts";
 import { CLOSE } from "../../src/protocol/agent.ts";
@@ -161,6 +162,12 @@ describe("identity and state", () => {
 });
 
 describe("inventory", () => {
+  test("text the server would refuse is cleaned, not reported: a NUL dropped, an unpaired surrogate replaced", () => {
+    const cleaned = storableStrings({ os: { name: "Deb\u0000ian" }, users: ["\ud800x"], memory_bytes: 8, elevated: false });
+    expect(cleaned).toEqual({ os: { name: "Debian" }, users: ["\ufffdx"], memory_bytes: 8, elevated: false });
+    expect(unstorableAt(collectInventory())).toBeNull();
+  });
+
   test("validates against the protocol's Inventory schema and has the M4 fields", () => {
     const inv = collectInventory();
     const parsed = Inventory.safeParse(inv);

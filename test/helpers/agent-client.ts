@@ -83,4 +83,9 @@ export class TestAgentSocket {
   close(): void {
     this.ws.close(1000, "bye");
   }
+
+  /** A close frame with this code and reason (the reason is what the server sees as the agent's). */
+  closeWith(code: number, reason: string): void {
+    this.ws.close(code, reason);
+  }
 }

@@ -170,6 +170,18 @@ for (const flavor of FLAVORS) {
       expect((await get(bad.id)).inventory).toEqual({ hostname: "clean" });
     });
 
+    test("an agent's close reason with a NUL is not journaled as such: the machine goes offline as with any close (it stayed online)", async () => {
+      const m = await machine();
+      const agent = socket();
+      expect(await agent.handshake(m.id, m.key, m.privateKey)).toBe(true);
+      await eventually(async () => (await get(m.id)).status === "online", 3_000, "online");
+      agent.closeWith(4000, "bye\u0000now");
+      await eventually(async () => (await get(m.id)).status === "offline", 3_000, "offline");
+      const again = socket();
+      expect(await again.handshake(m.id, m.key, m.privateKey)).toBe(true);
+      await eventually(async () => (await get(m.id)).status === "online", 3_000, "online again");
+    });
+
     test("a revoked key, a removed machine: refused at connect, and disconnected within a second when live", async () => {
       const m = await machine();
       const live = socket();

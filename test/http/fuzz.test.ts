@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Packr } from "msgpackr";
+import pino from "pino";
 import { CLOSE, PROTOCOL_VERSION } from "../../src/protocol/agent.ts";
 import { DATA_HEADER } from "../../src/protocol/frames.ts";
 import { VIEWER_CLOSE } from "../../src/protocol/relay.ts";
@@ -14,10 +15,12 @@ import { enroll, enrollBody, siteWithKey, type SiteWithKey } from "../machines/f
  * Bounded fuzzing of the inputs a client controls: agent frames on /ws/agent (before the
  * hello, after the challenge, and bound), viewer frames on /ws/viewer, support-code hellos on
  * /ws/support, and HTTP request bodies and queries. Frames and bodies are random bytes, random msgpack or JSON values, valid
- * messages with fields replaced, dropped or added, and truncated ones. Whatever comes in, the
- * server answers with a documented refusal (a close code, a 4xx with the error envelope),
- * never a server error; well-behaved clients connected beside the fuzzing are not disturbed;
- * and afterwards it is ready, with no failed actor, and serves as before.
+ * messages with fields replaced, dropped or added, and truncated ones; bound agents also close
+ * with random reasons. Whatever comes in, the server answers with a documented refusal (a close
+ * code, a 4xx with the error envelope), never a server error; it logs no error (a write that
+ * failed in the background, a journal commit, shows only there); well-behaved clients connected
+ * beside the fuzzing are not disturbed; and afterwards it is ready, with no failed actor, and
+ * serves as before.
  *
  * Deterministic: FUZZ_SEED picks another sequence (the seed is in every failure message).
  */
@@ -138,6 +141,9 @@ for (const flavor of FLAVORS) {
     let app: TestApp;
     let site: SiteWithKey;
     const closers: Array<() => void> = [];
+    /** The server's error-level log lines. */
+    const errors: string[] = [];
+    const logger = pino({ level: "error" }, { write: (line: string) => void errors.push(line) });
     const fuzz = new Fuzz(SEED);
     const machine = async () => {
       const id = await agentIdentity();
@@ -150,13 +156,14 @@ for (const flavor of FLAVORS) {
       return s;
     };
     const send = (s: { sendRaw(b: Uint8Array): void }, f: Uint8Array | string, ws?: () => WebSocket) => (typeof f === "string" && ws ? ws().send(f) : s.sendRaw(typeof f === "string" ? new TextEncoder().encode(f) : f));
+    /** Ready, with no failed actor, and nothing logged as an error. */
     const ready = async () => {
       const r = await app.call("GET", "/readyz");
-      expect({ seed: SEED, status: r.status, failed: r.body?.failed_actors }).toEqual({ seed: SEED, status: 200, failed: [] });
+      expect({ seed: SEED, status: r.status, failed: r.body?.failed_actors, errors: errors.splice(0) }).toEqual({ seed: SEED, status: 200, failed: [], errors: [] });
     };
 
     beforeAll(async () => {
-      app = await startTestApp(flavor);
+      app = await startTestApp(flavor, { logger });
       site = await siteWithKey(app);
     }, 60_000);
     afterAll(async () => {
@@ -206,11 +213,21 @@ for (const flavor of FLAVORS) {
         }
         await observe(s);
       }
+      // Bound agents leaving with close reasons of their own (journaled with the disconnect).
+      for (let i = 0; i < 20; i++) {
+        const s = agentSocket();
+        expect(await s.handshake(target.id, target.key, target.privateKey)).toBe(true);
+        try {
+          s.closeWith(fuzz.pick([1000, 4000, 4999]), fuzz.string().slice(0, 30));
+        } catch {} // a reason over 123 bytes of UTF-8: the client refuses it
+        await s.closed;
+      }
       const unexpected = codes.filter((c) => !AGENT_CODES.has(c));
       expect({ seed: SEED, unexpected }).toEqual({ seed: SEED, unexpected: [] });
       expect(codes.length).toBeGreaterThan(20);
       // The bystander was not disturbed, the target still connects, and nothing is broken.
       expect(await closedWithin(calm.closed, 0)).toBeNull();
+      expect((await app.call("GET", `/api/machines/${bystander.id}`, { token: app.adminToken })).body).toMatchObject({ status: "online", inventory: { hostname: "calm" } });
       const again = agentSocket();
       expect(await again.handshake(target.id, target.key, target.privateKey, { inventory: { hostname: "after" } })).toBe(true);
       await eventually(async () => (await app.call("GET", `/api/machines/${target.id}`, { token: app.adminToken })).body?.inventory?.hostname === "after", 3_000, "the target's inventory");
