@@ -73,9 +73,9 @@ for (const flavor of FLAVORS) {
       expect(await count("test.secret")).toBe(0);
       // Values carry what clients typed: refusing them would fail a request after its change was made.
       const typed = `cak_${"ab".repeat(32)}`;
-      await audit(counted, { tenantId: DEFAULT_TENANT_ID, type: "test.typed", actor: { type: "system" }, details: { company: typed, names: [`x ${typed} y`], site: "HQ" } });
+      await audit(counted, { tenantId: DEFAULT_TENANT_ID, type: "test.typed", actor: { type: "system" }, details: { company: typed, names: [`x ${typed} y`, `x\n${typed}`], nested: { [typed]: 1 }, site: "HQ" } });
       const [row] = await store.query<{ details: unknown }>("select details from audit_events where type = 'test.typed'");
-      expect(row!.details).toEqual({ company: "cak_[redacted]", names: ["x cak_[redacted] y"], site: "HQ" });
+      expect(row!.details).toEqual({ company: "cak_[redacted]", names: ["x cak_[redacted] y", "x\ncak_[redacted]"], nested: { "cak_[redacted]": 1 }, site: "HQ" });
     });
   });
 }
