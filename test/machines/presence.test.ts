@@ -7,6 +7,7 @@ import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
 import { AgentConnections, type AgentSocket } from "../../src/http/ws/agent-connections.ts";
 import { silentLogger } from "../../src/log.ts";
 import { mintAgentKey } from "../../src/machines/agent-keys.ts";
+import { reportDisconnect } from "../../src/machines/disconnect.ts";
 import { machineEffects, type Projection, Projections } from "../../src/machines/presence.ts";
 import type { Queryable, Store } from "../../src/store/store.ts";
 import { eventually, FLAVORS, useSharedStore } from "../helpers/stores.ts";
@@ -163,6 +164,36 @@ for (const flavor of FLAVORS) {
         await eventually(async () => (await connect("c3", "2.0", "new").then(() => true, () => false)), 5_000, "the actor answers again");
         await projections.flush();
         expect(await row(id)).toMatchObject({ status: "online", agent_version: "2.0", inventory: { hostname: "new" } });
+      } finally {
+        await system.stop();
+      }
+    });
+
+    test("a disconnect whose commit failed is asked again: the machine does not stay online with nobody there", async () => {
+      const id = await machine();
+      let failDisconnect = false;
+      const flaky: Store = {
+        ...store,
+        query: async (sql, params) => {
+          if (failDisconnect && sql.includes("insert into actor_journal") && JSON.stringify(params).includes("agent.disconnected")) {
+            failDisconnect = false;
+            throw new Error("database away");
+          }
+          return store.query(sql, params) as never;
+        },
+      };
+      const projections = new Projections(store, silentLogger);
+      const system = new ActorSystem({ store: flaky, logger: silentLogger });
+      system.register(machineKind(machineEffects(store, new AgentConnections(store, 60_000), silentLogger, projections)));
+      await system.start();
+      try {
+        await system.ask(`machine/${id}`, { type: "agent.connected", conn: "c1", ip: "10.0.0.1", agent_version: "1.0", inventory: { hostname: "h" } });
+        failDisconnect = true;
+        await reportDisconnect(system, id, "c1", "1000", silentLogger, [20, 40, 80, 160]);
+        expect(failDisconnect).toBe(false); // the first try failed
+        expect((await system.inspect(`machine/${id}`)).value).toBe("offline");
+        await projections.flush();
+        expect((await row(id)).status).toBe("offline");
       } finally {
         await system.stop();
       }

@@ -2,6 +2,7 @@ import { Elysia } from "elysia";
 import { audit } from "../../audit/audit.ts";
 import { isSecret, sha256Hex } from "../../auth/secrets.ts";
 import { AgentMessage, CLOSE, decode, encode, Hello, MAX_AGENT_FRAME, Proof, type ServerMessage } from "../../protocol/agent.ts";
+import { reportDisconnect } from "../../machines/disconnect.ts";
 import { unstorableAt } from "../../protocol/storable.ts";
 import { isDataFrame } from "../../protocol/frames.ts";
 import type { AppDeps } from "../deps.ts";
@@ -161,10 +162,8 @@ export const agentSocket = (deps: AppDeps) => {
       deps.relay.removeAgent(stage.conn);
       const address = `machine/${stage.machineId}`;
       deps.system.unpin(address);
-      try {
-        // The reason is the agent's text: journaled only if the database can store it.
-        deps.system.send(address, { type: "agent.disconnected", conn: stage.conn, reason: reason && unstorableAt(reason) === null ? reason : String(code) });
-      } catch {}
+      // The reason is the agent's text: journaled only if the database can store it.
+      void reportDisconnect(deps.system, stage.machineId, stage.conn, reason && unstorableAt(reason) === null ? reason : String(code), deps.log);
       if (socket) {
         void audit(deps.store, { tenantId: socket.tenantId, type: "agent.disconnected", actor: { type: "agent", id: stage.machineId }, target: { type: "machine", id: stage.machineId }, details: { conn: stage.conn, close: code } }).catch(() => {});
       }
