@@ -1,6 +1,7 @@
 import { readFileSync, statfsSync } from "node:fs";
 import os from "node:os";
 import type { Inventory } from "../protocol/agent.ts";
+import { mapStrings } from "../protocol/storable.ts";
 import { AGENT_VERSION } from "./version.ts";
 
 /**
@@ -31,12 +32,7 @@ export function collectInventory(): Inventory {
  * The server refuses text its database cannot store (NUL, unpaired surrogates): whatever a
  * probe read (an os-release file, a user name), the report must not keep the machine offline.
  */
-export function storableStrings<T>(value: T): T {
-  if (typeof value === "string") return value.replaceAll("\u0000", "").toWellFormed() as T;
-  if (Array.isArray(value)) return value.map(storableStrings) as T;
-  if (typeof value === "object" && value !== null) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, storableStrings(v)])) as T;
-  return value;
-}
+export const storableStrings = <T>(value: T): T => mapStrings(value, (s) => s.replaceAll("\u0000", "").toWellFormed());
 
 /** The inventory without what changes all the time (uptime, free space), to notice real changes. */
 export function inventoryFingerprint(inv: Inventory): string {

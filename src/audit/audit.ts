@@ -3,6 +3,7 @@ import { monotonicFactory } from "ulid";
 // Monotonic: rows written within one millisecond still sort in the order they were written.
 const ulid = monotonicFactory();
 import { Batcher } from "../actors/serial.ts";
+import { mapStrings } from "../protocol/storable.ts";
 import type { Queryable, Store } from "../store/store.ts";
 
 /**
@@ -59,15 +60,7 @@ function withoutSecrets(details: Record<string, unknown>): string {
   for (const k of Object.keys(details)) {
     if (SECRET_LOOKING.test(k) && !/(_id|_prefix|fingerprint|version|code_hint)$/.test(k)) throw new Error(`audit detail ${k} looks like a secret`);
   }
-  return JSON.stringify(redacted(details));
-}
-
-const redact = (s: string) => s.replace(SECRET_VALUE, "$1_[redacted]");
-function redacted(v: unknown): unknown {
-  if (typeof v === "string") return redact(v);
-  if (Array.isArray(v)) return v.map(redacted);
-  if (typeof v === "object" && v !== null) return Object.fromEntries(Object.entries(v).map(([k, x]) => [redact(k), redacted(x)]));
-  return v;
+  return JSON.stringify(mapStrings(details, (s) => s.replace(SECRET_VALUE, "$1_[redacted]")));
 }
 
 const INSERT = `insert into audit_events (id, tenant_id, type, outcome, actor_type, actor_id, actor_name, target_type, target_id, ip, correlation_id, details)`;

@@ -29,3 +29,11 @@ export function unstorableAt(value: unknown): string | null {
   }
   return null;
 }
+
+/** A copy of JSON-like `value` with every string, object keys included, passed through `f`. */
+export function mapStrings<T>(value: T, f: (s: string) => string): T {
+  if (typeof value === "string") return f(value) as T;
+  if (Array.isArray(value)) return value.map((v) => mapStrings(v, f)) as T;
+  if (typeof value === "object" && value !== null) return Object.fromEntries(Object.entries(value).map(([k, v]) => [f(k), mapStrings(v, f)])) as T;
+  return value;
+}

@@ -26,6 +26,17 @@ for (const flavor of FLAVORS) {
     };
     const row = async (id: string) => (await store.query<{ status: string; inventory: unknown; agent_version: string | null; last_seen_at: Date | string | null }>(
       "select status, inventory, agent_version, last_seen_at from machines where id = $1", [id]))[0]!;
+    /**
+     * Machine actors whose journal commits through `journal` (a store that fails when a test
+     * says so), their projections written to the real store; started, with their projections.
+     */
+    const machineSystem = async (journal: Store) => {
+      const projections = new Projections(store, silentLogger);
+      const system = new ActorSystem({ store: journal, logger: silentLogger });
+      system.register(machineKind(machineEffects(store, new AgentConnections(store, 60_000), silentLogger, projections)));
+      await system.start();
+      return { system, projections };
+    };
     const p = (machine_id: string, status: "online" | "offline", n: number): Projection =>
       ({ machine_id, status, last_seen: 1_700_000_000_000 + n, inventory: { hostname: `h${n}` }, external_ip: "10.0.0.1", agent_version: `v${n}` });
 
@@ -149,10 +160,7 @@ for (const flavor of FLAVORS) {
           return rows as never;
         },
       };
-      const projections = new Projections(store, silentLogger);
-      const system = new ActorSystem({ store: flaky, logger: silentLogger });
-      system.register(machineKind(machineEffects(store, new AgentConnections(store, 60_000), silentLogger, projections)));
-      await system.start();
+      const { system, projections } = await machineSystem(flaky);
       try {
         const connect = (conn: string, agent_version: string, hostname: string) =>
           system.ask(`machine/${id}`, { type: "agent.connected", conn, ip: "10.0.0.1", agent_version, inventory: { hostname } });
@@ -182,10 +190,7 @@ for (const flavor of FLAVORS) {
           return store.query(sql, params) as never;
         },
       };
-      const projections = new Projections(store, silentLogger);
-      const system = new ActorSystem({ store: flaky, logger: silentLogger });
-      system.register(machineKind(machineEffects(store, new AgentConnections(store, 60_000), silentLogger, projections)));
-      await system.start();
+      const { system, projections } = await machineSystem(flaky);
       try {
         await system.ask(`machine/${id}`, { type: "agent.connected", conn: "c1", ip: "10.0.0.1", agent_version: "1.0", inventory: { hostname: "h" } });
         failDisconnect = true;
