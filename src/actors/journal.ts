@@ -1,4 +1,6 @@
 import type { Queryable, Store } from "../store/store.ts";
+import { actorsOf, type Candidate, isDataError, isolate, type Outcome } from "./isolate.ts";
+import { batchStatement } from "./journal-statement.ts";
 
 /**
  * One durable change. A group commit writes a batch of these in one transaction. Event and
@@ -27,10 +29,13 @@ export interface JournalOptions {
   /** Called with each committed batch's size and latency (metrics). */
   onCommit?: (stats: CommitStats) => void;
   /**
-   * Called synchronously when a commit fails, with every write that is now lost (the failed
-   * batch and all queued behind it), before any of their promises reject.
+   * Called synchronously when writes are lost, before any of their promises reject: once per
+   * error, with every write it lost (a failed batch and all queued behind it; or, when the
+   * database refused some appends for their data, those appends and their actors' later ones).
    */
   onFailure?: (writes: Write[], err: Error) => void;
+  /** Called if an append's `done` callback throws (the journal carries on). */
+  onCallbackError?: (err: unknown) => void;
   /**
    * Test hook: when set, each batch's statement runs inside an explicit transaction and this
    * runs after it, before COMMIT (a test can hold or kill the process mid-commit).
@@ -43,27 +48,48 @@ export interface JournalOptions {
   fence?: (tx: Queryable) => Promise<void>;
 }
 
-interface Batch {
-  writes: Write[];
-  events: number;
-  callbacks: Durable[];
+/** One append: its writes (a slice of its batch's) commit together or not at all. */
+interface Group {
+  start: number;
+  end: number;
+  done: Durable | undefined;
   promise: Promise<void>;
   resolve: () => void;
   reject: (err: Error) => void;
+}
+
+interface Batch {
+  writes: Write[];
+  events: number;
+  groups: Group[];
+}
+
+/** An append that failed with the batch isolated before it, and why. */
+interface Lost {
+  group: Group;
+  writes: Write[];
+  err: Error;
 }
 
 /**
  * Group commit. Every `append` joins the open batch; one transaction at a time flushes a batch
  * while the next fills, so throughput grows with concurrency instead of paying a round trip per
  * event. Batches commit in append order, so each actor's promises settle in its sequence order.
- * If a commit fails, every batch still queued fails too: an actor never gets a later sequence
- * number durable after an earlier one was lost.
+ *
+ * If the database refuses a batch for its data (a constraint, a value it cannot store), the
+ * batch is committed again in halves down to the appends it refuses (isolate.ts), so one
+ * actor's bad event fails that actor alone, with its appends still queued. Any other failure
+ * (the database gone, the lease lost) fails the batch and every batch still queued: an actor
+ * never gets a later sequence number durable after an earlier one was lost.
  */
 export class Journal {
   private readonly queue: Batch[] = [];
   private inFlight: Batch | null = null;
   private flushing = false;
   private closed = false;
+  /** Settles when the flush loop runs out of batches. */
+  private idle: Promise<void> | null = null;
+  private wakeIdle: () => void = () => {};
   private readonly maxBatch: number;
 
   constructor(
@@ -75,8 +101,9 @@ export class Journal {
 
   /**
    * Resolves once `writes` are committed; they are committed together, in one transaction.
-   * `done`, if given, is called at that moment too, before the promise's reactions: callbacks
-   * of one batch run in append order, and batches complete in order.
+   * `done`, if given, is called at that moment too, before the promise's reactions. Callbacks
+   * run in append order within a batch, and batches complete in order; when writes are lost,
+   * each actor's callbacks still run in its append order.
    */
   append(writes: Write | Write[], done?: Durable): Promise<void> {
     if (this.closed) return Promise.reject(new Error("journal is closed"));
@@ -84,14 +111,19 @@ export class Journal {
     let batch = this.queue[this.queue.length - 1];
     // A batch in flight is closed; a full one is left to commit alone.
     if (!batch || batch === this.inFlight || batch.writes.length + count > this.maxBatch) {
-      batch = newBatch();
+      batch = { writes: [], events: 0, groups: [] };
       this.queue.push(batch);
     }
-    if (Array.isArray(writes)) for (const w of writes) this.add(batch, w);
-    else this.add(batch, writes);
-    if (done) batch.callbacks.push(done);
+    const start = batch.writes.length;
+    if (Array.isArray(writes)) for (const w of writes) add(batch, w);
+    else add(batch, writes);
+    // A promise per append, not per batch: when the database refuses one append, the others
+    // of its batch still succeed.
+    const { promise, resolve, reject } = Promise.withResolvers<void>();
+    batch.groups.push({ start, end: batch.writes.length, done, promise, resolve, reject });
     if (!this.flushing) {
       this.flushing = true;
+      this.idle = new Promise((wake) => (this.wakeIdle = wake));
       // Let the rest of this tick's appends join before the first flush. PGlite runs one
       // statement at a time (on its worker thread), so the first batch waits for the end of
       // the event loop's turn instead: the other sockets' messages of the same turn join it,
@@ -100,22 +132,17 @@ export class Journal {
       if (this.store.flavor === "pglite") setImmediate(() => void this.flush());
       else queueMicrotask(() => void this.flush());
     }
-    return batch.promise;
+    return promise;
   }
 
-  private add(batch: Batch, w: Write): void {
-    batch.writes.push(w);
-    if (w.op === "event") batch.events++;
-  }
-
-  /** Resolves when everything appended so far is committed (or has failed). */
+  /** Resolves once nothing is queued or committing: everything appended so far, and meanwhile, is settled. */
   async drain(): Promise<void> {
-    const last = this.queue[this.queue.length - 1];
-    if (last) await last.promise.catch(() => {});
+    while (this.idle) await this.idle;
   }
 
+  /** Waits for what is pending, then refuses appends (in the same step, so none slips in between). */
   async close(): Promise<void> {
-    await this.drain();
+    while (this.idle) await this.idle;
     this.closed = true;
   }
 
@@ -129,124 +156,155 @@ export class Journal {
       this.inFlight = batch;
       const started = performance.now();
       try {
-        const { sql, params } = batchStatement(batch.writes);
-        const { beforeCommit: hook, fence } = this.options;
-        if (!hook && !fence) await this.store.query(sql, params);
-        else {
-          // Fenced (a lease), or a test holding the transaction open before COMMIT.
-          await this.store.transaction(async (tx) => {
-            await fence?.(tx);
-            await tx.query(sql, params);
-            await hook?.(tx);
-          });
-        }
+        await this.commit(batch.writes);
       } catch (err) {
-        const failed = this.queue.splice(0);
-        this.options.onFailure?.(failed.flatMap((b) => b.writes), err as Error);
-        for (const b of failed) {
-          for (const cb of b.callbacks) cb(err as Error);
-          b.reject(err as Error);
-        }
-        break;
+        if (isDataError(err)) await this.isolate(batch, err as Error);
+        else this.failAll(err as Error);
+        continue; // a callback may have appended again
       }
       this.queue.shift();
-      this.options.onCommit?.({ writes: batch.writes.length, events: batch.events, ms: performance.now() - started });
-      for (const cb of batch.callbacks) cb();
-      batch.resolve();
+      if (batch.writes.length > 0) this.options.onCommit?.({ writes: batch.writes.length, events: batch.events, ms: performance.now() - started });
+      for (const g of batch.groups) this.settle(g);
     }
     this.inFlight = null;
     this.flushing = false;
+    this.idle = null;
+    this.wakeIdle();
   }
-}
 
-function newBatch(): Batch {
-  let resolve!: () => void;
-  let reject!: (err: Error) => void;
-  const promise = new Promise<void>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  promise.catch(() => {}); // a batch nobody awaits must not become an unhandled rejection
-  return { writes: [], events: 0, callbacks: [], promise, resolve, reject };
-}
-
-// A whole batch is ONE statement: each table's rows arrive as one JSON parameter, and when
-// a batch touches several tables their writes are data-modifying CTEs of that one statement.
-// A statement is atomic on its own, so a group commit costs one round trip (no BEGIN and
-// COMMIT). Only the parts a batch needs are included: the usual batch is a plain INSERT, which
-// matters on PGlite, where every statement is parsed and planned afresh. The same SQL runs on
-// PGlite and postgres.js; `::text::jsonb` keeps the drivers from re-encoding the parameters.
-const PARTS: Array<(param: string) => string> = [
-  (p) => `insert into actor_journal (kind, actor_id, seq, version, at, event)
-    select kind, actor_id, seq, version, at, event
-      from jsonb_to_recordset(${p}::text::jsonb) as x(kind text, actor_id text, seq bigint, version int, at bigint, event jsonb)`,
-  (p) => `insert into actor_snapshots (kind, actor_id, seq, version, at, state)
-    select kind, actor_id, seq, version, at, state
-      from jsonb_to_recordset(${p}::text::jsonb) as x(kind text, actor_id text, seq bigint, version int, at bigint, state jsonb)
-    on conflict (kind, actor_id, seq) do nothing`,
-  // A fired timer clears only the deadline it fired for, not one set again since.
-  (p) => `delete from actor_timers t
-     using jsonb_to_recordset(${p}::text::jsonb) as x(kind text, actor_id text, key text, due_at bigint)
-     where t.kind = x.kind and t.actor_id = x.actor_id and t.key = x.key and (x.due_at is null or t.due_at = x.due_at)`,
-  (p) => `insert into actor_timers (kind, actor_id, key, due_at, event)
-    select kind, actor_id, key, due_at, event
-      from jsonb_to_recordset(${p}::text::jsonb) as x(kind text, actor_id text, key text, due_at bigint, event jsonb)
-    on conflict (kind, actor_id, key) do update set due_at = excluded.due_at, event = excluded.event`,
-  (p) => `insert into actors (kind, actor_id, status, failure, updated_at)
-    select kind, actor_id, status, failure, at
-      from jsonb_to_recordset(${p}::text::jsonb) as x(kind text, actor_id text, status text, failure text, at bigint)
-    on conflict (kind, actor_id) do update set status = excluded.status, failure = excluded.failure, updated_at = excluded.updated_at`,
-];
-
-// The statement for each combination of parts (a bit mask over PARTS), built once.
-const statements = new Map<number, string>();
-function statementFor(mask: number): string {
-  let sql = statements.get(mask);
-  if (sql) return sql;
-  const used = PARTS.filter((_, i) => mask & (1 << i));
-  sql = used.length === 1
-    ? used[0]!("$1")
-    : `with ${used.map((part, i) => `w${i} as (${part(`$${i + 1}`)} returning 1)`).join(",\n")} select 1`;
-  statements.set(mask, sql);
-  return sql;
-}
-
-/** The batch as one statement and its parameters. Timers and statuses: last write per key wins. */
-function batchStatement(writes: Write[]): { sql: string; params: string[] } {
-  const events: Write[] = [];
-  const snapshots: Write[] = [];
-  const timers = new Map<string, Write & { op: "timer.set" | "timer.clear" }>();
-  const statuses = new Map<string, Write & { op: "status" }>();
-  for (const w of writes) {
-    switch (w.op) {
-      case "event":
-        events.push(w);
-        break;
-      case "snapshot":
-        snapshots.push(w);
-        break;
-      case "timer.set":
-      case "timer.clear":
-        timers.set(`${w.kind}/${w.actor_id}\u0000${w.key}`, w);
-        break;
-      case "status":
-        statuses.set(`${w.kind}/${w.actor_id}`, w);
-        break;
+  /** One statement for `writes`, fenced by the lease (or held open by a test) if asked to. */
+  private async commit(writes: Write[]): Promise<void> {
+    if (writes.length === 0) return; // a batch emptied by isolation, or an append of nothing
+    const { sql, params } = batchStatement(writes);
+    const { beforeCommit: hook, fence } = this.options;
+    if (!hook && !fence) await this.store.query(sql, params);
+    else {
+      await this.store.transaction(async (tx) => {
+        await fence?.(tx);
+        await tx.query(sql, params);
+        await hook?.(tx);
+      });
     }
   }
-  const sets: object[] = [];
-  const clears: object[] = [];
-  for (const t of timers.values()) {
-    if (t.op === "timer.set") sets.push({ kind: t.kind, actor_id: t.actor_id, key: t.key, due_at: t.dueAt, event: t.event });
-    else clears.push({ kind: t.kind, actor_id: t.actor_id, key: t.key, due_at: t.dueAt ?? null });
+
+  /**
+   * The database refused the batch at the head of the queue for its data: finds the appends it
+   * refuses, fails them and their actors' appends still queued, and commits the rest.
+   */
+  private async isolate(batch: Batch, refusal: Error): Promise<void> {
+    const candidates: Candidate[] = batch.groups.map((g) => {
+      const writes = batch.writes.slice(g.start, g.end);
+      return { writes, actors: actorsOf(writes) };
+    });
+    const outcomes: Outcome[] = [];
+    const commit = async (writes: Write[]) => {
+      const started = performance.now();
+      await this.commit(writes);
+      this.options.onCommit?.({ writes: writes.length, events: writes.filter((w) => w.op === "event").length, ms: performance.now() - started });
+    };
+    let fatal: Error | null = null;
+    try {
+      await isolate(candidates, refusal, commit, outcomes);
+    } catch (err) {
+      fatal = err as Error; // the database went away meanwhile, or it refuses nearly everything
+    }
+    this.queue.shift();
+    const lost: Lost[] = [];
+    const failedActors = new Map<string, Error>();
+    batch.groups.forEach((g, i) => {
+      const err = outcomes[i];
+      if (!err) return;
+      lost.push({ group: g, writes: candidates[i]!.writes, err });
+      for (const a of candidates[i]!.actors) if (!failedActors.has(a)) failedActors.set(a, err);
+    });
+    const refusedHere = lost.length;
+    // Undecided appends of this batch are lost with everything queued (failAll, below); otherwise
+    // only the failed actors' queued appends are, taken out now, before `onFailure` restarts
+    // those actors, so no append of their next life is among them.
+    const undecided = batch.groups.filter((_, i) => outcomes[i] === undefined);
+    if (!fatal) for (const queued of this.queue) lost.push(...this.takeOut(queued, failedActors));
+    this.reportLost(lost);
+    batch.groups.forEach((g, i) => {
+      const outcome = outcomes[i];
+      if (outcome !== undefined) this.settle(g, outcome ?? undefined);
+    });
+    for (const l of lost.slice(refusedHere)) this.settle(l.group, l.err);
+    if (fatal) {
+      const rest: Batch = { writes: [], events: 0, groups: [] };
+      for (const g of undecided) {
+        const start = rest.writes.length;
+        for (let i = g.start; i < g.end; i++) add(rest, batch.writes[i]!);
+        Object.assign(g, { start, end: rest.writes.length });
+        rest.groups.push(g);
+      }
+      this.queue.unshift(rest);
+      this.failAll(fatal);
+    }
   }
-  const rows = [...statuses.values()].map((s) => ({ kind: s.kind, actor_id: s.actor_id, status: s.status, failure: s.failure ?? null, at: s.at }));
-  let mask = 0;
-  const params: string[] = [];
-  [events, snapshots, clears, sets, rows].forEach((part, i) => {
-    if (part.length === 0) return;
-    mask |= 1 << i;
-    params.push(JSON.stringify(part));
-  });
-  return { sql: statementFor(mask), params };
+
+  /**
+   * Removes from a queued batch the appends of `actors` (they restart from what is durable, so
+   * these are lost too), but those that only set a status, which carry no sequence number.
+   */
+  private takeOut(batch: Batch, actors: Map<string, Error>): Lost[] {
+    if (actors.size === 0) return [];
+    const lost: Lost[] = [];
+    const kept: Group[] = [];
+    const writes: Write[] = [];
+    let events = 0;
+    for (const g of batch.groups) {
+      const mine = batch.writes.slice(g.start, g.end);
+      const err = mine.some((w) => w.op !== "status") ? actorsOf(mine).map((a) => actors.get(a)).find(Boolean) : undefined;
+      if (err) {
+        lost.push({ group: g, writes: mine, err });
+        continue;
+      }
+      g.start = writes.length;
+      for (const w of mine) {
+        writes.push(w);
+        if (w.op === "event") events++;
+      }
+      g.end = writes.length;
+      kept.push(g);
+    }
+    batch.groups = kept;
+    batch.writes = writes;
+    batch.events = events;
+    return lost;
+  }
+
+  /** `onFailure` once per error, with every write it lost. */
+  private reportLost(lost: Lost[]): void {
+    const byError = new Map<Error, Write[]>();
+    for (const l of lost) {
+      const writes = byError.get(l.err);
+      if (writes) writes.push(...l.writes);
+      else byError.set(l.err, [...l.writes]);
+    }
+    for (const [err, writes] of byError) this.options.onFailure?.(writes, err);
+  }
+
+  /** Every queued append is lost: `onFailure` sees all their writes, then they fail in order. */
+  private failAll(err: Error): void {
+    const lost = this.queue.splice(0);
+    this.options.onFailure?.(lost.flatMap((b) => b.writes), err);
+    for (const b of lost) for (const g of b.groups) this.settle(g, err);
+  }
+
+  /** Runs an append's callback and settles its promise; a throwing callback cannot stall the journal. */
+  private settle(g: Group, err?: Error): void {
+    try {
+      g.done?.(err);
+    } catch (thrown) {
+      this.options.onCallbackError?.(thrown);
+    }
+    if (!err) return g.resolve();
+    g.promise.catch(() => {}); // an append nobody awaits must not become an unhandled rejection
+    g.reject(err);
+  }
+}
+
+function add(batch: Batch, w: Write): void {
+  batch.writes.push(w);
+  if (w.op === "event") batch.events++;
 }

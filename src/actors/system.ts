@@ -88,6 +88,7 @@ export class ActorSystem {
         options.onCommit?.(stats);
       },
       onFailure: (writes, err) => this.onCommitFailure(writes, err),
+      onCallbackError: (err) => this.log.error({ err: (err as Error)?.message }, "a commit's callback threw"),
     });
     this.timers = new TimerService((t) => this.fireTimer(t), this.clock);
   }

@@ -135,6 +135,27 @@ for (const flavor of FLAVORS) {
       expect((await system.ask<number>("counter/bystander", { type: "add", n: 1 })).reply).toBe(2);
     });
 
+    test("an event the database cannot store fails its own actor; the others committed with it answer", async () => {
+      const { system, store } = await ctx.boot([counterKind({ backoffBaseMs: 5 })]);
+      for (const id of ["nul", "before", "after"]) await system.ask(`counter/${id}`, { type: "add", n: id === "nul" ? 1 : 0 });
+      // All three resident, so these events step in the same tick and share one group commit;
+      // jsonb cannot hold a NUL, and the batch is isolated.
+      const asks = [
+        system.ask<number>("counter/before", { type: "add", n: 1 }),
+        system.ask("counter/nul", { type: "add", n: 10, note: "nul\u0000" }),
+        system.ask("counter/nul", { type: "add", n: 100 }),
+        system.ask<number>("counter/after", { type: "add", n: 2 }),
+      ];
+      const [before, bad, behind, after] = await Promise.allSettled(asks);
+      expect(before).toMatchObject({ status: "fulfilled", value: { reply: 1 } });
+      expect(after).toMatchObject({ status: "fulfilled", value: { reply: 2 } });
+      expect((bad as PromiseRejectedResult).reason).toBeInstanceOf(NotDurableError);
+      expect((behind as PromiseRejectedResult).reason).toBeInstanceOf(NotDurableError);
+      // The refused actor goes on from its durable state, with no gap in its journal.
+      expect(await system.ask<number>("counter/nul", { type: "add", n: 1000 })).toMatchObject({ reply: 1001, seq: 2 });
+      expect((await journalOf(store, "counter", "nul")).map((r) => r.event.n)).toEqual([1, 1000]);
+    });
+
     test("after a failed commit and restart, inspect answers with the durable state (not the old commit error)", async () => {
       const { system, store } = await ctx.boot([counterKind({ backoffBaseMs: 5 })]);
       await system.ask("counter/fi", { type: "add", n: 1 });

@@ -101,16 +101,129 @@ for (const flavor of FLAVORS) {
       expect(await seqs("f")).toEqual([1, 2]);
     });
 
-    test("the journal is append-only: a second entry at the same seq fails its whole batch", async () => {
-      const { store, journal, seqs } = await setup();
+    test("the journal is append-only: a second entry at the same seq fails that append alone", async () => {
+      const { journal, store, seqs } = await setup();
       await journal.append([ev("d", 1)]);
       const dup = journal.append([ev("d", 1, { again: true })]);
-      const other = journal.append([ev("e", 1)]); // same batch: rolled back with it
-      await rejectionOf(dup);
-      await rejectionOf(other);
-      expect(await seqs("e")).toEqual([]);
+      const other = journal.append([ev("e", 1)]); // same batch: isolated from the duplicate
+      expect((await rejectionOf(dup)) as Error & { code?: string }).toMatchObject({ code: "23505" });
+      await other;
+      expect(await seqs("e")).toEqual([1]);
       const [row] = await rows<{ event: { again?: boolean } }>(store, "select event from actor_journal where actor_id = 'd'");
       expect(row!.event.again).toBeUndefined();
+    });
+
+    test("an event the database cannot store fails its actor's appends alone, queued ones included; the rest commit", async () => {
+      const failures: Array<{ seqs: number[]; code?: string }> = [];
+      const { store, journal, seqs } = await setup({
+        onFailure: (writes, err) => void failures.push({ seqs: writes.map((w) => (w as { seq: number }).seq), code: (err as { code?: string }).code }),
+      });
+      const order: string[] = [];
+      const append = (w: Write) => {
+        const name = `${w.actor_id}${(w as { seq: number }).seq}`;
+        return journal.append(w, (err) => order.push(`${name} ${err ? "lost" : "ok"}`));
+      };
+      store.hold();
+      // PostgreSQL's jsonb cannot hold a NUL: the batch fails, then is committed in halves.
+      const batch = [append(ev("a", 1)), append(ev("b", 1, { text: "nul\u0000" })), append(ev("b", 2)), append(ev("c", 1))];
+      await eventually(() => store.waiting === 1, 2_000, "a half of the refused batch to be in flight");
+      const queued = [append(ev("b", 3)), append(ev("c", 2))]; // the next batch: b3 must not land after b1 was lost
+      store.release();
+      const settled = await Promise.allSettled([...batch, ...queued]);
+      expect(settled.map((r) => r.status)).toEqual(["fulfilled", "rejected", "rejected", "fulfilled", "rejected", "fulfilled"]);
+      expect(order).toEqual(["a1 ok", "b1 lost", "b2 lost", "c1 ok", "b3 lost", "c2 ok"]);
+      expect(failures.flatMap((f) => f.seqs)).toEqual([1, 2, 3]);
+      expect(failures.every((f) => f.code === "22P05")).toBe(true);
+      expect([await seqs("a"), await seqs("b"), await seqs("c")]).toEqual([[1], [], [1, 2]]);
+      // The failed actor starts again from what is durable.
+      await journal.append(ev("b", 1));
+      expect(await seqs("b")).toEqual([1]);
+    });
+
+    test("isolating one bad append among many costs a few statements, not one per append", async () => {
+      let statements = 0;
+      const commits: CommitStats[] = [];
+      // The fence runs first in every statement's transaction, refused or not: it counts them.
+      const { journal, seqs } = await setup({ fence: async () => void statements++, onCommit: (s) => void commits.push(s) });
+      const n = 128;
+      const appends = Array.from({ length: n }, (_, i) => journal.append(ev(`n${i}`, 1, i === 77 ? { text: "\u0000" } : {})));
+      const settled = await Promise.allSettled(appends);
+      expect(settled.filter((r) => r.status === "rejected").length).toBe(1);
+      expect(settled[77]!.status).toBe("rejected");
+      expect(commits.reduce((sum, c) => sum + c.events, 0)).toBe(n - 1);
+      expect(statements).toBeLessThanOrEqual(2 * Math.log2(n) + 1);
+      expect(await seqs("n76")).toEqual([1]);
+    });
+
+    test("a refused append alone in its batch fails its actor's queued appends, not the others'", async () => {
+      const failures: Array<{ writes: string[]; code?: string }> = [];
+      let attempt = 0;
+      let queued: Promise<void>[] = [];
+      const name = (w: Write) => `${w.actor_id}${(w as { seq: number }).seq}`;
+      const { journal, seqs } = await setup({
+        onFailure: (writes, err) => void failures.push({ writes: writes.map(name), code: (err as { code?: string }).code }),
+        // The first commit is refused for its data, with more appends queued behind it meanwhile.
+        beforeCommit: async () => {
+          if (++attempt > 1) return;
+          queued = [journal.append(ev("b", 2)), journal.append(ev("c", 1)), journal.append(ev("b", 3))];
+          throw Object.assign(new Error("value too long"), { code: "22001" });
+        },
+      });
+      const first = await Promise.allSettled([journal.append(ev("b", 1))]);
+      const settled = [...first, ...(await Promise.allSettled(queued))];
+      expect(settled.map((r) => r.status)).toEqual(["rejected", "rejected", "fulfilled", "rejected"]);
+      expect(failures).toEqual([{ writes: ["b1", "b2", "b3"], code: "22001" }]);
+      expect([await seqs("b"), await seqs("c")]).toEqual([[], [1]]);
+    });
+
+    test("a queued batch emptied by isolation is skipped, and the journal goes on", async () => {
+      const failures: number[] = [];
+      let attempt = 0;
+      let queued: Promise<void> | undefined;
+      const { journal, seqs } = await setup({
+        onFailure: (writes) => void failures.push(writes.length),
+        beforeCommit: async () => {
+          if (++attempt > 1) return;
+          queued = journal.append(ev("b", 2)); // everything queued is the refused actor's
+          throw Object.assign(new Error("value too long"), { code: "22001" });
+        },
+      });
+      expect((await rejectionOf(journal.append(ev("b", 1)))).message).toBe("value too long");
+      expect((await rejectionOf(queued!)).message).toBe("value too long");
+      await journal.append(ev("c", 1));
+      expect(failures).toEqual([2]);
+      expect(await seqs("c")).toEqual([1]);
+    });
+
+    test("a database that refuses everything fails the batch after a bounded number of statements", async () => {
+      let statements = 0;
+      const { journal, seqs } = await setup({
+        beforeCommit: async () => {
+          statements++;
+          throw Object.assign(new Error("check constraint"), { code: "23514" });
+        },
+      });
+      const n = 128;
+      const settled = await Promise.allSettled(Array.from({ length: n }, (_, i) => journal.append(ev(`all${i}`, 1))));
+      expect(settled.every((r) => r.status === "rejected")).toBe(true);
+      expect(statements).toBeLessThanOrEqual(4 * Math.ceil(Math.log2(n + 1)) + 17); // not 2n
+      expect(await seqs("all0")).toEqual([]);
+      const before = statements;
+      await rejectionOf(journal.append(ev("all0", 1)));
+      expect(statements).toBe(before + 1); // a batch of one is refused at once
+    });
+
+    test("a done callback that throws is reported, and the journal goes on", async () => {
+      const thrown: unknown[] = [];
+      const { journal, seqs } = await setup({ onCallbackError: (err) => void thrown.push(err) });
+      const a = journal.append(ev("cbx", 1), () => {
+        throw new Error("bug in a callback");
+      });
+      const b = journal.append(ev("cbx", 2));
+      await Promise.all([a, b]);
+      await journal.append(ev("cbx", 3));
+      expect((thrown[0] as Error).message).toBe("bug in a callback");
+      expect(await seqs("cbx")).toEqual([1, 2, 3]);
     });
 
     test("beforeCommit runs inside the transaction, after the writes; if it throws, nothing is committed", async () => {
