@@ -1,4 +1,5 @@
 import type { AnyMachineSnapshot } from "xstate";
+import type { Appended } from "./journal.ts";
 import type { Kind } from "./kind.ts";
 import type { ActorEvent, ActorStatus, Address, AskResult, Effect } from "./types.ts";
 
@@ -25,7 +26,7 @@ export class Cell {
   /** Accepted events not yet durable. Counted against the mailbox limit. */
   inflight = 0;
   /** Settles when every event accepted so far is durable (or failed to be). */
-  durable: Promise<void> = Promise.resolve();
+  durable: Appended = Promise.resolve();
   /** Entry effects of a brand-new actor's initial state, run with its first event. */
   initialEffects: Effect[] | null = null;
   pins = 0;

@@ -48,15 +48,46 @@ export interface JournalOptions {
   fence?: (tx: Queryable) => Promise<void>;
 }
 
-/** One append: its writes (a slice of its batch's) commit together or not at all. */
-interface Group {
-  start: number;
-  end: number;
-  done: Durable | undefined;
-  promise: Promise<void>;
-  resolve: () => void;
-  reject: (err: Error) => void;
+/**
+ * One append: its writes (a slice of its batch's) commit together or not at all. It is what
+ * `append` returns, a thenable rather than a promise: most appends are never awaited (the
+ * runtime's hot path uses `done`), and a promise each would cost a tenth of the in-memory
+ * throughput. A promise is made only when someone subscribes.
+ */
+class Group implements PromiseLike<void> {
+  /** undefined while pending, null once committed, or the error that lost it. */
+  private outcome: Error | null | undefined = undefined;
+  private waiters: Array<{ resolve: () => void; reject: (err: Error) => void }> | null = null;
+
+  constructor(
+    public start: number,
+    public end: number,
+    readonly done: Durable | undefined,
+  ) {}
+
+  then<A = void, B = never>(onCommitted?: ((value: void) => A | PromiseLike<A>) | null, onLost?: ((err: Error) => B | PromiseLike<B>) | null): Promise<A | B> {
+    return new Promise<void>((resolve, reject) => {
+      if (this.outcome === undefined) (this.waiters ??= []).push({ resolve, reject });
+      else if (this.outcome === null) resolve();
+      else reject(this.outcome);
+    }).then(onCommitted, onLost);
+  }
+
+  catch<B = never>(onLost: (err: Error) => B | PromiseLike<B>): Promise<void | B> {
+    return this.then(undefined, onLost);
+  }
+
+  /** Records the outcome and tells the subscribers (their reactions run as microtasks, after `done`). */
+  settle(err: Error | undefined): void {
+    this.outcome = err ?? null;
+    const waiters = this.waiters;
+    this.waiters = null;
+    if (waiters) for (const w of waiters) err ? w.reject(err) : w.resolve();
+  }
 }
+
+/** What `append` returns: awaitable, and settled in the order described there. */
+export type Appended = Pick<Group, "then" | "catch">;
 
 interface Batch {
   writes: Write[];
@@ -105,8 +136,12 @@ export class Journal {
    * run in append order within a batch, and batches complete in order; when writes are lost,
    * each actor's callbacks still run in its append order.
    */
-  append(writes: Write | Write[], done?: Durable): Promise<void> {
-    if (this.closed) return Promise.reject(new Error("journal is closed"));
+  append(writes: Write | Write[], done?: Durable): Appended {
+    if (this.closed) {
+      const refused = new Group(0, 0, undefined);
+      refused.settle(new Error("journal is closed"));
+      return refused;
+    }
     const count = Array.isArray(writes) ? writes.length : 1;
     let batch = this.queue[this.queue.length - 1];
     // A batch in flight is closed; a full one is left to commit alone.
@@ -117,10 +152,10 @@ export class Journal {
     const start = batch.writes.length;
     if (Array.isArray(writes)) for (const w of writes) add(batch, w);
     else add(batch, writes);
-    // A promise per append, not per batch: when the database refuses one append, the others
+    // An outcome per append, not per batch: when the database refuses one append, the others
     // of its batch still succeed.
-    const { promise, resolve, reject } = Promise.withResolvers<void>();
-    batch.groups.push({ start, end: batch.writes.length, done, promise, resolve, reject });
+    const group = new Group(start, batch.writes.length, done);
+    batch.groups.push(group);
     if (!this.flushing) {
       this.flushing = true;
       this.idle = new Promise((wake) => (this.wakeIdle = wake));
@@ -132,7 +167,7 @@ export class Journal {
       if (this.store.flavor === "pglite") setImmediate(() => void this.flush());
       else queueMicrotask(() => void this.flush());
     }
-    return promise;
+    return group;
   }
 
   /** Resolves once nothing is queued or committing: everything appended so far, and meanwhile, is settled. */
@@ -234,7 +269,8 @@ export class Journal {
       for (const g of undecided) {
         const start = rest.writes.length;
         for (let i = g.start; i < g.end; i++) add(rest, batch.writes[i]!);
-        Object.assign(g, { start, end: rest.writes.length });
+        g.start = start;
+        g.end = rest.writes.length;
         rest.groups.push(g);
       }
       this.queue.unshift(rest);
@@ -298,9 +334,7 @@ export class Journal {
     } catch (thrown) {
       this.options.onCallbackError?.(thrown);
     }
-    if (!err) return g.resolve();
-    g.promise.catch(() => {}); // an append nobody awaits must not become an unhandled rejection
-    g.reject(err);
+    g.settle(err);
   }
 }
 

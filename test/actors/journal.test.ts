@@ -158,7 +158,7 @@ for (const flavor of FLAVORS) {
     test("a refused append alone in its batch fails its actor's queued appends, not the others'", async () => {
       const failures: Array<{ writes: string[]; code?: string }> = [];
       let attempt = 0;
-      let queued: Promise<void>[] = [];
+      let queued: PromiseLike<void>[] = [];
       const name = (w: Write) => `${w.actor_id}${(w as { seq: number }).seq}`;
       const { journal, seqs } = await setup({
         onFailure: (writes, err) => void failures.push({ writes: writes.map(name), code: (err as { code?: string }).code }),
@@ -179,7 +179,7 @@ for (const flavor of FLAVORS) {
     test("a queued batch emptied by isolation is skipped, and the journal goes on", async () => {
       const failures: number[] = [];
       let attempt = 0;
-      let queued: Promise<void> | undefined;
+      let queued: PromiseLike<void> | undefined;
       const { journal, seqs } = await setup({
         onFailure: (writes) => void failures.push(writes.length),
         beforeCommit: async () => {
