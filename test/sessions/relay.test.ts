@@ -293,6 +293,48 @@ for (const flavor of FLAVORS) {
       expect(listed.map((x: any) => x.id)).toEqual([mine.body.id]);
     });
 
+    test("losing access ends the session as a removal: a grant taken back, an end user disabled, a machine removed", async () => {
+      const m = await machine();
+      const agent = await ScriptedAgent.connect(app, m);
+      cleanups.push(() => agent.socket.close());
+      const u = await app.user("end_user");
+      const grant = () => app.call("POST", `/api/users/${u.id}/grants`, { token: app.adminToken, body: { machine_id: m.id } });
+      const ended = (id: string) => eventually(async () => (await getSession(id)).end_reason === "removal", 5_000, "the session ended as a removal");
+      const openAsUser = async () => {
+        const s = (await openSession(m.id, u.token)).body;
+        await agent.waitFor((x) => x.t === "session.start" && x.session === s.id, "session.start");
+        const v = new TestViewer(app.url, s.id, (await viewerToken(s.id, "control", u.token)).token);
+        cleanups.push(() => v.close());
+        await v.open();
+        await v.waitFor((x) => x.t === "joined", 5_000, "joined");
+        return { s, v };
+      };
+
+      expect((await grant()).status).toBe(201);
+      const first = await openAsUser();
+      expect((await app.call("DELETE", `/api/users/${u.id}/grants/${m.id}`, { token: app.adminToken })).status).toBe(204);
+      await ended(first.s.id);
+      await first.v.closed;
+      expect((await viewerToken(first.s.id, "control", u.token))).toMatchObject({ error_code: "SESSION_ENDED" });
+
+      // A grant gone by any other way still stops new viewer tokens for the user's live session.
+      expect((await grant()).status).toBe(201);
+      const second = await openAsUser();
+      await app.server.store.query("delete from user_machine_grants where user_id = $1", [u.id]);
+      expect(await viewerToken(second.s.id, "control", u.token)).toMatchObject({ error_code: "MACHINE_NOT_GRANTED", status_code: 403 });
+      expect((await app.call("POST", `/api/sessions/${second.s.id}/end`, { token: app.adminToken })).status).toBe(200);
+
+      expect((await grant()).status).toBe(201);
+      const third = await openAsUser();
+      const technicians = (await openSession(m.id)).body; // not the end user's: it goes on
+      expect((await app.call("PATCH", `/api/users/${u.id}`, { token: app.adminToken, body: { disabled: true } })).status).toBe(200);
+      await ended(third.s.id);
+      expect((await getSession(technicians.id)).ended_at).toBeNull();
+
+      expect((await app.call("DELETE", `/api/machines/${m.id}`, { token: app.adminToken })).status).toBe(204);
+      await ended(technicians.id);
+    });
+
     test("an API token with sessions:write creates a session and mints a viewer token (S8)", async () => {
       const m = await machine();
       const pat = (await app.call("POST", "/api/tokens", { token: app.adminToken, body: { name: `s8-${Date.now()}`, scopes: ["sessions:write", "sessions:read"], expires_at: new Date(Date.now() + 86_400_000).toISOString() } })).body.token;

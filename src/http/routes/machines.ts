@@ -9,6 +9,7 @@ import { AgentKey, BulkDeleteRequest, BulkDeleteResponse, ListMachinesQuery, Mac
 import { actorOf, authorize, requestContext } from "../context.ts";
 import type { AppDeps } from "../deps.ts";
 import { HttpError } from "../errors.ts";
+import { endSessionsOnLostAccess } from "../../sessions/access-lost.ts";
 
 const tags = ["machines"];
 const IdParams = z.object({ id: Uuid });
@@ -49,6 +50,7 @@ export const machineRoutes = (deps: AppDeps) =>
       const [removed] = await removeMachines(deps.store, me.tenantId, [ctx.params.id]);
       if (!removed) throw notFound();
       await audit(deps.store, { tenantId: me.tenantId, type: "machine.removed", actor: actorOf(me), target: { type: "machine", id: removed.id }, ip: ctx.ip, correlationId: ctx.correlationId, details: { hostname: removed.hostname, machine_uid: removed.machine_uid } });
+      await endSessionsOnLostAccess(deps, me.tenantId, { machineIds: [removed.id] });
       ctx.set.status = 204;
     }, { params: IdParams, detail: { tags, summary: "Remove a machine (soft delete; its agent keys are revoked; re-enrolling brings it back)" } })
 
@@ -58,6 +60,7 @@ export const machineRoutes = (deps: AppDeps) =>
       for (const r of removed) {
         await audit(deps.store, { tenantId: me.tenantId, type: "machine.removed", actor: actorOf(me), target: { type: "machine", id: r.id }, ip: ctx.ip, correlationId: ctx.correlationId, details: { hostname: r.hostname, machine_uid: r.machine_uid, bulk: true } });
       }
+      await endSessionsOnLostAccess(deps, me.tenantId, { machineIds: removed.map((r) => r.id) });
       const done = new Set(removed.map((r) => r.id));
       return { removed: [...done], not_found: [...new Set(ctx.body.ids)].filter((id) => !done.has(id)) };
     }, { body: BulkDeleteRequest, response: { 200: BulkDeleteResponse }, detail: { tags, summary: "Remove up to 500 machines at once, each audited" } })

@@ -1,6 +1,7 @@
 import { Elysia } from "elysia";
 import { z } from "zod";
 import type { Principal } from "../../auth/principal.ts";
+import { endUserMayReach } from "../../machines/grants.ts";
 import { getMachine } from "../../machines/machines.ts";
 import { Uuid } from "../../protocol/accounts.ts";
 import { CreateSessionRequest, ListSessionsQuery, Session, SessionEvent, ViewerToken, ViewerTokenRequest } from "../../protocol/sessions.ts";
@@ -88,6 +89,10 @@ export const sessionRoutes = (deps: AppDeps) =>
       const s = await getSession(deps.store, me, ctx.params.id);
       if (!s) throw notFound();
       if (s.ended_at) throw new HttpError(409, "SESSION_ENDED", "the session has ended");
+      // An end user's own session stays readable, but reaching the machine again needs the grant still.
+      if (me.role === "end_user" && !(s.machine_id && (await endUserMayReach(deps.store, me, s.machine_id)))) {
+        throw new HttpError(403, "MACHINE_NOT_GRANTED", "this machine is no longer granted to you");
+      }
       const { token, claims } = await deps.viewerTokens.mint({ session: s.id, access: ctx.body.access, userId: me.userId, name: displayName(me), tenantId: me.tenantId });
       await audit(deps.store, { tenantId: me.tenantId, type: "viewer_token.minted", actor: actorOf(me), target: { type: "session", id: s.id }, ip: ctx.ip, correlationId: ctx.correlationId, details: { token_id: claims.jti, access: claims.access } });
       const ws = publicUrl(deps.config, ctx.request).replace(/^http/, "ws");

@@ -7,6 +7,7 @@ import { CreateUserRequest, ResetPasswordRequest, Role, UpdateUserRequest, User,
 import { actorOf, authorize, requestContext } from "../context.ts";
 import type { AppDeps } from "../deps.ts";
 import { HttpError } from "../errors.ts";
+import { endSessionsOnLostAccess } from "../../sessions/access-lost.ts";
 
 const tags = ["users"];
 const IdParams = z.object({ id: Uuid });
@@ -57,6 +58,9 @@ export const userRoutes = (deps: AppDeps) =>
         if (require_totp_roles.includes(body.role)) await restrictUserSessionsLackingTotp(deps.store, me.tenantId, user.id);
       }
       deps.verifier.forgetUser(user.id);
+      if (before.role === "end_user" && (body.disabled === true || (body.role && body.role !== "end_user"))) {
+        await endSessionsOnLostAccess(deps, me.tenantId, { endUser: user.id });
+      }
       const changes: Record<string, unknown> = {};
       if (body.role && body.role !== before.role) changes.role = { from: before.role, to: body.role };
       if (body.display_name && body.display_name !== before.display_name) changes.display_name = body.display_name;
