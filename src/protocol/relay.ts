@@ -75,7 +75,10 @@ export const ChResize = z.object({ t: z.literal("ch.resize"), channel: Channel, 
 export const ChClose = z.object({ t: z.literal("ch.close"), channel: Channel });
 export const ChEof = z.object({ t: z.literal("ch.eof"), channel: Channel });
 export const ChAck = z.object({ t: z.literal("ch.ack"), channel: Channel, bytes: z.number().int().nonnegative() });
-export const ChatToAgent = z.object({ t: z.literal("chat"), session: z.uuid(), from: z.string().max(256), text: z.string().max(4096) });
+/** The longest chat text one frame carries to an agent; a longer room message goes in several frames. */
+export const MAX_CHAT_TEXT = 4096;
+export const MAX_CHAT_FROM = 256;
+export const ChatToAgent = z.object({ t: z.literal("chat"), session: z.uuid(), from: z.string().max(MAX_CHAT_FROM), text: z.string().max(MAX_CHAT_TEXT) });
 
 export const ServerToAgent = z.discriminatedUnion("t", [SessionStart, SessionStop, Notice, ChOpen, ChResize, ChClose, ChEof, ChAck, ChatToAgent]);
 export type ServerToAgent = z.infer<typeof ServerToAgent>;

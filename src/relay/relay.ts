@@ -3,7 +3,7 @@ import type { Logger } from "../log.ts";
 import { decode, encode } from "../protocol/agent.ts";
 import { channelOf, isDataFrame, newChannelId } from "../protocol/frames.ts";
 import {
-  AgentToServer, type ChannelType, FILE_CHUNK, MAX_VIEWER_FRAME, type ServerToAgent, type ServerToViewer, TRANSFER_WINDOW, VIEWER_CLOSE, ViewerToServer,
+  AgentToServer, type ChannelType, FILE_CHUNK, MAX_CHAT_FROM, MAX_CHAT_TEXT, MAX_VIEWER_FRAME, type ServerToAgent, type ServerToViewer, TRANSFER_WINDOW, VIEWER_CLOSE, ViewerToServer,
 } from "../protocol/relay.ts";
 import type { RoomMessage } from "../protocol/rooms.ts";
 import { INPUT_LIMITS, TokenBucket } from "./throttle.ts";
@@ -342,7 +342,16 @@ export class Relay {
     const route = this.sessions.get(sessionId);
     if (!route) return;
     this.broadcast(sessionId, chatToViewer(sessionId, m));
-    if (m.sender !== `person:${sessionId}`) this.toAgent(route.agentConn, { t: "chat", session: sessionId, from: m.sender_name, text: m.body });
+    if (m.sender === `person:${sessionId}`) return;
+    // A room message may be longer than one agent frame carries (the agent refuses a frame
+    // that breaks its schema, and drops the connection): it goes in pieces, in order.
+    const from = cutAt(m.sender_name, MAX_CHAT_FROM);
+    let rest = m.body;
+    do {
+      const text = cutAt(rest, MAX_CHAT_TEXT);
+      this.toAgent(route.agentConn, { t: "chat", session: sessionId, from, text });
+      rest = rest.slice(text.length);
+    } while (rest.length > 0);
   }
 
   /** The chat so far, to one viewer who has just joined (the page drops what it already has, by id). */
@@ -491,6 +500,13 @@ export class Relay {
 
 /** A message of a session's room, as the rows and the room hub have it. */
 type ChatRow = Pick<RoomMessage, "id" | "sender" | "sender_name" | "body" | "ts">;
+
+/** The first `max` UTF-16 units of `s`, one fewer rather than half a surrogate pair. */
+function cutAt(s: string, max: number): string {
+  if (s.length <= max) return s;
+  const high = s.charCodeAt(max - 1);
+  return s.slice(0, high >= 0xd800 && high <= 0xdbff ? max - 1 : max);
+}
 
 const chatToViewer = (sessionId: string, m: ChatRow): ServerToViewer =>
   ({ t: "chat", id: m.id, from: m.sender_name, role: m.sender === `person:${sessionId}` ? "end_user" : "technician", text: m.body, at: m.ts });

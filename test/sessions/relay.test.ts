@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { unpack } from "msgpackr";
 import { channelOf, dataFrame, isDataFrame, payloadOf } from "../../src/protocol/frames.ts";
-import { VIEWER_CLOSE } from "../../src/protocol/relay.ts";
+import { ChatToAgent, MAX_CHAT_TEXT, VIEWER_CLOSE } from "../../src/protocol/relay.ts";
 import { agentIdentity, TestAgentSocket } from "../helpers/agent-client.ts";
 import { startTestApp, type TestApp } from "../helpers/app.ts";
 import { eventually, FLAVORS } from "../helpers/stores.ts";
@@ -389,6 +389,19 @@ for (const flavor of FLAVORS) {
       const history = late.messages.filter((x) => x.t === "chat");
       expect(history.map((x) => [x.role, x.text])).toEqual([["technician", "hello from the technician"], ["end_user", "thanks, I see it"], ["technician", "posted over the API"]]);
       expect(history[0].id).toBe(stored[0].id);
+
+      // Longer than one agent frame carries (a room takes 16 KiB): it reaches the person at the
+      // machine in pieces its schema accepts, in order, with no surrogate pair cut in two.
+      const long = `${"x".repeat(MAX_CHAT_TEXT - 1)}😀${"y".repeat(6_000)}`;
+      expect((await app.call("POST", `/api/rooms/${s.id}/messages`, { token: app.adminToken, body: { body: long } })).status).toBe(201);
+      const pieces: string[] = [];
+      while (pieces.join("").length < long.length) {
+        const piece = await agent.waitFor((x) => x.t === "chat", "a piece of the long message");
+        expect(ChatToAgent.safeParse(piece).success).toBe(true);
+        pieces.push(piece.text);
+      }
+      expect(pieces.map((p) => p.length)).toEqual([MAX_CHAT_TEXT - 1, MAX_CHAT_TEXT, long.length - 2 * MAX_CHAT_TEXT + 1]);
+      expect(pieces.join("")).toBe(long);
     });
   });
 }
