@@ -110,8 +110,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   // their agents reconnect (which they do on their own).
   for (const { id } of await store.query<{ id: string }>("select id from machines where status = 'online'")) system.send(`machine/${id}`, { type: "server.restarted" });
   // Sessions whose agent was connected to the old process start their grace period now; the
-  // channels of live sessions died with the old process's relay (src/sessions/session.ts).
-  for (const { id } of await store.query<{ id: string }>("select id from sessions where ended_at is null and state in ('active', 'awaiting_consent', 'agent_lost')")) system.send(`session/${id}`, { type: "server.restarted" });
+  // channels and viewers of live sessions died with the old process (src/sessions/session.ts).
+  for (const { id } of await store.query<{ id: string }>("select id from sessions where ended_at is null and state in ('waiting_for_agent', 'active', 'awaiting_consent', 'agent_lost')")) system.send(`session/${id}`, { type: "server.restarted" });
   connections.start();
 
   const viewerTokens = await ViewerTokens.load(store);

@@ -130,11 +130,24 @@ const orphanChannels = (graceFrom: boolean) =>
       enqueue.emit(() => event(context, "channel.closed", e.at, context.viewers[ch.viewer_id]?.user_id ?? null, { channel: ch.channel, channel_type: ch.type, reason: "server_restarted", ...(ch.path ? { path: ch.path } : {}), ...(ch.argv ? { argv: ch.argv } : {}) }) as never);
     }
     enqueue.assign({ agentConn: null, channels: {}, orphans: [...(context.orphans ?? []), ...open.map((ch) => ch.channel)] });
+    enqueue(dropViewers);
     if (graceFrom) {
       enqueue.emit(() => event(context, "agent.lost", e.at, null, { grace_ms: context.graceMs, server_restarted: true, channels_closed: open.length }) as never);
       enqueue.emit(() => effect.setTimer("grace", e.at + context.graceMs, { type: "grace.expired" }) as never);
     }
   }) as never;
+
+/**
+ * The viewers' sockets died with the old process too: each is recorded as having left, and
+ * the list emptied, so that ghosts neither show in it nor count against MAX_VIEWERS; the
+ * viewers come back as new ones when their pages reconnect.
+ */
+const dropViewers = enqueueActions(({ context, event: e, enqueue }: { context: SessionContext; event: SessionEvent; enqueue: any }) => {
+  for (const v of Object.values(context.viewers)) {
+    enqueue.emit(() => event(context, "viewer.left", e.at, v.user_id, { viewer_id: v.viewer_id, name: v.name, reason: "server_restarted" }) as never);
+  }
+  enqueue.assign({ viewers: {} });
+}) as never;
 
 /** `session.end` from the API or a viewer: the reason is who ended it; the ask is answered. */
 const endedBy = () => [
@@ -226,6 +239,7 @@ export const sessionLogic = setup({
     },
     waiting_for_agent: {
       on: {
+        "server.restarted": { guard: ({ context }) => Object.keys(context.viewers).length > 0, actions: [dropViewers, emit(({ context }) => project(null, context) as never)] },
         "agent.attached": [
           {
             guard: "consentRequired",
@@ -355,7 +369,7 @@ export const sessionLogic = setup({
         },
         "grace.expired": { target: "ended", actions: endWith("agent_lost") },
         // Restarted again while lost: the grace period already runs (its timer is durable).
-        "server.restarted": { actions: orphanChannels(false) },
+        "server.restarted": { actions: [orphanChannels(false), emit(({ context }) => project(null, context) as never)] },
         "session.end": { target: "ended", actions: endedBy() },
       },
     },
@@ -385,7 +399,9 @@ export type SessionEffects = Record<string, (effect: Effect) => void | Promise<v
 export const sessionKind = (effects: SessionEffects = {}): KindDefinition => ({
   kind: "session",
   logic: sessionLogic,
-  version: 1,
+  // 2: a restart drops the viewers (the snapshot's shape is unchanged; replay skips version 1's).
+  version: 2,
+  migrations: { 1: (snapshot) => snapshot },
   input: (id) => ({ id }),
   effects: { "session.noop": () => {}, ...effects },
   options: { snapshotEvery: 50 },

@@ -335,6 +335,27 @@ for (const flavor of FLAVORS) {
       await ended(technicians.id);
     });
 
+    test("a restart drops the old process's viewers: recorded as left, not counted against the limit", async () => {
+      const system = app.server.system;
+      const ghost = (id: string) => ({ type: "viewer.joined", viewer_id: id, user_id: null, name: "tech", access: "control" });
+      const viewersOf = async (id: string) => Object.keys(((await system.inspect(`session/${id}`)).context as { viewers: object }).viewers);
+      // Active, with a viewer, when the process died; and one still waiting for its agent.
+      const active = (await openSession((await machine()).id)).body;
+      await system.ask(`session/${active.id}`, { type: "agent.attached", conn: "old-process-conn" });
+      await system.ask(`session/${active.id}`, ghost("ghost-1"));
+      const waiting = (await openSession((await machine()).id)).body;
+      await system.ask(`session/${waiting.id}`, ghost("ghost-2"));
+      for (const s of [active, waiting]) await system.ask(`session/${s.id}`, { type: "server.restarted" });
+      expect([await viewersOf(active.id), await viewersOf(waiting.id)]).toEqual([[], []]);
+      for (const s of [active, waiting]) {
+        await eventually(async () => (await getSession(s.id)).viewers === 0, 3_000, "the row's viewer count");
+        const events = (await app.call("GET", `/api/sessions/${s.id}/events`, { token: app.adminToken })).body.events;
+        expect(events.filter((e: any) => e.type === "viewer.left").map((e: any) => e.details)).toEqual([expect.objectContaining({ reason: "server_restarted" })]);
+      }
+      expect((await getSession(active.id)).state).toBe("agent_lost");
+      expect((await getSession(waiting.id)).state).toBe("waiting_for_agent");
+    });
+
     test("an API token with sessions:write creates a session and mints a viewer token (S8)", async () => {
       const m = await machine();
       const pat = (await app.call("POST", "/api/tokens", { token: app.adminToken, body: { name: `s8-${Date.now()}`, scopes: ["sessions:write", "sessions:read"], expires_at: new Date(Date.now() + 86_400_000).toISOString() } })).body.token;
