@@ -83,6 +83,9 @@ export class UploadChannel implements Channel {
       await fh.chmod(0o644);
       await fh.close();
       this.fh = null;
+      // Stopped meanwhile (ch.close, the connection lost): it was reported cancelled, so the
+      // target must stay as it was; `finish` removes the temp file once this step returns.
+      if (this.done) return;
       await rename(this.temp!, this.target);
       this.temp = null;
       this.finish({ reason: "eof", bytes: this.written });
