@@ -148,13 +148,22 @@ export class Relay {
     return this.agents.has(conn);
   }
 
-  /** Binds a session to the agent connection the actor accepted. */
+  /**
+   * Binds a session to the agent connection the actor accepted. That connection may have closed
+   * since (between its binding and this, the actor's commit): `removeAgent` did not know the
+   * session then, so the session is told here, or it would stay on a dead connection.
+   */
   attach(sessionId: string, meta: { tenantId: string; machineId: string | null }, conn: string | null): void {
     const route = this.routeOf(sessionId, meta);
-    if (conn) {
+    if (!conn) return;
+    const agent = this.agents.get(conn);
+    if (agent) {
       route.agentConn = conn;
-      this.agents.get(conn)?.sessions.add(sessionId);
+      agent.sessions.add(sessionId);
+      return;
     }
+    route.agentConn = null;
+    this.tell(`session/${sessionId}`, { type: "agent.detached", conn });
   }
 
   toAgent(conn: string | null, message: ServerToAgent): void {

@@ -48,6 +48,18 @@ export async function claimSupportCode(db: Queryable, code: string): Promise<{ s
 }
 
 /**
+ * A claim whose socket closed before its session took the agent: the code is open again (if its
+ * session is still waiting for it), so the person's agent can still use it.
+ */
+export async function unclaimSupportCode(db: Queryable, code: string, sessionId: string): Promise<void> {
+  await db.query(
+    `update support_codes c set status = 'open', used_at = null
+      from sessions s where s.id = c.session_id and c.code_hash = $1 and c.session_id = $2 and c.status = 'used'
+       and s.state = 'waiting_for_agent' and s.ended_at is null`,
+    [hashCode(code), sessionId]);
+}
+
+/**
  * The person's agent lost its connection and comes back with the same code: accepted only while
  * that session is in its grace period (agent lost), so a code is still good for one session and
  * for nobody once the session ends. Someone else holding the code could take that moment; the

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { unpack } from "msgpackr";
 import { Challenge, CLOSE, decode, PROTOCOL_VERSION, Welcome } from "../../src/protocol/agent.ts";
 import { dataFrame } from "../../src/protocol/frames.ts";
 import { agentIdentity, TestAgentSocket } from "../helpers/agent-client.ts";
@@ -120,6 +121,42 @@ for (const flavor of FLAVORS) {
       const list = await app.call("GET", "/api/machines?limit=500", { token: app.adminToken });
       expect(list.body.machines.filter((x: any) => x.id === m.id)).toHaveLength(1);
       second.close();
+    });
+
+    test("nothing of a session reaches an agent before its welcome, even from a session opened while its handshake finishes", async () => {
+      const m = await machine();
+      // The welcome waits for the machine actor's commit: held back here while a session is opened.
+      const system = app.server.system as any;
+      const ask = system.ask;
+      let release = () => {};
+      const held = new Promise<void>((r) => (release = r));
+      let reached = () => {};
+      const connecting = new Promise<void>((r) => (reached = r));
+      system.ask = async (address: string, event: any, ...rest: unknown[]) => {
+        if (event?.type === "agent.connected" && address === `machine/${m.id}`) {
+          reached();
+          await held;
+        }
+        return ask.call(system, address, event, ...rest);
+      };
+      try {
+        const agent = socket();
+        await agent.open();
+        agent.send({ t: "hello", machine_id: m.id, key: m.key, agent_version: "test-1", protocol: PROTOCOL_VERSION });
+        const challenge = decode(Challenge, (await agent.next())!)!;
+        agent.send({ t: "proof", signature: new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, m.privateKey, new Uint8Array(challenge.nonce))) });
+        await connecting;
+        const created = await app.call("POST", "/api/sessions", { token: app.adminToken, body: { machine_id: m.id } });
+        expect(created.status).toBe(201);
+        release();
+        expect(decode(Welcome, (await agent.next())!)).toMatchObject({ machine_id: m.id });
+        // The session starts on it once it is welcomed.
+        expect(unpack((await agent.next())!)).toMatchObject({ t: "session.start", session: created.body.id });
+        await app.call("POST", `/api/sessions/${created.body.id}/end`, { token: app.adminToken });
+      } finally {
+        system.ask = ask;
+        release();
+      }
     });
 
     test("every refusal has its own close code", async () => {

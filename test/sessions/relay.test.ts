@@ -259,6 +259,71 @@ for (const flavor of FLAVORS) {
       expect(await getSession(s.id)).toMatchObject({ end_reason: "agent_lost" });
     }, 20_000);
 
+    test("an agent whose socket closes while its session takes it: the session is told (agent lost), not left active on a dead connection", async () => {
+      const m = await machine();
+      const agent = await ScriptedAgent.connect(app, m);
+      // The session's actor gets the agent (POST /api/sessions saw it connected) only once its
+      // socket has closed: nothing in the relay knew the session then.
+      const system = app.server.system as any;
+      const ask = system.ask;
+      let conn = "";
+      system.ask = async (address: string, event: any, ...rest: unknown[]) => {
+        if (event?.type === "agent.attached" && address.startsWith("session/")) {
+          system.ask = ask;
+          conn = event.conn;
+          agent.socket.close();
+          await eventually(() => !app.server.relay.hasAgent(conn), 3_000, "the relay saw the close");
+        }
+        return ask.call(system, address, event, ...rest);
+      };
+      let s: any;
+      try {
+        s = (await openSession(m.id)).body;
+      } finally {
+        system.ask = ask;
+      }
+      expect(conn).not.toBe("");
+      expect((await app.server.system.inspect(`session/${s.id}`)).value).not.toBe("active");
+      await eventually(async () => (await getSession(s.id)).state === "ended", 8_000, "ended after the grace period");
+      expect(await getSession(s.id)).toMatchObject({ end_reason: "agent_lost" });
+    }, 20_000);
+
+    test("an agent that leaves while its live sessions are looked up: the waiting session keeps waiting for the next one", async () => {
+      const m = await machine();
+      const s = (await openSession(m.id)).body;
+      expect(s.state).toBe("waiting_for_agent");
+      const store = app.server.store as any;
+      const query = store.query;
+      let release = () => {};
+      const held = new Promise<void>((r) => (release = r));
+      let reached = () => {};
+      const lookingUp = new Promise<void>((r) => (reached = r));
+      store.query = async (sql: string, params?: unknown[]) => {
+        if (sql.includes("from sessions where ended_at is null and machine_id in")) {
+          store.query = query;
+          reached();
+          await held;
+        }
+        return query.call(store, sql, params);
+      };
+      try {
+        const agent = await ScriptedAgent.connect(app, m);
+        await lookingUp;
+        agent.socket.close();
+        await eventually(async () => (await app.call("GET", `/api/machines/${m.id}`, { token: app.adminToken })).body.status === "offline", 3_000, "offline");
+      } finally {
+        store.query = query;
+        release();
+      }
+      await Bun.sleep(200);
+      expect((await app.server.system.inspect(`session/${s.id}`)).value).toBe("waiting_for_agent");
+      // The next connection takes it.
+      const next = await ScriptedAgent.connect(app, m);
+      cleanups.push(() => next.socket.close());
+      expect(await next.waitFor((x) => x.t === "session.start", "session.start")).toMatchObject({ session: s.id, resume: false });
+      expect((await app.call("POST", `/api/sessions/${s.id}/end`, { token: app.adminToken })).status).toBe(200);
+    }, 20_000);
+
     test("consent required by the site: a denial ends the session and no channel ever opens", async () => {
       const consentSite = await siteWithKey(app);
       await app.server.store.query("update sites set require_consent = true where id = $1", [consentSite.id]);

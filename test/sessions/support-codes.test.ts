@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { CLOSE, PROTOCOL_VERSION } from "../../src/protocol/agent.ts";
 import { SUPPORT_CLOSE } from "../../src/protocol/support.ts";
 import { drawCode } from "../../src/sessions/support-codes.ts";
 import { startTestApp, type TestApp } from "../helpers/app.ts";
@@ -55,6 +56,122 @@ for (const flavor of FLAVORS) {
       expect(await back.waitFor((m) => m.t === "session.stop")).toMatchObject({ reason: "technician" });
       back.ws.close();
       expect((await (await supportAgent(app, r.body.code)).closed).code).toBe(SUPPORT_CLOSE.BAD_CODE);
+    });
+
+    /**
+     * Holds the first call of `target` matching `match` (the session's actor asked, a query run)
+     * until `release()`; `done` resolves once the held call has completed.
+     */
+    const hold = (target: any, method: "ask" | "query", match: (...args: any[]) => boolean) => {
+      const original = target[method];
+      let release = () => {};
+      const held = new Promise<void>((r) => (release = r));
+      let reach: (args: any[]) => void = () => {};
+      const reached = new Promise<any[]>((r) => (reach = r));
+      let finish = () => {};
+      const done = new Promise<void>((r) => (finish = r));
+      target[method] = async (...args: any[]) => {
+        if (!match(...args)) return original.apply(target, args);
+        target[method] = original;
+        const isClaim = method === "query";
+        if (!isClaim) {
+          reach(args);
+          await held;
+        }
+        try {
+          return await original.apply(target, args);
+        } finally {
+          if (isClaim) {
+            reach(args);
+            await held;
+          }
+          finish();
+        }
+      };
+      return { reached, done, release: () => release(), restore: () => ((target[method] = original), release()) };
+    };
+    const stateOf = async (session: string) => (await app.server.system.inspect(`session/${session}`)).value;
+    const attachedTo = (session: string) => (address: string, event: any) => address === `session/${session}` && event?.type === "agent.attached";
+
+    test("a socket that closes while its session takes it leaves no agent behind: the session is told", async () => {
+      const r = (await createCode()).body;
+      const h = hold(app.server.system, "ask", attachedTo(r.session_id));
+      try {
+        const agent = await supportAgent(app, r.code);
+        const [, event] = await h.reached;
+        agent.ws.close();
+        await agent.closed;
+        await Bun.sleep(100);
+        h.release();
+        await h.done;
+        await Bun.sleep(100);
+        expect(app.server.relay.hasAgent(event.conn)).toBe(false);
+        // Gone while asked for consent: ended, as when the person's agent drops then.
+        expect(await stateOf(r.session_id)).toBe("ended");
+        expect(agent.messages.some((m) => m.t === "welcome")).toBe(false);
+      } finally {
+        h.restore();
+      }
+    });
+
+    test("a socket that closes right after its code is claimed: the session keeps waiting and the code is good again", async () => {
+      const r = (await createCode()).body;
+      const h = hold(app.server.store, "query", (sql: string) => sql.includes("update support_codes set status = 'used'"));
+      try {
+        const agent = await supportAgent(app, r.code);
+        await h.reached;
+        agent.ws.close();
+        await agent.closed;
+        await Bun.sleep(100);
+        h.release();
+        await h.done;
+        await Bun.sleep(200);
+        expect(await stateOf(r.session_id)).toBe("waiting_for_agent");
+      } finally {
+        h.restore();
+      }
+      const real = await supportAgent(app, r.code);
+      expect(await real.waitFor((m) => m.t === "welcome")).toMatchObject({ session: r.session_id });
+      expect(await real.waitFor((m) => m.t === "session.start")).toMatchObject({ session: r.session_id, resume: false });
+      real.ws.close();
+    });
+
+    test("a reconnecting agent whose socket closes during its hello: the session is back in its grace period, not active on nothing", async () => {
+      const r = (await createCode()).body;
+      const agent = await supportAgent(app, r.code);
+      await agent.waitFor((m) => m.t === "session.start");
+      agent.send({ t: "consent", session: r.session_id, granted: true });
+      await eventually(async () => (await stateOf(r.session_id)) === "active", 3_000, "active");
+      agent.ws.close();
+      await eventually(async () => (await stateOf(r.session_id)) === "agent_lost", 3_000, "agent lost");
+      const h = hold(app.server.system, "ask", attachedTo(r.session_id));
+      try {
+        const back = await supportAgent(app, r.code);
+        const [, event] = await h.reached;
+        back.ws.close();
+        await back.closed;
+        await Bun.sleep(100);
+        h.release();
+        await h.done;
+        await Bun.sleep(100);
+        expect(app.server.relay.hasAgent(event.conn)).toBe(false);
+        expect(await stateOf(r.session_id)).toBe("agent_lost");
+      } finally {
+        h.restore();
+      }
+      // Still reclaimable by the person's agent.
+      const again = await supportAgent(app, r.code);
+      expect(await again.waitFor((m) => m.t === "session.start")).toMatchObject({ session: r.session_id, resume: true });
+      expect((await app.call("POST", `/api/sessions/${r.session_id}/end`, { token: app.adminToken })).status).toBe(200);
+      again.ws.close();
+    });
+
+    test("anything after the hello and before the welcome, a second hello included, is out of order (4000)", async () => {
+      const r = (await createCode()).body;
+      const agent = await supportAgent(app, r.code);
+      agent.send({ t: "hello", code: r.code, agent_version: "test", protocol: PROTOCOL_VERSION, hostname: "laptop-7", user: "alice" });
+      expect((await agent.closed).code).toBe(CLOSE.BAD_MESSAGE);
+      expect(agent.messages.some((m) => m.t === "welcome")).toBe(false);
     });
 
     test("a cancelled code ends its session and is refused", async () => {

@@ -229,20 +229,26 @@ export const agentSocket = (deps: AppDeps) => {
       clearTimeout(stage.timer);
       const conn = crypto.randomUUID();
       const address = `machine/${key.machine_id}`;
-      ws.data.stage = { at: "bound", machineId: key.machine_id, conn };
+      const boundStage: Stage = { at: "bound", machineId: key.machine_id, conn };
+      ws.data.stage = boundStage;
       release(ws);
       const bound = new BoundAgent(ws, conn, key.machine_id, key.key_id, key.tenant_id);
       connections.add(bound);
-      deps.relay.addAgent(conn, bound, key.machine_id);
       deps.system.pin(address);
       connections.touch(key.key_id);
       await Promise.all([
         deps.system.ask(address, { type: "agent.connected", conn, ip, agent_version: hello.agent_version, ...(proof.inventory ? { inventory: ownStrings(proof.inventory) } : {}) }),
         audit(deps.store, { tenantId: key.tenant_id, type: "agent.connected", actor: { type: "agent", id: key.machine_id }, target: { type: "machine", id: key.machine_id }, ip, details: { key_id: key.key_id, conn } }),
       ]);
+      if (ws.data.stage !== boundStage) return; // closed meanwhile: the close handler cleaned up
       send(ws, { t: "welcome", machine_id: key.machine_id, heartbeat_ms: deps.config.heartbeatMs, offline_after_ms: deps.config.offlineAfterMs, external_ip: ip });
+      // Known to the relay (and so to sessions) only once welcomed: nothing of a session reaches
+      // the agent before its welcome (the agent closes on that with 4000).
+      deps.relay.addAgent(conn, bound, key.machine_id);
       // Sessions of this machine waiting for it, or in their grace period, (re)start on it.
       for (const sessionId of await liveSessions.add(key.machine_id)) {
+        // Closed during the lookup: the sessions keep waiting (or their grace period) for the next one.
+        if (ws.data.stage !== boundStage) return;
         try {
           deps.system.send(`session/${sessionId}`, { type: "agent.attached", conn });
         } catch {}

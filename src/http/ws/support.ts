@@ -3,7 +3,7 @@ import { audit } from "../../audit/audit.ts";
 import { CLOSE, decode, encode, Heartbeat, MAX_AGENT_FRAME } from "../../protocol/agent.ts";
 import { isDataFrame } from "../../protocol/frames.ts";
 import { SUPPORT_CLOSE, SupportHello } from "../../protocol/support.ts";
-import { claimSupportCode, reclaimSupportCode } from "../../sessions/support-codes.ts";
+import { claimSupportCode, reclaimSupportCode, unclaimSupportCode } from "../../sessions/support-codes.ts";
 import type { AppDeps } from "../deps.ts";
 import { bufferedAmount } from "./buffered.ts";
 
@@ -16,7 +16,11 @@ import { bufferedAmount } from "./buffered.ts";
  */
 const HANDSHAKE_MS = 10_000;
 
-type Stage = { at: "hello"; timer: ReturnType<typeof setTimeout> } | { at: "bound"; conn: string; sessionId: string; lastSeen: number; sweep: ReturnType<typeof setInterval> };
+type Stage =
+  | { at: "hello"; timer: ReturnType<typeof setTimeout> }
+  /** The hello is being checked: anything more before the welcome is out of order. */
+  | { at: "claiming"; timer: ReturnType<typeof setTimeout> }
+  | { at: "bound"; conn: string; sessionId: string; lastSeen: number; sweep: ReturnType<typeof setInterval> };
 
 export const supportSocket = (deps: AppDeps) => {
   const stages = new Map<string, Stage>();
@@ -33,7 +37,13 @@ export const supportSocket = (deps: AppDeps) => {
       if (!frame) return ws.raw.close(CLOSE.BAD_MESSAGE, "binary frames only");
       if (frame.byteLength > MAX_AGENT_FRAME) return ws.raw.close(CLOSE.TOO_BIG, "frame too large");
 
+      // Nothing but the hello before the welcome (a second hello included).
+      if (stage.at === "claiming") return ws.raw.close(CLOSE.BAD_MESSAGE, "expected hello");
       if (stage.at === "hello") {
+        // Checked across awaits: the socket may close meanwhile (the close handler drops the stage).
+        const claiming: Stage = { at: "claiming", timer: stage.timer };
+        stages.set(ws.id, claiming);
+        const open = () => stages.get(ws.id) === claiming;
         const ip = deps.ips.resolve(ws.raw.remoteAddress, ws.data.request.headers.get("x-forwarded-for"));
         const hello = decode(SupportHello, frame);
         if (!hello) return ws.raw.close(CLOSE.BAD_MESSAGE, "expected hello");
@@ -42,7 +52,14 @@ export const supportSocket = (deps: AppDeps) => {
           await audit(deps.store, { tenantId: DEFAULT_TENANT, type: "support_code.refused", outcome: "failure", actor: { type: "anonymous" }, ip, details: { reason: verdict.reason } }).catch(() => {});
           return ws.raw.close(SUPPORT_CLOSE.LOCKED_OUT, `too many attempts; retry in ${verdict.retryAfterSec} s`);
         }
-        const claimed = (await claimSupportCode(deps.store, hello.code)) ?? (await reclaimSupportCode(deps.store, hello.code));
+        const first = await claimSupportCode(deps.store, hello.code);
+        const claimed = first ?? (await reclaimSupportCode(deps.store, hello.code));
+        if (claimed && !open()) {
+          // Closed before it was attached: the session is left as it was, and a first claim's code
+          // is good again for the person's agent.
+          if (first) await unclaimSupportCode(deps.store, hello.code, first.session_id).catch(() => {});
+          return;
+        }
         if (!claimed) {
           const locked = deps.limiters.supportCode.failure(ip);
           await audit(deps.store, { tenantId: DEFAULT_TENANT, type: "support_code.refused", outcome: "failure", actor: { type: "anonymous" }, ip, details: { reason: "bad_code", locked_out: locked } }).catch(() => {});
@@ -62,7 +79,11 @@ export const supportSocket = (deps: AppDeps) => {
           deps.relay.removeAgent(conn);
           return ws.raw.close(SUPPORT_CLOSE.SESSION_ENDED, "the session has ended");
         }
+        // Closed while it was attached: the session is told the agent is gone (by removeAgent, or
+        // by the relay's attach if the session's start has not reached it yet).
+        if (!open()) return deps.relay.removeAgent(conn);
         await audit(deps.store, { tenantId: claimed.tenant_id, type: "support_code.used", actor: { type: "anonymous", name: hello.user }, target: { type: "session", id: claimed.session_id }, ip, details: { hostname: hello.hostname } });
+        if (!open()) return deps.relay.removeAgent(conn);
         const bound: Extract<Stage, { at: "bound" }> = {
           at: "bound", conn, sessionId: claimed.session_id, lastSeen: Date.now(),
           sweep: setInterval(() => {
@@ -85,7 +106,7 @@ export const supportSocket = (deps: AppDeps) => {
       const stage = stages.get(ws.id);
       stages.delete(ws.id);
       if (!stage) return;
-      if (stage.at === "hello") return clearTimeout(stage.timer);
+      if (stage.at !== "bound") return clearTimeout(stage.timer);
       clearInterval(stage.sweep);
       deps.relay.removeAgent(stage.conn);
     },
