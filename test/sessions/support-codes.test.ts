@@ -194,6 +194,21 @@ for (const flavor of FLAVORS) {
       }
     }, 60_000);
 
+    test("wrong codes sent in parallel from one address are counted one by one: the eleventh is locked out", async () => {
+      const fresh = await startTestApp(flavor);
+      try {
+        const good = (await fresh.call("POST", "/api/support-codes", { token: fresh.adminToken, body: {} })).body.code as string;
+        const wrong = Array.from({ length: 25 }, (_, i) => String((Number(good) + 1 + i) % 1_000_000).padStart(6, "0"));
+        const agents = await Promise.all(wrong.map((code) => supportAgent(fresh, code)));
+        const codes = await Promise.all(agents.map(async (a) => (await a.closed).code));
+        // Without one check at a time per address, all 25 passed the check before a failure counted.
+        expect(codes.filter((c) => c === SUPPORT_CLOSE.BAD_CODE)).toHaveLength(10);
+        expect(codes.filter((c) => c === SUPPORT_CLOSE.LOCKED_OUT)).toHaveLength(15);
+      } finally {
+        await fresh.close();
+      }
+    }, 60_000);
+
     async function lockout(app: TestApp) {
       const good = (await app.call("POST", "/api/support-codes", { token: app.adminToken, body: {} })).body.code as string;
       for (let i = 0; i < 10; i++) {

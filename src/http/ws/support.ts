@@ -1,5 +1,7 @@
 import { Elysia } from "elysia";
+import { Serial } from "../../actors/serial.ts";
 import { audit } from "../../audit/audit.ts";
+import type { Verdict } from "../../auth/rate-limit.ts";
 import { CLOSE, decode, encode, Heartbeat, MAX_AGENT_FRAME } from "../../protocol/agent.ts";
 import { isDataFrame } from "../../protocol/frames.ts";
 import { SUPPORT_CLOSE, SupportHello } from "../../protocol/support.ts";
@@ -16,6 +18,13 @@ import { bufferedAmount } from "./buffered.ts";
  */
 const HANDSHAKE_MS = 10_000;
 
+interface CodeCheck {
+  verdict: Verdict;
+  first: Awaited<ReturnType<typeof claimSupportCode>>;
+  claimed: Awaited<ReturnType<typeof reclaimSupportCode>>;
+  lockedNow: boolean;
+}
+
 type Stage =
   | { at: "hello"; timer: ReturnType<typeof setTimeout> }
   /** The hello is being checked: anything more before the welcome is out of order. */
@@ -24,6 +33,7 @@ type Stage =
 
 export const supportSocket = (deps: AppDeps) => {
   const stages = new Map<string, Stage>();
+  const checks = new Serial();
   const DEFAULT_TENANT = "00000000-0000-0000-0000-000000000001";
 
   return new Elysia({ name: "support-socket" }).ws("/ws/support", {
@@ -47,13 +57,21 @@ export const supportSocket = (deps: AppDeps) => {
         const ip = deps.ips.resolve(ws.raw.remoteAddress, ws.data.request.headers.get("x-forwarded-for"));
         const hello = decode(SupportHello, frame);
         if (!hello) return ws.raw.close(CLOSE.BAD_MESSAGE, "expected hello");
-        const verdict = deps.limiters.supportCode.check(ip);
+        // One code check at a time per address: guesses sent in parallel would all pass the
+        // lockout check before the first failure was counted.
+        const check: CodeCheck = { verdict: { ok: true }, first: null, claimed: null, lockedNow: false };
+        await checks.run(ip, async () => {
+          check.verdict = deps.limiters.supportCode.check(ip);
+          if (!check.verdict.ok) return;
+          check.first = await claimSupportCode(deps.store, hello.code);
+          check.claimed = check.first ?? (await reclaimSupportCode(deps.store, hello.code));
+          if (!check.claimed) check.lockedNow = deps.limiters.supportCode.failure(ip);
+        });
+        const { verdict, first, claimed, lockedNow } = check;
         if (!verdict.ok) {
           await audit(deps.store, { tenantId: DEFAULT_TENANT, type: "support_code.refused", outcome: "failure", actor: { type: "anonymous" }, ip, details: { reason: verdict.reason } }).catch(() => {});
           return ws.raw.close(SUPPORT_CLOSE.LOCKED_OUT, `too many attempts; retry in ${verdict.retryAfterSec} s`);
         }
-        const first = await claimSupportCode(deps.store, hello.code);
-        const claimed = first ?? (await reclaimSupportCode(deps.store, hello.code));
         if (claimed && !open()) {
           // Closed before it was attached: the session is left as it was, and a first claim's code
           // is good again for the person's agent.
@@ -61,8 +79,7 @@ export const supportSocket = (deps: AppDeps) => {
           return;
         }
         if (!claimed) {
-          const locked = deps.limiters.supportCode.failure(ip);
-          await audit(deps.store, { tenantId: DEFAULT_TENANT, type: "support_code.refused", outcome: "failure", actor: { type: "anonymous" }, ip, details: { reason: "bad_code", locked_out: locked } }).catch(() => {});
+          await audit(deps.store, { tenantId: DEFAULT_TENANT, type: "support_code.refused", outcome: "failure", actor: { type: "anonymous" }, ip, details: { reason: "bad_code", locked_out: lockedNow } }).catch(() => {});
           return ws.raw.close(SUPPORT_CLOSE.BAD_CODE, "unknown or expired code");
         }
         deps.limiters.supportCode.success(ip);
