@@ -8,6 +8,15 @@ export const Username = z.string().trim().min(1).max(64).regex(/^[A-Za-z0-9._@-]
 export const Password = z.string().min(PASSWORD_MIN, `at least ${PASSWORD_MIN} characters`).max(PASSWORD_MAX);
 export const Role = z.enum(ROLES);
 export const Uuid = z.uuid();
+/**
+ * An ISO 8601 time with an offset, of the years 1 to 9999 (UTC) that PostgreSQL reads back: it
+ * has no year 0, and the ISO text of a Date past 9999 (`+010000-…`) is not one it reads.
+ */
+export const IsoTime = z.iso.datetime({ offset: true, error: "an ISO 8601 time, e.g. 2030-01-31T12:00:00Z" })
+  .refine((s) => {
+    const year = new Date(s).getUTCFullYear();
+    return year >= 1 && year <= 9999;
+  }, "must be within the years 1 to 9999");
 
 export const LoginRequest = z.object({
   username: z.string().min(1).max(256),

@@ -1,8 +1,7 @@
 import { z } from "zod";
+import { IsoTime } from "./accounts.ts";
 
 /** The audit log's query and its rows (A7). */
-
-const IsoTime = z.iso.datetime({ offset: true, error: "an ISO 8601 time, e.g. 2030-01-31T12:00:00Z" });
 
 export const AUDIT_LIMIT_DEFAULT = 50;
 export const AUDIT_LIMIT_MAX = 200;

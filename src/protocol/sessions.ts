@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { Uuid } from "./accounts.ts";
+import { IsoTime, Uuid } from "./accounts.ts";
 import { Access, EndReason, SessionKind, SessionState } from "./relay.ts";
 
 /** Request and response bodies of sessions, support codes and viewer tokens (S1–S3, S7, S8). */
@@ -28,7 +28,7 @@ export const ListSessionsQuery = z.object({
   machine_id: Uuid.optional(),
   kind: SessionKind.optional(),
   limit: z.coerce.number().int().min(1).max(500).default(50),
-  before: z.string().max(64).optional().describe("created_at of the last row of the previous page"),
+  before: IsoTime.optional().describe("created_at of the last row of the previous page"),
 });
 
 export const SessionEvent = z.object({

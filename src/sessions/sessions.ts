@@ -67,7 +67,8 @@ export async function listSessions(db: Queryable, viewer: Viewer, f: { state?: s
   if (f.live === "false") where.push("s.ended_at is not null");
   if (f.machine_id) add("s.machine_id = ?", f.machine_id);
   if (f.kind) add("s.kind = ?", f.kind);
-  if (f.before) add("s.created_at < ?::timestamptz", f.before);
+  // As the ISO text of a Date: PostgreSQL does not read every offset ISO 8601 allows (+23:59).
+  if (f.before) add("s.created_at < ?::timestamptz", new Date(f.before).toISOString());
   params.push(f.limit);
   return db.query<SessionRow>(`${SELECT} where ${where.join(" and ")} order by s.created_at desc, s.id limit $${params.length}`, params);
 }

@@ -194,6 +194,9 @@ for (const flavor of FLAVORS) {
         ["outcome=maybe", "query.outcome"],
         ["from=yesterday", "query.from"],
         ["to=2030-13-01T00:00:00Z", "query.to"],
+        // ISO 8601 times PostgreSQL cannot take (no year 0; past 9999 in UTC): these were a 500.
+        ["from=0000-01-01T00:00:00Z", "query.from"],
+        ["to=9999-12-31T23:59:59-23:59", "query.to"],
         ["from=2030-01-02T00:00:00Z&to=2030-01-01T00:00:00Z", "query.to"],
         ["cursor=not-a-cursor", "query.cursor"],
       ]) {

@@ -1,6 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Packr } from "msgpackr";
-import pino from "pino";
 import { CLOSE, PROTOCOL_VERSION } from "../../src/protocol/agent.ts";
 import { DATA_HEADER } from "../../src/protocol/frames.ts";
 import { VIEWER_CLOSE } from "../../src/protocol/relay.ts";
@@ -8,6 +7,7 @@ import { SUPPORT_CLOSE } from "../../src/protocol/support.ts";
 import { agentIdentity, TestAgentSocket } from "../helpers/agent-client.ts";
 import { startTestApp, type TestApp } from "../helpers/app.ts";
 import { eventually, FLAVORS } from "../helpers/stores.ts";
+import { errorCapture, expectReady, Fuzz as BaseFuzz, SEED } from "../helpers/fuzz.ts";
 import { TestViewer } from "../helpers/viewer-client.ts";
 import { enroll, enrollBody, siteWithKey, type SiteWithKey } from "../machines/fixtures.ts";
 
@@ -24,80 +24,12 @@ import { enroll, enrollBody, siteWithKey, type SiteWithKey } from "../machines/f
  *
  * Deterministic: FUZZ_SEED picks another sequence (the seed is in every failure message).
  */
-const SEED = Number(process.env.FUZZ_SEED ?? 20261124);
 const PER_TARGET = 30;
 
-/** mulberry32: small, seedable, good enough to pick inputs. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 const packr = new Packr({ useRecords: false });
-const FIELDS = ["t", "machine_id", "key", "agent_version", "protocol", "signature", "inventory", "seq", "session", "channel", "req", "cols", "rows", "path", "size", "argv", "text", "bytes", "granted", "hostname", "users", "name", "body"];
 
-class Fuzz {
-  private readonly next: () => number;
-  constructor(seed: number) {
-    this.next = prng(seed);
-  }
-  int(n: number): number {
-    return Math.floor(this.next() * n);
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[this.int(xs.length)]!;
-  }
-  bytes(max: number): Uint8Array {
-    const b = new Uint8Array(this.int(max + 1));
-    for (let i = 0; i < b.length; i++) b[i] = this.int(256);
-    return b;
-  }
-  string(): string {
-    const hex = (n: number) => Array.from({ length: n }, () => this.int(16).toString(16)).join("");
-    return this.pick<() => string>([
-      () => "",
-      () => String.fromCharCode(...Array.from({ length: 1 + this.int(20) }, () => 32 + this.int(95))),
-      () => "é 👍 \u200b 中文",
-      () => "x".repeat(this.int(5_000)),
-      () => "a\u0000b",
-      () => "\ud800",
-      () => `cak_${hex(64)}`,
-      () => `${hex(8)}-${hex(4)}-${hex(4)}-${hex(4)}-${hex(12)}`,
-      () => "../../etc/passwd",
-      () => "%00%ff",
-      () => "online",
-    ])();
-  }
-  value(depth = 0): unknown {
-    const leaf = [
-      () => null, () => true, () => false, () => 0, () => -1, () => 2 ** 31, () => 2 ** 53 + 2, () => -(2 ** 40), () => 1.5,
-      () => Number.NaN, () => Number.POSITIVE_INFINITY, () => -0, () => this.string(), () => this.bytes(64),
-    ];
-    const nested = [
-      () => Array.from({ length: this.int(5) }, () => this.value(depth + 1)),
-      () => Object.fromEntries(Array.from({ length: this.int(5) }, () => [this.next() < 0.7 ? this.pick(FIELDS) : this.string().slice(0, 40), this.value(depth + 1)])),
-    ];
-    return this.pick(depth < 3 ? [...leaf, ...nested] : leaf)();
-  }
-  /** A valid message with one to three fields replaced, dropped or added. */
-  mutate(base: Record<string, unknown>): Record<string, unknown> {
-    const m: Record<string, unknown> = structuredClone(base);
-    for (let n = 1 + this.int(3); n > 0; n--) {
-      const keys = Object.keys(m);
-      const op = this.int(4);
-      if (op === 0 && keys.length > 0) delete m[this.pick(keys)];
-      else if (op === 1 && keys.length > 0) m[this.pick(keys)] = this.value();
-      else if (op === 2) m[this.pick(FIELDS)] = this.value();
-      else m.t = this.pick([...new Set([m.t, "hello", "proof", "status", "heartbeat", "chat", "ch.open", "term.open", this.string()])]);
-    }
-    return m;
-  }
+/** The shared generator, plus whole agent and viewer frames. */
+class Fuzz extends BaseFuzz {
   /** One frame: random bytes, random msgpack, a mutated or truncated valid message, a data frame, or text. */
   frame(bases: Array<Record<string, unknown>>): Uint8Array | string {
     const pack = (v: unknown) => {
@@ -142,8 +74,7 @@ for (const flavor of FLAVORS) {
     let site: SiteWithKey;
     const closers: Array<() => void> = [];
     /** The server's error-level log lines. */
-    const errors: string[] = [];
-    const logger = pino({ level: "error" }, { write: (line: string) => void errors.push(line) });
+    const { logger, errors } = errorCapture();
     const fuzz = new Fuzz(SEED);
     const machine = async () => {
       const id = await agentIdentity();
@@ -157,10 +88,7 @@ for (const flavor of FLAVORS) {
     };
     const send = (s: { sendRaw(b: Uint8Array): void }, f: Uint8Array | string, ws?: () => WebSocket) => (typeof f === "string" && ws ? ws().send(f) : s.sendRaw(typeof f === "string" ? new TextEncoder().encode(f) : f));
     /** Ready, with no failed actor, and nothing logged as an error. */
-    const ready = async () => {
-      const r = await app.call("GET", "/readyz");
-      expect({ seed: SEED, status: r.status, failed: r.body?.failed_actors, errors: errors.splice(0) }).toEqual({ seed: SEED, status: 200, failed: [], errors: [] });
-    };
+    const ready = () => expectReady(app, errors);
 
     beforeAll(async () => {
       app = await startTestApp(flavor, { logger });

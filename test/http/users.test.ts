@@ -25,6 +25,15 @@ for (const flavor of FLAVORS) {
       expect(me.status).toBe(200);
     });
 
+    test("a session cookie with a broken %-escape is an invalid credential, not a server error on every route", async () => {
+      // It used to throw while decoding, before any route ran: a 500 even on public routes.
+      const cookie = "tether_session=%E0%A4%A";
+      const me = await fetch(`${app.url}/api/me`, { headers: { cookie } });
+      expect(me.status).toBe(401);
+      expect((await me.json()).error_code).toBe("INVALID_CREDENTIAL");
+      expect((await fetch(`${app.url}/api/version`, { headers: { cookie } })).status).toBe(200);
+    });
+
     test("a wrong password and an unknown user get the same answer", async () => {
       const a = await app.call("POST", "/api/auth/login", { body: { username: "admin", password: "wrong-password" } });
       const b = await app.call("POST", "/api/auth/login", { body: { username: "nobody-here", password: "wrong-password" } });

@@ -400,6 +400,21 @@ for (const flavor of FLAVORS) {
       await ended(technicians.id);
     });
 
+    test("the list pages with before (a created_at); a before that is not an ISO time is a 400, not a server error", async () => {
+      const m = await machine();
+      const older = (await openSession(m.id)).body;
+      const newer = (await openSession(m.id)).body;
+      const page = async (before: string) => app.call("GET", `/api/sessions?machine_id=${m.id}&before=${encodeURIComponent(before)}`, { token: app.adminToken });
+      expect((await page(newer.created_at)).body.sessions.map((x: any) => x.id)).toEqual([older.id]);
+      // Any offset ISO 8601 allows, though PostgreSQL itself does not read +23:59.
+      expect((await page(newer.created_at.replace("Z", "+23:59"))).status).toBe(200);
+      // These reached the database as they were, and failed there (500).
+      for (const before of ["RS4J9XTZHJNV78XH3WNFSX9KQR", "515154", "1e309", "0000-01-01T00:00:00Z"]) {
+        const r = await page(before);
+        expect({ before, status: r.status, code: r.body.error_code, detail: r.body.detail }).toMatchObject({ before, status: 400, code: "VALIDATION_FAILED", detail: expect.stringMatching(/^query\.before/) });
+      }
+    });
+
     test("a restart drops the old process's viewers: recorded as left, not counted against the limit", async () => {
       const system = app.server.system;
       const ghost = (id: string) => ({ type: "viewer.joined", viewer_id: id, user_id: null, name: "tech", access: "control" });
