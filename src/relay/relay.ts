@@ -68,6 +68,7 @@ interface ViewerState {
   link: ViewerLink;
   frames: TokenBucket;
   bytes: TokenBucket;
+  control: TokenBucket;
   refusedInARow: number;
   lastThrottleNotice: number;
 }
@@ -232,6 +233,7 @@ export class Relay {
       link,
       frames: new TokenBucket(INPUT_LIMITS.framesPerSecond, INPUT_LIMITS.frameBurst, t),
       bytes: new TokenBucket(INPUT_LIMITS.bytesPerSecond, INPUT_LIMITS.byteBurst, t),
+      control: new TokenBucket(INPUT_LIMITS.controlPerSecond, INPUT_LIMITS.controlBurst, t),
       refusedInARow: 0,
       lastThrottleNotice: -Infinity,
     });
@@ -262,6 +264,10 @@ export class Relay {
       this.unicast(route, link.viewerId, { t: "error", req: "req" in msg ? msg.req : null, code: "VIEW_ONLY", message: "this viewer may watch but not act" });
       return true;
     }
+    // Each of these is an actor ask, a database write or a recording mark: throttled too.
+    const t = this.now();
+    if (!v.control.take(1, t)) return this.refuseInput(route, v, t);
+    v.refusedInARow = 0;
     switch (msg.t) {
       case "term.open":
         return this.open(route, link, msg.req, "term", { cols: msg.cols, rows: msg.rows });
@@ -423,19 +429,22 @@ export class Relay {
       return true;
     } else {
       const t = this.now();
-      if (!v.frames.take(1, t) || !v.bytes.take(frame.byteLength, t)) {
-        this.stats.inputThrottled++;
-        if (++v.refusedInARow >= INPUT_LIMITS.maxRefusedInARow) v.link.close(VIEWER_CLOSE.THROTTLED, "input rate limit");
-        else if (t - v.lastThrottleNotice > 1000) {
-          v.lastThrottleNotice = t;
-          this.unicast(route, v.link.viewerId, { t: "error", req: null, code: "THROTTLED", message: "input dropped: too fast" });
-        }
-        return true;
-      }
+      if (!v.frames.take(1, t) || !v.bytes.take(frame.byteLength, t)) return this.refuseInput(route, v, t);
       v.refusedInARow = 0;
     }
     const agent = route.agentConn ? this.agents.get(route.agentConn) : undefined;
     agent?.link.send(frame);
+    return true;
+  }
+
+  /** Input over a viewer's limits is dropped, with a notice at most once a second; too much in a row cuts the viewer off. */
+  private refuseInput(route: SessionRoute, v: ViewerState, t: number): true {
+    this.stats.inputThrottled++;
+    if (++v.refusedInARow >= INPUT_LIMITS.maxRefusedInARow) v.link.close(VIEWER_CLOSE.THROTTLED, "input rate limit");
+    else if (t - v.lastThrottleNotice > 1000) {
+      v.lastThrottleNotice = t;
+      this.unicast(route, v.link.viewerId, { t: "error", req: null, code: "THROTTLED", message: "input dropped: too fast" });
+    }
     return true;
   }
 

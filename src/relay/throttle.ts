@@ -27,6 +27,9 @@ export const INPUT_LIMITS = {
   frameBurst: 1_000,
   bytesPerSecond: 1024 * 1024,
   byteBurst: 256 * 1024,
+  /** Control messages (open, resize, close, chat, end): far above a person's, far below a flood's. */
+  controlPerSecond: 50,
+  controlBurst: 200,
   /** Refused frames in a row before the viewer is disconnected. */
   maxRefusedInARow: 200,
 };

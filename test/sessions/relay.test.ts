@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { unpack } from "msgpackr";
 import { channelOf, dataFrame, isDataFrame, payloadOf } from "../../src/protocol/frames.ts";
 import { ChatToAgent, MAX_CHAT_TEXT, VIEWER_CLOSE } from "../../src/protocol/relay.ts";
+import { INPUT_LIMITS } from "../../src/relay/throttle.ts";
 import { agentIdentity, TestAgentSocket } from "../helpers/agent-client.ts";
 import { startTestApp, type TestApp } from "../helpers/app.ts";
 import { eventually, FLAVORS } from "../helpers/stores.ts";
@@ -175,6 +176,36 @@ for (const flavor of FLAVORS) {
       // A token is minted only after the authorization check: an auditor may read, not connect.
       const auditor = await app.user("auditor");
       expect((await app.call("POST", `/api/sessions/${a.id}/viewer-token`, { token: auditor.token, body: { access: "view" } })).status).toBe(403);
+    });
+
+    test("a viewer's input and control messages are throttled: the excess is dropped with a notice, a flood cuts it off", async () => {
+      const m = await machine();
+      const agent = await ScriptedAgent.connect(app, m);
+      cleanups.push(() => agent.socket.close());
+      const s = (await openSession(m.id)).body;
+      await agent.waitFor((x) => x.t === "session.start", "session.start");
+      const v = await viewer(s.id);
+      v.send({ t: "term.open", req: "t1", cols: 80, rows: 24 });
+      const open = await agent.waitFor((x) => x.t === "ch.open", "ch.open");
+      agent.send({ t: "ch.opened", channel: open.channel });
+      await v.waitFor((x) => x.t === "ch.opened");
+
+      // Resizes (each one a recording mark and a frame to the agent) far beyond a person's.
+      for (let i = 0; i < 300; i++) v.send({ t: "term.resize", channel: open.channel, cols: 80 + (i % 50), rows: 24 });
+      await v.waitFor((x) => x.t === "error" && x.code === "THROTTLED", 3_000, "a throttle notice");
+      await Bun.sleep(300);
+      const resizes = agent.messages.filter((x) => x.t === "ch.resize").length;
+      expect(resizes).toBeGreaterThanOrEqual(INPUT_LIMITS.controlBurst);
+      expect(resizes).toBeLessThan(INPUT_LIMITS.controlBurst + 50);
+      // About 100 refused in a row: not yet a flood (200), so the viewer stays.
+      expect(await Promise.race([v.closed.then(() => "closed"), Bun.sleep(100).then(() => "open")])).toBe("open");
+
+      // Keystrokes past the frame limit, without pause: dropped, then the viewer is cut off.
+      const before = agent.data.length;
+      for (let i = 0; i < INPUT_LIMITS.frameBurst + 10 * INPUT_LIMITS.maxRefusedInARow; i++) v.sendData(open.channel, "x");
+      expect((await v.closed).code).toBe(VIEWER_CLOSE.THROTTLED);
+      await Bun.sleep(200);
+      expect(agent.data.length - before).toBeLessThan(INPUT_LIMITS.frameBurst + 5 * INPUT_LIMITS.maxRefusedInARow);
     });
 
     test("frames over 64 KiB from a viewer are refused", async () => {
