@@ -243,6 +243,9 @@ export class Relay {
     const route = this.sessions.get(sessionId);
     if (!route?.viewers.delete(viewerId)) return;
     this.tell(`session/${sessionId}`, { type: "viewer.left", viewer_id: viewerId });
+    // A route with nothing in it goes (a viewer refused by an ended session left one behind);
+    // the next viewer or agent makes it again.
+    if (route.viewers.size === 0 && !route.agentConn && ![...this.channels.values()].some((ch) => ch.sessionId === sessionId)) this.sessions.delete(sessionId);
   }
 
   /** A frame from a viewer. Returns false for a frame that is not a protocol frame. */

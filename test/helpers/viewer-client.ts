@@ -9,6 +9,8 @@ import { channelOf, dataFrame, isDataFrame, payloadOf } from "../../src/protocol
 export class TestViewer {
   readonly messages: any[] = [];
   readonly data = new Map<number, Uint8Array[]>();
+  /** What arrived, in order: a control message's `t`, or `data` for a data frame. */
+  readonly arrivals: string[] = [];
   readonly closed: Promise<{ code: number; reason: string }>;
   private readonly ws: WebSocket;
   private wakers: Array<() => void> = [];
@@ -22,7 +24,12 @@ export class TestViewer {
         const ch = channelOf(frame);
         if (!this.data.has(ch)) this.data.set(ch, []);
         this.data.get(ch)!.push(payloadOf(frame).slice());
-      } else this.messages.push(unpack(frame));
+        this.arrivals.push("data");
+      } else {
+        const m = unpack(frame);
+        this.messages.push(m);
+        this.arrivals.push(String(m?.t));
+      }
       for (const w of this.wakers.splice(0)) w();
     };
     this.closed = new Promise((resolve) => (this.ws.onclose = (e) => {

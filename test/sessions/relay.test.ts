@@ -208,6 +208,50 @@ for (const flavor of FLAVORS) {
       expect(agent.data.length - before).toBeLessThan(INPUT_LIMITS.frameBurst + 5 * INPUT_LIMITS.maxRefusedInARow);
     });
 
+    test("joined is a viewer's first message: output meanwhile waits for it, input meanwhile is dropped; a refused viewer leaves no route", async () => {
+      const m = await machine();
+      const agent = await ScriptedAgent.connect(app, m);
+      cleanups.push(() => agent.socket.close());
+      const s = (await openSession(m.id)).body;
+      await agent.waitFor((x) => x.t === "session.start", "session.start");
+      const first = await viewer(s.id);
+      first.send({ t: "term.open", req: "t1", cols: 80, rows: 24 });
+      const open = await agent.waitFor((x) => x.t === "ch.open", "ch.open");
+      agent.send({ t: "ch.opened", channel: open.channel });
+      await first.waitFor((x) => x.t === "ch.opened");
+
+      // The session takes its time to answer the next viewer's join; the terminal talks meanwhile.
+      const system = app.server.system as any;
+      const ask = system.ask;
+      system.ask = async (address: string, event: any, ...rest: unknown[]) => {
+        if (event?.type === "viewer.joined") {
+          system.ask = ask;
+          agent.sendData(open.channel, "output during the join\r\n");
+          await Bun.sleep(300);
+        }
+        return ask.call(system, address, event, ...rest);
+      };
+      const late = new TestViewer(app.url, s.id, (await viewerToken(s.id)).token);
+      cleanups.push(() => late.close());
+      await late.open();
+      late.sendData(open.channel, "typed before joined\n");
+      await late.waitFor((x) => x.t === "joined", 5_000, "joined");
+      await late.waitForText(open.channel, "output during the join");
+      expect(late.arrivals[0]).toBe("joined");
+      await Bun.sleep(100);
+      expect(agent.data.some((f) => Buffer.from(payloadOf(f)).toString().includes("typed before joined"))).toBe(false);
+
+      // A viewer whose join the session refuses (it has ended) leaves nothing in the relay.
+      const ended = (await openSession(m.id)).body;
+      const token = (await viewerToken(ended.id)).token;
+      expect((await app.call("POST", `/api/sessions/${ended.id}/end`, { token: app.adminToken })).status).toBe(200);
+      await app.server.store.query("update sessions set ended_at = null where id = $1", [ended.id]); // the row lagging the actor
+      const refused = new TestViewer(app.url, ended.id, token);
+      await refused.open();
+      expect((await refused.closed).code).toBe(VIEWER_CLOSE.SESSION_ENDED);
+      await eventually(() => !(app.server.relay as any).sessions.has(ended.id), 2_000, "no route left for the ended session");
+    });
+
     test("frames over 64 KiB from a viewer are refused", async () => {
       const m = await machine();
       const s = (await openSession(m.id)).body;

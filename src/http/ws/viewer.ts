@@ -31,6 +31,8 @@ interface Admitted {
 export const viewerSocket = (deps: AppDeps) => {
   const admitted = new WeakMap<Request, Admitted>();
   const links = new Map<string, ViewerLink>();
+  /** Viewers sent their `joined`: only these may act. */
+  const joinedViewers = new Set<string>();
 
   return new Elysia({ name: "viewer-socket" }).ws("/ws/viewer", {
     async beforeHandle({ request, query, server }) {
@@ -55,10 +57,14 @@ export const viewerSocket = (deps: AppDeps) => {
       const a = admitted.get(ws.data.request);
       if (!a) return ws.raw.close(VIEWER_CLOSE.BAD_MESSAGE, "not admitted");
       const viewerId = crypto.randomUUID();
+      // `joined` is the viewer's first message: output routed to it while the session takes it
+      // waits, and anything it sends before then is dropped (see `message`).
+      let early: Uint8Array[] | null = [];
+      let earlyBytes = 0;
       const link: ViewerLink = {
         viewerId, sessionId: a.claims.session, userId: a.claims.userId, name: a.claims.name, access: a.claims.access,
-        send: (frame) => ws.raw.send(frame),
-        buffered: () => bufferedAmount(ws.raw),
+        send: (frame) => (early ? (early.push(frame), (earlyBytes += frame.byteLength), frame.byteLength) : ws.raw.send(frame)),
+        buffered: () => bufferedAmount(ws.raw) + earlyBytes,
         close: (code, reason) => ws.raw.close(code, reason),
       };
       (ws.data as { viewerId?: string }).viewerId = viewerId;
@@ -75,6 +81,10 @@ export const viewerSocket = (deps: AppDeps) => {
         t: "joined", session: a.claims.session, viewer_id: viewerId, access: a.claims.access, state: String(joined.value),
         viewers: Object.values(c.viewers), channels: Object.values(c.channels).map(({ opened_at: _o, ...ch }) => ch),
       } as never));
+      for (const frame of early) ws.raw.send(frame);
+      early = null;
+      earlyBytes = 0;
+      if (links.has(viewerId)) joinedViewers.add(viewerId); // unless it closed meanwhile
       // Registered with the relay before this read: a message committed after it arrives live, and the page drops doubles by id.
       const history = await deps.rooms.sessionChatHistory(a.claims.session, CHAT_HISTORY).catch((err: Error) => {
         deps.log.warn({ session_id: a.claims.session, err: err.message }, "session chat history not read; the viewer gets new messages only");
@@ -84,7 +94,7 @@ export const viewerSocket = (deps: AppDeps) => {
     },
     async message(ws, raw) {
       const link = links.get((ws.data as { viewerId?: string }).viewerId ?? "");
-      if (!link) return;
+      if (!link || !joinedViewers.has(link.viewerId)) return; // not joined yet: nothing to act on
       const frame = raw instanceof Uint8Array ? raw : null;
       if (!frame) return ws.raw.close(VIEWER_CLOSE.BAD_MESSAGE, "binary frames only");
       if (frame.byteLength > MAX_VIEWER_FRAME) return ws.raw.close(1009, "frame too large");
@@ -95,6 +105,7 @@ export const viewerSocket = (deps: AppDeps) => {
       const link = viewerId ? links.get(viewerId) : undefined;
       if (!link) return;
       links.delete(link.viewerId);
+      joinedViewers.delete(link.viewerId);
       deps.relay.removeViewer(link.sessionId, link.viewerId);
     },
   });
