@@ -79,6 +79,20 @@ for (const flavor of FLAVORS) {
       return v;
     };
     const getSession = async (id: string) => (await app.call("GET", `/api/sessions/${id}`, { token: app.adminToken })).body;
+    /** A session on a connected scripted agent, with a control viewer and a terminal it opened. */
+    const withTerminal = async () => {
+      const m = await machine();
+      const agent = await ScriptedAgent.connect(app, m);
+      cleanups.push(() => agent.socket.close());
+      const s = (await openSession(m.id)).body;
+      await agent.waitFor((x) => x.t === "session.start", "session.start");
+      const v = await viewer(s.id);
+      v.send({ t: "term.open", req: "t1", cols: 80, rows: 24 });
+      const open = await agent.waitFor((x) => x.t === "ch.open", "ch.open");
+      agent.send({ t: "ch.opened", channel: open.channel });
+      await v.waitFor((x) => x.t === "ch.opened");
+      return { m, agent, s, v, open };
+    };
 
     beforeAll(async () => {
       app = await startTestApp(flavor, { env: { TETHER_HEARTBEAT_MS: "200", TETHER_OFFLINE_AFTER_MS: "5000", TETHER_SESSION_GRACE_MS: "3000" } });
@@ -179,16 +193,7 @@ for (const flavor of FLAVORS) {
     });
 
     test("a viewer's input and control messages are throttled: the excess is dropped with a notice, a flood cuts it off", async () => {
-      const m = await machine();
-      const agent = await ScriptedAgent.connect(app, m);
-      cleanups.push(() => agent.socket.close());
-      const s = (await openSession(m.id)).body;
-      await agent.waitFor((x) => x.t === "session.start", "session.start");
-      const v = await viewer(s.id);
-      v.send({ t: "term.open", req: "t1", cols: 80, rows: 24 });
-      const open = await agent.waitFor((x) => x.t === "ch.open", "ch.open");
-      agent.send({ t: "ch.opened", channel: open.channel });
-      await v.waitFor((x) => x.t === "ch.opened");
+      const { agent, v, open } = await withTerminal();
 
       // Resizes (each one a recording mark and a frame to the agent) far beyond a person's.
       for (let i = 0; i < 300; i++) v.send({ t: "term.resize", channel: open.channel, cols: 80 + (i % 50), rows: 24 });
@@ -209,16 +214,7 @@ for (const flavor of FLAVORS) {
     });
 
     test("joined is a viewer's first message: output meanwhile waits for it, input meanwhile is dropped; a refused viewer leaves no route", async () => {
-      const m = await machine();
-      const agent = await ScriptedAgent.connect(app, m);
-      cleanups.push(() => agent.socket.close());
-      const s = (await openSession(m.id)).body;
-      await agent.waitFor((x) => x.t === "session.start", "session.start");
-      const first = await viewer(s.id);
-      first.send({ t: "term.open", req: "t1", cols: 80, rows: 24 });
-      const open = await agent.waitFor((x) => x.t === "ch.open", "ch.open");
-      agent.send({ t: "ch.opened", channel: open.channel });
-      await first.waitFor((x) => x.t === "ch.opened");
+      const { m, agent, s, open } = await withTerminal();
 
       // The session takes its time to answer the next viewer's join; the terminal talks meanwhile.
       const system = app.server.system as any;
