@@ -6,6 +6,12 @@ export interface Candidate {
   actors: string[];
 }
 
+/** Statements isolation may spend on a batch of n appends: a few dozen per refused append. */
+export const isolationBudget = (n: number) => 16 * Math.ceil(Math.log2(n + 1)) + 16;
+
+/** Only status rows: no sequence number, so a refused actor's still go in (as queued ones do). */
+export const statusOnly = (writes: readonly Write[]) => writes.every((w) => w.op === "status");
+
 /** Per candidate: null once committed, the error that kept it out, or undefined if never decided. */
 export type Outcome = Error | null | undefined;
 
@@ -15,17 +21,18 @@ export type Outcome = Error | null | undefined;
  * outcome in `outcomes` (index for index).
  *
  * An append of an actor that already failed is not tried, since its sequence numbers would
- * leave a gap: it fails with that actor's error. One bad append among 4,000 costs about 25
- * statements; a refusal of everything (a bad migration, say) would cost 2n, so the statements
- * are capped at `budget` and beyond it `refusal` is thrown with the rest undecided. Any error
- * that is not about the data (`isDataError`) is thrown the same way.
+ * leave a gap: it fails with that actor's error (one of status rows only is still tried). One
+ * bad append among 4,000 costs about 25 statements, eight about 200; a refusal of everything (a
+ * bad migration, say) would cost 2n, so the statements are capped at `budget` and beyond it
+ * `refusal` is thrown with the rest undecided. Any error that is not about the data
+ * (`isDataError`) is thrown the same way.
  */
 export async function isolate(
   candidates: Candidate[],
   refusal: Error,
   commit: (writes: Write[]) => Promise<void>,
   outcomes: Outcome[],
-  budget = 4 * Math.ceil(Math.log2(candidates.length + 1)) + 16,
+  budget = isolationBudget(candidates.length),
 ): Promise<void> {
   const failedActors = new Map<string, Error>();
   let statements = 0;
@@ -43,7 +50,7 @@ export async function isolate(
   const attempt = async (indexes: number[]): Promise<void> => {
     const tried: number[] = [];
     for (const i of indexes) {
-      const earlier = firstFailure(candidates[i]!.actors, failedActors);
+      const earlier = statusOnly(candidates[i]!.writes) ? undefined : firstFailure(candidates[i]!.actors, failedActors);
       if (earlier) refuse(i, earlier);
       else tried.push(i);
     }

@@ -1,5 +1,5 @@
 import type { Queryable, Store } from "../store/store.ts";
-import { actorsOf, type Candidate, isDataError, isolate, type Outcome } from "./isolate.ts";
+import { actorsOf, type Candidate, isDataError, isolate, type Outcome, statusOnly } from "./isolate.ts";
 import { batchStatement } from "./journal-statement.ts";
 
 /**
@@ -290,7 +290,7 @@ export class Journal {
     let events = 0;
     for (const g of batch.groups) {
       const mine = batch.writes.slice(g.start, g.end);
-      const err = mine.some((w) => w.op !== "status") ? actorsOf(mine).map((a) => actors.get(a)).find(Boolean) : undefined;
+      const err = statusOnly(mine) ? undefined : actorsOf(mine).map((a) => actors.get(a)).find(Boolean);
       if (err) {
         lost.push({ group: g, writes: mine, err });
         continue;

@@ -263,14 +263,14 @@ export class Relay {
       if (ch?.sessionId === route.id && ch.viewerId === link.viewerId && ch.type === "download") this.toAgent(route.agentConn, { t: "ch.ack", channel: ch.channel, bytes: msg.bytes });
       return true;
     }
+    // Each of these is an actor ask, a database write, a recording mark or an answer: throttled too.
+    const t = this.now();
+    if (!v.control.take(1, t)) return this.refuseInput(route, v, t);
+    v.refusedInARow = 0;
     if (link.access !== "control") {
       this.unicast(route, link.viewerId, { t: "error", req: "req" in msg ? msg.req : null, code: "VIEW_ONLY", message: "this viewer may watch but not act" });
       return true;
     }
-    // Each of these is an actor ask, a database write or a recording mark: throttled too.
-    const t = this.now();
-    if (!v.control.take(1, t)) return this.refuseInput(route, v, t);
-    v.refusedInARow = 0;
     switch (msg.t) {
       case "term.open":
         return this.open(route, link, msg.req, "term", { cols: msg.cols, rows: msg.rows });

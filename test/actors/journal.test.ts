@@ -1,4 +1,5 @@
 import { describe, expect, test } from "bun:test";
+import { isolationBudget } from "../../src/actors/isolate.ts";
 import { Journal, type CommitStats, type Write } from "../../src/actors/journal.ts";
 import { isSettled, rejectionOf, rows, useDb } from "../fixtures/harness.ts";
 import { eventually, FLAVORS } from "../helpers/stores.ts";
@@ -206,7 +207,7 @@ for (const flavor of FLAVORS) {
       const n = 128;
       const settled = await Promise.allSettled(Array.from({ length: n }, (_, i) => journal.append(ev(`all${i}`, 1))));
       expect(settled.every((r) => r.status === "rejected")).toBe(true);
-      expect(statements).toBeLessThanOrEqual(4 * Math.ceil(Math.log2(n + 1)) + 17); // not 2n
+      expect(statements).toBeLessThanOrEqual(isolationBudget(n) + 1); // not 2n
       expect(await seqs("all0")).toEqual([]);
       const before = statements;
       await rejectionOf(journal.append(ev("all0", 1)));

@@ -143,11 +143,13 @@ for (const flavor of FLAVORS) {
       agent.send({ t: "consent", session: r.session_id, granted: true });
       await eventually(async () => (await stateOf(r.session_id)) === "active", 3_000, "active");
       agent.ws.close();
-      await eventually(async () => (await stateOf(r.session_id)) === "agent_lost", 3_000, "agent lost");
+      // The code is reclaimed against the session's row, which follows the actor's commit.
+      await eventually(async () => (await app.call("GET", `/api/sessions/${r.session_id}`, { token: app.adminToken })).body.state === "agent_lost", 3_000, "agent lost");
       const h = hold(app.server.system, "ask", attachedTo(r.session_id));
       try {
         const back = await supportAgent(app, r.code);
-        const [, event] = await h.reached;
+        const reached = await Promise.race([h.reached, back.closed.then((c) => Promise.reject(new Error(`closed before the session took it: ${c.code}`)))]);
+        const [, event] = reached as Awaited<typeof h.reached>;
         back.ws.close();
         await back.closed;
         await Bun.sleep(100);

@@ -21,6 +21,7 @@ export class UploadChannel implements Channel {
   private written = 0;
   private lastAck = 0;
   private done = false;
+  private renaming = false;
   private chain: Promise<void> = Promise.resolve();
 
   constructor(private readonly ctx: ChannelContext, path: string, private readonly size: number, private readonly window = TRANSFER_WINDOW) {
@@ -86,6 +87,8 @@ export class UploadChannel implements Channel {
       // Stopped meanwhile (ch.close, the connection lost): it was reported cancelled, so the
       // target must stay as it was; `finish` removes the temp file once this step returns.
       if (this.done) return;
+      // From here the rename decides: a stop now waits for it and reports its outcome.
+      this.renaming = true;
       await rename(this.temp!, this.target);
       this.temp = null;
       this.finish({ reason: "eof", bytes: this.written });
@@ -96,6 +99,7 @@ export class UploadChannel implements Channel {
   ack(): void {}
 
   stop(reason: StopReason): void {
+    if (this.renaming) return; // the upload is being committed: it ends as the rename ends
     this.finish({ reason: reason ?? "cancelled", bytes: this.received });
   }
 

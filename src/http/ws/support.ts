@@ -99,8 +99,14 @@ export const supportSocket = (deps: AppDeps) => {
         // Closed while it was attached: the session is told the agent is gone (by removeAgent, or
         // by the relay's attach if the session's start has not reached it yet).
         if (!open()) return deps.relay.removeAgent(conn);
-        await audit(deps.store, { tenantId: claimed.tenant_id, type: "support_code.used", actor: { type: "anonymous", name: hello.user }, target: { type: "session", id: claimed.session_id }, ip, details: { hostname: hello.hostname } });
+        const audited = await audit(deps.store, { tenantId: claimed.tenant_id, type: "support_code.used", actor: { type: "anonymous", name: hello.user }, target: { type: "session", id: claimed.session_id }, ip, details: { hostname: hello.hostname } })
+          .then(() => true, () => false);
         if (!open()) return deps.relay.removeAgent(conn);
+        if (!audited) {
+          // Every use of a code is audited; without its record the agent does not go on (it retries).
+          deps.relay.removeAgent(conn);
+          return ws.raw.close(1011, "could not record the code's use; try again");
+        }
         const bound: Extract<Stage, { at: "bound" }> = {
           at: "bound", conn, sessionId: claimed.session_id, lastSeen: Date.now(),
           sweep: setInterval(() => {
