@@ -51,6 +51,8 @@ interface ChannelRoute {
   viewerId: string;
   req: string | null;
   recording: string | null;
+  /** The agent connection it was opened on: a resume accounts only for those of earlier ones. */
+  conn: string | null;
   /** Upload: bytes from the viewer, and bytes the agent acknowledged. */
   received: number;
   acked: number;
@@ -195,8 +197,21 @@ export class Relay {
       case "consent":
         if (this.agents.get(conn)?.sessions.has(msg.session)) this.tell(`session/${msg.session}`, { type: "consent.answer", conn, granted: msg.granted });
         return true;
-      case "session.resumed":
+      case "session.resumed": {
+        // Channels the agent no longer holds (it restarted, or its own grace ran out first) are
+        // over: closed as if it had said so. It sends the closes it kept meanwhile before this.
+        const route = this.sessions.get(msg.session);
+        if (route?.agentConn !== conn) return true;
+        const alive = new Set(msg.channels);
+        for (const ch of [...this.channels.values()]) {
+          // A channel opened on this connection was asked for after the resume: not in its list yet.
+          if (ch.sessionId !== route.id || ch.conn === conn || alive.has(ch.channel)) continue;
+          this.broadcast(route.id, { t: "ch.closed", channel: ch.channel, reason: "agent_lost" }, ch.type === "term" || ch.type === "cmd" ? null : ch.viewerId);
+          this.dropChannel(ch.channel);
+          this.tell(`session/${route.id}`, { type: "channel.closed", channel: ch.channel, reason: "agent_lost" });
+        }
         return true;
+      }
       case "chat": {
         const route = this.sessions.get(msg.session);
         if (route?.agentConn === conn) this.postChat(route, { member: `person:${route.id}`, name: "the person at the machine" }, msg.text);
@@ -317,7 +332,7 @@ export class Relay {
     const recording = type === "term" && this.recording && this.recorder
       ? this.recorder.start({ tenantId: r.tenantId, sessionId: r.sessionId, machineId: r.machineId, channel, cols: r.open.cols ?? 80, rows: r.open.rows ?? 24 })
       : null;
-    this.channels.set(channel, { channel, sessionId: r.sessionId, type, viewerId: r.viewerId, req: r.req, recording, received: 0, acked: 0 });
+    this.channels.set(channel, { channel, sessionId: r.sessionId, type, viewerId: r.viewerId, req: r.req, recording, conn: route.agentConn, received: 0, acked: 0 });
     if (!route.agentConn || !this.agents.has(route.agentConn)) {
       this.dropChannel(channel);
       this.tell(`session/${r.sessionId}`, { type: "channel.closed", channel, reason: "agent_lost" });

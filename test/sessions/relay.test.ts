@@ -340,6 +340,31 @@ for (const flavor of FLAVORS) {
       expect(await getSession(s.id)).toMatchObject({ end_reason: "agent_lost" });
     }, 20_000);
 
+    test("an agent that resumes without a channel it had (it restarted): the channel is closed, not left open forever", async () => {
+      const { m, agent: first, s, v, open } = await withTerminal();
+      v.send({ t: "term.open", req: "t2", cols: 80, rows: 24 });
+      const kept = await first.waitFor((x) => x.t === "ch.open", "the second terminal");
+      first.send({ t: "ch.opened", channel: kept.channel });
+      await v.waitFor((x) => x.t === "ch.opened" && x.channel === kept.channel);
+      first.socket.close();
+      await v.waitFor((x) => x.t === "session.state" && x.state === "agent_lost");
+      const second = await ScriptedAgent.connect(app, m);
+      cleanups.push(() => second.socket.close());
+      expect(await second.waitFor((x) => x.t === "session.start", "resumed start")).toMatchObject({ session: s.id, resume: true });
+      // It still holds the second terminal, not the first.
+      second.send({ t: "session.resumed", session: s.id, channels: [kept.channel] });
+      expect(await v.waitFor((x) => x.t === "ch.closed" && x.channel === open.channel)).toMatchObject({ reason: "agent_lost" });
+      await eventually(async () => {
+        const events = (await app.call("GET", `/api/sessions/${s.id}/events`, { token: app.adminToken })).body.events;
+        return events.some((e: any) => e.type === "channel.closed" && e.details.channel === open.channel);
+      }, 3_000, "the first terminal recorded closed");
+      const late = await viewer(s.id);
+      expect(late.messages.find((x) => x.t === "joined").channels.map((c: any) => c.channel)).toEqual([kept.channel]);
+      // The kept one still works.
+      second.sendData(kept.channel, "still here\r\n");
+      await v.waitForText(kept.channel, "still here");
+    });
+
     test("an agent whose socket closes while its session takes it: the session is told (agent lost), not left active on a dead connection", async () => {
       const m = await machine();
       const agent = await ScriptedAgent.connect(app, m);

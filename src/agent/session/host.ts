@@ -201,8 +201,10 @@ export class SessionHost {
       if (m.resume) {
         const alive = [...known.channels].filter((id) => !this.channels.get(id)?.stopping);
         this.log.info({ event: "session.resumed", session: m.session, channels: alive.length, closed_meanwhile: known.undelivered.filter((u) => u.t === "ch.closed").length }, "session resumed");
-        this.out({ t: "session.resumed", session: m.session, channels: alive });
+        // What closed meanwhile first: the server takes a channel missing from `session.resumed`
+        // as lost, and would record it so before hearing how it really ended.
         for (const u of known.undelivered.splice(0)) this.out(u);
+        this.out({ t: "session.resumed", session: m.session, channels: alive });
         return;
       }
       // Started over by the server: nothing of the old one stays.
