@@ -31,6 +31,8 @@ export interface ViewerLink extends Link {
   userId: string;
   name: string;
   access: "control" | "view";
+  /** An end user on their own session (see ViewerClaims). */
+  endUser?: boolean;
 }
 
 /** The recorder's hot-path surface (src/recordings/recorder.ts). */
@@ -320,7 +322,7 @@ export class Relay {
         this.postChat(route, { member: link.userId, name: link.name }, msg.text);
         return true;
       case "session.end":
-        await this.system.ask(`session/${route.id}`, { type: "session.end", by: "technician", user_id: link.userId }).catch(() => {});
+        await this.system.ask(`session/${route.id}`, { type: "session.end", by: link.endUser ? "end_user" : "technician", user_id: link.userId }).catch(() => {});
         return true;
     }
   }

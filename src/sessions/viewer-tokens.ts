@@ -20,6 +20,8 @@ export interface ViewerClaims {
   userId: string;
   name: string;
   tenantId: string;
+  /** Minted for an end user (their own session), not staff: what they do is theirs, not a technician's. */
+  endUser?: boolean;
   expiresAt: number;
 }
 
@@ -40,7 +42,7 @@ export class ViewerTokens {
   async mint(c: Omit<ViewerClaims, "jti" | "expiresAt">, now = Date.now()): Promise<{ token: string; claims: ViewerClaims }> {
     const jti = crypto.randomUUID();
     const iat = Math.floor(now / 1000);
-    const token = await new SignJWT({ purpose: PURPOSE, sid: c.session, acc: c.access, name: c.name, tid: c.tenantId })
+    const token = await new SignJWT({ purpose: PURPOSE, sid: c.session, acc: c.access, name: c.name, tid: c.tenantId, ...(c.endUser ? { eu: true } : {}) })
       .setProtectedHeader({ alg: "HS256", typ: "JWT" })
       .setIssuer(ISSUER).setSubject(c.userId).setJti(jti).setIssuedAt(iat).setExpirationTime(iat + VIEWER_TOKEN_TTL_S)
       .sign(this.key);
@@ -69,7 +71,7 @@ export class ViewerTokens {
     if (p.sid !== sessionId) return { ok: false, why: "wrong_session" };
     return {
       ok: true,
-      claims: { jti: p.jti, session: p.sid, access: p.acc, userId: p.sub, name: String(p.name ?? ""), tenantId: String(p.tid ?? ""), expiresAt: Number(p.exp) * 1000 },
+      claims: { jti: p.jti, session: p.sid, access: p.acc, userId: p.sub, name: String(p.name ?? ""), tenantId: String(p.tid ?? ""), ...(p.eu === true ? { endUser: true } : {}), expiresAt: Number(p.exp) * 1000 },
     };
   }
 

@@ -462,6 +462,13 @@ for (const flavor of FLAVORS) {
       expect(mine.body.kind).toBe("end_user");
       const listed = (await app.call("GET", "/api/sessions", { token: u.token })).body.sessions;
       expect(listed.map((x: any) => x.id)).toEqual([mine.body.id]);
+      // Ended from the viewer by the end user: recorded as theirs, not a technician's.
+      const v = new TestViewer(app.url, mine.body.id, (await viewerToken(mine.body.id, "control", u.token)).token);
+      cleanups.push(() => v.close());
+      await v.open();
+      await v.waitFor((x) => x.t === "joined", 5_000, "joined");
+      v.send({ t: "session.end" });
+      await eventually(async () => (await getSession(mine.body.id)).end_reason === "end_user", 3_000, "ended by the end user");
     });
 
     test("losing access ends the session as a removal: a grant taken back, an end user disabled, a machine removed", async () => {

@@ -93,7 +93,7 @@ export const sessionRoutes = (deps: AppDeps) =>
       if (me.role === "end_user" && !(s.machine_id && (await endUserMayReach(deps.store, me, s.machine_id)))) {
         throw new HttpError(403, "MACHINE_NOT_GRANTED", "this machine is no longer granted to you");
       }
-      const { token, claims } = await deps.viewerTokens.mint({ session: s.id, access: ctx.body.access, userId: me.userId, name: displayName(me), tenantId: me.tenantId });
+      const { token, claims } = await deps.viewerTokens.mint({ session: s.id, access: ctx.body.access, userId: me.userId, name: displayName(me), tenantId: me.tenantId, endUser: me.role === "end_user" });
       await audit(deps.store, { tenantId: me.tenantId, type: "viewer_token.minted", actor: actorOf(me), target: { type: "session", id: s.id }, ip: ctx.ip, correlationId: ctx.correlationId, details: { token_id: claims.jti, access: claims.access } });
       const ws = publicUrl(deps.config, ctx.request).replace(/^http/, "ws");
       ctx.set.status = 201;

@@ -62,7 +62,7 @@ export const viewerSocket = (deps: AppDeps) => {
       let early: Uint8Array[] | null = [];
       let earlyBytes = 0;
       const link: ViewerLink = {
-        viewerId, sessionId: a.claims.session, userId: a.claims.userId, name: a.claims.name, access: a.claims.access,
+        viewerId, sessionId: a.claims.session, userId: a.claims.userId, name: a.claims.name, access: a.claims.access, endUser: a.claims.endUser === true,
         send: (frame) => (early ? (early.push(frame), (earlyBytes += frame.byteLength), frame.byteLength) : ws.raw.send(frame)),
         buffered: () => bufferedAmount(ws.raw) + earlyBytes,
         close: (code, reason) => ws.raw.close(code, reason),
