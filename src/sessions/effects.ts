@@ -22,7 +22,8 @@ export function sessionEffects(db: Queryable, relay: Relay, log: Logger, writes:
         owner: { member: p.actor ?? personOf(p.session_id), user_id: p.actor, name: String(p.details.technician ?? "technician"), role: "owner" },
         members: p.details.kind === "attended" ? [{ member: personOf(p.session_id), user_id: null, name: "the person at the machine", role: "member" }] : [],
       })
-      : p.event === "viewer.joined" && p.actor
+      // A view-only viewer reads the chat on its socket; posting to the room is acting.
+      : p.event === "viewer.joined" && p.actor && p.details.access === "control"
         ? rooms.ask(p.session_id, { type: "member.add", member: p.actor, user_id: p.actor, name: String(p.details.name ?? "technician"), role: "member", by: null })
         : null;
     work?.catch((err: Error) => log.warn({ session_id: p.session_id, err: err.message }, "session room not updated"));

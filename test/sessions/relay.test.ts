@@ -594,6 +594,19 @@ for (const flavor of FLAVORS) {
       expect(await agent.waitFor((x) => x.t === "chat", "API chat at the agent")).toMatchObject({ from: "admin", text: "posted over the API" });
       expect(await v.waitFor((x) => x.t === "chat" && x.text === "posted over the API")).toMatchObject({ role: "technician" });
 
+      // A view-only viewer reads the chat on its socket, but is not made a member: posting is acting.
+      const watcher = await app.user("technician");
+      const watching = new TestViewer(app.url, s.id, (await viewerToken(s.id, "view", watcher.token)).token);
+      cleanups.push(() => watching.close());
+      await watching.open();
+      await watching.waitFor((x) => x.t === "joined", 5_000, "joined");
+      await eventually(() => watching.messages.filter((x) => x.t === "chat").length === 3, 3_000, "the chat on the socket");
+      // The join's effects have run (its event is recorded; a membership would have followed at once).
+      await eventually(async () => (await app.call("GET", `/api/sessions/${s.id}/events`, { token: app.adminToken })).body.events
+        .some((e: any) => e.type === "viewer.joined" && e.actor === watcher.id), 3_000, "the watcher's join recorded");
+      await Bun.sleep(300);
+      expect((await app.call("POST", `/api/rooms/${s.id}/messages`, { token: watcher.token, body: { body: "from a watcher" } })).status).toBe(403);
+
       // A viewer who joins (or rejoins after a restart) is sent the chat so far, oldest first.
       const late = new TestViewer(app.url, s.id, (await viewerToken(s.id, "view", tech.token)).token);
       cleanups.push(() => late.close());
