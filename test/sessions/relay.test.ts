@@ -513,6 +513,26 @@ for (const flavor of FLAVORS) {
       await ended(technicians.id);
     });
 
+    test("access lost while the session is being created: the request is refused and the session ended", async () => {
+      const m = await machine();
+      const u = await app.user("end_user");
+      expect((await app.call("POST", `/api/users/${u.id}/grants`, { token: app.adminToken, body: { machine_id: m.id } })).status).toBe(201);
+      // The grant goes after the request's check, before the session's actor exists.
+      const system = app.server.system as any;
+      const ask = system.ask;
+      system.ask = async (address: string, event: any, ...rest: unknown[]) => {
+        if (event?.type === "session.create") {
+          system.ask = ask;
+          await app.server.store.query("delete from user_machine_grants where user_id = $1", [u.id]);
+        }
+        return ask.call(system, address, event, ...rest);
+      };
+      const r = await openSession(m.id, u.token);
+      expect(r.body).toMatchObject({ status_code: 404, error_code: "MACHINE_NOT_FOUND" });
+      const [row] = await app.server.store.query<{ end_reason: string | null }>("select end_reason from sessions where created_by = $1", [u.id]);
+      expect(row).toEqual({ end_reason: "removal" });
+    });
+
     test("the list pages with before (a created_at); a before that is not an ISO time is a 400, not a server error", async () => {
       const m = await machine();
       const older = (await openSession(m.id)).body;

@@ -42,6 +42,13 @@ export const sessionRoutes = (deps: AppDeps) =>
         type: "session.create", tenant_id: me.tenantId, kind, machine_id: machine.id, technician: { user_id: me.userId, name: displayName(me) },
         consent_required: consentRequired, wait_ms: deps.config.sessionWaitMs, grace_ms: deps.config.sessionGraceMs, consent_ms: deps.config.consentTimeoutMs,
       });
+      // Access lost between the check above and the create (a grant taken back, the machine
+      // removed) ended nothing, since the session did not exist yet: end it now.
+      if (!(await getMachine(deps.store, me, machine.id))) {
+        await deps.system.ask(`session/${id}`, { type: "session.end", by: "removal" });
+        await deps.sessionWrites.settled(id);
+        throw new HttpError(404, "MACHINE_NOT_FOUND", "no such machine");
+      }
       // The machine's agent, if connected now, joins at once; otherwise when it next connects.
       const conn = deps.connections.connOf(machine.id);
       if (conn && deps.relay.hasAgent(conn)) await deps.system.ask(`session/${id}`, { type: "agent.attached", conn });
