@@ -265,15 +265,8 @@ export class Journal {
     });
     for (const l of lost.slice(refusedHere)) this.settle(l.group, l.err);
     if (fatal) {
-      const rest: Batch = { writes: [], events: 0, groups: [] };
-      for (const g of undecided) {
-        const start = rest.writes.length;
-        for (let i = g.start; i < g.end; i++) add(rest, batch.writes[i]!);
-        g.start = start;
-        g.end = rest.writes.length;
-        rest.groups.push(g);
-      }
-      this.queue.unshift(rest);
+      keepOnly(batch, undecided);
+      this.queue.unshift(batch);
       this.failAll(fatal);
     }
   }
@@ -286,26 +279,13 @@ export class Journal {
     if (actors.size === 0) return [];
     const lost: Lost[] = [];
     const kept: Group[] = [];
-    const writes: Write[] = [];
-    let events = 0;
     for (const g of batch.groups) {
       const mine = batch.writes.slice(g.start, g.end);
       const err = statusOnly(mine) ? undefined : actorsOf(mine).map((a) => actors.get(a)).find(Boolean);
-      if (err) {
-        lost.push({ group: g, writes: mine, err });
-        continue;
-      }
-      g.start = writes.length;
-      for (const w of mine) {
-        writes.push(w);
-        if (w.op === "event") events++;
-      }
-      g.end = writes.length;
-      kept.push(g);
+      if (err) lost.push({ group: g, writes: mine, err });
+      else kept.push(g);
     }
-    batch.groups = kept;
-    batch.writes = writes;
-    batch.events = events;
+    if (lost.length > 0) keepOnly(batch, kept);
     return lost;
   }
 
@@ -341,4 +321,18 @@ export class Journal {
 function add(batch: Batch, w: Write): void {
   batch.writes.push(w);
   if (w.op === "event") batch.events++;
+}
+
+/** Rebuilds `batch` with only `groups` (some of its own, in order), their slices moved up. */
+function keepOnly(batch: Batch, groups: Group[]): void {
+  const old = batch.writes;
+  batch.writes = [];
+  batch.events = 0;
+  batch.groups = groups;
+  for (const g of groups) {
+    const start = batch.writes.length;
+    for (let i = g.start; i < g.end; i++) add(batch, old[i]!);
+    g.start = start;
+    g.end = batch.writes.length;
+  }
 }

@@ -208,9 +208,7 @@ export class Relay {
         for (const ch of [...this.channels.values()]) {
           // A channel opened on this connection was asked for after the resume: not in its list yet.
           if (ch.sessionId !== route.id || ch.conn === conn || alive.has(ch.channel)) continue;
-          this.broadcast(route.id, { t: "ch.closed", channel: ch.channel, reason: "agent_lost" }, ch.type === "term" || ch.type === "cmd" ? null : ch.viewerId);
-          this.dropChannel(ch.channel);
-          this.tell(`session/${route.id}`, { type: "channel.closed", channel: ch.channel, reason: "agent_lost" });
+          this.closeChannel(route, ch, { channel: ch.channel, reason: "agent_lost" });
         }
         return true;
       }
@@ -232,9 +230,7 @@ export class Relay {
           this.unicast(route, ch.viewerId, { t: "ch.ack", channel: ch.channel, bytes: msg.bytes });
         } else if (msg.t === "ch.closed") {
           const { t: _t, ...end } = msg;
-          this.broadcast(route.id, { t: "ch.closed", ...end }, ch.type === "term" || ch.type === "cmd" ? null : ch.viewerId);
-          this.dropChannel(ch.channel);
-          this.tell(`session/${route.id}`, { type: "channel.closed", ...end });
+          this.closeChannel(route, ch, end);
         }
         return true;
       }
@@ -518,6 +514,13 @@ export class Relay {
   private unicast(route: SessionRoute, viewerId: string, message: ServerToViewer): void {
     const v = route.viewers.get(viewerId);
     if (v) this.deliver(route, v, encode(message as never));
+  }
+
+  /** The agent's channel is over: its viewers told, its route and recording ended, the session told. */
+  private closeChannel(route: SessionRoute, ch: ChannelRoute, end: Omit<Extract<AgentToServer, { t: "ch.closed" }>, "t">): void {
+    this.broadcast(route.id, { t: "ch.closed", ...end }, ch.type === "term" || ch.type === "cmd" ? null : ch.viewerId);
+    this.dropChannel(ch.channel);
+    this.tell(`session/${route.id}`, { type: "channel.closed", ...end });
   }
 
   private dropChannel(channel: number): void {

@@ -79,13 +79,18 @@ for (const flavor of FLAVORS) {
       return v;
     };
     const getSession = async (id: string) => (await app.call("GET", `/api/sessions/${id}`, { token: app.adminToken })).body;
-    /** A session on a connected scripted agent, with a control viewer and a terminal it opened. */
-    const withTerminal = async () => {
+    /** A session started on a connected scripted agent. */
+    const withAgentSession = async () => {
       const m = await machine();
       const agent = await ScriptedAgent.connect(app, m);
       cleanups.push(() => agent.socket.close());
       const s = (await openSession(m.id)).body;
       await agent.waitFor((x) => x.t === "session.start", "session.start");
+      return { m, agent, s };
+    };
+    /** A session on a connected scripted agent, with a control viewer and a terminal it opened. */
+    const withTerminal = async () => {
+      const { m, agent, s } = await withAgentSession();
       const v = await viewer(s.id);
       v.send({ t: "term.open", req: "t1", cols: 80, rows: 24 });
       const open = await agent.waitFor((x) => x.t === "ch.open", "ch.open");
@@ -147,11 +152,7 @@ for (const flavor of FLAVORS) {
     });
 
     test("a view-only viewer sees everything and can do nothing", async () => {
-      const m = await machine();
-      const agent = await ScriptedAgent.connect(app, m);
-      cleanups.push(() => agent.socket.close());
-      const s = (await openSession(m.id)).body;
-      await agent.waitFor((x) => x.t === "session.start", "session.start");
+      const { agent, s } = await withAgentSession();
       const control = await viewer(s.id, "control");
       const watcher = await viewer(s.id, "view");
       control.send({ t: "term.open", req: "t", cols: 80, rows: 24 });
@@ -267,11 +268,7 @@ for (const flavor of FLAVORS) {
     });
 
     test("a stalled viewer is cut off with a reason; the agent and the other viewer are not held back", async () => {
-      const m = await machine();
-      const agent = await ScriptedAgent.connect(app, m);
-      cleanups.push(() => agent.socket.close());
-      const s = (await openSession(m.id)).body;
-      await agent.waitFor((x) => x.t === "session.start", "session.start");
+      const { m, agent, s } = await withAgentSession();
       const healthy = await viewer(s.id);
       // The stalled viewer: a raw socket that completes the upgrade, then stops reading.
       const { token } = await viewerToken(s.id, "view");
@@ -308,11 +305,7 @@ for (const flavor of FLAVORS) {
     }, 60_000);
 
     test("ending a session closes its viewers with the reason and tells the agent", async () => {
-      const m = await machine();
-      const agent = await ScriptedAgent.connect(app, m);
-      cleanups.push(() => agent.socket.close());
-      const s = (await openSession(m.id)).body;
-      await agent.waitFor((x) => x.t === "session.start", "session.start");
+      const { agent, s } = await withAgentSession();
       const v = await viewer(s.id);
       const ended = await app.call("POST", `/api/sessions/${s.id}/end`, { token: app.adminToken });
       expect(ended.status).toBe(200);
@@ -581,11 +574,7 @@ for (const flavor of FLAVORS) {
     });
 
     test("each session has a room: its technicians are members, and chat both ways is stored there and streamed (R1)", async () => {
-      const m = await machine();
-      const agent = await ScriptedAgent.connect(app, m);
-      cleanups.push(() => agent.socket.close());
-      const s = (await openSession(m.id)).body;
-      await agent.waitFor((x) => x.t === "session.start", "session.start");
+      const { agent, s } = await withAgentSession();
       const tech = await app.user("technician");
       await eventually(async () => (await app.call("GET", `/api/rooms/${s.id}`, { token: app.adminToken })).status === 200, 3_000, "the session's room");
       // Not a member yet: the room is closed to them.
