@@ -66,6 +66,8 @@ interface SessionRoute {
   machineId: string | null;
   agentConn: string | null;
   viewers: Map<string, ViewerState>;
+  /** In an end-user session, the end user's room member: their chat is labelled as theirs, not a technician's. */
+  endUser: string | null;
 }
 
 interface ViewerState {
@@ -239,8 +241,10 @@ export class Relay {
 
   // ---- viewers ------------------------------------------------------------------------------
 
-  addViewer(meta: { tenantId: string; machineId: string | null }, link: ViewerLink): void {
+  /** `meta.endUser`: the session's end user, if it is an end-user session (see SessionRoute). */
+  addViewer(meta: { tenantId: string; machineId: string | null; endUser?: string | null }, link: ViewerLink): void {
     const route = this.routeOf(link.sessionId, meta);
+    if (meta.endUser) route.endUser = meta.endUser;
     const t = this.now();
     route.viewers.set(link.viewerId, {
       link,
@@ -372,7 +376,7 @@ export class Relay {
   deliverChat(sessionId: string, m: ChatRow): void {
     const route = this.sessions.get(sessionId);
     if (!route) return;
-    this.broadcast(sessionId, chatToViewer(sessionId, m));
+    this.broadcast(sessionId, chatToViewer(route, m));
     if (m.sender === `person:${sessionId}`) return;
     // A room message may be longer than one agent frame carries (the agent refuses a frame
     // that breaks its schema, and drops the connection): it goes in pieces, in order.
@@ -388,7 +392,7 @@ export class Relay {
   /** The chat so far, to one viewer who has just joined (the page drops what it already has, by id). */
   chatHistory(sessionId: string, viewerId: string, messages: ChatRow[]): void {
     const route = this.sessions.get(sessionId);
-    if (route) for (const m of messages) this.unicast(route, viewerId, chatToViewer(sessionId, m));
+    if (route) for (const m of messages) this.unicast(route, viewerId, chatToViewer(route, m));
   }
 
   private postChat(route: SessionRoute, from: { member: string; name: string }, text: string): void {
@@ -409,7 +413,7 @@ export class Relay {
   private routeOf(sessionId: string, meta: { tenantId: string; machineId: string | null }): SessionRoute {
     let route = this.sessions.get(sessionId);
     if (!route) {
-      route = { id: sessionId, tenantId: meta.tenantId, machineId: meta.machineId, agentConn: null, viewers: new Map() };
+      route = { id: sessionId, tenantId: meta.tenantId, machineId: meta.machineId, agentConn: null, viewers: new Map(), endUser: null };
       this.sessions.set(sessionId, route);
     }
     return route;
@@ -549,5 +553,8 @@ function cutAt(s: string, max: number): string {
   return s.slice(0, high >= 0xd800 && high <= 0xdbff ? max - 1 : max);
 }
 
-const chatToViewer = (sessionId: string, m: ChatRow): ServerToViewer =>
-  ({ t: "chat", id: m.id, from: m.sender_name, role: m.sender === `person:${sessionId}` ? "end_user" : "technician", text: m.body, at: m.ts });
+/** Chat as viewers see it: the person at the machine (attended) and the session's end user are `end_user`. */
+const chatToViewer = (route: SessionRoute, m: ChatRow): ServerToViewer => {
+  const endUser = m.sender === `person:${route.id}` || (route.endUser !== null && m.sender === route.endUser);
+  return { t: "chat", id: m.id, from: m.sender_name, role: endUser ? "end_user" : "technician", text: m.body, at: m.ts };
+};

@@ -460,6 +460,20 @@ for (const flavor of FLAVORS) {
       cleanups.push(() => v.close());
       await v.open();
       await v.waitFor((x) => x.t === "joined", 5_000, "joined");
+      // Their chat is labelled as theirs for everyone, a technician watching too, and in the history.
+      const tech = new TestViewer(app.url, mine.body.id, (await viewerToken(mine.body.id, "control")).token);
+      cleanups.push(() => tech.close());
+      await tech.open();
+      await tech.waitFor((x) => x.t === "joined", 5_000, "the technician joined");
+      v.send({ t: "chat.send", text: "it is my machine" });
+      expect(await tech.waitFor((x) => x.t === "chat" && x.text === "it is my machine")).toMatchObject({ role: "end_user", from: u.username });
+      tech.send({ t: "chat.send", text: "I am looking" });
+      expect(await v.waitFor((x) => x.t === "chat" && x.text === "I am looking")).toMatchObject({ role: "technician" });
+      const late = new TestViewer(app.url, mine.body.id, (await viewerToken(mine.body.id, "view")).token);
+      cleanups.push(() => late.close());
+      await late.open();
+      await eventually(() => late.messages.filter((x) => x.t === "chat").length === 2, 3_000, "the chat history");
+      expect(late.messages.filter((x) => x.t === "chat").map((x) => [x.role, x.text])).toEqual([["end_user", "it is my machine"], ["technician", "I am looking"]]);
       v.send({ t: "session.end" });
       await eventually(async () => (await getSession(mine.body.id)).end_reason === "end_user", 3_000, "ended by the end user");
     });

@@ -25,6 +25,8 @@ const Query = z.object({ session: z.uuid(), token: z.string().min(1).max(4096) }
 interface Admitted {
   claims: ViewerClaims;
   machineId: string | null;
+  /** The session's end user, in an end-user session (their chat is labelled as theirs). */
+  endUser: string | null;
   ip: string;
 }
 
@@ -48,10 +50,11 @@ export const viewerSocket = (deps: AppDeps) => {
         if (verdict.why === "wrong_session") throw new HttpError(403, "WRONG_SESSION", "this viewer token is for another session");
         throw new HttpError(401, "INVALID_VIEWER_TOKEN", "a viewer token from POST /api/sessions/:id/viewer-token is required");
       }
-      const [s] = await deps.store.query<{ machine_id: string | null; ended_at: unknown }>("select machine_id, ended_at from sessions where id = $1 and tenant_id = $2", [q.data.session, verdict.claims.tenantId]);
+      const [s] = await deps.store.query<{ machine_id: string | null; kind: string; created_by: string | null; ended_at: unknown }>(
+        "select machine_id, kind, created_by, ended_at from sessions where id = $1 and tenant_id = $2", [q.data.session, verdict.claims.tenantId]);
       if (!s) throw new HttpError(404, "SESSION_NOT_FOUND", "no such session");
       if (s.ended_at) throw new HttpError(409, "SESSION_ENDED", "the session has ended");
-      admitted.set(request, { claims: verdict.claims, machineId: s.machine_id, ip });
+      admitted.set(request, { claims: verdict.claims, machineId: s.machine_id, endUser: s.kind === "end_user" ? s.created_by : null, ip });
     },
     async open(ws) {
       const a = admitted.get(ws.data.request);
@@ -69,7 +72,7 @@ export const viewerSocket = (deps: AppDeps) => {
       };
       (ws.data as { viewerId?: string }).viewerId = viewerId;
       links.set(viewerId, link);
-      deps.relay.addViewer({ tenantId: a.claims.tenantId, machineId: a.machineId }, link);
+      deps.relay.addViewer({ tenantId: a.claims.tenantId, machineId: a.machineId, endUser: a.endUser }, link);
       const joined = await deps.system.ask<{ ok: boolean; code?: string }>(`session/${a.claims.session}`, { type: "viewer.joined", viewer_id: viewerId, user_id: a.claims.userId, name: a.claims.name, access: a.claims.access })
         .catch(() => null);
       if (!joined?.reply?.ok) {
