@@ -555,3 +555,10 @@ create index machines_search_doc on machines using gin (search_doc public.gin_tr
 -- whole table; with the name indexed too it combines the two (a BitmapOr). Partial: agents and
 -- the system act without a name, so a reconnect storm's events add nothing to it.
 create index audit_events_actor_name on audit_events (tenant_id, actor_name, id desc) where actor_name is not null;
+
+-- version: 14
+-- A machine an admin disabled (M3, issue 4): its agent is refused at connect (close 4011) and a
+-- live one is closed by the revocation sweep, which looks for machines disabled since its last
+-- look; enabling it lets the agent back in with the keys it has. Orthogonal to enrollment_state.
+alter table machines add column disabled_at timestamptz;
+create index machines_disabled on machines (disabled_at) where disabled_at is not null;

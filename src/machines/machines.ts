@@ -7,8 +7,9 @@ import { type Cursor, decodeCursor, encodeCursor, type Order, QueryError, search
 
 /**
  * Machine rows (M6): listing (tenant-scoped; an end user sees only granted machines), removal
- * (soft delete that also revokes the machine's agent keys; re-enrollment revives the row), and
- * the admin's decision on a clone-looking enrollment (approve or reject).
+ * (soft delete that also revokes the machine's agent keys; re-enrollment revives the row),
+ * disabling (the agent is kept out until enabled), and the admin's decision on a clone-looking
+ * enrollment (approve or reject).
  */
 export interface MachineRow {
   id: string;
@@ -24,6 +25,7 @@ export interface MachineRow {
   inventory: unknown;
   external_ip: string | null;
   agent_version: string | null;
+  disabled_at: Date | string | null;
 }
 
 export interface PendingRequestRow {
@@ -38,7 +40,7 @@ export interface PendingRequestRow {
 /** Who is looking: an end user's view is narrowed to their grants. */
 export type Viewer = Pick<Principal, "tenantId" | "userId" | "role">;
 
-const COLUMNS = "m.id, m.tenant_id, m.site_id, s.site_code, m.hostname, m.labels, m.enrollment_state, m.status, m.last_seen_at, m.created_at, m.inventory, m.external_ip, m.agent_version";
+const COLUMNS = "m.id, m.tenant_id, m.site_id, s.site_code, m.hostname, m.labels, m.enrollment_state, m.status, m.last_seen_at, m.created_at, m.inventory, m.external_ip, m.agent_version, m.disabled_at";
 const SELECT = `select ${COLUMNS} from machines m left join sites s on s.id = m.site_id`;
 
 /** Every visible-to-viewer condition, with the viewer's parameters at $1 (tenant), $2 (user), $3 (is end user). */
@@ -58,6 +60,7 @@ export function publicMachine(m: MachineRow) {
     inventory: inventoryOf(m.inventory),
     external_ip: m.external_ip,
     agent_version: m.agent_version,
+    disabled_at: isoOrNull(m.disabled_at),
   };
 }
 
@@ -138,6 +141,20 @@ export async function removeMachines(store: Store, tenantId: string, ids: readon
     await revokeMachineKeys(tx, tenantId, removed.map((r) => r.id));
     return removed;
   });
+}
+
+/**
+ * Disables or enables a live machine of the tenant. `changed` is false when it already was so
+ * (the call is idempotent; only a change is audited). Null: no such machine.
+ */
+export async function setMachineDisabled(db: Queryable, tenantId: string, machineId: string, disabled: boolean): Promise<{ machine: MachineRow; changed: boolean } | null> {
+  const [changed] = await db.query<{ id: string }>(
+    `update machines set disabled_at = case when $3::boolean then now() else null end, updated_at = now()
+      where tenant_id = $1 and id = $2 and deleted_at is null and (disabled_at is not null) <> $3::boolean
+      returning id`,
+    [tenantId, machineId, disabled]);
+  const [machine] = await db.query<MachineRow>(`${SELECT} where m.tenant_id = $1 and m.id = $2 and m.deleted_at is null`, [tenantId, machineId]);
+  return machine ? { machine, changed: changed !== undefined } : null;
 }
 
 export type Decision =

@@ -19,9 +19,9 @@ export interface Term {
 }
 
 export const MAX_TERMS = 16;
-const STATUS_VALUES = ["online", "offline", "pending"];
-/** The values of machines.status (pending is machines.enrollment_state). */
-const STATUSES = STATUS_VALUES.filter((s) => s !== "pending");
+const STATUS_VALUES = ["online", "offline", "pending", "disabled"];
+/** The values of machines.status (pending is machines.enrollment_state, disabled machines.disabled_at). */
+const STATUSES = STATUS_VALUES.filter((s) => s !== "pending" && s !== "disabled");
 
 export class QueryError extends Error {}
 
@@ -129,7 +129,9 @@ const sitesMatching = (pat: string) =>
 export function termSql(t: Term, p: (v: unknown) => string): string {
   if (t.scope === "status") {
     const v = t.value.toLowerCase();
-    return v === "pending" ? "m.enrollment_state = 'pending'" : `m.status = ${p(v)}`;
+    if (v === "pending") return "m.enrollment_state = 'pending'";
+    if (v === "disabled") return "m.disabled_at is not null";
+    return `m.status = ${p(v)}`;
   }
   const pat = `lower(${p(likeContains(t.value))})`;
   const doc = `m.search_doc like ${pat}`;

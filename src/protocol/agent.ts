@@ -85,6 +85,7 @@ export const CLOSE = {
   SUPERSEDED: 4008, // the same machine connected again
   SILENT: 4009, // no heartbeat within offline_after_ms
   SERVER_STOPPING: 4010,
+  MACHINE_DISABLED: 4011, // an admin disabled the machine; enabling it lets the agent back in
 } as const;
 
 const packr = new Packr({ useRecords: false });

@@ -74,6 +74,7 @@ export const Machine = z.object({
   inventory: Inventory.describe("the agent's last status report (SPEC M4); {} before the first"),
   external_ip: z.string().nullable().describe("the address the server saw the agent connect from"),
   agent_version: z.string().nullable(),
+  disabled_at: z.string().nullable().describe("when an admin disabled it: its agent is kept out (close 4011) until it is enabled"),
 });
 export type Machine = z.infer<typeof Machine>;
 

@@ -28,7 +28,7 @@ for (const flavor of FLAVORS) {
         id: machines[0]!.id, hostname: machines[0]!.body.hostname, site_id: site.id, site_code: site.code,
         labels: { company: "Acme", site: `${site.code} office`, department: "IT", device_type: "", tags: ["prod"] },
         enrollment_state: "active", status: "offline", last_seen_at: null, created_at: expect.any(String),
-        inventory: {}, external_ip: null, agent_version: null,
+        inventory: {}, external_ip: null, agent_version: null, disabled_at: null,
       });
       const one = await app.call("GET", `/api/machines/${machines[0]!.id}`, { token: app.adminToken });
       expect(one.body).toEqual({ ...m, pending_request: null });

@@ -3,7 +3,7 @@ import { z } from "zod";
 import { audit } from "../../audit/audit.ts";
 import { listAgentKeys, mintAgentKey, publicAgentKey, revokeAgentKey } from "../../machines/agent-keys.ts";
 import { QueryError } from "../../machines/search.ts";
-import { decidePending, getMachine, listMachines, pendingRequest, publicMachine, publicPendingRequest, removeMachines } from "../../machines/machines.ts";
+import { decidePending, getMachine, listMachines, pendingRequest, publicMachine, publicPendingRequest, removeMachines, setMachineDisabled } from "../../machines/machines.ts";
 import { Uuid } from "../../protocol/accounts.ts";
 import { AgentKey, BulkDeleteRequest, BulkDeleteResponse, ListMachinesQuery, Machine, MachineDetail, MachineList, MintedAgentKey } from "../../protocol/machines.ts";
 import { actorOf, authorize, requestContext } from "../context.ts";
@@ -18,8 +18,8 @@ const notFound = () => new HttpError(404, "MACHINE_NOT_FOUND", "no such machine"
 
 /**
  * Machines of the caller's tenant (M6): list and read (an end user: only granted machines),
- * remove (soft, one or up to 500), approve or reject a clone-looking enrollment; and each
- * machine's agent keys (M2): mint, list, revoke.
+ * remove (soft, one or up to 500), disable and enable, approve or reject a clone-looking
+ * enrollment; and each machine's agent keys (M2): mint, list, revoke.
  */
 export const machineRoutes = (deps: AppDeps) =>
   new Elysia({ name: "machine-routes" })
@@ -65,6 +65,12 @@ export const machineRoutes = (deps: AppDeps) =>
       return { removed: [...done], not_found: [...new Set(ctx.body.ids)].filter((id) => !done.has(id)) };
     }, { body: BulkDeleteRequest, response: { 200: BulkDeleteResponse }, detail: { tags, summary: "Remove up to 500 machines at once, each audited" } })
 
+    .post("/api/machines/:id/disable", async (ctx) => setDisabled(deps, ctx, true),
+      { params: IdParams, response: { 200: Machine }, detail: { tags, summary: "Disable a machine: its agent is disconnected within a second and refused until enabled (close 4011); its live sessions end (removal)" } })
+
+    .post("/api/machines/:id/enable", async (ctx) => setDisabled(deps, ctx, false),
+      { params: IdParams, response: { 200: Machine }, detail: { tags, summary: "Enable a disabled machine: its agent connects again with the keys it has" } })
+
     .post("/api/machines/:id/approve", async (ctx) => decide(deps, ctx, "approve"),
       { params: IdParams, response: { 200: Machine }, detail: { tags, summary: "Approve a clone-looking enrollment: the claimant becomes the machine (earlier agent keys are revoked)" } })
 
@@ -98,6 +104,21 @@ export const machineRoutes = (deps: AppDeps) =>
       }
       ctx.set.status = 204;
     }, { params: KeyParams, detail: { tags, summary: "Revoke one agent key of a machine" } });
+
+async function setDisabled(deps: AppDeps, ctx: Parameters<typeof authorize>[0] & { params: { id: string } }, disabled: boolean) {
+  const me = await authorize(ctx, "machines:write");
+  const result = await setMachineDisabled(deps.store, me.tenantId, ctx.params.id, disabled);
+  if (!result) throw notFound();
+  if (result.changed) {
+    await audit(deps.store, {
+      tenantId: me.tenantId, type: disabled ? "machine.disabled" : "machine.enabled", actor: actorOf(me), target: { type: "machine", id: result.machine.id },
+      ip: ctx.ip, correlationId: ctx.correlationId, details: { hostname: result.machine.hostname },
+    });
+  }
+  // Nobody reaches a disabled machine: its sessions end now (the agent's socket goes with the sweep).
+  if (disabled) await endSessionsOnLostAccess(deps, me.tenantId, { machineIds: [result.machine.id] });
+  return publicMachine(result.machine);
+}
 
 async function decide(deps: AppDeps, ctx: Parameters<typeof authorize>[0] & { params: { id: string } }, decision: "approve" | "reject") {
   const me = await authorize(ctx, "machines:write");

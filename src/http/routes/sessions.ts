@@ -33,6 +33,7 @@ export const sessionRoutes = (deps: AppDeps) =>
       const machine = await getMachine(deps.store, me, ctx.body.machine_id);
       if (!machine) throw new HttpError(404, "MACHINE_NOT_FOUND", "no such machine");
       if (machine.enrollment_state !== "active") throw new HttpError(409, "MACHINE_PENDING", "the machine is waiting for approval");
+      if (machine.disabled_at) throw new HttpError(409, "MACHINE_DISABLED", "the machine is disabled");
       const kind = me.role === "end_user" ? "end_user" : "unattended";
       const [site] = machine.site_id ? await deps.store.query<{ require_consent: boolean }>("select require_consent from sites where id = $1", [machine.site_id]) : [];
       const consentRequired = kind === "unattended" && Boolean(site?.require_consent);
@@ -43,11 +44,12 @@ export const sessionRoutes = (deps: AppDeps) =>
         consent_required: consentRequired, wait_ms: deps.config.sessionWaitMs, grace_ms: deps.config.sessionGraceMs, consent_ms: deps.config.consentTimeoutMs,
       });
       // Access lost between the check above and the create (a grant taken back, the machine
-      // removed) ended nothing, since the session did not exist yet: end it now.
-      if (!(await getMachine(deps.store, me, machine.id))) {
+      // removed or disabled) ended nothing, since the session did not exist yet: end it now.
+      const still = await getMachine(deps.store, me, machine.id);
+      if (!still || still.disabled_at) {
         await deps.system.ask(`session/${id}`, { type: "session.end", by: "removal" });
         await deps.sessionWrites.settled(id);
-        throw new HttpError(404, "MACHINE_NOT_FOUND", "no such machine");
+        throw still ? new HttpError(409, "MACHINE_DISABLED", "the machine is disabled") : new HttpError(404, "MACHINE_NOT_FOUND", "no such machine");
       }
       // The machine's agent, if connected now, joins at once; otherwise when it next connects.
       const conn = deps.connections.connOf(machine.id);

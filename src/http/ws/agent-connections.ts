@@ -7,9 +7,10 @@ import type { Queryable } from "../../store/store.ts";
  *
  * Revocation: twice a second one query asks what changed, not about every live socket: the
  * keys revoked since the previous sweep (with a minute of overlap, for transactions that
- * committed late) and the machines waiting for approval. Removing a machine revokes its keys in
- * the same transaction, so removal, revocation, re-enrollment and approval all show up as a
- * revoked key, and a machine sent back to pending as a pending machine. Whichever process made
+ * committed late), the machines disabled since (with the same overlap) and the machines waiting
+ * for approval. Removing a machine revokes its keys in the same transaction, so removal,
+ * revocation, re-enrollment and approval all show up as a revoked key, and a machine sent back
+ * to pending as a pending machine. Whichever process made
  * the change, a live agent it concerns is closed within a second. The cost follows the changes
  * (and two scans of small columns), not the number of connected agents.
  *
@@ -117,27 +118,32 @@ export class AgentConnections {
     }
     this.checking = true;
     try {
-      const rows = await this.db.query<{ what: "now" | "revoked" | "pending"; id: string | null; removed: boolean | null; at: string }>(
+      const rows = await this.db.query<{ what: "now" | "revoked" | "disabled" | "pending"; id: string | null; removed: boolean | null; at: string }>(
         `select 'now' as what, null::uuid as id, null::boolean as removed, now()::text as at
          union all
          select 'revoked', k.id, m.deleted_at is not null, null
            from agent_keys k join machines m on m.id = k.machine_id
           where k.revoked_at >= coalesce($1::timestamptz, now()) - interval '${OVERLAP_SECONDS} seconds'
          union all
+         select 'disabled', m.id, null, null from machines m
+          where m.disabled_at >= coalesce($1::timestamptz, now()) - interval '${OVERLAP_SECONDS} seconds'
+         union all
          select 'pending', m.id, null, null from machines m where m.enrollment_state <> 'active'`,
         [this.since]);
       const keys = new Map<string, boolean>();
       const pending = new Set<string>();
+      const disabled = new Set<string>();
       for (const r of rows) {
         if (r.what === "now") this.since = r.at;
         else if (r.what === "revoked") keys.set(r.id!, Boolean(r.removed));
-        else pending.add(r.id!);
+        else (r.what === "disabled" ? disabled : pending).add(r.id!);
       }
-      if (keys.size === 0 && pending.size === 0) return;
+      if (keys.size === 0 && pending.size === 0 && disabled.size === 0) return;
       for (const s of [...this.byConn.values()]) {
         const removed = keys.get(s.keyId);
         // Removed before revoked: removing a machine also revokes its keys, and 4007 says why.
         if (removed !== undefined) s.close(removed ? 4007 : 4004, removed ? "machine removed" : "key revoked");
+        else if (disabled.has(s.machineId)) s.close(4011, "machine disabled");
         else if (pending.has(s.machineId)) s.close(4006, "machine pending approval");
       }
     } catch {

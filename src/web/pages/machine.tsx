@@ -34,6 +34,7 @@ interface Machine {
   inventory: Inventory;
   external_ip: string | null;
   agent_version: string | null;
+  disabled_at: string | null;
 }
 interface Session {
   id: string;
@@ -90,7 +91,16 @@ export function MachinePage(props: { id: string }) {
       setConnecting(null);
     }
   };
-  const mayConnect = can("sessions:write") && m.enrollment_state === "active";
+  const mayConnect = can("sessions:write") && m.enrollment_state === "active" && !m.disabled_at;
+  const setDisabled = async (disabled: boolean) => {
+    setConnectError(null);
+    try {
+      await api("POST", `/api/machines/${m.id}/${disabled ? "disable" : "enable"}`);
+      machine.reload();
+    } catch (e) {
+      setConnectError(e);
+    }
+  };
   const liveSession = sessions.data?.sessions.find((s) => s.state !== "ended");
 
   return (
@@ -103,19 +113,27 @@ export function MachinePage(props: { id: string }) {
             <span class={`presence ${m.status}`}>{m.status}</span>
             {m.status === "offline" && m.last_seen_at && <> · last seen {formatTime(m.last_seen_at)}</>}
             {m.enrollment_state !== "active" && <span class="badge">{m.enrollment_state}</span>}
+            {m.disabled_at && <span class="badge" title={`since ${formatTime(m.disabled_at)}`}>disabled</span>}
             {m.site_code && <> · site {m.site_code}</>}
             {can("recordings:read") && <> · <Link href={`/recordings?machine=${m.id}`}>Recordings</Link></>}
             {can("actors:read") && <> · <Link href={`/actors/machine/${m.id}`}>History</Link></>}
           </p>
         </div>
-        {can("sessions:write") && (
+        {(can("sessions:write") || can("machines:write")) && (
           <div class="actions">
-            <button type="button" disabled={!mayConnect || connecting !== null} onClick={() => connect("control")}>
-              {connecting === "control" ? "Connecting…" : "Connect (control)"}
-            </button>
-            <button type="button" class="secondary" disabled={!mayConnect || connecting !== null} onClick={() => connect("view")}>
-              {connecting === "view" ? "Connecting…" : "Connect (view only)"}
-            </button>
+            {can("machines:write") && (
+              <button type="button" class="secondary" onClick={() => setDisabled(!m.disabled_at)}>{m.disabled_at ? "Enable" : "Disable"}</button>
+            )}
+            {can("sessions:write") && (
+              <>
+                <button type="button" disabled={!mayConnect || connecting !== null} onClick={() => connect("control")}>
+                  {connecting === "control" ? "Connecting…" : "Connect (control)"}
+                </button>
+                <button type="button" class="secondary" disabled={!mayConnect || connecting !== null} onClick={() => connect("view")}>
+                  {connecting === "view" ? "Connecting…" : "Connect (view only)"}
+                </button>
+              </>
+            )}
           </div>
         )}
       </header>

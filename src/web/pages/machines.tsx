@@ -15,6 +15,7 @@ interface Machine {
   external_ip: string | null;
   agent_version: string | null;
   enrollment_state: string;
+  disabled_at: string | null;
 }
 interface Page {
   machines: Machine[];
@@ -115,7 +116,7 @@ export function MachinesPage() {
             {rows.map((m) => (
               <tr key={m.id} data-machine={m.id}>
                 <td><Link href={`/machines/${m.id}`}>{m.hostname}</Link></td>
-                <td><span class={`presence ${m.status}`}>{m.status}</span>{m.enrollment_state !== "active" && <span class="badge">{m.enrollment_state}</span>}</td>
+                <td><span class={`presence ${m.status}`}>{m.status}</span>{m.enrollment_state !== "active" && <span class="badge">{m.enrollment_state}</span>}{m.disabled_at && <span class="badge">disabled</span>}</td>
                 <td class="wide">{[m.inventory.os?.name, m.inventory.os?.version].filter(Boolean).join(" ") || "—"}</td>
                 <td class="wide">{m.site_code ?? "—"}</td>
                 <td class="wide">{(m.labels.tags ?? []).join(", ") || "—"}</td>
