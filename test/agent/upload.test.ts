@@ -1,5 +1,6 @@
-import { expect, test } from "bun:test";
+import { expect, spyOn, test } from "bun:test";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import * as fsp from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { AgentToServer } from "../../src/protocol/relay.ts";
@@ -46,6 +47,123 @@ test("an upload stopped while it is being committed is reported cancelled and le
     }
     expect(readdirSync(dir).filter((f) => f.includes(".tether-upload-"))).toEqual([]);
   } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+/**
+ * Holds upload.ts's final rename (of a file in `dir`) until `release`: `started` resolves once the
+ * rename has been called, i.e. the upload is past its last check and committing. bun:test's
+ * spyOn on the module namespace replaces the binding upload.ts imported; `calls` shows it did.
+ * `outcome` "fail" makes the rename reject as a real one would (EACCES) instead of renaming.
+ */
+function holdRename(dir: string, outcome: "ok" | "fail") {
+  const real = fsp.rename;
+  let started!: () => void;
+  let release!: () => void;
+  const startedP = new Promise<void>((r) => (started = r));
+  const gate = new Promise<void>((r) => (release = r));
+  const calls: Array<[string, string]> = [];
+  const spy = spyOn(fsp, "rename").mockImplementation(async (from, to) => {
+    if (!String(from).startsWith(dir)) return real(from, to);
+    calls.push([String(from), String(to)]);
+    started();
+    await gate;
+    if (outcome === "fail") throw Object.assign(new Error(`EACCES: permission denied, rename '${from}' -> '${to}'`), { code: "EACCES", errno: -13, syscall: "rename" });
+    return real(from, to);
+  });
+  return { started: startedP, release, calls, restore: () => spy.mockRestore() };
+}
+
+const temps = (dir: string) => readdirSync(dir).filter((f) => f.includes(".tether-upload-"));
+
+/** Waits (up to 10 s) for `ok`; the caller's expect then says what did not happen. */
+async function until(ok: () => boolean): Promise<void> {
+  for (const deadline = Date.now() + 10_000; !ok() && Date.now() < deadline; ) await Bun.sleep(1);
+}
+
+/** An upload of `payload` over a target holding "old contents\n", held in its rename by `hold`. */
+async function heldInRename(dir: string, hold: ReturnType<typeof holdRename>, payload: Uint8Array) {
+  const name = "target.txt";
+  writeFileSync(join(dir, name), "old contents\n");
+  const u = upload(dir, name, payload.byteLength);
+  await until(() => u.sent.some((m) => m.t === "ch.opened"));
+  u.channel.input(payload);
+  u.channel.eof();
+  await Promise.race([hold.started, until(() => u.ended() !== null)]); // ended: the expects below say how
+  expect(u.ended()).toBeNull();
+  expect(hold.calls).toEqual([[expect.stringContaining(".target.txt.tether-upload-"), join(dir, name)]]);
+  return { u, target: join(dir, name) };
+}
+
+for (const reason of [undefined, "session_ended", "agent_lost"] as const) {
+  test(`an upload stopped (${reason ?? "ch.close"}) while its rename runs, which succeeds, reports eof and the new bytes are in place`, async () => {
+    const dir = mkdtempSync(join(tmpdir(), "tether-upload-"));
+    const payload = new TextEncoder().encode("new contents\n");
+    const hold = holdRename(dir, "ok");
+    try {
+      const { u, target } = await heldInRename(dir, hold, payload);
+      u.channel.stop(reason);
+      u.channel.stop(reason); // a second stop changes nothing either
+      // The rename may still fail: no outcome can be reported before it returns.
+      const beforeRenameReturned = u.ended();
+      hold.release();
+      await until(() => u.ended() !== null && temps(dir).length === 0);
+      expect({ beforeRenameReturned, end: u.ended(), now: readFileSync(target, "utf8"), temps: temps(dir) }).toEqual({
+        beforeRenameReturned: null,
+        end: { reason: "eof", bytes: payload.byteLength },
+        now: "new contents\n",
+        temps: [],
+      });
+    } finally {
+      hold.release();
+      hold.restore();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}
+
+test("an upload stopped while its rename runs, which fails, reports the rename's error and leaves the target and no temp file", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "tether-upload-"));
+  const payload = new TextEncoder().encode("new contents\n");
+  const hold = holdRename(dir, "fail");
+  try {
+    const { u, target } = await heldInRename(dir, hold, payload);
+    u.channel.stop(undefined);
+    const beforeRenameReturned = u.ended();
+    hold.release();
+    await until(() => u.ended() !== null && temps(dir).length === 0);
+    expect({ beforeRenameReturned, end: u.ended(), now: readFileSync(target, "utf8"), temps: temps(dir) }).toEqual({
+      beforeRenameReturned: null,
+      end: { reason: "error", error: { code: "EACCES", message: expect.stringContaining("EACCES") } },
+      now: "old contents\n",
+      temps: [],
+    });
+  } finally {
+    hold.release();
+    hold.restore();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("data after ch.eof, while the rename runs, does not end the upload 'too_large' with the target replaced anyway", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "tether-upload-"));
+  const payload = new TextEncoder().encode("new contents\n");
+  const hold = holdRename(dir, "ok");
+  try {
+    const { u, target } = await heldInRename(dir, hold, payload);
+    // The relay forwards an uploader's data frames after its ch.eof, and so does the host.
+    u.channel.input(new TextEncoder().encode("x"));
+    hold.release();
+    await until(() => u.ended() !== null && temps(dir).length === 0);
+    expect({ end: u.ended(), now: readFileSync(target, "utf8"), temps: temps(dir) }).toEqual({
+      end: { reason: "eof", bytes: payload.byteLength },
+      now: "new contents\n",
+      temps: [],
+    });
+  } finally {
+    hold.release();
+    hold.restore();
     rmSync(dir, { recursive: true, force: true });
   }
 });

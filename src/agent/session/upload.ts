@@ -56,7 +56,8 @@ export class UploadChannel implements Channel {
   }
 
   input(payload: Uint8Array): void {
-    if (this.done) return;
+    // Data after ch.eof while the rename runs: the rename decides the outcome, as for a stop.
+    if (this.done || this.renaming) return;
     if (this.received + payload.byteLength > this.size) {
       this.finish({ reason: "too_large", bytes: this.received });
       return;
