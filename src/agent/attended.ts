@@ -110,8 +110,9 @@ export async function runAttended(config: AttendedConfig, log: Logger, signal: A
         presenter.ended(sessionId ?? "", attempt.reason || "technician");
         return ATTENDED_EXIT.ENDED;
       }
-      // The network, or the server restarting: retry (quickly before the first welcome, within
-      // the grace period after it).
+      // The network, the server restarting, or (4203) the code's session still holding an agent
+      // connection, most likely our own dropped one the server has not seen close yet: retry
+      // (quickly before the first welcome, within the grace period after it).
       if (welcomedEver) {
         if (ended) return ATTENDED_EXIT.UNREACHABLE; // the grace period ran out meanwhile
         if (!lostAt) {
@@ -124,6 +125,10 @@ export async function runAttended(config: AttendedConfig, log: Logger, signal: A
           return ATTENDED_EXIT.UNREACHABLE;
         }
       } else if (tries + 1 >= FIRST_CONNECT_TRIES) {
+        if (attempt.code === SUPPORT_CLOSE.AGENT_CONNECTED) {
+          person.print("Another connection is using this support code (is the agent already running in another window?). If not, ask your technician for a new code.");
+          return ATTENDED_EXIT.REFUSED;
+        }
         person.print(`Could not connect to ${config.server} (${attempt.reason || `code ${attempt.code}`}). Check the address, or ask your technician.`);
         return ATTENDED_EXIT.UNREACHABLE;
       }

@@ -29,4 +29,7 @@ export const SUPPORT_CLOSE = {
   BAD_CODE: 4200, // unknown, used, cancelled or expired code: one answer for all
   LOCKED_OUT: 4201, // too many failures from this address; retry after 15 minutes
   SESSION_ENDED: 4202,
+  // The code matched, but its session's agent is still connected (the server has not seen the old
+  // connection close yet): retry shortly. Not a failure for the lockout.
+  AGENT_CONNECTED: 4203,
 } as const;

@@ -60,7 +60,12 @@ export interface SessionContext {
 type At = { at: number };
 export type SessionEvent =
   | ({ type: "session.create"; tenant_id: string; kind: SessionKind; machine_id: string | null; technician: { user_id: string | null; name: string }; consent_required: boolean; wait_ms: number; grace_ms: number; consent_ms: number } & At)
-  | ({ type: "agent.attached"; conn: string; host?: string; user?: string } & At)
+  /**
+   * `by_code`: the agent proved nothing but the session's support code (/ws/support), so it may
+   * not replace a connected agent. Absent from events journaled before that rule, which replay as
+   * they were accepted then.
+   */
+  | ({ type: "agent.attached"; conn: string; host?: string; user?: string; by_code?: boolean } & At)
   | ({ type: "agent.detached"; conn: string } & At)
   | ({ type: "consent.answer"; conn: string; granted: boolean } & At)
   | ({ type: "viewer.joined"; viewer_id: string; user_id: string | null; name: string; access: Access } & At)
@@ -165,6 +170,8 @@ export const sessionLogic = setup({
       return context.viewers[e.viewer_id]?.access === "control" && Object.keys(context.channels).length < MAX_CHANNELS && !context.channels[String(e.channel)];
     },
     hasRoom: ({ context }) => Object.keys(context.viewers).length < MAX_VIEWERS,
+    /** A code holder while the session's agent is still attached: it must not take over. */
+    agentStillConnected: ({ context, event }) => event.type === "agent.attached" && event.by_code === true && context.kind === "attended" && context.agentConn !== null,
   },
 }).createMachine({
   id: "session",
@@ -298,6 +305,9 @@ export const sessionLogic = setup({
           },
         ],
         "consent.expired": { target: "ended", actions: [assign({ consent: "denied" }), emit(({ context, event: e }) => event(context, "consent.denied", e.at, null, { timeout: true }) as never), ...endWith("timeout")] },
+        // The person's agent again while its old connection is not yet seen closed: it retries
+        // (that close ends the session here, and the retry is then told so).
+        "agent.attached": { guard: "agentStillConnected", actions: reply({ ok: false, code: "AGENT_CONNECTED" }) },
         "agent.detached": { guard: "isAgent", target: "ended", actions: [assign({ agentConn: null }), ...endWith("agent_lost")] },
         "server.restarted": { target: "ended", actions: [assign({ agentConn: null }), ...endWith("agent_lost")] },
         "session.end": { target: "ended", actions: endedBy() },
@@ -335,15 +345,21 @@ export const sessionLogic = setup({
             emit(({ context }) => project("agent_lost", context) as never),
           ],
         },
-        "agent.attached": {
-          // The same machine's agent again, on a new connection (the old one not yet seen closed).
-          actions: [
-            assign({ agentConn: ({ event: e }) => e.conn }),
-            emit(({ context }) => start(context, true) as never),
-            emit(({ context }) => project("active", context) as never),
-            reply({ ok: true }),
-          ],
-        },
+        "agent.attached": [
+          // Attended: a support code is the only credential, so a second connection holding it
+          // does not take a live session over; the person's agent retries until the old one is
+          // seen closed (then it resumes from agent_lost).
+          { guard: "agentStillConnected", actions: reply({ ok: false, code: "AGENT_CONNECTED" }) },
+          {
+            // The same machine's agent again, on a new connection (the old one not yet seen closed).
+            actions: [
+              assign({ agentConn: ({ event: e }) => e.conn }),
+              emit(({ context }) => start(context, true) as never),
+              emit(({ context }) => project("active", context) as never),
+              reply({ ok: true }),
+            ],
+          },
+        ],
         "session.end": { target: "ended", actions: endedBy() },
       },
     },

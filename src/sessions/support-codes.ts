@@ -4,7 +4,8 @@ import type { Queryable } from "../store/store.ts";
 /**
  * Support codes (S2): 6 random digits, single use, expiring (default 20 minutes), created by a
  * technician for one attended session and cancellable. Only their SHA-256 is stored; a code is
- * unique among open codes (a partial unique index), so a fresh one is drawn on a clash. What
+ * unique among open codes (a partial unique index) and the used codes of live sessions, so a
+ * fresh one is drawn on a clash. What
  * keeps 10^6 codes from being guessed is the per-IP lockout at /ws/support (10 failures, 15
  * minutes), like the reference's code-validate limiter.
  */
@@ -25,12 +26,17 @@ const hashCode = (code: string) => sha256Hex(`tether-support-code:${code}`);
 export async function createSupportCode(db: Queryable, r: { tenantId: string; userId: string; technician: string; sessionId: string; expiresAt: Date }): Promise<string> {
   for (let attempt = 0; attempt < 20; attempt++) {
     const code = drawCode();
+    // Unlike every open code (the unique index) and every used code whose session goes on: that
+    // one still brings its person's agent back (reclaimSupportCode), to that session alone.
     const rows = await db.query(
       `insert into support_codes (id, tenant_id, code_hash, created_by, technician, session_id, expires_at)
-       values ($1, $2, $3, $4, $5, $6, $7) on conflict do nothing returning id`,
+       select $1, $2, $3, $4, $5, $6, $7
+        where not exists (select 1 from support_codes c join sessions s on s.id = c.session_id
+                           where c.code_hash = $3 and c.status = 'used' and s.ended_at is null)
+       on conflict do nothing returning id`,
       [crypto.randomUUID(), r.tenantId, hashCode(code), r.userId, r.technician, r.sessionId, r.expiresAt]);
     if (rows[0]) return code;
-    // An open code with that hash exists: expired ones are closed so they stop blocking draws.
+    // A code with that hash is taken: expired open ones are closed so they stop blocking draws.
     await db.query("update support_codes set status = 'cancelled' where status = 'open' and expires_at < now()");
   }
   throw new Error("could not draw a free support code");
@@ -60,16 +66,21 @@ export async function unclaimSupportCode(db: Queryable, code: string, sessionId:
 }
 
 /**
- * The person's agent lost its connection and comes back with the same code: accepted only while
- * that session is in its grace period (agent lost), so a code is still good for one session and
- * for nobody once the session ends. Someone else holding the code could take that moment; the
- * consent already given is the person's, so that risk is bounded by the grace period.
+ * The person's agent comes back with the same code (its connection dropped, or closed before its
+ * welcome): the used code's session, while its row says it has not ended. Whether it takes the
+ * agent is the session actor's decision, not the row's: the row is written after the actor's
+ * transitions, so its state lags (a just-lost agent would be refused). The actor takes it while
+ * it waits for an agent or is in its grace period, refuses it (AGENT_CONNECTED) while its agent is
+ * still connected, so a code never takes over a live connection, and refuses it (SESSION_ENDED)
+ * once ended; the ended check here lags in that safe direction only. Someone else holding the
+ * code could take the grace period; the consent already given is the person's, so that risk is
+ * bounded by it.
  */
 export async function reclaimSupportCode(db: Queryable, code: string): Promise<{ session_id: string; tenant_id: string; technician: string } | null> {
   if (!isCodeShaped(code)) return null;
   const [row] = await db.query<{ session_id: string; tenant_id: string; technician: string }>(
     `select c.session_id, c.tenant_id, c.technician from support_codes c join sessions s on s.id = c.session_id
-      where c.code_hash = $1 and c.status = 'used' and s.state = 'agent_lost' and s.ended_at is null`,
+      where c.code_hash = $1 and c.status = 'used' and s.ended_at is null`,
     [hashCode(code)]);
   return row ?? null;
 }

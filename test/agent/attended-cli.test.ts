@@ -188,6 +188,15 @@ describe("attended mode against a stub /ws/support", () => {
     expect(a.out.join("\n")).toContain("15 minutes");
   });
 
+  test("the code's session has another agent connected (4203) before any welcome: a few quick tries, then a clear message, exit 4", async () => {
+    const s = supportServer({ onHello: (ws) => ws.close(SUPPORT_CLOSE.AGENT_CONNECTED, "agent still connected") });
+    const a = attended(["--server", s.url, "--code", "111111"]);
+    expect(await a.exit(15_000)).toBe(4);
+    expect(s.conns).toHaveLength(3);
+    expect(a.out.join("\n")).toContain("Another connection is using this support code");
+    expect(a.out.join("\n")).not.toContain("Could not connect");
+  });
+
   test("no server: a few quick tries, then exit 5", async () => {
     const probe = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response() });
     const port = probe.port;
@@ -365,4 +374,32 @@ describe("attended mode against a stub /ws/support", () => {
     expect(a.out.join("\n")).toContain("reconnecting");
     expect(a.out.join("\n")).toContain("Reconnected.");
   });
+
+  test("after a drop, 4203 (the server still holds the old connection) is retried with backoff until it lets go; then resumed", async () => {
+    let connections = 0;
+    const s = supportServer({
+      onHello: (ws) => {
+        connections++;
+        if (connections === 1) {
+          welcome(ws);
+          sessionStart(ws);
+        } else if (connections <= 3) {
+          ws.close(SUPPORT_CLOSE.AGENT_CONNECTED, "agent still connected");
+        } else {
+          welcome(ws);
+          ws.send(pack({ t: "session.start", session: SESSION, kind: "attended", technician: "Alice Tech", consent: "required", resume: true }));
+        }
+      },
+      onMessage: (ws, m) => {
+        if (m.t === "consent") setTimeout(() => ws.close(1011, "server hiccup"), 50);
+        if (m.t === "session.resumed") ws.send(pack({ t: "session.stop", session: SESSION, reason: "technician" }));
+      },
+    });
+    const a = attended(["--server", s.url, "--code", "123456", "--consent", "allow", "--session-grace-ms", "20000"]);
+    expect(await a.exit(20_000)).toBe(0);
+    expect(s.conns).toHaveLength(4);
+    expect(s.conns.every((c) => c.hello?.code === "123456")).toBe(true);
+    expect(s.conns[3]!.messages[0]).toEqual({ t: "session.resumed", session: SESSION, channels: [] });
+    expect(a.out.join("\n")).toContain("Reconnected.");
+  }, 30_000);
 });

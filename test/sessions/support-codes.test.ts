@@ -43,9 +43,9 @@ for (const flavor of FLAVORS) {
       await eventually(async () => (await app.call("GET", `/api/sessions/${r.body.session_id}`, { token: tech.token })).body.state === "active", 3_000, "active");
       expect((await app.call("GET", `/api/sessions/${r.body.session_id}`, { token: tech.token })).body.hostname).toBe("laptop-7");
 
-      // Single use: the same code again is refused like any wrong code while the agent is there.
+      // Single use: the same code again does not take the session over while its agent is there.
       const again = await supportAgent(app, r.body.code);
-      expect((await again.closed).code).toBe(SUPPORT_CLOSE.BAD_CODE);
+      expect((await again.closed).code).toBe(SUPPORT_CLOSE.AGENT_CONNECTED);
       // The person's agent drops and comes back with its code within the grace period: resumed.
       agent.ws.close();
       await eventually(async () => (await app.call("GET", `/api/sessions/${r.body.session_id}`, { token: tech.token })).body.state === "agent_lost", 3_000, "agent lost");
@@ -90,8 +90,121 @@ for (const flavor of FLAVORS) {
       };
       return { reached, done, release: () => release(), restore: () => ((target[method] = original), release()) };
     };
-    const stateOf = async (session: string) => (await app.server.system.inspect(`session/${session}`)).value;
+    const stateOf = async (session: string, on = app) => (await on.server.system.inspect(`session/${session}`)).value;
     const attachedTo = (session: string) => (address: string, event: any) => address === `session/${session}` && event?.type === "agent.attached";
+    /**
+     * Holds the session row's projection of `state` (and so every later write of that session's
+     * projections) until released: the row lagging its actor, as it may at any moment.
+     */
+    const holdRow = (session: string, state: string, on = app) => {
+      const store = on.server.store as any;
+      const original = store.query;
+      let release = () => {};
+      const held = new Promise<void>((r) => (release = r));
+      let reach = () => {};
+      const reached = new Promise<void>((r) => (reach = r));
+      store.query = async (sql: string, params?: unknown[]) => {
+        if (sql.includes("update sessions set state") && params?.[0] === session && params?.[1] === state) {
+          reach();
+          await held;
+        }
+        return original.call(store, sql, params);
+      };
+      return { reached, release: () => ((store.query = original), release()) };
+    };
+    const rowState = async (session: string) =>
+      (await app.server.store.query<{ state: string }>("select state from sessions where id = $1", [session]))[0]!.state;
+    const consented = async (on: TestApp, r: { code: string; session_id: string }) => {
+      const agent = await supportAgent(on, r.code);
+      await agent.waitFor((m) => m.t === "session.start");
+      agent.send({ t: "consent", session: r.session_id, granted: true });
+      await eventually(async () => (await stateOf(r.session_id, on)) === "active", 3_000, "active");
+      return agent;
+    };
+
+    test("the code while its session's agent is still connected: 4203, neither a failure nor a success for the lockout; once that connection closes, it resumes the session", async () => {
+      // A server of its own: the lockout is counted per address.
+      const fresh = await startTestApp(flavor);
+      const sockets: WebSocket[] = [];
+      try {
+        const r = (await fresh.call("POST", "/api/support-codes", { token: fresh.adminToken, body: {} })).body;
+        const agent = await consented(fresh, r);
+        sockets.push(agent.ws);
+        const conn = ((await fresh.server.system.inspect(`session/${r.session_id}`)).context as any).agentConn;
+        // As when the person's agent comes back over a new path while the server still holds
+        // the old connection (a silently dead one is only found by the heartbeat sweep).
+        const again = await supportAgent(fresh, r.code);
+        expect((await again.closed).code).toBe(SUPPORT_CLOSE.AGENT_CONNECTED);
+        const after = await fresh.server.system.inspect(`session/${r.session_id}`);
+        expect([after.value, (after.context as any).agentConn]).toEqual(["active", conn]);
+        expect(agent.messages.some((m) => m.t === "session.stop")).toBe(false);
+
+        // The old connection closes: the code brings the agent back to the same session.
+        agent.ws.close();
+        await eventually(async () => (await stateOf(r.session_id, fresh)) === "agent_lost", 3_000, "agent lost");
+        const back = await supportAgent(fresh, r.code);
+        sockets.push(back.ws);
+        expect(await back.waitFor((m) => m.t === "welcome")).toMatchObject({ session: r.session_id });
+        expect(await back.waitFor((m) => m.t === "session.start")).toMatchObject({ session: r.session_id, resume: true });
+
+        // Nine wrong codes, 4203 again, then the tenth wrong one is what locks the address out:
+        // 4203 neither counted as a failure nor cleared the nine.
+        for (let i = 0; i < 9; i++) {
+          const wrong = String((Number(r.code) + 1 + i) % 1_000_000).padStart(6, "0");
+          expect((await (await supportAgent(fresh, wrong)).closed).code).toBe(SUPPORT_CLOSE.BAD_CODE);
+        }
+        expect((await (await supportAgent(fresh, r.code)).closed).code).toBe(SUPPORT_CLOSE.AGENT_CONNECTED);
+        const tenth = String((Number(r.code) + 10) % 1_000_000).padStart(6, "0");
+        expect((await (await supportAgent(fresh, tenth)).closed).code).toBe(SUPPORT_CLOSE.BAD_CODE);
+        expect((await (await supportAgent(fresh, r.code)).closed).code).toBe(SUPPORT_CLOSE.LOCKED_OUT);
+      } finally {
+        for (const ws of sockets) ws.close();
+        await fresh.close();
+      }
+    }, 60_000);
+
+    test("the code again while the person is asked for consent: 4203, and the question stays with the first connection", async () => {
+      const r = (await createCode()).body;
+      const agent = await supportAgent(app, r.code);
+      await agent.waitFor((m) => m.t === "session.start");
+      const again = await supportAgent(app, r.code);
+      expect((await again.closed).code).toBe(SUPPORT_CLOSE.AGENT_CONNECTED);
+      expect(await stateOf(r.session_id)).toBe("awaiting_consent");
+      agent.send({ t: "consent", session: r.session_id, granted: true });
+      await eventually(async () => (await stateOf(r.session_id)) === "active", 3_000, "active");
+      expect((await app.call("POST", `/api/sessions/${r.session_id}/end`, { token: app.adminToken })).status).toBe(200);
+      agent.ws.close();
+    });
+
+    test("a reconnect right after the old connection closed resumes the session, however far behind its row is; an ended session's code is refused either way", async () => {
+      const r = (await createCode()).body;
+      const agent = await consented(app, r);
+      await eventually(async () => (await rowState(r.session_id)) === "active", 3_000, "row active");
+      const lost = holdRow(r.session_id, "agent_lost");
+      try {
+        agent.ws.close();
+        await eventually(async () => (await stateOf(r.session_id)) === "agent_lost", 3_000, "agent lost");
+        await lost.reached;
+        expect(await rowState(r.session_id)).toBe("active");
+        const back = await supportAgent(app, r.code);
+        expect(await back.waitFor((m) => m.t === "session.start")).toMatchObject({ session: r.session_id, resume: true });
+        expect(await stateOf(r.session_id)).toBe("active");
+        lost.release();
+
+        // Ended, the row not yet saying so: the session refuses the code itself.
+        const ended = holdRow(r.session_id, "ended");
+        expect((await app.server.system.ask(`session/${r.session_id}`, { type: "session.end", by: "technician" })).reply).toEqual({ ok: true });
+        expect(await back.waitFor((m) => m.t === "session.stop")).toMatchObject({ reason: "technician" });
+        back.ws.close();
+        await ended.reached;
+        expect((await (await supportAgent(app, r.code)).closed).code).toBe(SUPPORT_CLOSE.SESSION_ENDED);
+        ended.release();
+        await eventually(async () => (await rowState(r.session_id)) === "ended", 3_000, "row ended");
+        expect((await (await supportAgent(app, r.code)).closed).code).toBe(SUPPORT_CLOSE.BAD_CODE);
+      } finally {
+        lost.release();
+      }
+    });
 
     test("a socket that closes while its session takes it leaves no agent behind: the session is told", async () => {
       const r = (await createCode()).body;
@@ -136,36 +249,41 @@ for (const flavor of FLAVORS) {
       real.ws.close();
     });
 
-    test("a reconnecting agent whose socket closes during its hello: the session is back in its grace period, not active on nothing", async () => {
+    test("a reconnecting agent whose socket closes during its hello: the session is back in its grace period, not active on nothing, and the code good again at once", async () => {
       const r = (await createCode()).body;
-      const agent = await supportAgent(app, r.code);
-      await agent.waitFor((m) => m.t === "session.start");
-      agent.send({ t: "consent", session: r.session_id, granted: true });
-      await eventually(async () => (await stateOf(r.session_id)) === "active", 3_000, "active");
-      agent.ws.close();
-      // The code is reclaimed against the session's row, which follows the actor's commit.
-      await eventually(async () => (await app.call("GET", `/api/sessions/${r.session_id}`, { token: app.adminToken })).body.state === "agent_lost", 3_000, "agent lost");
-      const h = hold(app.server.system, "ask", attachedTo(r.session_id));
+      const agent = await consented(app, r);
+      await eventually(async () => (await rowState(r.session_id)) === "active", 3_000, "row active");
+      // The row is written after the actor's transitions: here it says active throughout.
+      const row = holdRow(r.session_id, "agent_lost");
       try {
-        const back = await supportAgent(app, r.code);
-        const reached = await Promise.race([h.reached, back.closed.then((c) => Promise.reject(new Error(`closed before the session took it: ${c.code}`)))]);
-        const [, event] = reached as Awaited<typeof h.reached>;
-        back.ws.close();
-        await back.closed;
-        await Bun.sleep(100);
-        h.release();
-        await h.done;
-        await Bun.sleep(100);
-        expect(app.server.relay.hasAgent(event.conn)).toBe(false);
-        expect(await stateOf(r.session_id)).toBe("agent_lost");
+        agent.ws.close();
+        await eventually(async () => (await stateOf(r.session_id)) === "agent_lost", 3_000, "agent lost");
+        const h = hold(app.server.system, "ask", attachedTo(r.session_id));
+        try {
+          const back = await supportAgent(app, r.code);
+          const reached = await Promise.race([h.reached, back.closed.then((c) => Promise.reject(new Error(`closed before the session took it: ${c.code}`)))]);
+          const [, event] = reached as Awaited<typeof h.reached>;
+          back.ws.close();
+          await back.closed;
+          await Bun.sleep(100);
+          h.release();
+          await h.done;
+          await Bun.sleep(100);
+          expect(app.server.relay.hasAgent(event.conn)).toBe(false);
+          expect(await stateOf(r.session_id)).toBe("agent_lost");
+        } finally {
+          h.restore();
+        }
+        // Still reclaimable by the person's agent, whatever the row says.
+        expect(await rowState(r.session_id)).toBe("active");
+        const again = await supportAgent(app, r.code);
+        expect(await again.waitFor((m) => m.t === "session.start")).toMatchObject({ session: r.session_id, resume: true });
+        row.release();
+        expect((await app.call("POST", `/api/sessions/${r.session_id}/end`, { token: app.adminToken })).status).toBe(200);
+        again.ws.close();
       } finally {
-        h.restore();
+        row.release();
       }
-      // Still reclaimable by the person's agent.
-      const again = await supportAgent(app, r.code);
-      expect(await again.waitFor((m) => m.t === "session.start")).toMatchObject({ session: r.session_id, resume: true });
-      expect((await app.call("POST", `/api/sessions/${r.session_id}/end`, { token: app.adminToken })).status).toBe(200);
-      again.ws.close();
     });
 
     test("anything after the hello and before the welcome, a second hello included, is out of order (4000)", async () => {

@@ -13,8 +13,10 @@ import { bufferedAmount } from "./buffered.ts";
  * `/ws/support`: the attended agent (S2) presents a support code instead of an agent key. The
  * code is claimed (single use) and the connection becomes the session's agent; a wrong code
  * counts toward a per-IP lockout (10 failures, 15 minutes), with one close code for every kind
- * of wrong (unknown, used, cancelled, expired). Then it speaks the session protocol, like a
- * managed agent, through the relay.
+ * of wrong (unknown, used, cancelled, expired). A used code brings the person's agent back to its
+ * session, which decides (reclaimSupportCode): taken, or refused while its agent is still
+ * connected (4203, retry) or once it has ended (4202). Then it speaks the session protocol, like
+ * a managed agent, through the relay.
  */
 const HANDSHAKE_MS = 10_000;
 
@@ -82,7 +84,6 @@ export const supportSocket = (deps: AppDeps) => {
           await audit(deps.store, { tenantId: DEFAULT_TENANT, type: "support_code.refused", outcome: "failure", actor: { type: "anonymous" }, ip, details: { reason: "bad_code", locked_out: lockedNow } }).catch(() => {});
           return ws.raw.close(SUPPORT_CLOSE.BAD_CODE, "unknown or expired code");
         }
-        deps.limiters.supportCode.success(ip);
         clearTimeout(stage.timer);
         const conn = crypto.randomUUID();
         // The welcome is the agent's first frame: what the session sends meanwhile (its
@@ -91,11 +92,23 @@ export const supportSocket = (deps: AppDeps) => {
         const toAgent = (f: Uint8Array) => (early ? (early.push(f), f.byteLength) : ws.raw.send(f));
         deps.relay.addAgent(conn, { send: toAgent, buffered: () => bufferedAmount(ws.raw), close: (c, r) => ws.raw.close(c, r) }, null);
         const address = `session/${claimed.session_id}`;
-        const attached = await deps.system.ask<{ ok: boolean }>(address, { type: "agent.attached", conn, host: hello.hostname, user: hello.user }).catch(() => null);
+        const attached = await deps.system.ask<{ ok: boolean; code?: string }>(address, { type: "agent.attached", conn, host: hello.hostname, user: hello.user, by_code: true }).catch(() => null);
+        if (attached?.reply?.code === "AGENT_CONNECTED") {
+          // Most likely the person's agent again, before its old connection is seen closed (a dead
+          // path is found by the heartbeat sweep). The code matched: no failure for the lockout,
+          // nor a success that would clear its count.
+          deps.relay.removeAgent(conn);
+          return ws.raw.close(SUPPORT_CLOSE.AGENT_CONNECTED, "this session's agent is still connected; retry shortly");
+        }
         if (!attached?.reply?.ok) {
           deps.relay.removeAgent(conn);
+          // No answer (the actor busy, failed, the runtime stopping) is not an end: the agent retries.
+          if (!attached) return ws.raw.close(1011, "the session did not answer; try again");
           return ws.raw.close(SUPPORT_CLOSE.SESSION_ENDED, "the session has ended");
         }
+        // Only a code the session took clears the address's failures: one known code presented
+        // again and again must not reset the lockout of guesses in between.
+        deps.limiters.supportCode.success(ip);
         // Closed while it was attached: the session is told the agent is gone (by removeAgent, or
         // by the relay's attach if the session's start has not reached it yet).
         if (!open()) return deps.relay.removeAgent(conn);
