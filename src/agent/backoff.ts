@@ -40,6 +40,16 @@ export function jittered(ms: number, fraction = 0.1, random: () => number = Math
 }
 
 /**
+ * How long to wait when a server said `Retry-After`: at least that long (never earlier: the
+ * server asked), at least `floorMs` (`Retry-After: 0` from an overloaded server is no reason to
+ * hammer it), plus up to `fraction` more so a fleet told the same time does not return at once.
+ */
+export function retryAfterDelay(retryAfterMs: number, fraction = 0.1, floorMs = 1_000, random: () => number = Math.random): number {
+  const base = Math.max(floorMs, retryAfterMs);
+  return Math.ceil(base * (1 + fraction * random()));
+}
+
+/**
  * A `Retry-After` header as milliseconds: delta-seconds or an HTTP date; null when absent or
  * unparseable.
  */

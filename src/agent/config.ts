@@ -5,7 +5,9 @@ import type { EnrollLabels } from "../protocol/machines.ts";
 /**
  * The agent's configuration: command-line flags, each with an environment fallback
  * (TETHER_AGENT_*), so a systemd unit can carry it in an EnvironmentFile readable by root only.
- * The enrollment key is needed on the first run only and is never written to the state dir.
+ * The enrollment key is needed only to enroll: the first run, and a start that finds the state
+ * dir copied from another machine or its credentials lost (credentials.ts). An enrolled agent
+ * runs without it; it is never written to the state dir.
  */
 export interface AgentConfig {
   /** The first of `servers`. */
@@ -60,7 +62,11 @@ Usage:
 
 The first run generates the machine's Ed25519 key pair, enrolls with the site's enrollment key
 and stores its agent key in the state dir (mode 0600); later runs connect with what is stored
-and never enroll again (the site code and enrollment key are then ignored).
+and do not enroll again, so the site code and enrollment key can be left out. Only a state dir
+copied from another machine (a clone: enrolled as a new machine) or with its credentials lost
+(enrolled again as the same machine) needs them again.
+Exit codes: 0 stopped by SIGTERM/SIGINT, 2 bad usage, 3 unusable state dir and no enrollment
+key to recover with, 6 state dir enrolled on another machine (a clone) and no enrollment key.
 
 Options (environment fallback in brackets):
   --server <url>[,<url>…]   Tether server(s), http(s)://host[:port]; several are tried in turn  [TETHER_AGENT_SERVER]

@@ -2,7 +2,8 @@ import { AGENT_VERSION } from "./version.ts";
 import { CLOSE, Challenge, PROTOCOL_VERSION, ServerMessage, Welcome, decode, encode, type AgentMessage, type Inventory } from "../protocol/agent.ts";
 import { keyPrefix } from "./enroll.ts";
 import { signNonce } from "./identity.ts";
-import { collectInventory, inventoryFingerprint } from "./inventory.ts";
+import { gatherInventory, inventoryFingerprint } from "./inventory.ts";
+import { terminate, watchLiveness, type Liveness } from "./liveness.ts";
 import type { Logger } from "./log.ts";
 import type { SessionHost } from "./session/host.ts";
 import { decodeInbound, encodeOutbound, type Outbound } from "./session/wire.ts";
@@ -12,8 +13,9 @@ import { decodeInbound, encodeOutbound, type Outbound } from "./session/wire.ts"
  * nonce, with the inventory) → welcome; then heartbeats every heartbeat_ms and status
  * {inventory} when it changes and at least every statusIntervalMs. After welcome, data frames
  * and session messages (relay.ts) go to the session host, and it sends through this socket
- * until it closes. Resolves when the socket closes, with the close code, so the caller decides
- * how long to wait before the next one.
+ * until it closes. A path that went silent (no frame, no pong to our pings for the welcome's
+ * offline_after_ms) is dropped (liveness.ts). Resolves when the socket closes, with the close
+ * code, so the caller decides how long to wait before the next one.
  */
 export interface SessionParams {
   url: string;
@@ -23,7 +25,7 @@ export interface SessionParams {
   statusIntervalMs: number;
   statusCheckMs: number;
   handshakeTimeoutMs?: number;
-  inventory?: () => Inventory;
+  inventory?: () => Inventory | Promise<Inventory>;
   /** Sessions (issue 5): outlives this connection; attached after welcome, detached at close. */
   host?: Pick<SessionHost, "attach" | "detach" | "handle" | "data">;
 }
@@ -35,12 +37,16 @@ export interface SessionEnd {
   welcomed: boolean;
   /** We closed it (SIGTERM). */
   byUs: boolean;
+  /** How long it was up after its welcome (0 without one): the backoff resets only after a lasting one. */
+  connectedMs: number;
 }
 
 export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): Promise<SessionEnd> {
   return new Promise((resolve) => {
-    const inventory = p.inventory ?? collectInventory;
+    const inventory = p.inventory ?? gatherInventory;
     let welcomed = false;
+    let welcomedAt = 0;
+    let liveness: Liveness | null = null;
     let byUs = false;
     let done = false;
     let seq = 0;
@@ -51,7 +57,7 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
     try {
       ws = new WebSocket(p.url);
     } catch (e) {
-      resolve({ code: 1006, reason: (e as Error).message, welcomed: false, byUs: false });
+      resolve({ code: 1006, reason: (e as Error).message, welcomed: false, byUs: false, connectedMs: 0 });
       return;
     }
     ws.binaryType = "arraybuffer";
@@ -60,9 +66,10 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
       if (done) return;
       done = true;
       for (const t of timers) clearInterval(t);
+      liveness?.stop();
       signal.removeEventListener("abort", onAbort);
       if (welcomed) p.host?.detach();
-      resolve({ code, reason, welcomed, byUs });
+      resolve({ code, reason, welcomed, byUs, connectedMs: welcomed ? Date.now() - welcomedAt : 0 });
     };
     const send = (m: AgentMessage) => {
       if (ws.readyState === WebSocket.OPEN) ws.send(encode(m) as Uint8Array<ArrayBuffer>);
@@ -71,10 +78,10 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
       if (ws.readyState === WebSocket.OPEN) ws.send(encodeOutbound(out));
     };
     /** The inventory to report now, if it changed or is due (`force`: in any case); null if not. */
-    const due = (force: boolean): Inventory | null => {
+    const due = async (force: boolean): Promise<Inventory | null> => {
       let inv: Inventory;
       try {
-        inv = inventory();
+        inv = await inventory();
       } catch (e) {
         log.warn({ event: "status.inventory_failed", err: (e as Error).message }, "could not collect the inventory");
         return null;
@@ -85,11 +92,18 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
       lastStatusAt = Date.now();
       return inv;
     };
-    const sendStatus = (force: boolean) => {
-      const inv = due(force);
-      if (!inv) return;
-      send({ t: "status", inventory: inv });
-      log.debug({ event: "status.sent" }, "status sent");
+    let collecting = false; // one collection at a time (`who` may take up to its timeout)
+    const sendStatus = async (force: boolean) => {
+      if (collecting) return;
+      collecting = true;
+      try {
+        const inv = await due(force);
+        if (!inv || done) return;
+        send({ t: "status", inventory: inv });
+        log.debug({ event: "status.sent" }, "status sent");
+      } finally {
+        collecting = false;
+      }
     };
     /** Whether the proof carried the inventory (then no status is needed right after welcome). */
     let provedWithInventory = false;
@@ -135,8 +149,7 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
       }
       if (msg.t === "challenge") {
         const c = msg as ReturnType<typeof Challenge.parse>;
-        void signNonce(p.privateKey, c.nonce).then((signature) => {
-          const inv = due(true);
+        void Promise.all([signNonce(p.privateKey, c.nonce), due(true)]).then(([signature, inv]) => {
           provedWithInventory = inv !== null;
           send({ t: "proof", signature, ...(inv ? { inventory: inv } : {}) });
         });
@@ -145,11 +158,21 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
       if (msg.t === "welcome" && !welcomed) {
         const w = msg as ReturnType<typeof Welcome.parse>;
         welcomed = true;
+        welcomedAt = Date.now();
         clearTimeout(handshakeTimer);
-        log.info({ event: "connect.online", machine_id: w.machine_id, key_prefix: keyPrefix(p.key), heartbeat_ms: w.heartbeat_ms, external_ip: w.external_ip }, "connected");
+        log.info({ event: "connect.online", machine_id: w.machine_id, key_prefix: keyPrefix(p.key), heartbeat_ms: w.heartbeat_ms, offline_after_ms: w.offline_after_ms, external_ip: w.external_ip }, "connected");
         timers.push(setInterval(() => send({ t: "heartbeat", seq: seq++ }), w.heartbeat_ms));
-        if (!provedWithInventory) sendStatus(true);
-        timers.push(setInterval(() => sendStatus(false), Math.min(p.statusCheckMs, p.statusIntervalMs)));
+        liveness = watchLiveness(ws, {
+          intervalMs: w.heartbeat_ms,
+          deadAfterMs: w.offline_after_ms,
+          onDead: (silentMs, limitMs) => {
+            log.warn({ event: "connect.silent", silent_ms: silentMs, limit_ms: limitMs }, "nothing heard from the server (no frame, no pong) for too long: the path is dead (NAT or firewall timeout, server host down); dropping the connection and reconnecting");
+            terminate(ws);
+            finish(1006, `server silent for ${silentMs} ms`);
+          },
+        });
+        if (!provedWithInventory) void sendStatus(true);
+        timers.push(setInterval(() => void sendStatus(false), Math.min(p.statusCheckMs, p.statusIntervalMs)));
         p.host?.attach(sendSession);
       }
     });

@@ -1,6 +1,6 @@
 import { EnrollResponse, type EnrollRequest } from "../protocol/machines.ts";
 import type { z } from "zod";
-import { jittered, parseRetryAfter, sleep } from "./backoff.ts";
+import { jittered, parseRetryAfter, retryAfterDelay, sleep } from "./backoff.ts";
 import type { Logger } from "./log.ts";
 
 /**
@@ -9,7 +9,7 @@ import type { Logger } from "./log.ts";
  *   201/200 with a key      → done
  *   202 collision_pending   → slow retry (an admin approves or rejects the clone)
  *   401 / 409               → slow retry (wrong or rotated key, machine bound to another site)
- *   429                     → Retry-After (short retry when absent)
+ *   429                     → Retry-After, never earlier, at least 1 s (short retry when absent)
  *   network, 5xx, anything undecodable, 2xx without a key → short retry
  */
 export interface EnrollParams {
@@ -24,7 +24,7 @@ export interface EnrollParams {
 
 export type Attempt =
   | { kind: "enrolled"; machineId: string; key: string; disposition: "new" | "reuse" }
-  | { kind: "retry"; delayMs: number; reason: string; status?: number; machineId?: string };
+  | { kind: "retry"; delayMs: number; reason: string; status?: number; machineId?: string; retryAfterMs?: number };
 
 export async function enrollOnce(p: EnrollParams, signal?: AbortSignal): Promise<Attempt> {
   let res: Response;
@@ -58,7 +58,8 @@ export async function enrollOnce(p: EnrollParams, signal?: AbortSignal): Promise
   if (status === 409) return { kind: "retry", delayMs: p.slowRetryMs, reason: "site conflict: this machine is enrolled at another site", status };
   if (status === 429) {
     const after = parseRetryAfter(res.headers.get("retry-after"));
-    return { kind: "retry", delayMs: after ?? p.shortRetryMs, reason: "rate limited", status };
+    if (after === null) return { kind: "retry", delayMs: p.shortRetryMs, reason: "rate limited", status };
+    return { kind: "retry", delayMs: after, retryAfterMs: after, reason: "rate limited", status };
   }
   return { kind: "retry", delayMs: p.shortRetryMs, reason: status >= 500 ? "server error" : "unexpected answer", status };
 }
@@ -76,8 +77,8 @@ export async function enrollUntilDone(p: EnrollParams, log: Logger, signal: Abor
       log.info({ event: "enroll.done", disposition: a.disposition, machine_id: a.machineId, key_prefix: keyPrefix(a.key) }, "enrolled");
       return a;
     }
-    // 429 gets exactly what the server asked for; the fixed intervals get ±10 % so a fleet spreads out.
-    const delayMs = a.status === 429 && a.delayMs !== p.shortRetryMs ? a.delayMs : jittered(a.delayMs);
+    // Retry-After is a minimum (jitter only adds); the fixed intervals get ±10 % so a fleet spreads out.
+    const delayMs = a.retryAfterMs !== undefined ? retryAfterDelay(a.retryAfterMs) : jittered(a.delayMs);
     const level = a.status === 401 || a.status === 409 ? "error" : "warn";
     log[level]({ event: "enroll.retry", attempt, status: a.status, reason: a.reason, machine_id: a.machineId, retry_in_ms: delayMs }, `enrollment not done: ${a.reason}; retrying`);
     // Unreachable or a standby: the next server may be the primary.

@@ -28,24 +28,34 @@ function fromPem(pem: string): Uint8Array<ArrayBuffer> {
 
 /** Loads the key pair from the state dir, or generates and stores one on the first run. */
 export async function loadOrCreateIdentity(state: StateDir): Promise<{ identity: Identity; created: boolean }> {
+  const stored = await loadIdentity(state);
+  if (stored) return { identity: stored, created: false };
+  return { identity: await createIdentity(state), created: true };
+}
+
+/** The stored key pair; null when there is none; StateError when the private key is unusable. */
+export async function loadIdentity(state: StateDir): Promise<Identity | null> {
   const pem = state.read(FILES.privateKey);
-  if (pem !== null) {
-    let privateKey: CryptoKey;
-    try {
-      privateKey = await crypto.subtle.importKey("pkcs8", fromPem(pem), { name: "Ed25519" }, true, ["sign"]);
-    } catch {
-      throw new StateError(`${state.path(FILES.privateKey)} is not an Ed25519 PKCS8 key; refusing to continue`);
-    }
-    const publicKey = await publicKeyOf(privateKey);
-    const stored = state.read(FILES.publicKey)?.trim();
-    if (stored !== publicKey) state.write(FILES.publicKey, publicKey + "\n");
-    return { identity: { privateKey, publicKey }, created: false };
+  if (pem === null) return null;
+  let privateKey: CryptoKey;
+  try {
+    privateKey = await crypto.subtle.importKey("pkcs8", fromPem(pem), { name: "Ed25519" }, true, ["sign"]);
+  } catch {
+    throw new StateError(`${state.path(FILES.privateKey)} is not an Ed25519 PKCS8 key`);
   }
+  const publicKey = await publicKeyOf(privateKey);
+  const stored = state.read(FILES.publicKey)?.trim();
+  if (stored !== publicKey) state.write(FILES.publicKey, publicKey + "\n");
+  return { privateKey, publicKey };
+}
+
+/** Generates a key pair and stores it, replacing any. */
+export async function createIdentity(state: StateDir): Promise<Identity> {
   const pair = (await crypto.subtle.generateKey({ name: "Ed25519" }, true, ["sign", "verify"])) as CryptoKeyPair;
   const publicKey = Buffer.from(await crypto.subtle.exportKey("raw", pair.publicKey)).toString("base64");
   state.write(FILES.privateKey, toPem(await crypto.subtle.exportKey("pkcs8", pair.privateKey)));
   state.write(FILES.publicKey, publicKey + "\n");
-  return { identity: { privateKey: pair.privateKey, publicKey }, created: true };
+  return { privateKey: pair.privateKey, publicKey };
 }
 
 /** The public half of an Ed25519 private key (the JWK export carries it as `x`). */

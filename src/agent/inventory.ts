@@ -5,11 +5,18 @@ import { mapStrings } from "../protocol/storable.ts";
 import { AGENT_VERSION } from "./version.ts";
 
 /**
- * What the agent reports about its machine (SPEC M4), from node:os and /proc. Every probe is
- * best effort: a field that cannot be read is left out (or an empty list), never an error.
- * The external IP is not here: the server records it as it sees the connection.
+ * What the agent reports about its machine (SPEC M4), from node:os, /proc and `who`. Every
+ * probe is best effort: a field that cannot be read is left out (or an empty list), never an
+ * error. The external IP is not here: the server records it as it sees the connection.
+ * `who` runs as a child process the agent does not wait for synchronously: a slow one must not
+ * stall the event loop (heartbeats, sessions, the liveness check).
  */
-export function collectInventory(): Inventory {
+export async function gatherInventory(): Promise<Inventory> {
+  return collectInventory(await loggedOnUsers());
+}
+
+/** The inventory from the synchronous probes, with `users` as given (gatherInventory passes `who`'s). */
+export function collectInventory(users: string[] = []): Inventory {
   const inv: Inventory = {
     os: osRelease(),
     kernel: `${os.type()} ${os.release()}`.slice(0, 256),
@@ -19,7 +26,7 @@ export function collectInventory(): Inventory {
     hostname: os.hostname().slice(0, 256),
     private_ips: addresses().ips,
     macs: addresses().macs,
-    users: loggedOnUsers(),
+    users,
     uptime_s: Math.floor(os.uptime()),
     timezone: timezone(),
     agent_version: AGENT_VERSION,
@@ -100,13 +107,21 @@ function addresses(): { ips: string[]; macs: string[] } {
   return { ips: [...ips].slice(0, 64), macs: [...macs].slice(0, 64) };
 }
 
-/** Distinct user names from `who` (utmp); empty when it is missing or says nothing. */
-export function loggedOnUsers(): string[] {
+/**
+ * Distinct user names from `who` (utmp); empty when it is missing, fails, says nothing or takes
+ * longer than `timeoutMs` (then it is killed). `argv` is for tests.
+ */
+export async function loggedOnUsers(argv: string[] = ["who"], timeoutMs = 2_000): Promise<string[]> {
   try {
-    const r = Bun.spawnSync(["who"], { stdout: "pipe", stderr: "ignore", timeout: 2_000 });
-    if (r.exitCode !== 0) return [];
+    const proc = Bun.spawn(argv, { stdin: "ignore", stdout: "pipe", stderr: "ignore", timeout: timeoutMs, killSignal: "SIGKILL" });
+    const reading = new Response(proc.stdout).text(); // read while it runs: a full pipe would stall it
+    if ((await proc.exited) !== 0) {
+      reading.catch(() => {}); // killed or failed: do not wait for a pipe someone else may hold
+      return [];
+    }
+    const out = await reading;
     const names = new Set<string>();
-    for (const line of r.stdout.toString().split("\n")) {
+    for (const line of out.split("\n")) {
       const name = line.trim().split(/\s+/)[0];
       if (name) names.add(name.slice(0, 128));
     }

@@ -7,7 +7,9 @@ import { AGENT_VERSION } from "./version.ts";
 
 /**
  * `bun run agent -- --server … --site-code … --enrollment-key cek_… --state-dir …`, or the
- * compiled `tether-agent`. Exit codes: 0 after SIGTERM/SIGINT, 2 bad usage, 3 unusable state.
+ * compiled `tether-agent`. Exit codes (EXIT in credentials.ts): 0 after SIGTERM/SIGINT, 2 bad
+ * usage, 3 unusable state and no enrollment key to recover with, 6 a state dir enrolled on
+ * another machine (a clone) and no enrollment key.
  * Attended mode (`--server … --code …`): 0 session over, 4 code refused, 5 server unreachable.
  */
 async function main(): Promise<number> {
@@ -47,8 +49,8 @@ async function main(): Promise<number> {
   log.info({ event: "agent.start", version: AGENT_VERSION, server: config.server, state_dir: config.stateDir }, "tether agent starting");
   const result = await runAgent(config, log, stop.signal);
   if (result.kind === "fatal") {
-    log.fatal({ event: "agent.fatal" }, result.message);
-    return 3;
+    log.fatal({ event: "agent.fatal", exit_code: result.exitCode }, result.message);
+    return result.exitCode;
   }
   log.info({ event: "agent.stopped" }, "stopped cleanly");
   return 0;

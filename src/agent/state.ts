@@ -1,4 +1,4 @@
-import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
+import fs, { chmodSync, existsSync, mkdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
 
@@ -8,7 +8,8 @@ import { z } from "zod";
  *   public_key        the raw 32-byte public key, base64 (what was registered at enrollment)
  *   machine_uid_seed  a random UUID, only when the machine offers no stable identifier
  *   credentials.json  { machine_id, key: "cak_…", machine_uid, server, enrolled_at }
- * Files are written to a temporary name and renamed, so a crash never leaves half a key.
+ * Files are written to a temporary name, flushed to disk, renamed, and the directory flushed, so
+ * neither a crash nor a power loss leaves half a key or an empty file in its place.
  */
 export const FILES = {
   privateKey: "private_key.pem",
@@ -26,8 +27,14 @@ export const Credentials = z.object({
 });
 export type Credentials = z.infer<typeof Credentials>;
 
-/** The stored state is there but unusable: a hard stop, never a silent re-enrollment. */
+/** The stored state is there but unusable: re-enrollment (loud) when the agent can, else a hard stop (agent.ts). */
 export class StateError extends Error {}
+
+/**
+ * credentials.json is there but empty or not credentials (a power loss under an older agent
+ * that did not flush it, an edit): agent.ts re-enrolls when it has an enrollment key.
+ */
+export class CorruptCredentials extends StateError {}
 
 export class StateDir {
   constructor(readonly dir: string) {}
@@ -53,27 +60,56 @@ export class StateDir {
     return readFileSync(p, "utf8");
   }
 
+  /**
+   * Atomic and durable: without the fsyncs, a power loss soon after a rename can leave the new
+   * name pointing at an empty file (the data was never flushed) or at the old file. Calls go
+   * through the `fs` object so a test can see their order.
+   */
   write(name: string, content: string): void {
     const p = this.path(name);
     const tmp = `${p}.tmp-${process.pid}`;
-    writeFileSync(tmp, content, { mode: 0o600 });
-    chmodSync(tmp, 0o600); // whatever the umask said
-    renameSync(tmp, p);
+    const fd = fs.openSync(tmp, "w", 0o600);
+    try {
+      fs.fchmodSync(fd, 0o600); // whatever the umask said
+      fs.writeFileSync(fd, content);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, p);
+    this.syncDir(); // the rename itself
   }
 
-  /** The stored credentials; null when not enrolled yet; StateError when present but corrupt. */
+  /** The stored credentials; null when not enrolled yet; CorruptCredentials when present but unusable. */
   credentials(): Credentials | null {
     const raw = this.read(FILES.credentials);
     if (raw === null) return null;
+    const path = this.path(FILES.credentials);
+    if (raw.trim() === "") throw new CorruptCredentials(`${path} is empty (a power loss while it was written?)`);
     let value: unknown;
     try {
       value = JSON.parse(raw);
     } catch {
-      throw new StateError(`${this.path(FILES.credentials)} is not valid JSON; refusing to re-enroll (remove the state dir to enroll again)`);
+      throw new CorruptCredentials(`${path} is not valid JSON`);
     }
     const parsed = Credentials.safeParse(value);
-    if (!parsed.success) throw new StateError(`${this.path(FILES.credentials)} is malformed; refusing to re-enroll (remove the state dir to enroll again)`);
+    if (!parsed.success) throw new CorruptCredentials(`${path} does not hold agent credentials`);
     return parsed.data;
+  }
+
+  /** Removes a file and makes the removal durable; no error when it is not there. */
+  remove(name: string): void {
+    fs.rmSync(this.path(name), { force: true });
+    this.syncDir();
+  }
+
+  private syncDir(): void {
+    const dir = fs.openSync(this.dir, "r");
+    try {
+      fs.fsyncSync(dir);
+    } finally {
+      fs.closeSync(dir);
+    }
   }
 
   saveCredentials(c: Credentials): void {

@@ -7,6 +7,10 @@
 # configuration readable by root only, and installs, enables and starts a systemd unit. The
 # agent enrolls on its first start; the enrollment key is not used again after that.
 #
+# Run again on an enrolled machine (its credentials are in the state dir), it upgrades: the site
+# code and enrollment key are optional then, and the key is not written (agent.env is rewritten
+# without it), so the site-wide secret does not stay on machines that no longer need it.
+#
 # TETHER_INSTALL_ROOT=<dir> installs under another root (an image being built, or a test):
 # files go below it and the unit is enabled with `systemctl --root`, never started.
 set -eu
@@ -27,23 +31,45 @@ STATE_DIR="/var/lib/tether-agent"
 fail() { printf 'tether install: %s\n' "$*" >&2; exit 1; }
 say() { printf 'tether install: %s\n' "$*"; }
 
+# grep matches line by line: a value with a line break would pass the checks below on one line
+# and add lines of its own to agent.env (LD_PRELOAD=…). No value may hold one.
+NL='
+'
+CR="$(printf '\r')"
+one_line() { # option value
+  case "$2" in *"$NL"*|*"$CR"*) fail "$1: must not contain a line break" ;; esac
+}
+
 SITE_CODE=""
 ENROLLMENT_KEY=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    --site-code) [ $# -ge 2 ] || fail "--site-code needs a value"; SITE_CODE="$2"; shift 2 ;;
-    --enrollment-key) [ $# -ge 2 ] || fail "--enrollment-key needs a value"; ENROLLMENT_KEY="$2"; shift 2 ;;
-    --server) [ $# -ge 2 ] || fail "--server needs a value"; SERVER="$2"; shift 2 ;;
-    -h|--help) say "usage: sh install.sh --site-code <code> --enrollment-key <cek_…> [--server <url>]"; exit 0 ;;
+    --site-code) [ $# -ge 2 ] || fail "--site-code needs a value"; one_line "$1" "$2"; SITE_CODE="$2"; shift 2 ;;
+    --enrollment-key) [ $# -ge 2 ] || fail "--enrollment-key needs a value"; one_line "$1" "$2"; ENROLLMENT_KEY="$2"; shift 2 ;;
+    --server) [ $# -ge 2 ] || fail "--server needs a value"; one_line "$1" "$2"; SERVER="$2"; shift 2 ;;
+    -h|--help) say "usage: sh install.sh --site-code <code> --enrollment-key <cek_…> [--server <url>]  (on an enrolled machine, to upgrade: sh install.sh [--server <url>])"; exit 0 ;;
     *) fail "unknown argument: $1" ;;
   esac
 done
+one_line "--server" "$SERVER" # the served default too
+
+# Enrolled already (credentials in the state dir): an upgrade. The key would never be used.
+ENROLLED=""
+[ -s "$ROOT$STATE_DIR/credentials.json" ] && ENROLLED=1
 
 # Everything below is written into files and a unit: accept only the documented shapes.
-printf '%s' "$SITE_CODE" | grep -Eq '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$' || fail "--site-code: letters, digits, . _ - only"
-printf '%s' "$ENROLLMENT_KEY" | grep -Eq '^cek_[0-9a-f]{64}$' || fail "--enrollment-key: expected cek_ and 64 hex digits"
+if [ -z "$ENROLLED" ] || [ -n "$SITE_CODE" ]; then
+  printf '%s' "$SITE_CODE" | grep -Eq '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$' || fail "--site-code: letters, digits, . _ - only"
+fi
+if [ -z "$ENROLLED" ] || [ -n "$ENROLLMENT_KEY" ]; then
+  printf '%s' "$ENROLLMENT_KEY" | grep -Eq '^cek_[0-9a-f]{64}$' || fail "--enrollment-key: expected cek_ and 64 hex digits"
+fi
 printf '%s' "$SERVER" | grep -Eq '^https?://[][A-Za-z0-9.:_-]+(/[A-Za-z0-9._~/-]*)?$' || fail "--server: expected http(s)://host[:port]"
 SERVER="${SERVER%/}"
+if [ -n "$ENROLLED" ]; then
+  [ -z "$ENROLLMENT_KEY" ] || say "already enrolled ($STATE_DIR/credentials.json): the enrollment key is not needed and is not written"
+  ENROLLMENT_KEY=""
+fi
 
 [ -n "$AGENT_SHA256" ] || fail "the server has no agent binary to install (build it there with: npm run build:agent)"
 
@@ -79,16 +105,17 @@ mkdir -p "$ROOT/usr/local/bin" "$ROOT/etc/systemd/system"
 install -m 0755 "$tmp/tether-agent" "$ROOT$BIN.new"
 mv -f "$ROOT$BIN.new" "$ROOT$BIN"
 
-# The enrollment key is a secret of the whole site: root only, never on a command line.
+# The enrollment key is a secret of the whole site: root only, never on a command line, and
+# only until the machine has enrolled (an upgrade leaves it out).
 umask 077
 mkdir -p "$ROOT$CONF_DIR"
 chmod 0700 "$ROOT$CONF_DIR"
-cat > "$tmp/agent.env" <<ENV
-TETHER_AGENT_SERVER=$SERVER
-TETHER_AGENT_SITE_CODE=$SITE_CODE
-TETHER_AGENT_ENROLLMENT_KEY=$ENROLLMENT_KEY
-TETHER_AGENT_STATE_DIR=$STATE_DIR
-ENV
+{
+  printf 'TETHER_AGENT_SERVER=%s\n' "$SERVER"
+  [ -z "$SITE_CODE" ] || printf 'TETHER_AGENT_SITE_CODE=%s\n' "$SITE_CODE"
+  [ -z "$ENROLLMENT_KEY" ] || printf 'TETHER_AGENT_ENROLLMENT_KEY=%s\n' "$ENROLLMENT_KEY"
+  printf 'TETHER_AGENT_STATE_DIR=%s\n' "$STATE_DIR"
+} > "$tmp/agent.env"
 chmod 0600 "$tmp/agent.env"
 mv -f "$tmp/agent.env" "$ROOT$ENV_FILE"
 
@@ -107,8 +134,8 @@ StateDirectory=tether-agent
 StateDirectoryMode=0700
 Restart=always
 RestartSec=5
-# 2: bad usage, which a restart cannot fix.
-RestartPreventExitStatus=2
+# 2: bad usage; 6: a cloned state dir and no enrollment key. A restart cannot fix either.
+RestartPreventExitStatus=2 6
 KillSignal=SIGTERM
 TimeoutStopSec=15
 

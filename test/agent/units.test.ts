@@ -1,18 +1,21 @@
-import { describe, expect, test } from "bun:test";
-import { chmodSync, mkdtempSync, statSync, writeFileSync } from "node:fs";
+import { describe, expect, spyOn, test } from "bun:test";
+import fs, { chmodSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Inventory } from "../../src/protocol/agent.ts";
-import { Backoff, backoffDelay, jittered, parseRetryAfter } from "../../src/agent/backoff.ts";
+import { Backoff, backoffDelay, jittered, parseRetryAfter, retryAfterDelay } from "../../src/agent/backoff.ts";
 import { agentSocketUrl, ConfigError, parseConfig } from "../../src/agent/config.ts";
 import { deriveMachineUid, isPlaceholderId, loadOrCreateIdentity, signNonce } from "../../src/agent/identity.ts";
 import { collectInventory, storableStrings } from "../../src/agent/inventory.ts";
 import { unstorableAt } from "../../src/protocol/storable.ts";
-import { FILES, StateDir, StateError } from "../../src/agent/state.ts";
+import { CorruptCredentials, FILES, StateDir } from "../../src/agent/state.ts";
 import { nextDelay } from "../../src/agent/agent.ts";
 import { CLOSE } from "../../src/protocol/agent.ts";
 
 const tmp = () => mkdtempSync(join(tmpdir(), "tether-agent-unit-"));
+const origOpen = fs.openSync;
+const origFsync = fs.fsyncSync;
+const origRename = fs.renameSync;
 const mode = (p: string) => statSync(p).mode & 0o777;
 
 describe("backoff", () => {
@@ -45,6 +48,17 @@ describe("backoff", () => {
     expect(jittered(1_000, 0.1, () => 1)).toBe(1_100);
   });
 
+  test("a Retry-After wait is never shorter than asked, at least 1 s, and jittered upwards only", () => {
+    expect(retryAfterDelay(30_000, 0.1, 1_000, () => 0)).toBe(30_000);
+    expect(retryAfterDelay(30_000, 0.1, 1_000, () => 1)).toBe(33_000);
+    expect(retryAfterDelay(0, 0.1, 1_000, () => 0)).toBe(1_000);
+    for (let i = 0; i < 200; i++) {
+      const d = retryAfterDelay(7_000);
+      expect(d).toBeGreaterThanOrEqual(7_000);
+      expect(d).toBeLessThanOrEqual(7_700);
+    }
+  });
+
   test("Retry-After: seconds, an HTTP date, or nothing", () => {
     expect(parseRetryAfter("7")).toBe(7_000);
     const now = Date.parse("2030-01-01T00:00:00Z");
@@ -53,19 +67,31 @@ describe("backoff", () => {
     expect(parseRetryAfter("soon")).toBeNull();
   });
 
-  test("refusals wait the slow interval, SUPERSEDED backs off to the cap, a welcomed session resets", () => {
+  test("refusals wait the slow interval, SUPERSEDED backs off to the cap, a lasting welcomed session resets", () => {
     const config = { refusedRetryMs: 60_000, reconnectCapMs: 30_000 };
     const b = new Backoff({ baseMs: 1_000, capMs: 30_000 });
+    const end = (code: number, welcomed: boolean, connectedMs = 0) => ({ code, reason: "", welcomed, byUs: false, connectedMs });
     for (const code of [CLOSE.KEY_REVOKED, CLOSE.UNKNOWN_KEY, CLOSE.MACHINE_REMOVED]) {
-      const d = nextDelay({ code, reason: "", welcomed: false, byUs: false }, b, config);
+      const d = nextDelay(end(code, false), b, config);
       expect(d).toBeGreaterThanOrEqual(54_000);
       expect(d).toBeLessThanOrEqual(66_000);
     }
-    const s = nextDelay({ code: CLOSE.SUPERSEDED, reason: "", welcomed: true, byUs: false }, b, config);
+    const s = nextDelay(end(CLOSE.SUPERSEDED, true, 1_000), b, config);
     expect(s).toBeGreaterThanOrEqual(27_000);
-    for (let i = 0; i < 10; i++) nextDelay({ code: 1006, reason: "", welcomed: false, byUs: false }, b, config);
-    expect(nextDelay({ code: 1006, reason: "", welcomed: false, byUs: false }, b, config)).toBeGreaterThanOrEqual(15_000);
-    expect(nextDelay({ code: CLOSE.SERVER_STOPPING, reason: "", welcomed: true, byUs: false }, b, config)).toBeLessThanOrEqual(1_000);
+    for (let i = 0; i < 10; i++) nextDelay(end(1006, false), b, config);
+    expect(nextDelay(end(1006, false), b, config)).toBeGreaterThanOrEqual(15_000);
+    expect(nextDelay(end(CLOSE.SERVER_STOPPING, true, 30_000), b, config)).toBeLessThanOrEqual(1_000);
+  });
+
+  test("a server that welcomes and drops at once gets no fast reconnects: only a connection that lasted the cap resets", () => {
+    const config = { refusedRetryMs: 60_000, reconnectCapMs: 30_000 };
+    const b = new Backoff({ baseMs: 1_000, capMs: 30_000 });
+    const delays = Array.from({ length: 8 }, () => nextDelay({ code: 1006, reason: "", welcomed: true, byUs: false, connectedMs: 200 }, b, config));
+    expect(delays.slice(-3).every((d) => d >= 15_000)).toBe(true); // backed off to the cap, welcome or not
+    // Up for nearly the cap: still no reset.
+    expect(nextDelay({ code: 1000, reason: "", welcomed: true, byUs: false, connectedMs: 29_999 }, b, config)).toBeGreaterThanOrEqual(15_000);
+    // Up for the cap: the next drop is treated as a one-off.
+    expect(nextDelay({ code: 1000, reason: "", welcomed: true, byUs: false, connectedMs: 30_000 }, b, config)).toBeLessThanOrEqual(1_000);
   });
 });
 
@@ -147,7 +173,7 @@ describe("identity and state", () => {
     expect(await crypto.subtle.verify({ name: "Ed25519" }, pub, sig, nonce)).toBe(true);
   });
 
-  test("loose permissions are tightened; corrupt credentials are a hard stop, not a re-enrollment", () => {
+  test("loose permissions are tightened; corrupt or empty credentials are reported as such, with the file", () => {
     const dir = join(tmp(), "state");
     const state = new StateDir(dir);
     state.ensure();
@@ -155,9 +181,45 @@ describe("identity and state", () => {
     chmodSync(dir, 0o755);
     expect(state.ensure()).toHaveLength(1);
     expect(mode(dir)).toBe(0o700);
-    expect(() => state.credentials()).toThrow(StateError);
+    expect(() => state.credentials()).toThrow(CorruptCredentials);
+    expect(() => state.credentials()).toThrow(`${state.path(FILES.credentials)} is not valid JSON`);
     expect(mode(state.path(FILES.credentials))).toBe(0o600);
+    writeFileSync(state.path(FILES.credentials), "");
+    expect(() => state.credentials()).toThrow(/is empty/);
+    writeFileSync(state.path(FILES.credentials), "{}");
+    expect(() => state.credentials()).toThrow(/does not hold agent credentials/);
     expect(new StateDir(join(dir, "none")).credentials()).toBeNull();
+  });
+
+  test("state files are durable: the temp file is flushed before its rename, the directory after it", () => {
+    const state = new StateDir(join(tmp(), "state"));
+    state.ensure();
+    const order: string[] = [];
+    const fds = new Map<number, string>();
+    const open = spyOn(fs, "openSync").mockImplementation(((path: fs.PathLike, ...rest: unknown[]) => {
+      const fd = (origOpen as (...a: unknown[]) => number)(path, ...rest);
+      fds.set(fd, String(path));
+      return fd;
+    }) as typeof fs.openSync);
+    const fsync = spyOn(fs, "fsyncSync").mockImplementation(((fd: number) => {
+      order.push(`fsync ${fds.get(fd) === state.dir ? "dir" : fds.get(fd)?.includes(".tmp-") ? "tmp" : fds.get(fd)}`);
+      origFsync(fd);
+    }) as typeof fs.fsyncSync);
+    const rename = spyOn(fs, "renameSync").mockImplementation(((from: fs.PathLike, to: fs.PathLike) => {
+      order.push("rename");
+      origRename(from, to);
+    }) as typeof fs.renameSync);
+    try {
+      state.write(FILES.publicKey, "x\n");
+    } finally {
+      open.mockRestore();
+      fsync.mockRestore();
+      rename.mockRestore();
+    }
+    expect(order).toEqual(["fsync tmp", "rename", "fsync dir"]);
+    expect(readFileSync(state.path(FILES.publicKey), "utf8")).toBe("x\n");
+    expect(mode(state.path(FILES.publicKey))).toBe(0o600);
+    expect(readdirSync(state.dir)).toEqual([FILES.publicKey]); // no temp file left
   });
 });
 

@@ -27,9 +27,8 @@ function shim(name: string, body: string) {
   chmodSync(join(shims, name), 0o755);
 }
 
-/** Runs a shell command line with the shims first on PATH; a fresh install root each time. */
-async function runSh(commandLine: string, stdin?: string) {
-  const root = mkdtempSync(join(dir, "root-"));
+/** Runs a shell command line with the shims first on PATH; a fresh install root unless given one. */
+async function runSh(commandLine: string, stdin?: string, root = mkdtempSync(join(dir, "root-"))) {
   const proc = Bun.spawn(["sh", "-c", commandLine], {
     env: { PATH: `${shims}:/usr/bin:/bin`, TETHER_INSTALL_ROOT: root, HOME: dir },
     stdin: stdin === undefined ? "ignore" : new TextEncoder().encode(stdin),
@@ -105,6 +104,7 @@ describe("agent install", () => {
     expect(unit).toContain("EnvironmentFile=/etc/tether/agent.env\n");
     expect(unit).toContain("StateDirectory=tether-agent\n");
     expect(unit).toContain("Restart=always\n");
+    expect(unit).toContain("RestartPreventExitStatus=2 6\n"); // bad usage; a clone without an enrollment key
     expect(unit).not.toContain("cek_"); // the key lives in the root-only file, not the world-readable unit
     expect(mode(join(root, "etc/systemd/system/tether-agent.service"))).toBe(0o644);
     expect(readFileSync(systemctlLog, "utf8").trim().split("\n").at(-1)).toBe(`--root=${root} enable tether-agent.service`);
@@ -135,6 +135,64 @@ describe("agent install", () => {
       expect(err).toStartWith(`tether install: ${error}`);
       expect(existsSync(join(root, "usr"))).toBe(false);
     }
+  });
+
+  test("a value with a line break is refused, whatever the option: it would add lines to agent.env", async () => {
+    const script = await (await fetch(`${app.url}/api/agent/install.sh`)).text();
+    const evil = (value: string, eol = "\\n") => `"$(printf '${value}${eol}LD_PRELOAD=/tmp/evil.so')"`;
+    for (const [args, error] of [
+      // The reviewer's case: each line alone matches the site code's pattern.
+      [`--site-code ${evil("abc")} --enrollment-key '${rotated.key}'`, "--site-code: must not contain a line break"],
+      [`--site-code ${evil("abc", "\\r")} --enrollment-key '${rotated.key}'`, "--site-code: must not contain a line break"],
+      [`--site-code '${site.code}' --enrollment-key ${evil(rotated.key)}`, "--enrollment-key: must not contain a line break"],
+      [`--site-code '${site.code}' --enrollment-key '${rotated.key}' --server ${evil(app.url)}`, "--server: must not contain a line break"],
+      [`--site-code 'abc\n' --enrollment-key '${rotated.key}'`, "--site-code: must not contain a line break"], // a trailing one, quoted literally
+    ]) {
+      const { code, err, root } = await runSh(`sh -s -- ${args}`, script);
+      expect({ args, code }).toEqual({ args, code: 1 });
+      expect(err).toStartWith(`tether install: ${error}`);
+      expect(existsSync(join(root, "usr"))).toBe(false);
+      expect(existsSync(join(root, "etc/tether/agent.env"))).toBe(false);
+    }
+  });
+
+  test("re-run on an enrolled machine (an upgrade): no enrollment key needed, and a given one is not written", async () => {
+    const script = await (await fetch(`${app.url}/api/agent/install.sh`)).text();
+    // First install, then the agent's enrollment (stood in for by its credentials file).
+    const first = await runSh(rotated.install_command);
+    expect(first.code).toBe(0);
+    const root = first.root;
+    const envFile = join(root, "etc/tether/agent.env");
+    expect(readFileSync(envFile, "utf8")).toContain(rotated.key);
+    const stateDir = join(root, "var/lib/tether-agent");
+    mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+    writeFileSync(join(stateDir, "credentials.json"), "{\"machine_id\":\"…\"}\n", { mode: 0o600 });
+    const envOf = () => Object.fromEntries(readFileSync(envFile, "utf8").trim().split("\n").map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]));
+
+    // The same command again: the key is accepted but not written; the one from the first install goes.
+    const again = await runSh(rotated.install_command, undefined, root);
+    expect({ code: again.code, err: again.err }).toEqual({ code: 0, err: "" });
+    expect(again.out).toContain("already enrolled");
+    expect(readFileSync(envFile, "utf8")).not.toContain("cek_");
+    expect(envOf()).toEqual({ TETHER_AGENT_SERVER: app.url, TETHER_AGENT_SITE_CODE: site.code, TETHER_AGENT_STATE_DIR: "/var/lib/tether-agent" });
+    expect(mode(envFile)).toBe(0o600);
+
+    // No arguments at all: an upgrade still installs the binary and the unit.
+    rmSync(join(root, "usr/local/bin/tether-agent"));
+    const bare = await runSh("sh -s --", script, root);
+    expect({ code: bare.code, err: bare.err }).toEqual({ code: 0, err: "" });
+    expect(readFileSync(join(root, "usr/local/bin/tether-agent"), "utf8")).toBe(BINARY);
+    expect(envOf()).toEqual({ TETHER_AGENT_SERVER: app.url, TETHER_AGENT_STATE_DIR: "/var/lib/tether-agent" });
+    const parsed = parseConfig([], envOf());
+    expect(parsed.kind === "run" && parsed.config.enrollmentKey).toBeUndefined();
+
+    // Still validated when given, and still refused with a line break.
+    const bad = await runSh(`sh -s -- --enrollment-key 'cek_nope'`, script, root);
+    expect(bad.code).toBe(1);
+    expect(bad.err).toStartWith("tether install: --enrollment-key: expected cek_");
+    const evil = await runSh(`sh -s -- --site-code "$(printf 'abc\\nLD_PRELOAD=/tmp/evil.so')"`, script, root);
+    expect(evil.code).toBe(1);
+    expect(readFileSync(envFile, "utf8")).not.toContain("LD_PRELOAD");
   });
 
   test("without a built binary: /api/version says so, the binary is a 404, and the script stops with a message", async () => {
