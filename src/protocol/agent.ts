@@ -17,6 +17,12 @@ import { unstorableAt } from "./storable.ts";
  */
 export const PROTOCOL_VERSION = 1;
 export const MAX_AGENT_FRAME = 4 * 1024 * 1024;
+/**
+ * The largest frame the server takes before its challenge. A hello at its schema's limits (a
+ * 256-unit key and 64-unit agent_version, at most 3 UTF-8 bytes a unit, a uuid, the field
+ * names) is under 1.1 KiB; anything bigger this early is not a hello.
+ */
+export const MAX_HELLO_FRAME = 2 * 1024;
 
 const bytes = z.instanceof(Uint8Array);
 
@@ -86,6 +92,9 @@ export const CLOSE = {
   SILENT: 4009, // no heartbeat within offline_after_ms
   SERVER_STOPPING: 4010,
   MACHINE_DISABLED: 4011, // an admin disabled the machine; enabling it lets the agent back in
+  UNSUPPORTED_PROTOCOL: 4012, // a hello with another protocol version than PROTOCOL_VERSION
+  BUSY: 4013, // too many agents waiting for a handshake slot, or no slot within the wait: retry later
+  PROOF_TIMEOUT: 4014, // challenged, but no proof within the handshake time
 } as const;
 
 const packr = new Packr({ useRecords: false });

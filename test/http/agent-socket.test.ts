@@ -1,6 +1,7 @@
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { unpack } from "msgpackr";
-import { Challenge, CLOSE, decode, PROTOCOL_VERSION, Welcome } from "../../src/protocol/agent.ts";
+import { AGENT_SOCKET_LIMITS } from "../../src/http/ws/agent.ts";
+import { Challenge, CLOSE, decode, encode, PROTOCOL_VERSION, Welcome, type AgentMessage } from "../../src/protocol/agent.ts";
 import { dataFrame } from "../../src/protocol/frames.ts";
 import { agentIdentity, TestAgentSocket } from "../helpers/agent-client.ts";
 import { startTestApp, type TestApp } from "../helpers/app.ts";
@@ -14,6 +15,70 @@ async function enrolledMachine(app: TestApp, site: SiteWithKey, over: Record<str
   expect(r.status).toBe(201);
   return { id: r.body.machine_id as string, key: r.body.key as string, privateKey: id.keys.privateKey };
 }
+
+/** The socket's clocks and caps as shipped; a test that shortens them puts them back. */
+const LIMITS = { ...AGENT_SOCKET_LIMITS };
+afterEach(() => void Object.assign(AGENT_SOCKET_LIMITS, LIMITS));
+
+/**
+ * A bare client that sends whatever it is told, from any address: `from` goes in
+ * X-Forwarded-For, believed because the test apps trust 127.0.0.1 as a proxy.
+ */
+class RawClient {
+  readonly closed: Promise<{ code: number; reason: string }>;
+  readonly opened: Promise<void>;
+  private readonly ws: WebSocket;
+  private readonly inbox: Uint8Array[] = [];
+
+  constructor(url: string, from?: string) {
+    // Bun's WebSocket takes headers; the DOM's type does not say so.
+    const BunWebSocket = WebSocket as unknown as new (url: string, options?: { headers: Record<string, string> }) => WebSocket;
+    this.ws = new BunWebSocket(url.replace(/^http/, "ws") + "/ws/agent", from ? { headers: { "x-forwarded-for": from } } : undefined);
+    this.ws.binaryType = "arraybuffer";
+    this.ws.onmessage = (e) => void this.inbox.push(new Uint8Array(e.data as ArrayBuffer));
+    this.opened = new Promise((resolve, reject) => ((this.ws.onopen = () => resolve()), (this.ws.onerror = () => reject(new Error("websocket error")))));
+    this.closed = new Promise((resolve) => (this.ws.onclose = (e) => resolve({ code: e.code, reason: e.reason })));
+  }
+
+  send(message: unknown): void {
+    this.ws.send(new Uint8Array(encode(message as AgentMessage)));
+  }
+
+  sendRaw(bytes: Uint8Array): void {
+    this.ws.send(new Uint8Array(bytes));
+  }
+
+  /** The next frame, or null if none comes within `ms` (or the socket closed). */
+  async next(ms = 5_000): Promise<Uint8Array | null> {
+    const deadline = Date.now() + ms;
+    while (this.inbox.length === 0 && this.ws.readyState !== WebSocket.CLOSED && Date.now() < deadline) await Bun.sleep(20);
+    return this.inbox.shift() ?? null;
+  }
+
+  /** The close code, or null if it is still open after `ms`. */
+  async closedWithin(ms: number): Promise<number | null> {
+    return Promise.race([this.closed.then((c) => c.code), Bun.sleep(ms).then(() => null)]);
+  }
+
+  close(): void {
+    this.ws.close(1000, "bye");
+  }
+}
+
+const hello = (machineId: string, key: string, over: Record<string, unknown> = {}) => ({ t: "hello", machine_id: machineId, key, agent_version: "test-1", protocol: PROTOCOL_VERSION, ...over });
+/** A well-formed agent key that no machine has. */
+const noSuchKey = () => `cak_${Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("hex")}`;
+
+interface RefusalRow {
+  tenant_id: string;
+  actor_type: string;
+  actor_id: string | null;
+  target_id: string | null;
+  ip: string | null;
+  details: { close?: number; reason?: string; claimed_machine_id?: string; summary?: boolean; refusals?: number; reasons?: Record<string, number>; [k: string]: unknown };
+}
+const refusals = (app: TestApp, where: string, params: unknown[]) =>
+  app.server.store.query<RefusalRow>(`select tenant_id, actor_type, actor_id, target_id, ip, details from audit_events where type = 'agent.refused' and ${where} order by id`, params);
 
 /** M3/M4 on /ws/agent: proof of possession, every refusal's close code, presence, revocation. */
 for (const flavor of FLAVORS) {
@@ -31,7 +96,7 @@ for (const flavor of FLAVORS) {
     const get = async (id: string) => (await app.call("GET", `/api/machines/${id}`, { token: app.adminToken })).body;
 
     beforeAll(async () => {
-      app = await startTestApp(flavor, { env: { TETHER_HEARTBEAT_MS: "200", TETHER_OFFLINE_AFTER_MS: "800" } });
+      app = await startTestApp(flavor, { env: { TETHER_HEARTBEAT_MS: "200", TETHER_OFFLINE_AFTER_MS: "800", TETHER_TRUSTED_PROXIES: "127.0.0.1" } });
       site = await siteWithKey(app);
     }, 60_000);
     afterAll(async () => {
@@ -257,6 +322,89 @@ for (const flavor of FLAVORS) {
       s.sendRaw(new Uint8Array(4 * 1024 * 1024 + 16));
       expect((await s.closed).code).toBe(CLOSE.TOO_BIG);
     });
+
+    test("a machine id in upper case is the same machine", async () => {
+      const m = await machine();
+      const agent = socket();
+      expect(await agent.handshake(m.id.toUpperCase(), m.key, m.privateKey)).toBe(true);
+      expect(agent.welcome?.machine_id).toBe(m.id);
+      agent.close();
+    });
+
+    test("a hello of another protocol version has its own close code (4012), audited", async () => {
+      const m = await machine();
+      const s = new RawClient(app.url, "198.51.100.40");
+      await s.opened;
+      s.send(hello(m.id, m.key, { protocol: PROTOCOL_VERSION + 1, extra: "a v2 field" }));
+      expect((await s.closed).code).toBe(CLOSE.UNSUPPORTED_PROTOCOL);
+      const rows = await refusals(app, "ip = $1", ["198.51.100.40"]);
+      expect(rows.map((r) => r.details)).toEqual([{ close: CLOSE.UNSUPPORTED_PROTOCOL, reason: "unsupported_protocol", protocol: PROTOCOL_VERSION + 1 }]);
+    });
+
+    test("a key without its proof is refused and audited: the agent that leaves after its challenge, and the one whose clock runs out (4014)", async () => {
+      const m = await machine();
+      const left = new RawClient(app.url, "198.51.100.41");
+      await left.opened;
+      left.send(hello(m.id, m.key));
+      expect(decode(Challenge, (await left.next())!)).not.toBeNull();
+      left.close();
+      await left.closed;
+      await eventually(async () => (await refusals(app, "ip = $1", ["198.51.100.41"])).length === 1, 3_000, "audited");
+      expect((await refusals(app, "ip = $1", ["198.51.100.41"]))[0]).toMatchObject({ actor_type: "agent", actor_id: m.id, target_id: m.id, details: { reason: "no_proof", close: 1000, by: "agent" } });
+
+      AGENT_SOCKET_LIMITS.handshakeMs = 500;
+      const waited = new RawClient(app.url, "198.51.100.42");
+      await waited.opened;
+      waited.send(hello(m.id, m.key));
+      expect(decode(Challenge, (await waited.next())!)).not.toBeNull();
+      expect(await waited.closedWithin(3_000)).toBe(CLOSE.PROOF_TIMEOUT);
+      expect((await refusals(app, "ip = $1", ["198.51.100.42"])).map((r) => [r.target_id, r.details.reason])).toEqual([[m.id, "proof_timeout"]]);
+      expect((await get(m.id)).status).toBe("offline");
+    });
+
+    test("a refusal names only the machine whose key matched: a machine id the client merely claims goes into the details", async () => {
+      const m = await machine();
+      const n = await machine();
+      const from = "198.51.100.43";
+      const cases: Array<[string, number]> = [[noSuchKey(), CLOSE.UNKNOWN_KEY], [app.adminToken, CLOSE.WRONG_PLANE], ["not-a-key", CLOSE.UNKNOWN_KEY], [n.key, CLOSE.UNKNOWN_KEY]];
+      for (const [key, code] of cases) {
+        const s = new RawClient(app.url, from);
+        await s.opened;
+        s.send(hello(m.id, key));
+        expect((await s.closed).code).toBe(code);
+      }
+      const rows = await refusals(app, "ip = $1", [from]);
+      expect(rows.map((r) => [r.tenant_id, r.actor_type, r.actor_id, r.target_id, r.details.reason, r.details.claimed_machine_id])).toEqual([
+        ["00000000-0000-0000-0000-000000000001", "anonymous", null, null, "unknown_key", m.id],
+        ["00000000-0000-0000-0000-000000000001", "anonymous", null, null, "wrong_plane", m.id],
+        ["00000000-0000-0000-0000-000000000001", "anonymous", null, null, "unknown_key", m.id],
+        // n's key matched: n is named (its tenant gets the row), m only claimed.
+        [rows[3]!.tenant_id, "agent", n.id, n.id, "unknown_key", m.id],
+      ]);
+      expect(JSON.stringify(rows)).not.toContain(n.key);
+    });
+
+    test("refusal audits are limited per address: past the budget, one summary row", async () => {
+      Object.assign(AGENT_SOCKET_LIMITS, { auditBurst: 3, auditEveryMs: 60_000, auditSummaryMs: 500 });
+      const m = await machine();
+      const noisy = "198.51.100.44";
+      for (let i = 0; i < 10; i++) {
+        const s = new RawClient(app.url, noisy);
+        await s.opened;
+        s.send(hello(m.id, noSuchKey()));
+        expect((await s.closed).code).toBe(CLOSE.UNKNOWN_KEY);
+      }
+      // Another address has a budget of its own.
+      const quiet = new RawClient(app.url, "198.51.100.45");
+      await quiet.opened;
+      quiet.send(hello(m.id, noSuchKey()));
+      expect((await quiet.closed).code).toBe(CLOSE.UNKNOWN_KEY);
+      expect(await refusals(app, "ip = $1", ["198.51.100.45"])).toHaveLength(1);
+      await eventually(async () => (await refusals(app, "ip = $1", [noisy])).length === 4, 3_000, "summary");
+      const rows = await refusals(app, "ip = $1", [noisy]);
+      expect(rows.slice(0, 3).map((r) => r.details.reason)).toEqual(["unknown_key", "unknown_key", "unknown_key"]);
+      expect(rows[3]).toMatchObject({ actor_type: "anonymous", target_id: null, details: { summary: true, refusals: 7, reasons: { unknown_key: 7 } } });
+    });
   });
 }
 
@@ -265,7 +413,7 @@ describe("agent socket: handshakes beyond the limit wait their turn", () => {
   let app: TestApp;
   let site: SiteWithKey;
   beforeAll(async () => {
-    app = await startTestApp("pglite", { env: { TETHER_AGENT_HANDSHAKES: "2" } });
+    app = await startTestApp("pglite", { env: { TETHER_AGENT_HANDSHAKES: "2", TETHER_TRUSTED_PROXIES: "127.0.0.1" } });
     site = await siteWithKey(app);
   }, 60_000);
   afterAll(async () => {
@@ -312,4 +460,91 @@ describe("agent socket: handshakes beyond the limit wait their turn", () => {
       for (const s of sockets) s.close();
     }
   });
+
+  /** Holds both slots: two agents challenged, with no proof yet. */
+  const holdSlots = async () => {
+    const holders = await Promise.all([0, 1].map(() => enrolledMachine(app, site)));
+    return Promise.all(holders.map(async (m) => {
+      const s = new RawClient(app.url);
+      await s.opened;
+      s.send(hello(m.id, m.key));
+      expect(decode(Challenge, (await s.next())!)).not.toBeNull();
+      return s;
+    }));
+  };
+
+  test("sockets that send nothing hold no slot, and are closed by a clock of their own (4001, audited)", async () => {
+    AGENT_SOCKET_LIMITS.helloMs = 400;
+    const idle = [0, 1, 2, 3].map(() => new RawClient(app.url, "203.0.113.9"));
+    await Promise.all(idle.map((s) => s.opened));
+    const m = await enrolledMachine(app, site);
+    const agent = new TestAgentSocket(app.url);
+    try {
+      const started = Date.now();
+      expect(await agent.handshake(m.id, m.key, m.privateKey)).toBe(true);
+      expect(Date.now() - started).toBeLessThan(1_000);
+      for (const s of idle) expect(await s.closedWithin(2_000)).toBe(CLOSE.HANDSHAKE_TIMEOUT);
+      await eventually(async () => (await refusals(app, "ip = $1", ["203.0.113.9"])).length === 4, 3_000, "audited");
+      expect((await refusals(app, "ip = $1", ["203.0.113.9"])).map((r) => r.details.reason)).toEqual(["no_hello", "no_hello", "no_hello", "no_hello"]);
+    } finally {
+      agent.close();
+      for (const s of idle) s.close();
+    }
+  });
+
+  test("the wait for a slot is capped per address and in all (4013); before its challenge a socket may send its hello only", async () => {
+    // Two slots: at most 6 waiting in all, 2 per address.
+    Object.assign(AGENT_SOCKET_LIMITS, { queuedPerSlot: 3, queuedPerAddressPerSlot: 1 });
+    const m = await enrolledMachine(app, site);
+    const holders = await holdSlots();
+    const waiting: RawClient[] = [];
+    const wait = async (from: string) => {
+      const s = new RawClient(app.url, from);
+      await s.opened;
+      s.send(hello(m.id, noSuchKey()));
+      return s;
+    };
+    try {
+      for (const from of ["203.0.113.1", "203.0.113.1", "203.0.113.2", "203.0.113.2"]) waiting.push(await wait(from));
+      expect(await waiting[0]!.closedWithin(300)).toBeNull();
+      // A third from one address: busy.
+      expect(await (await wait("203.0.113.1")).closedWithin(3_000)).toBe(CLOSE.BUSY);
+      for (const from of ["203.0.113.3", "203.0.113.3"]) waiting.push(await wait(from));
+      // Six waiting: busy for any address.
+      expect(await (await wait("203.0.113.4")).closedWithin(3_000)).toBe(CLOSE.BUSY);
+      expect((await refusals(app, "ip in ($1, $2)", ["203.0.113.1", "203.0.113.4"])).map((r) => [r.ip, r.details.reason, r.details.close])).toEqual([
+        ["203.0.113.1", "busy", CLOSE.BUSY], ["203.0.113.4", "busy", CLOSE.BUSY],
+      ]);
+      // A second frame before the challenge is out of order, and frees its place.
+      waiting[0]!.send({ t: "heartbeat", seq: 1 });
+      expect(await waiting[0]!.closedWithin(3_000)).toBe(CLOSE.BAD_MESSAGE);
+      expect(await (await wait("203.0.113.4")).closedWithin(300)).toBeNull();
+      // More than a hello's size before the challenge is no hello.
+      const big = new RawClient(app.url, "203.0.113.5");
+      await big.opened;
+      big.sendRaw(new Uint8Array(encode({ ...hello(m.id, noSuchKey()), agent_version: "x".repeat(3_000) } as unknown as AgentMessage)));
+      expect(await big.closedWithin(3_000)).toBe(CLOSE.BAD_MESSAGE);
+      // The slots free: every waiting hello is answered (their keys are of no machine).
+      for (const h of holders) h.close();
+      for (const s of waiting.slice(1)) expect(await s.closedWithin(3_000)).toBe(CLOSE.UNKNOWN_KEY);
+    } finally {
+      for (const s of [...holders, ...waiting]) s.close();
+    }
+  });
+
+  test("a socket waits for a slot no longer than the queue's clock (4013, audited)", async () => {
+    AGENT_SOCKET_LIMITS.queuedMs = 400;
+    const m = await enrolledMachine(app, site);
+    const holders = await holdSlots();
+    const s = new RawClient(app.url, "203.0.113.6");
+    try {
+      await s.opened;
+      s.send(hello(m.id, m.key));
+      expect(await s.closedWithin(3_000)).toBe(CLOSE.BUSY);
+      expect((await refusals(app, "ip = $1", ["203.0.113.6"])).map((r) => [r.target_id, r.details.reason, r.details.claimed_machine_id])).toEqual([[null, "queue_timeout", m.id]]);
+    } finally {
+      for (const h of [...holders, s]) h.close();
+    }
+  });
+
 });

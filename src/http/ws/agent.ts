@@ -1,7 +1,9 @@
+import { isIP } from "node:net";
 import { Elysia } from "elysia";
 import { audit } from "../../audit/audit.ts";
+import { DEFAULT_TENANT_ID } from "../../auth/tenants.ts";
 import { isSecret, sha256Hex } from "../../auth/secrets.ts";
-import { AgentMessage, CLOSE, decode, encode, Hello, MAX_AGENT_FRAME, Proof, type ServerMessage } from "../../protocol/agent.ts";
+import { AgentMessage, CLOSE, decode, encode, Hello, MAX_AGENT_FRAME, MAX_HELLO_FRAME, Proof, PROTOCOL_VERSION, type ServerMessage } from "../../protocol/agent.ts";
 import { reportDisconnect } from "../../machines/disconnect.ts";
 import { unstorableAt } from "../../protocol/storable.ts";
 import { isDataFrame } from "../../protocol/frames.ts";
@@ -15,7 +17,8 @@ import type { Link } from "../../relay/relay.ts";
  * `/ws/agent`: an agent proves, before anything else, that it holds both its `cak_` key and the
  * Ed25519 private key registered at enrollment (it signs a fresh server nonce). Only then is the
  * socket bound to `machine/<id>`. Every refusal has its own close code (src/protocol/agent.ts)
- * and an audit event. Heartbeats stay here; presence and inventory go to the machine actor.
+ * and an audit event (rate-limited per client address: RefusalAudit below). Heartbeats stay
+ * here; presence and inventory go to the machine actor.
  *
  * Served from Bun's own WebSocket handlers (Elysia's server dispatches to `ws.data`'s
  * open/message/close), not from Elysia's `.ws()`: that keeps the upgrade's whole request
@@ -25,27 +28,89 @@ import type { Link } from "../../relay/relay.ts";
  * lookups and the live-sessions check per tick, the audit log group-committed, presence
  * coalesced per machine (src/machines/presence.ts), `last_used_at` once a second.
  */
-const HANDSHAKE_MS = 10_000;
 const NONCE_BYTES = 32;
 /**
  * The embedded database runs one statement at a time (on PGlite's worker thread), so in a storm
  * of thousands of simultaneous handshakes every handshake's statements queue behind all the
- * others', each handshake is slow, some past HANDSHAKE_MS, and those agents retry (more work).
- * So at most this many handshakes run at once there (TETHER_AGENT_HANDSHAKES); the others wait,
- * without their handshake clock running, for at most QUEUED_MS. PostgreSQL has no limit unless
- * one is set. 1,000 rather than 500: bigger batches, a 5,000-agent storm about 12% faster, for
- * about 0.5 KB more RSS per idle agent (docs/PERFORMANCE.md, Agents).
+ * others', each handshake is slow, some past the handshake clock, and those agents retry (more
+ * work). So at most this many handshakes run at once there (TETHER_AGENT_HANDSHAKES); the
+ * others wait, without their handshake clock running, for at most `queuedMs`. PostgreSQL has no
+ * limit unless one is set. 1,000 rather than 500: bigger batches, a 5,000-agent storm about 12%
+ * faster, for about 0.5 KB more RSS per idle agent (docs/PERFORMANCE.md, Agents).
+ *
+ * A slot is taken when a well-formed hello arrives (the database work starts there), not when
+ * the socket opens: sockets that send nothing cannot hold the slots, and are closed after
+ * `helloMs` of their own.
  */
 const PGLITE_HANDSHAKES = 1_000;
-const QUEUED_MS = 60_000;
 
+/** The socket's clocks and caps (docs/PROTOCOL.md §2–3). Read when used: tests shorten them. */
+export const AGENT_SOCKET_LIMITS = {
+  /** From open to the hello (no slot is held meanwhile). */
+  helloMs: 5_000,
+  /** From taking a slot to the welcome. */
+  handshakeMs: 10_000,
+  /** The longest wait for a slot. */
+  queuedMs: 60_000,
+  /**
+   * Sockets waiting for a slot, in all and per client address (IPv6: per /64), as multiples of
+   * the slot limit (10,000 and 5,000 on PGlite's default). Per address is generous: a fleet
+   * behind one NAT, or a proxy not in TETHER_TRUSTED_PROXIES, is one address, and the
+   * benchmark's 5,000 agents all come from 127.0.0.1.
+   */
+  queuedPerSlot: 10,
+  queuedPerAddressPerSlot: 5,
+  /**
+   * `agent.refused` rows per client address: a burst, then one per `auditEveryMs`. Refusals
+   * beyond it are counted and written as one summary event per address and tenant after
+   * `auditSummaryMs`, so junk from one address cannot flood the audit log.
+   */
+  auditBurst: 20,
+  auditEveryMs: 3_000,
+  auditSummaryMs: 60_000,
+};
+
+/** Why a handshake was refused: the audit's `details.reason`, with the close code and text. */
+const REFUSED = {
+  bad_message: [CLOSE.BAD_MESSAGE, "expected hello"],
+  hello_too_large: [CLOSE.BAD_MESSAGE, "expected hello (at most 2 KiB)"],
+  out_of_order: [CLOSE.BAD_MESSAGE, "nothing but the hello before the challenge"],
+  unsupported_protocol: [CLOSE.UNSUPPORTED_PROTOCOL, `protocol not supported; this server speaks ${PROTOCOL_VERSION}`],
+  wrong_plane: [CLOSE.WRONG_PLANE, "not an agent key"],
+  unknown_key: [CLOSE.UNKNOWN_KEY, "unknown key"],
+  key_revoked: [CLOSE.KEY_REVOKED, "key revoked"],
+  machine_removed: [CLOSE.MACHINE_REMOVED, "machine removed"],
+  machine_pending: [CLOSE.MACHINE_PENDING, "machine pending approval"],
+  machine_disabled: [CLOSE.MACHINE_DISABLED, "machine disabled"],
+  malformed_proof: [CLOSE.BAD_MESSAGE, "malformed proof"],
+  not_a_proof: [CLOSE.BAD_SIGNATURE, "proof of possession failed"],
+  bad_signature: [CLOSE.BAD_SIGNATURE, "proof of possession failed"],
+  no_hello: [CLOSE.HANDSHAKE_TIMEOUT, "no hello in time"],
+  handshake_timeout: [CLOSE.HANDSHAKE_TIMEOUT, "handshake not completed in time"],
+  proof_timeout: [CLOSE.PROOF_TIMEOUT, "no proof in time"],
+  busy: [CLOSE.BUSY, "server busy; retry later"],
+  queue_timeout: [CLOSE.BUSY, "no handshake slot in time; retry later"],
+} as const satisfies Record<string, readonly [number, string]>;
+type Refusal = keyof typeof REFUSED;
+
+type Timer = ReturnType<typeof setTimeout>;
 type Stage =
-  | { at: "queued"; timer: ReturnType<typeof setTimeout>; frames: Array<string | Buffer> }
-  | { at: "hello"; timer: ReturnType<typeof setTimeout> }
-  | { at: "proof"; timer: ReturnType<typeof setTimeout>; nonce: Uint8Array; hello: Hello; key: KeyRow }
+  /** Open, no hello yet: no slot held, `helloMs`. */
+  | { at: "hello"; timer: Timer }
+  /** A well-formed hello, waiting for a slot: `queuedMs`. Only the parsed hello is kept. */
+  | { at: "queued"; timer: Timer; hello: Hello }
+  /** Holds a slot: its key being looked up. `handshakeMs` runs from here to the welcome. */
+  | { at: "lookup"; timer: Timer; hello: Hello }
+  /** Challenged: the next frame must be the proof. */
+  | { at: "proof"; timer: Timer; nonce: Uint8Array; hello: Hello; key: KeyRow }
+  /** The proof is being checked: anything more before the welcome is out of order. */
+  | { at: "verifying"; timer: Timer; hello: Hello; key: KeyRow }
   | { at: "bound"; machineId: string; conn: string }
+  /** Refused: its audit row is being written, then it is closed. */
+  | { at: "closing" }
   | { at: "closed" };
 const CLOSED: Stage = { at: "closed" };
+const CLOSING: Stage = { at: "closing" };
 type Hello = ReturnType<typeof Hello.parse>;
 
 interface KeyRow {
@@ -57,6 +122,17 @@ interface KeyRow {
   public_key: string;
   enrollment_state: string;
   deleted_at: unknown;
+  disabled_at: unknown;
+}
+
+/**
+ * Whom a refusal concerns. Only a machine whose key matched (by its SHA-256) is named as actor
+ * and target, and only its tenant gets the row; a machine id the client merely claimed goes into
+ * the details, and the row to the default tenant.
+ */
+interface Who {
+  key?: KeyRow;
+  claimed?: string;
 }
 
 /** What Bun keeps per agent socket (`ws.data`); the handlers are shared by every socket. */
@@ -73,20 +149,14 @@ type AgentWs = ServerWebSocket<SocketData>;
 
 export const agentSocket = (deps: AppDeps) => {
   const { connections } = deps;
-  const refuse = async (ws: AgentWs, code: number, reason: string, event: { tenantId?: string; machineId?: string; ip: string }) => {
-    await audit(deps.store, {
-      tenantId: event.tenantId ?? "00000000-0000-0000-0000-000000000001", type: "agent.refused", outcome: "failure",
-      actor: { type: "agent", id: event.machineId ?? null }, target: event.machineId ? { type: "machine", id: event.machineId } : null,
-      ip: event.ip, details: { close: code, reason },
-    }).catch(() => {});
-    ws.close(code, reason);
-  };
+  const limits = AGENT_SOCKET_LIMITS;
+  const refusals = new RefusalAudit(deps);
   const send = (ws: AgentWs, message: ServerMessage) => ws.send(encode(message));
 
   /** The hellos of one tick are looked up in one query. */
   const keys = new Batcher<string, KeyRow[]>(async (hashes) => {
     const rows = await deps.store.query<KeyRow>(
-      `select k.id as key_id, k.key_hash, k.revoked_at, m.id as machine_id, m.tenant_id, m.public_key, m.enrollment_state, m.deleted_at
+      `select k.id as key_id, k.key_hash, k.revoked_at, m.id as machine_id, m.tenant_id, m.public_key, m.enrollment_state, m.deleted_at, m.disabled_at
          from agent_keys k join machines m on m.id = k.machine_id
         where k.key_hash in (select jsonb_array_elements_text($1::text::jsonb))`,
       [JSON.stringify(hashes)]);
@@ -108,32 +178,70 @@ export const agentSocket = (deps: AppDeps) => {
   const limit = deps.config.agentHandshakes ?? (deps.store.flavor === "pglite" ? PGLITE_HANDSHAKES : 0);
   const maxHandshakes = limit === 0 ? Infinity : limit;
   let handshakes = 0;
-  const queued: AgentWs[] = [];
-  const admit = (ws: AgentWs) => {
+  /** Waiting for a slot, in arrival order; removed as they leave, so the set never holds the dead. */
+  const queued = new Set<AgentWs>();
+  const queuedByAddress = new Map<string, number>();
+  const dequeue = (ws: AgentWs) => {
+    if (!queued.delete(ws)) return;
+    const k = addressKey(ws.data.ip);
+    const n = (queuedByAddress.get(k) ?? 1) - 1;
+    if (n > 0) queuedByAddress.set(k, n);
+    else queuedByAddress.delete(k);
+  };
+
+  const admit = (ws: AgentWs, hello: Hello) => {
     handshakes++;
     ws.data.admitted = true;
-    ws.data.stage = { at: "hello", timer: setTimeout(() => ws.close(CLOSE.HANDSHAKE_TIMEOUT, "handshake not completed in time"), HANDSHAKE_MS) };
+    const stage: Stage = { at: "lookup", hello, timer: setTimeout(() => expire(ws), limits.handshakeMs) };
+    ws.data.stage = stage;
+    lookup(ws, stage).catch((err: Error) => failed(ws, err));
   };
-  /** A handshake ended (bound or closed): the next queued socket starts its own. */
+  /** A handshake ended (bound, refused or closed): the next queued socket starts its own. */
   const release = (ws: AgentWs) => {
     if (!ws.data.admitted) return;
     ws.data.admitted = false;
     handshakes--;
-    while (handshakes < maxHandshakes && queued.length > 0) {
-      const next = queued.shift()!;
+    while (handshakes < maxHandshakes && queued.size > 0) {
+      const next = queued.values().next().value!;
+      dequeue(next);
       const stage = next.data.stage;
-      if (stage.at !== "queued") continue; // closed while it waited
+      if (stage.at !== "queued") continue;
       clearTimeout(stage.timer);
-      admit(next);
-      for (const frame of stage.frames) handle(next, frame);
+      admit(next, stage.hello);
     }
+  };
+  /** Ends a socket's handshake, whatever its stage: its clock, its place in the queue, its slot. */
+  const settle = (ws: AgentWs, next: Stage): Stage => {
+    const stage = ws.data.stage;
+    ws.data.stage = next;
+    if ("timer" in stage) clearTimeout(stage.timer);
+    dequeue(ws);
+    release(ws);
+    return stage;
+  };
+
+  /** Refused: the slot is freed at once, the socket closed once its audit row is written (or counted). */
+  const refuse = async (ws: AgentWs, why: Refusal, who: Who = {}, details: Record<string, unknown> = {}): Promise<void> => {
+    const at = ws.data.stage.at;
+    if (at === "closing" || at === "closed" || at === "bound") return;
+    settle(ws, CLOSING);
+    const [code, text] = REFUSED[why];
+    await refusals.record(ws.data.ip, code, why, who, details);
+    ws.close(code, text);
+  };
+  /** A clock ran out: what it means depends on how far the handshake got. */
+  const expire = (ws: AgentWs) => {
+    const stage = ws.data.stage;
+    if (stage.at === "hello") return void refuse(ws, "no_hello");
+    if (stage.at === "queued") return void refuse(ws, "queue_timeout", { claimed: stage.hello.machine_id });
+    if (stage.at === "lookup") return void refuse(ws, "handshake_timeout", { claimed: stage.hello.machine_id });
+    if (stage.at === "proof") return void refuse(ws, "proof_timeout", { key: stage.key });
+    if (stage.at === "verifying") return void refuse(ws, "handshake_timeout", { key: stage.key });
   };
 
   const handlers: Pick<SocketData, "open" | "message" | "close"> = {
     open(ws) {
-      if (handshakes < maxHandshakes) return admit(ws);
-      ws.data.stage = { at: "queued", frames: [], timer: setTimeout(() => ws.close(CLOSE.HANDSHAKE_TIMEOUT, "handshake not completed in time"), QUEUED_MS) };
-      queued.push(ws);
+      ws.data.stage = { at: "hello", timer: setTimeout(() => expire(ws), limits.helloMs) };
     },
     message(ws, raw) {
       const stage = ws.data.stage;
@@ -146,17 +254,17 @@ export const agentSocket = (deps: AppDeps) => {
           return failed(ws, err as Error);
         }
       }
-      if (stage.at !== "queued") return handle(ws, raw);
-      // Before the challenge an agent sends its hello only.
-      if (stage.frames.length >= 2) return void ws.close(CLOSE.BAD_MESSAGE, "expected hello");
-      stage.frames.push(typeof raw === "string" ? raw : Buffer.from(raw));
+      if (stage.at === "hello") return onHello(ws, stage, raw);
+      // Before the challenge an agent sends its hello only; nothing else is buffered meanwhile.
+      if (stage.at === "queued" || stage.at === "lookup") return void refuse(ws, "out_of_order", { claimed: stage.hello.machine_id });
+      if (stage.at === "verifying") return void refuse(ws, "out_of_order", { key: stage.key });
+      if (stage.at === "proof" || stage.at === "bound") onMessage(ws, stage, raw).catch((err: Error) => failed(ws, err));
     },
     close(ws, code, reason) {
-      const stage = ws.data.stage;
-      ws.data.stage = CLOSED;
-      release(ws);
-      if (stage.at === "closed") return;
-      if (stage.at !== "bound") return clearTimeout(stage.timer);
+      const stage = settle(ws, CLOSED);
+      // The agent left after its challenge without a proof: a key without its private key, perhaps.
+      if (stage.at === "proof") void refusals.record(ws.data.ip, code, "no_proof", { key: stage.key }, { by: "agent" });
+      if (stage.at !== "bound") return;
       const socket = connections.get(stage.conn);
       connections.remove(stage.conn);
       deps.relay.removeAgent(stage.conn);
@@ -170,93 +278,108 @@ export const agentSocket = (deps: AppDeps) => {
     },
   };
 
-  /** A message, and what becomes of a failure (the database unreachable, say): the agent is closed and retries. */
-  function handle(ws: AgentWs, raw: string | Buffer): void {
-    onMessage(ws, raw).catch((err: Error) => failed(ws, err));
-  }
+  /** A failure (the database unreachable, say): the agent is closed and retries. Logged, not audited. */
   function failed(ws: AgentWs, err: Error): void {
     deps.log.warn({ err: err?.message }, "agent message failed");
+    const at = ws.data.stage.at;
+    if (at === "closing" || at === "closed") return; // already refused: its own code stands
+    if (at !== "bound") settle(ws, CLOSING);
     ws.close(1011, "server error");
   }
 
-  async function onMessage(ws: AgentWs, raw: string | Buffer): Promise<void> {
-    const stage = ws.data.stage;
-    if (stage.at === "closed" || stage.at === "queued") return;
+  /** The first frame: a hello, checked without the database; a slot, or a place in the queue. */
+  function onHello(ws: AgentWs, stage: Extract<Stage, { at: "hello" }>, raw: string | Buffer): void {
+    if (typeof raw === "string") return void refuse(ws, "bad_message");
+    if (raw.byteLength > MAX_HELLO_FRAME) return void refuse(ws, "hello_too_large", {}, { bytes: raw.byteLength });
+    const parsed = decode(Hello, raw);
+    if (!parsed) {
+      const any = safeUnpack(raw) as { t?: unknown; protocol?: unknown; key?: unknown } | null;
+      const fields = any !== null && typeof any === "object" ? any : {};
+      // Another version's hello may differ in more than its number: the version is what to say.
+      if (fields.t === "hello" && typeof fields.protocol === "number" && fields.protocol !== PROTOCOL_VERSION) {
+        return void refuse(ws, "unsupported_protocol", {}, { protocol: Number.isSafeInteger(fields.protocol) ? fields.protocol : null });
+      }
+      // A login session, API token or enrollment key where the agent key belongs: its own code.
+      return void refuse(ws, otherPlane(typeof fields.key === "string" ? fields.key : "") ? "wrong_plane" : "bad_message");
+    }
+    // The database writes uuids in lower case; the schema accepts either.
+    const hello = parsed;
+    hello.machine_id = hello.machine_id.toLowerCase();
+    const claimed = { claimed: hello.machine_id };
+    if (!isSecret("agentKey", hello.key)) return void refuse(ws, otherPlane(hello.key) ? "wrong_plane" : "unknown_key", claimed);
+    clearTimeout(stage.timer);
+    if (handshakes < maxHandshakes) return admit(ws, hello);
+    const k = addressKey(ws.data.ip);
+    if (queued.size >= maxHandshakes * limits.queuedPerSlot || (queuedByAddress.get(k) ?? 0) >= maxHandshakes * limits.queuedPerAddressPerSlot) {
+      return void refuse(ws, "busy", claimed);
+    }
+    ws.data.stage = { at: "queued", hello, timer: setTimeout(() => expire(ws), limits.queuedMs) };
+    queued.add(ws);
+    queuedByAddress.set(k, (queuedByAddress.get(k) ?? 0) + 1);
+  }
+
+  /** Holding a slot: the key, by its hash, batched with the other hellos of this tick. */
+  async function lookup(ws: AgentWs, stage: Extract<Stage, { at: "lookup" }>): Promise<void> {
+    const { hello } = stage;
+    const rows = await keys.add(sha256Hex(hello.key));
+    if (ws.data.stage !== stage) return; // closed or timed out meanwhile
+    const key = rows.find((k) => k.machine_id === hello.machine_id);
+    // A key of another machine names its own machine (the key matched); a hash of nothing names nobody.
+    if (!key) return refuse(ws, "unknown_key", { key: rows[0], claimed: hello.machine_id });
+    // A removed machine's keys are revoked with it: say it was removed (4007), not just revoked.
+    if (key.revoked_at) return refuse(ws, key.deleted_at ? "machine_removed" : "key_revoked", { key });
+    const nonce = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
+    ws.data.stage = { at: "proof", timer: stage.timer, nonce, hello, key };
+    send(ws, { t: "challenge", nonce, heartbeat_ms: deps.config.heartbeatMs });
+  }
+
+  async function onMessage(ws: AgentWs, stage: Extract<Stage, { at: "proof" | "bound" }>, raw: string | Buffer): Promise<void> {
     const ip = ws.data.ip;
     const frame = typeof raw === "string" ? new TextEncoder().encode(raw) : raw;
     if (frame.byteLength > MAX_AGENT_FRAME) return void ws.close(CLOSE.TOO_BIG, "frame too large");
+    if (stage.at === "bound") return onBound(ws, stage, frame);
 
-    if (stage.at === "hello") {
-      const hello = decode(Hello, frame);
-      if (!hello) {
-        // A login session, API token or enrollment key where the agent key belongs: its own code.
-        const any = decode(AgentMessage, frame) ?? safeUnpack(frame);
-        const key = typeof (any as { key?: unknown })?.key === "string" ? String((any as { key: string }).key) : "";
-        if (isSecret("session", key) || isSecret("apiToken", key) || isSecret("enrollmentKey", key)) return refuse(ws, CLOSE.WRONG_PLANE, "not an agent key", { ip });
-        return refuse(ws, CLOSE.BAD_MESSAGE, "expected hello", { ip });
-      }
-      if (!isSecret("agentKey", hello.key)) {
-        const plane = isSecret("session", hello.key) || isSecret("apiToken", hello.key) || isSecret("enrollmentKey", hello.key);
-        return refuse(ws, plane ? CLOSE.WRONG_PLANE : CLOSE.UNKNOWN_KEY, plane ? "not an agent key" : "unknown key", { ip, machineId: hello.machine_id });
-      }
-      // A second frame while the lookup runs is out of order.
-      ws.data.stage = { at: "proof", timer: stage.timer, nonce: new Uint8Array(0), hello, key: null as never };
-      const key = (await keys.add(sha256Hex(hello.key))).find((k) => k.machine_id === hello.machine_id);
-      if ((ws.data.stage as Stage).at === "closed") return;
-      if (!key) return refuse(ws, CLOSE.UNKNOWN_KEY, "unknown key", { ip, machineId: hello.machine_id });
-      // A removed machine's keys are revoked with it: say it was removed (4007), not just revoked.
-      if (key.revoked_at) {
-        const removed = Boolean(key.deleted_at);
-        return refuse(ws, removed ? CLOSE.MACHINE_REMOVED : CLOSE.KEY_REVOKED, removed ? "machine removed" : "key revoked", { ip, machineId: key.machine_id, tenantId: key.tenant_id });
-      }
-      const nonce = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
-      ws.data.stage = { at: "proof", timer: stage.timer, nonce, hello, key };
-      send(ws, { t: "challenge", nonce, heartbeat_ms: deps.config.heartbeatMs });
-      return;
+    const { key, nonce, hello } = stage;
+    const who = { key };
+    // A second frame while the proof is checked is out of order.
+    const verifying: Stage = { at: "verifying", timer: stage.timer, hello, key };
+    ws.data.stage = verifying;
+    const proof = decode(Proof, frame);
+    // A proof that does not match its schema (its inventory, say) is a malformed frame; anything else in its place is no proof.
+    if (!proof && (safeUnpack(frame) as { t?: unknown } | null)?.t === "proof") return refuse(ws, "malformed_proof", who);
+    if (!proof) return refuse(ws, "not_a_proof", who);
+    if (!(await verifyEd25519(key.public_key, nonce, proof.signature))) return refuse(ws, "bad_signature", who);
+    if (ws.data.stage !== verifying) return; // closed meanwhile
+    if (key.deleted_at) return refuse(ws, "machine_removed", who);
+    if (key.enrollment_state !== "active") return refuse(ws, "machine_pending", who);
+    if (key.disabled_at) return refuse(ws, "machine_disabled", who);
+    clearTimeout(stage.timer);
+    const conn = crypto.randomUUID();
+    const address = `machine/${key.machine_id}`;
+    const boundStage: Stage = { at: "bound", machineId: key.machine_id, conn };
+    ws.data.stage = boundStage;
+    release(ws);
+    const bound = new BoundAgent(ws, conn, key.machine_id, key.key_id, key.tenant_id);
+    connections.add(bound);
+    deps.system.pin(address);
+    connections.touch(key.key_id);
+    await Promise.all([
+      deps.system.ask(address, { type: "agent.connected", conn, ip, agent_version: hello.agent_version, ...(proof.inventory ? { inventory: ownStrings(proof.inventory) } : {}) }),
+      audit(deps.store, { tenantId: key.tenant_id, type: "agent.connected", actor: { type: "agent", id: key.machine_id }, target: { type: "machine", id: key.machine_id }, ip, details: { key_id: key.key_id, conn } }),
+    ]);
+    if (ws.data.stage !== boundStage) return; // closed meanwhile: the close handler cleaned up
+    send(ws, { t: "welcome", machine_id: key.machine_id, heartbeat_ms: deps.config.heartbeatMs, offline_after_ms: deps.config.offlineAfterMs, external_ip: ip });
+    // Known to the relay (and so to sessions) only once welcomed: nothing of a session reaches
+    // the agent before its welcome (the agent closes on that with 4000).
+    deps.relay.addAgent(conn, bound, key.machine_id);
+    // Sessions of this machine waiting for it, or in their grace period, (re)start on it.
+    for (const sessionId of await liveSessions.add(key.machine_id)) {
+      // Closed during the lookup: the sessions keep waiting (or their grace period) for the next one.
+      if (ws.data.stage !== boundStage) return;
+      try {
+        deps.system.send(`session/${sessionId}`, { type: "agent.attached", conn });
+      } catch {}
     }
-
-    if (stage.at === "proof") {
-      const { key, nonce, hello } = stage;
-      if (!key) return refuse(ws, CLOSE.BAD_MESSAGE, "expected hello", { ip, machineId: hello.machine_id });
-      const proof = decode(Proof, frame);
-      const who = { ip, machineId: key.machine_id, tenantId: key.tenant_id };
-      // A proof that does not match its schema (its inventory, say) is a malformed frame; anything else in its place is no proof.
-      if (!proof && (safeUnpack(frame) as { t?: unknown } | null)?.t === "proof") return refuse(ws, CLOSE.BAD_MESSAGE, "malformed proof", who);
-      if (!proof || !(await verifyEd25519(key.public_key, nonce, proof.signature))) return refuse(ws, CLOSE.BAD_SIGNATURE, "proof of possession failed", who);
-      if (ws.data.stage !== stage) return; // closed meanwhile
-      if (key.deleted_at) return refuse(ws, CLOSE.MACHINE_REMOVED, "machine removed", who);
-      if (key.enrollment_state !== "active") return refuse(ws, CLOSE.MACHINE_PENDING, "machine pending approval", who);
-      clearTimeout(stage.timer);
-      const conn = crypto.randomUUID();
-      const address = `machine/${key.machine_id}`;
-      const boundStage: Stage = { at: "bound", machineId: key.machine_id, conn };
-      ws.data.stage = boundStage;
-      release(ws);
-      const bound = new BoundAgent(ws, conn, key.machine_id, key.key_id, key.tenant_id);
-      connections.add(bound);
-      deps.system.pin(address);
-      connections.touch(key.key_id);
-      await Promise.all([
-        deps.system.ask(address, { type: "agent.connected", conn, ip, agent_version: hello.agent_version, ...(proof.inventory ? { inventory: ownStrings(proof.inventory) } : {}) }),
-        audit(deps.store, { tenantId: key.tenant_id, type: "agent.connected", actor: { type: "agent", id: key.machine_id }, target: { type: "machine", id: key.machine_id }, ip, details: { key_id: key.key_id, conn } }),
-      ]);
-      if (ws.data.stage !== boundStage) return; // closed meanwhile: the close handler cleaned up
-      send(ws, { t: "welcome", machine_id: key.machine_id, heartbeat_ms: deps.config.heartbeatMs, offline_after_ms: deps.config.offlineAfterMs, external_ip: ip });
-      // Known to the relay (and so to sessions) only once welcomed: nothing of a session reaches
-      // the agent before its welcome (the agent closes on that with 4000).
-      deps.relay.addAgent(conn, bound, key.machine_id);
-      // Sessions of this machine waiting for it, or in their grace period, (re)start on it.
-      for (const sessionId of await liveSessions.add(key.machine_id)) {
-        // Closed during the lookup: the sessions keep waiting (or their grace period) for the next one.
-        if (ws.data.stage !== boundStage) return;
-        try {
-          deps.system.send(`session/${sessionId}`, { type: "agent.attached", conn });
-        } catch {}
-      }
-      return;
-    }
-
-    return onBound(ws, stage, frame);
   }
 
   /** Bound: heartbeats here, status to the actor, session frames to the relay. */
@@ -284,6 +407,136 @@ export const agentSocket = (deps: AppDeps) => {
     return new Response("Expected a websocket connection", { status: 400 });
   });
 };
+
+const otherPlane = (key: string) => isSecret("session", key) || isSecret("apiToken", key) || isSecret("enrollmentKey", key);
+
+/** Refusals beyond an address's budget, per tenant, until the summary is written. */
+interface Suppressed {
+  ip: string;
+  count: number;
+  reasons: Record<string, number>;
+  machines: Set<string>;
+  first: number;
+}
+
+/**
+ * `agent.refused` rows, limited per client address (a token bucket: `auditBurst`, then one per
+ * `auditEveryMs`). Past the budget a refusal is counted instead, and once per `auditSummaryMs`
+ * each address's count is written as one `agent.refused` row per tenant (`details.summary`,
+ * with the count by reason and up to 20 of the key-matched machines), and logged once: a
+ * security trail of everything, at a bounded cost in rows per address.
+ */
+class RefusalAudit {
+  private readonly buckets = new Map<string, { tokens: number; at: number }>();
+  private suppressed = new Map<string, Suppressed>();
+  private overflow = 0;
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  private pruned = 0;
+
+  constructor(private readonly deps: Pick<AppDeps, "store" | "log">) {}
+
+  /** Resolves once the row is written (or the refusal counted); never rejects. */
+  record(ip: string, code: number, reason: string, who: Who, details: Record<string, unknown>): Promise<void> {
+    const tenantId = who.key?.tenant_id ?? DEFAULT_TENANT_ID;
+    const machineId = who.key?.machine_id;
+    const addr = addressKey(ip);
+    if (!this.take(addr)) {
+      this.count(addr, ip, tenantId, reason, machineId);
+      return Promise.resolve();
+    }
+    // A claimed id is worth keeping only where it differs from the key's machine.
+    const claimed = who.claimed && who.claimed !== machineId ? { claimed_machine_id: who.claimed } : {};
+    return audit(this.deps.store, {
+      tenantId, type: "agent.refused", outcome: "failure",
+      actor: machineId ? { type: "agent", id: machineId } : { type: "anonymous" },
+      target: machineId ? { type: "machine", id: machineId } : null,
+      ip, details: { close: code, reason, ...claimed, ...details },
+    }).catch(() => {});
+  }
+
+  private take(addr: string): boolean {
+    const { auditBurst: burst, auditEveryMs: every } = AGENT_SOCKET_LIMITS;
+    const now = Date.now();
+    let bucket = this.buckets.get(addr);
+    if (!bucket) {
+      // Bounded: idle addresses (their bucket full again) are forgotten; past the bound, new
+      // addresses share one budget.
+      if (this.buckets.size >= MAX_TRACKED && now - this.pruned > 1_000) this.prune(now);
+      const k = this.buckets.size < MAX_TRACKED ? addr : "*";
+      bucket = this.buckets.get(k);
+      if (!bucket) this.buckets.set(k, (bucket = { tokens: burst, at: now }));
+    }
+    bucket.tokens = Math.min(burst, bucket.tokens + (now - bucket.at) / every);
+    bucket.at = now;
+    if (bucket.tokens < 1) return false;
+    bucket.tokens -= 1;
+    return true;
+  }
+
+  private prune(now: number): void {
+    this.pruned = now;
+    const { auditBurst: burst, auditEveryMs: every } = AGENT_SOCKET_LIMITS;
+    for (const [addr, b] of this.buckets) if (b.tokens + (now - b.at) / every >= burst) this.buckets.delete(addr);
+  }
+
+  private count(addr: string, ip: string, tenantId: string, reason: string, machineId: string | undefined): void {
+    const k = `${addr} ${tenantId}`;
+    let s = this.suppressed.get(k);
+    if (!this.timer) {
+      this.timer = setTimeout(() => this.flush(), AGENT_SOCKET_LIMITS.auditSummaryMs);
+      this.timer.unref?.();
+    }
+    if (!s) {
+      // Too many addresses at once: the rest are counted together.
+      if (this.suppressed.size >= MAX_TRACKED) return void this.overflow++;
+      s = { ip, count: 0, reasons: {}, machines: new Set(), first: Date.now() };
+      this.suppressed.set(k, s);
+    }
+    s.count++;
+    s.reasons[reason] = (s.reasons[reason] ?? 0) + 1;
+    if (machineId && s.machines.size < 20) s.machines.add(machineId);
+  }
+
+  private flush(): void {
+    this.timer = null;
+    const batch = this.suppressed;
+    const overflow = this.overflow;
+    this.suppressed = new Map();
+    this.overflow = 0;
+    const now = Date.now();
+    this.prune(now);
+    if (overflow > 0) {
+      this.deps.log.warn({ event: "agent.refusals_summarized", refusals: overflow }, "agent refusals from too many addresses to track; written as one summary");
+      void audit(this.deps.store, {
+        tenantId: DEFAULT_TENANT_ID, type: "agent.refused", outcome: "failure", actor: { type: "anonymous" }, target: null,
+        details: { summary: true, refusals: overflow, addresses: "untracked", until: new Date(now).toISOString() },
+      }).catch(() => {});
+    }
+    for (const [k, s] of batch) {
+      const tenantId = k.slice(k.indexOf(" ") + 1);
+      this.deps.log.warn({ event: "agent.refusals_summarized", ip: s.ip, refusals: s.count, reasons: s.reasons }, "agent refusals from one address over the audit budget; written as one summary");
+      void audit(this.deps.store, {
+        tenantId, type: "agent.refused", outcome: "failure", actor: { type: "anonymous" }, target: null, ip: s.ip,
+        details: { summary: true, refusals: s.count, reasons: s.reasons, machine_ids: [...s.machines], since: new Date(s.first).toISOString(), until: new Date(now).toISOString() },
+      }).catch(() => {});
+    }
+  }
+}
+/** Addresses tracked for the audit budget; past it, new ones share one. */
+const MAX_TRACKED = 10_000;
+
+/**
+ * The address that limits count against: IPv4 as it is, IPv6 by its /64 (one host usually
+ * holds a whole /64 and can pick any address in it).
+ */
+export function addressKey(ip: string): string {
+  if (isIP(ip) !== 6) return ip;
+  const [head = "", tail] = ip.split("%")[0]!.split("::");
+  const groups = (s: string) => (s ? s.split(":").flatMap((g) => (g.includes(".") ? ["0", "0"] : [g])) : []);
+  const h = groups(head);
+  const full = tail === undefined ? h : [...h, ...Array<string>(Math.max(0, 8 - h.length - groups(tail).length)).fill("0"), ...groups(tail)];
+  return `${full.slice(0, 4).map((g) => parseInt(g, 16).toString(16)).join(":")}::/64`;
+}
 
 /**
  * A bound agent socket as the registry (its presence, for the sweeps) and the relay (its data
