@@ -4,6 +4,7 @@ import type { z } from "zod";
 import { SUPPORT_CLOSE, SupportWelcome, type SupportHello } from "../protocol/support.ts";
 import { sleep } from "./backoff.ts";
 import { supportSocketUrl, type AttendedConfig } from "./config.ts";
+import { terminate, watchLiveness, type Liveness } from "./liveness.ts";
 import type { Logger } from "./log.ts";
 import { PersonConsole, attendedConsent, consolePresenter, printable } from "./session/console.ts";
 import { SessionHost, type Presenter } from "./session/host.ts";
@@ -162,6 +163,7 @@ function connectOnce(
     let done = false;
     let seq = 0;
     let heartbeat: ReturnType<typeof setInterval> | null = null;
+    let liveness: Liveness | null = null;
     let ws: WebSocket;
     try {
       ws = new WebSocket(url);
@@ -174,6 +176,7 @@ function connectOnce(
       if (done) return;
       done = true;
       if (heartbeat) clearInterval(heartbeat);
+      liveness?.stop();
       clearTimeout(handshakeTimer);
       signal.removeEventListener("abort", onAbort);
       if (welcomed) host.detach();
@@ -219,6 +222,16 @@ function connectOnce(
         heartbeat = setInterval(() => {
           if (ws.readyState === WebSocket.OPEN) ws.send(encode({ t: "heartbeat", seq: seq++ }) as Uint8Array<ArrayBuffer>);
         }, w.heartbeat_ms);
+        // A silently dead path (src/agent/liveness.ts): dropped and retried with the same code,
+        // like any lost connection, within the grace period.
+        liveness = watchLiveness(ws, {
+          intervalMs: w.heartbeat_ms,
+          onDead: (silentMs, limitMs) => {
+            log.warn({ event: "support.silent", silent_ms: silentMs, limit_ms: limitMs }, "nothing heard from the server for too long: the path is dead; reconnecting");
+            terminate(ws);
+            finish(1006, `server silent for ${silentMs} ms`);
+          },
+        });
         host.attach(send);
         onWelcome(w);
         return;

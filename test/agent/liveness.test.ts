@@ -126,4 +126,26 @@ describe("half-open connection", () => {
     await eventually(async () => (await status()) === "online", 5_000, "online in the API");
     expect(await agent.stop()).toBe(0);
   }, 30_000);
+
+  test("the attended agent too: it drops the dead connection and resumes its session with the same code", async () => {
+    const created = await app.call("POST", "/api/support-codes", { token: app.adminToken, body: {} });
+    expect(created.status).toBe(201);
+    const { code, session_id: sessionId } = created.body;
+    const session = async () => (await app.call("GET", `/api/sessions/${sessionId}`, { token: app.adminToken })).body;
+    const person = spawnAgent(["--server", proxy.url, "--code", code, "--consent", "allow"]);
+    const welcome = await person.waitFor((e) => e.event === "support.welcome", 15_000, "welcomed");
+    await eventually(async () => (await session()).state === "active", 5_000, "active");
+
+    proxy.blackholeOpen();
+    // Its welcome has no offline_after_ms: three heartbeats of silence, as the server's own rule.
+    const silent = await person.waitFor((e) => e.event === "support.silent", 5_000, "the agent noticing the dead path");
+    expect(silent.limit_ms).toBe(3 * HEARTBEAT_MS);
+    // The server still holds the dead socket until its heartbeat sweep: 4203 meanwhile, retried.
+    await person.waitFor((e) => e.event === "support.welcome" && e !== welcome, 15_000, "welcomed again");
+    await eventually(async () => (await session()).state === "active", 5_000, "active again");
+    expect(person.lines.join("\n")).toContain("Reconnected.");
+    const events = (await app.call("GET", `/api/sessions/${sessionId}/events`, { token: app.adminToken })).body.events.map((e: any) => e.type);
+    expect(events).toContain("agent.resumed");
+    await person.stop();
+  }, 40_000);
 });
