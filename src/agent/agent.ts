@@ -16,6 +16,8 @@ const REFUSALS: Record<number, string> = {
   [CLOSE.MACHINE_PENDING]: "this machine is waiting for an admin's approval",
   [CLOSE.BAD_SIGNATURE]: "the server rejected this agent's signature (the key pair does not match the enrollment)",
   [CLOSE.WRONG_PLANE]: "the stored key is not an agent key",
+  [CLOSE.MACHINE_DISABLED]: "this machine was disabled by an admin (enabling it lets this agent back in)",
+  [CLOSE.UNSUPPORTED_PROTOCOL]: "the server does not speak this agent's protocol version (install the server's agent)",
 };
 
 export type AgentResult = { kind: "stopped" } | { kind: "fatal"; message: string; exitCode: number };

@@ -71,7 +71,7 @@ describe("backoff", () => {
     const config = { refusedRetryMs: 60_000, reconnectCapMs: 30_000 };
     const b = new Backoff({ baseMs: 1_000, capMs: 30_000 });
     const end = (code: number, welcomed: boolean, connectedMs = 0) => ({ code, reason: "", welcomed, byUs: false, connectedMs });
-    for (const code of [CLOSE.KEY_REVOKED, CLOSE.UNKNOWN_KEY, CLOSE.MACHINE_REMOVED]) {
+    for (const code of [CLOSE.KEY_REVOKED, CLOSE.UNKNOWN_KEY, CLOSE.MACHINE_REMOVED, CLOSE.MACHINE_DISABLED, CLOSE.UNSUPPORTED_PROTOCOL]) {
       const d = nextDelay(end(code, false), b, config);
       expect(d).toBeGreaterThanOrEqual(54_000);
       expect(d).toBeLessThanOrEqual(66_000);
