@@ -65,6 +65,8 @@ const ROWS: Row[] = [
   { method: "GET", path: "/api/machines/{id}", need: "machines:read" },
   { method: "DELETE", path: "/api/machines/{id}", need: "machines:write" },
   { method: "POST", path: "/api/machines/bulk-delete", need: "machines:write", body: (ids) => ({ ids: [ids.random] }) },
+  { method: "POST", path: "/api/machines/{id}/disable", need: "machines:write" },
+  { method: "POST", path: "/api/machines/{id}/enable", need: "machines:write" },
   { method: "POST", path: "/api/machines/{id}/approve", need: "machines:write" },
   { method: "POST", path: "/api/machines/{id}/reject", need: "machines:write" },
   { method: "GET", path: "/api/machines/{id}/keys", need: "agent_keys:read" },
