@@ -7,7 +7,7 @@ import { getRecording, type RecordingRow } from "./recordings.ts";
  * asciinema and its player read: newline-delimited JSON, a header object on the first line,
  * then one `[time, code, data]` event per line (time in seconds from the start, a float).
  * An export is the header followed by the event lines of the chunks in sequence order
- * (chunk-codec.ts builds them from the stored output), streamed a page at a time.
+ * (chunk-codec.ts builds them from the stored output), streamed a chunk at a time.
  */
 
 export const CAST_CONTENT_TYPE = "application/x-asciicast";
@@ -42,37 +42,92 @@ export function castHeader(r: Pick<RecordingRow, "cols" | "rows" | "started_at" 
 
 export interface CastOptions {
   title?: string;
+  /** Chunk rows fetched per query (default 16: at most a few MiB of compressed rows held). */
   pageSize?: number;
+  /** Cast text the stream reads ahead of its reader (default 1 MiB): what one pull writes, plus at most one chunk's lines. */
+  readAheadBytes?: number;
   /** A stored chunk that cannot be read: it is skipped, with a marker event in its place, and reported here. */
   onCorrupt?: (seq: number, err: ChunkFormatError) => void;
 }
 
+const KiB = 1024;
+const PAGE_ROWS = 16;
+const READ_AHEAD_BYTES = 1024 * KiB;
+/** Cast text built between two turns of the event loop at most, before the next chunk is read. */
+const YIELD_BYTES = 64 * KiB;
 /**
- * The whole cast as a stream: the header, then the chunks `pageSize` at a time (a huge
- * recording is never in memory at once). Reads from `db` as the consumer pulls. The status and
- * headers are out before the chunks are read, so a corrupt chunk cannot fail the response: the
- * rest of the recording still plays, and the marker says where something is missing.
+ * How far past the recording's span (start to end, or to now while open) an event time may be
+ * before its chunk counts as damaged. Event times come from the monotonic clock, the span from
+ * the wall clock: this covers the wall clock being set back during a recording by up to a day.
+ */
+const SPAN_SLACK_MS = 86_400_000;
+
+type ChunkRow = { seq: number; events: string | null; data: Uint8Array | null };
+
+const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/**
+ * The whole cast as a stream: the header, then the chunks' event lines (a huge recording is
+ * never in memory at once). Reads from `db` as the consumer pulls. The status and headers are
+ * out before the chunks are read, so a corrupt chunk cannot fail the response: the rest of the
+ * recording still plays, and the marker says where something is missing.
  */
 export function castStream(db: Queryable, r: RecordingRow, opts: CastOptions = {}): ReadableStream<Uint8Array> {
-  const pageSize = opts.pageSize ?? 100;
+  return new ReadableStream<Uint8Array>(castSource(db, r, opts), new ByteLengthQueuingStrategy({ highWaterMark: opts.readAheadBytes ?? READ_AHEAD_BYTES }));
+}
+
+/**
+ * castStream's source. A pull writes one chunk's lines at a time while the stream wants more
+ * (`desiredSize`, in bytes), so it ends about `readAheadBytes` later; it lets the event loop
+ * turn every YIELD_BYTES of text (a chunk is at most ~1.5 MiB of text, a few ms of work).
+ * Rows come `pageSize` per query and each is let go once written. A whole page decoded in one
+ * go held up to 25 MiB of output as text (six times that as control characters escape to
+ * `\u001b`) and kept the event loop for half a second.
+ */
+export function castSource(db: Queryable, r: RecordingRow, opts: CastOptions = {}): UnderlyingDefaultSource<Uint8Array> & { pull(c: ReadableStreamDefaultController<Uint8Array>): Promise<void> } {
+  const pageSize = opts.pageSize ?? PAGE_ROWS;
   const encoder = new TextEncoder();
-  const lines = new CastLines();
+  const started = new Date(r.started_at).getTime();
+  const span = Math.max(0, (r.ended_at !== null ? new Date(r.ended_at).getTime() : Date.now()) - started);
+  const lines = new CastLines({ maxMs: span + SPAN_SLACK_MS });
+  let page: Array<ChunkRow | null> = [];
+  let next = 0;
   let after: number | null = null;
-  let done = false;
-  return new ReadableStream<Uint8Array>({
+  let more = true;
+  let sinceTurn = 0;
+  return {
     async pull(controller) {
+      const out = (text: string) => {
+        if (text.length === 0) return;
+        const bytes = encoder.encode(text);
+        sinceTurn += bytes.length;
+        controller.enqueue(bytes);
+      };
       if (after === null) {
         after = 0;
-        controller.enqueue(encoder.encode(castHeader(r, opts.title)));
-        return;
+        out(castHeader(r, opts.title));
       }
-      if (done) return;
-      const page = await db.query<{ seq: number; events: string | null; data: Uint8Array | null }>(
-        "select seq, events, data from recording_chunks where recording_id = $1 and seq > $2 order by seq limit $3",
-        [r.id, after, pageSize],
-      );
-      const out = (text: string) => text.length > 0 && controller.enqueue(encoder.encode(text));
-      for (const c of page) {
+      for (;;) {
+        if (sinceTurn >= YIELD_BYTES) {
+          await turn();
+          sinceTurn = 0;
+        }
+        // Checked after every wait too: a reader that went away (cancelled) leaves it at 0.
+        if (!((controller.desiredSize ?? 0) > 0)) return;
+        if (next === page.length) {
+          if (!more) {
+            // An unfinished character at the end of a recording still open may be completed by the next chunk.
+            if (r.ended_at !== null) out(lines.end());
+            controller.close();
+            return;
+          }
+          page = await db.query<ChunkRow>("select seq, events, data from recording_chunks where recording_id = $1 and seq > $2 order by seq limit $3", [r.id, after, pageSize]);
+          next = 0;
+          more = page.length === pageSize;
+          continue;
+        }
+        const c = page[next]!;
+        page[next++] = null;
         // A gap (chunks dropped under memory pressure): a character cut there is not joined to what follows.
         if (c.seq !== after + 1) out(lines.end());
         try {
@@ -84,14 +139,8 @@ export function castStream(db: Queryable, r: RecordingRow, opts: CastOptions = {
         }
         after = c.seq;
       }
-      if (page.length < pageSize) {
-        done = true;
-        // An unfinished character at the end of a recording still open may be completed by the next chunk.
-        if (r.ended_at !== null) out(lines.end());
-        controller.close();
-      }
     },
-  }, { highWaterMark: 0 });
+  };
 }
 
 /** A recording of the tenant, ready to stream as a .cast file; null if there is no such recording. */

@@ -33,8 +33,8 @@ import { type ChunkCompressor, WorkerCompressor } from "./compressor.ts";
  *     that went over are dropped (their sequence numbers leave a gap; the export skips it) and
  *     a warning is logged once per recording. `stats().droppedBytes` counts what was lost.
  *   - A recording whose session row never appears (`orphanMs` of successful flushes without
- *     it) is given up with a warning; one whose row was deleted while live (retention, a
- *     deleted session) stops being written.
+ *     it) is given up with a warning; one whose row was deleted while live (its session
+ *     deleted) stops being written. Retention never deletes an open recording (retention.ts).
  *   - If the compressor thread fails, the chunks it held are lost (counted as dropped) and
  *     later chunks are compressed on the relay's thread.
  *   - `output` after `end`, or for an unknown id, is ignored. Nothing here throws into the relay.
@@ -282,7 +282,8 @@ export class Recorder {
   end(id: string, at = Date.now()): Promise<void> {
     const r = this.recs.get(id);
     if (r === undefined || r.endedAt !== null) return Promise.resolve();
-    r.endedAt = at;
+    // Never before the start (a wall clock set back meanwhile): retention relies on it (retention.ts).
+    r.endedAt = Math.max(at, r.startedAt);
     this.seal(r, true);
     return this.flush().then(() => {});
   }
@@ -311,7 +312,7 @@ export class Recorder {
     const now = Date.now();
     for (const r of this.recs.values()) {
       if (r.endedAt !== null) continue;
-      r.endedAt = now;
+      r.endedAt = Math.max(now, r.startedAt);
       this.seal(r, true);
     }
     if (this.running) await this.running;
@@ -597,7 +598,7 @@ export class Recorder {
         continue;
       }
       if (taken.has(r) && wasInserted && !result.present.has(r.id)) {
-        // Written before, gone now: deleted while live (retention, or its session deleted).
+        // Written before, gone now: deleted while live (its session deleted).
         this.forget(r);
         this.log.info({ recording: r.id, session: r.sessionId }, "recordings: recording deleted while live; no longer recording it");
         continue;

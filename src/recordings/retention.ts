@@ -2,24 +2,34 @@ import type { Logger } from "../log.ts";
 import type { Queryable } from "../store/store.ts";
 
 /**
- * Retention by age (S6): recordings that started more than `days` days ago are deleted with
- * their chunks (`on delete cascade`). `TETHER_RECORDING_RETENTION_DAYS`, default 90; 0 keeps
- * them forever.
+ * Retention by age (S6): recordings that ENDED more than `days` days ago are deleted with their
+ * chunks (`on delete cascade`). `TETHER_RECORDING_RETENTION_DAYS`, default 90; 0 keeps them
+ * forever. A recording without `ended_at` is never deleted, however long ago it started: its
+ * terminal may still be open and being written (deleting the row would lose the rest of its
+ * output). One a dead process left open is given its `ended_at` at the next start
+ * (closeAbandonedRecordings, before this process records or sweeps; factory.ts) and ages from there.
  */
 
 const DAY_MS = 86_400_000;
 /** Recordings deleted per statement: each takes its chunks with it, so keep statements short. */
 const BATCH = 200;
 
-/** Deletes recordings older than `days` days before `now` (epoch ms); returns how many. */
+/** Deletes the recordings that ended more than `days` days before `now` (epoch ms); returns how many. */
 export async function sweepRecordings(db: Queryable, days: number, now = Date.now()): Promise<number> {
   if (!(days > 0)) return 0;
   const cutoff = now - days * DAY_MS;
   let total = 0;
   for (;;) {
+    // `started_at < cutoff` adds nothing (a recording ends after it starts: the recorder and
+    // closeAbandonedRecordings never write an earlier ended_at) but lets the `recordings_started`
+    // index find the candidates (no index on ended_at needed); the few it reads in vain are
+    // terminals open longer than the retention. A null ended_at (still open) never compares true.
     const rows = await db.query<{ id: string }>(
       `delete from recordings where id in (
-         select id from recordings where started_at < timestamptz 'epoch' + $1::bigint * interval '1 millisecond' order by started_at limit ${BATCH}
+         select id from recordings
+          where started_at < timestamptz 'epoch' + $1::bigint * interval '1 millisecond'
+            and ended_at < timestamptz 'epoch' + $1::bigint * interval '1 millisecond'
+          order by started_at limit ${BATCH}
        ) returning id`,
       [cutoff],
     );

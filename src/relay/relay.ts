@@ -37,7 +37,8 @@ export interface ViewerLink extends Link {
 
 /** The recorder's hot-path surface (src/recordings/recorder.ts). */
 export interface RecorderPort {
-  start(r: { tenantId: string; sessionId: string; machineId: string | null; channel: number; cols: number; rows: number }): string;
+  /** `at`: when the channel opened (epoch ms); event times count from it. */
+  start(r: { tenantId: string; sessionId: string; machineId: string | null; channel: number; cols: number; rows: number; at?: number }): string;
   /** False: the recording is behind; pause the source until `behind(id)` is false after a flush. */
   output(id: string, bytes: Uint8Array): boolean | void;
   behind?(id: string): boolean;
@@ -53,11 +54,24 @@ interface ChannelRoute {
   viewerId: string;
   req: string | null;
   recording: string | null;
+  /** A terminal to record once the agent has it (see startRecording); null once started, or if not recorded. */
+  record: PendingRecording | null;
   /** The agent connection it was opened on: a resume accounts only for those of earlier ones. */
   conn: string | null;
   /** Upload: bytes from the viewer, and bytes the agent acknowledged. */
   received: number;
   acked: number;
+}
+
+interface PendingRecording {
+  tenantId: string;
+  machineId: string | null;
+  /** When the channel opened, epoch ms: the recording's start, as if it had started then. */
+  at: number;
+  cols: number;
+  rows: number;
+  /** A resize asked for before the agent confirmed the terminal. */
+  resized: [cols: number, rows: number] | null;
 }
 
 interface SessionRoute {
@@ -191,6 +205,8 @@ export class Relay {
         if (v) this.deliver(route, v, frame);
         return true;
       }
+      // Output before ch.opened: the agent lost its connection as it confirmed, and resumed.
+      if (ch.record) this.startRecording(ch);
       if (ch.recording && this.recorder && this.recorder.output(ch.recording, frame.subarray(5)) === false) this.pauseForRecorder(conn, ch.recording);
       for (const v of route.viewers.values()) this.deliver(route, v, frame);
       return true;
@@ -224,6 +240,7 @@ export class Relay {
         const route = ch && this.sessions.get(ch.sessionId);
         if (!ch || !route || route.agentConn !== conn) return true;
         if (msg.t === "ch.opened") {
+          if (ch.record) this.startRecording(ch);
           this.broadcast(route.id, { t: "ch.opened", req: ch.req, channel: ch.channel, type: ch.type, ...(msg.size !== undefined ? { size: msg.size } : {}) }, ch.type === "term" || ch.type === "cmd" ? null : ch.viewerId);
         } else if (msg.t === "files.listing") {
           this.unicast(route, ch.viewerId, { t: "files.listing", req: ch.req, channel: ch.channel, path: msg.path, entries: msg.entries });
@@ -307,6 +324,7 @@ export class Relay {
         const ch = this.channels.get(msg.channel);
         if (ch?.sessionId !== route.id || ch.type !== "term") return true;
         if (ch.recording && this.recorder) this.recorder.resize(ch.recording, msg.cols, msg.rows);
+        else if (ch.record) ch.record.resized = [msg.cols, msg.rows];
         this.toAgent(route.agentConn, { t: "ch.resize", channel: ch.channel, cols: msg.cols, rows: msg.rows });
         return true;
       }
@@ -331,10 +349,11 @@ export class Relay {
   openRoute(r: { sessionId: string; tenantId: string; machineId: string | null; conn: string | null; viewerId: string; req: string; open: Extract<ServerToAgent, { t: "ch.open" }> }): void {
     const route = this.routeOf(r.sessionId, { tenantId: r.tenantId, machineId: r.machineId });
     const { channel, type } = r.open;
-    const recording = type === "term" && this.recording && this.recorder
-      ? this.recorder.start({ tenantId: r.tenantId, sessionId: r.sessionId, machineId: r.machineId, channel, cols: r.open.cols ?? 80, rows: r.open.rows ?? 24 })
+    // Recorded from when the agent confirms the terminal (startRecording), timed from now.
+    const record = type === "term" && this.recording && this.recorder
+      ? { tenantId: r.tenantId, machineId: r.machineId, at: Date.now(), cols: r.open.cols ?? 80, rows: r.open.rows ?? 24, resized: null }
       : null;
-    this.channels.set(channel, { channel, sessionId: r.sessionId, type, viewerId: r.viewerId, req: r.req, recording, conn: route.agentConn, received: 0, acked: 0 });
+    this.channels.set(channel, { channel, sessionId: r.sessionId, type, viewerId: r.viewerId, req: r.req, recording: null, record, conn: route.agentConn, received: 0, acked: 0 });
     if (!route.agentConn || !this.agents.has(route.agentConn)) {
       this.dropChannel(channel);
       this.tell(`session/${r.sessionId}`, { type: "channel.closed", channel, reason: "agent_lost" });
@@ -477,6 +496,21 @@ export class Relay {
       return;
     }
     v.link.send(frame);
+  }
+
+  /**
+   * A terminal's recording starts when the agent has the terminal (its ch.opened, or its first
+   * output if that ch.opened was lost with a connection), not when it is asked for: a channel
+   * with no agent, or whose PTY failed to start (ch.closed at once), leaves no empty recording.
+   * It is timed from the channel's opening, as before; frames are handled in order, so output
+   * that follows ch.opened finds the recording started.
+   */
+  private startRecording(ch: ChannelRoute): void {
+    const p = ch.record;
+    ch.record = null;
+    if (!p || !this.recorder) return;
+    ch.recording = this.recorder.start({ tenantId: p.tenantId, sessionId: ch.sessionId, machineId: p.machineId, channel: ch.channel, cols: p.cols, rows: p.rows, at: p.at });
+    if (p.resized) this.recorder.resize(ch.recording, p.resized[0], p.resized[1]);
   }
 
   /**
