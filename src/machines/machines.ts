@@ -46,7 +46,32 @@ const SELECT = `select ${COLUMNS} from machines m left join sites s on s.id = m.
 /** Every visible-to-viewer condition, with the viewer's parameters at $1 (tenant), $2 (user), $3 (is end user). */
 const VISIBLE = `m.tenant_id = $1 and m.deleted_at is null and (not $3::boolean or ${granted("$2::uuid", "m")})`;
 
-export function publicMachine(m: MachineRow) {
+export interface LiveSession {
+  id: string;
+  kind: "attended" | "unattended" | "end_user";
+  technician: string;
+  state: string;
+  viewers: number;
+}
+
+/** The sessions not yet ended on each of `machineIds` (one query, on the partial index of live sessions). */
+export async function liveSessionsOf(db: Queryable, tenantId: string, machineIds: readonly string[]): Promise<Map<string, LiveSession[]>> {
+  const out = new Map<string, LiveSession[]>();
+  if (machineIds.length === 0) return out;
+  const rows = await db.query<LiveSession & { machine_id: string }>(
+    `select machine_id, id, kind, technician, state, viewers from sessions
+      where tenant_id = $1 and ended_at is null and machine_id = any($2::uuid[]) order by created_at, id`,
+    [tenantId, [...machineIds]]);
+  for (const { machine_id, ...s } of rows) {
+    const list = out.get(machine_id);
+    if (list) list.push(s);
+    else out.set(machine_id, [s]);
+  }
+  return out;
+}
+
+/** The API's form of a machine, with who is connected to it now (`liveSessionsOf`). */
+export function publicMachine(m: MachineRow, live: ReadonlyMap<string, LiveSession[]> = new Map()) {
   return {
     id: m.id,
     hostname: m.hostname,
@@ -61,6 +86,7 @@ export function publicMachine(m: MachineRow) {
     external_ip: m.external_ip,
     agent_version: m.agent_version,
     disabled_at: isoOrNull(m.disabled_at),
+    live_sessions: live.get(m.id) ?? [],
   };
 }
 

@@ -75,6 +75,13 @@ export const Machine = z.object({
   external_ip: z.string().nullable().describe("the address the server saw the agent connect from"),
   agent_version: z.string().nullable(),
   disabled_at: z.string().nullable().describe("when an admin disabled it: its agent is kept out (close 4011) until it is enabled"),
+  live_sessions: z.array(z.object({
+    id: Uuid,
+    kind: z.enum(["attended", "unattended", "end_user"]),
+    technician: z.string().describe("who opened it"),
+    state: z.string(),
+    viewers: z.number().int().nonnegative().describe("viewers connected now"),
+  })).describe("who is connected to it now (SPEC M5): its sessions not yet ended, oldest first"),
 });
 export type Machine = z.infer<typeof Machine>;
 

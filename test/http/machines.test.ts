@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { verifyAgentKey } from "../../src/machines/agent-keys.ts";
 import { startTestApp, type TestApp } from "../helpers/app.ts";
-import { FLAVORS } from "../helpers/stores.ts";
+import { eventually, FLAVORS } from "../helpers/stores.ts";
 import { enroll, enrolledMachine, siteWithKey, type SiteWithKey } from "../machines/fixtures.ts";
 
 for (const flavor of FLAVORS) {
@@ -28,10 +28,22 @@ for (const flavor of FLAVORS) {
         id: machines[0]!.id, hostname: machines[0]!.body.hostname, site_id: site.id, site_code: site.code,
         labels: { company: "Acme", site: `${site.code} office`, department: "IT", device_type: "", tags: ["prod"] },
         enrollment_state: "active", status: "offline", last_seen_at: null, created_at: expect.any(String),
-        inventory: {}, external_ip: null, agent_version: null, disabled_at: null,
+        inventory: {}, external_ip: null, agent_version: null, disabled_at: null, live_sessions: [],
       });
       const one = await app.call("GET", `/api/machines/${machines[0]!.id}`, { token: app.adminToken });
       expect(one.body).toEqual({ ...m, pending_request: null });
+    });
+
+    test("each row shows who is connected to it now: its live sessions, until they end (SPEC M5)", async () => {
+      const m = machines[4]!.id;
+      const tech = await app.user("technician");
+      const opened = await app.call("POST", "/api/sessions", { token: tech.token, body: { machine_id: m } });
+      expect(opened.status).toBe(201);
+      const row = async () => (await list()).body.machines.find((x: any) => x.id === m);
+      expect((await row()).live_sessions).toEqual([{ id: opened.body.id, kind: "unattended", technician: tech.username, state: "waiting_for_agent", viewers: 0 }]);
+      expect((await app.call("GET", `/api/machines/${m}`, { token: app.adminToken })).body.live_sessions).toHaveLength(1);
+      expect((await app.call("POST", `/api/sessions/${opened.body.id}/end`, { token: tech.token })).status).toBe(200);
+      await eventually(async () => (await row()).live_sessions.length === 0, 3_000, "the ended session gone from the row");
     });
 
     test("cursor pagination walks every machine once, in enrollment order", async () => {

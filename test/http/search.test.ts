@@ -172,7 +172,7 @@ for (const flavor of FLAVORS) {
         id: id["ALPHA-WS01"], hostname: "ALPHA-WS01", site_id: siteA.id, site_code: siteA.code,
         labels: { company: "Acme", site: `${siteA.code} office`, department: "IT", device_type: "", tags: ["prod", "finance"] },
         enrollment_state: "active", status: "online", last_seen_at: new Date(now - 60_000).toISOString(), created_at: expect.any(String),
-        inventory: SEEDS[0]!.inventory, external_ip: "203.0.113.7", agent_version: "1.2.0", disabled_at: null,
+        inventory: SEEDS[0]!.inventory, external_ip: "203.0.113.7", agent_version: "1.2.0", disabled_at: null, live_sessions: [],
       }]);
       expect(r.body.next_cursor).toBeNull();
     });

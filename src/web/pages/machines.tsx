@@ -16,6 +16,7 @@ interface Machine {
   agent_version: string | null;
   enrollment_state: string;
   disabled_at: string | null;
+  live_sessions: Array<{ id: string; technician: string; viewers: number }>;
 }
 interface Page {
   machines: Machine[];
@@ -53,7 +54,6 @@ export function MachinesPage() {
   params.set("limit", "100");
   const list = useApi<Page>(`/api/machines?${params}`, LIVE_MS);
   const sites = useApi<{ sites: Array<{ id: string; name: string; code: string }> }>("/api/sites");
-  const live = useApi<{ sessions: Array<{ machine_id: string | null; technician: string }> }>("/api/sessions?live=true&limit=500", LIVE_MS);
 
   useEffect(() => {
     setMore([]);
@@ -80,8 +80,6 @@ export function MachinesPage() {
     }
   };
 
-  const connected = new Map<string, string[]>();
-  for (const s of live.data?.sessions ?? []) if (s.machine_id) connected.set(s.machine_id, [...(connected.get(s.machine_id) ?? []), s.technician]);
   const rows = [...(list.data?.machines ?? []), ...more];
 
   return (
@@ -120,7 +118,7 @@ export function MachinesPage() {
                 <td class="wide">{[m.inventory.os?.name, m.inventory.os?.version].filter(Boolean).join(" ") || "—"}</td>
                 <td class="wide">{m.site_code ?? "—"}</td>
                 <td class="wide">{(m.labels.tags ?? []).join(", ") || "—"}</td>
-                <td>{connected.get(m.id)?.join(", ") ?? ""}</td>
+                <td>{m.live_sessions.map((s) => s.technician).join(", ")}</td>
               </tr>
             ))}
           </tbody>
