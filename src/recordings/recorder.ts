@@ -18,12 +18,19 @@ import { type ChunkCompressor, WorkerCompressor } from "./compressor.ts";
  *
  * Bursts are compressed after they end. Recording costs a few ms of CPU per MiB (compressing,
  * writing), and while the relay streams bulk output that CPU is not free: measured here, even
- * a nice-19 thread on the other core slows the relay's thread by a fifth. So while output runs
- * above `burstBytesPerSecond` (8 MiB/s: far above anyone typing, far below `cat` of a big
- * file), sealed chunks wait, up to `holdBytes` (64 MiB in all), and go to the compressor once
- * output has been quiet for 50 ms; beyond `holdBytes` the oldest go at once. A crash (kill -9)
- * therefore loses what was not yet flushed: the last `flushMs`, or the part of a burst still
- * held or compressing.
+ * a nice-19 thread on the other core slows the relay's thread by a fifth. So while a
+ * recording's output runs above `burstBytesPerSecond` (8 MiB/s: far above anyone typing, far
+ * below `cat` of a big file), its sealed chunks wait, up to `holdBytes` (64 MiB in all, over
+ * every bursting recording), and go to the compressor once its output has been quiet for
+ * 50 ms; beyond `holdBytes` the oldest go at once. The rate is measured per recording and only
+ * the bursting ones are held: the other recordings' chunks (small, cheap to compress) go to
+ * the compressor as always, so one terminal's burst never delays another's output by more
+ * than `flushMs`. A crash (kill -9) therefore loses what was not yet flushed: the last
+ * `flushMs`, or the part of a burst still held or compressing.
+ *
+ * Times: event times and a recording's end count on the monotonic clock (performance.now())
+ * from its start, so a wall clock stepped meanwhile moves neither; only `started_at` (and an
+ * explicit `at` given to `end`) is wall-clock time.
  *
  * Best effort, by design: recording failure never stalls or breaks a session.
  *   - A failed flush (database down) keeps its chunks and retries them at the next tick, in
@@ -71,6 +78,11 @@ export interface RecorderOptions {
   holdBytes?: number;
   /** Where chunks are compressed (default: a low-priority worker thread). */
   compressor?: ChunkCompressor;
+  /**
+   * How long `stop()` waits for its final flush (a database or compressor that hangs); after it
+   * logs an error with what is lost and returns, so shutdown goes on.
+   */
+  stopTimeoutMs?: number;
 }
 
 export interface RecordingStart {
@@ -136,6 +148,11 @@ interface Rec {
   endedAt: number | null;
   endWritten: boolean;
   warnedDrop: boolean;
+  /** This recording's output rate (see RATE_WINDOW_MS): its current window's start and bytes. */
+  windowStart: number;
+  windowBytes: number;
+  /** performance.now() until which this recording is bursting: its sealed chunks are held. */
+  busyUntil: number;
 }
 
 const KiB = 1024;
@@ -180,9 +197,11 @@ export class Recorder {
   private heldBytes = 0;
   private readonly holdBytes: number;
   private readonly burstBytesPerWindow: number;
-  private windowStart = 0;
-  private windowBytes = 0;
-  private busyUntil = 0;
+  /** The latest `busyUntil` of any recording (the buffer pool is released POOL_IDLE_MS after it). */
+  private lastBurstUntil = 0;
+  private readonly stopTimeoutMs: number;
+  /** Raw bytes of the chunks a flush has taken and not yet written (lost if the process goes now). */
+  private flushingBytes = 0;
   private quietTimer: ReturnType<typeof setTimeout> | null = null;
   private readyBytes = 0;
   /** Raw bytes of every sealed, unwritten chunk of every recording. */
@@ -213,6 +232,7 @@ export class Recorder {
     this.holdBytes = opts.holdBytes ?? 64 * MiB;
     this.burstBytesPerWindow = ((opts.burstBytesPerSecond ?? 8 * MiB) * RATE_WINDOW_MS) / 1000;
     this.compressor = opts.compressor ?? new WorkerCompressor(log);
+    this.stopTimeoutMs = opts.stopTimeoutMs ?? 5000;
     this.timer = setInterval(() => this.tick(), this.flushMs);
     this.timer.unref?.();
   }
@@ -228,6 +248,7 @@ export class Recorder {
       startedAt, t0: performance.now() - Math.max(0, now - startedAt),
       buf: null, bufLen: 0, marks: [], openMark: null, streaming: false, sealed: [], queued: 0, nextSeq: 1,
       inserted: false, missingSince: null, endedAt: null, endWritten: false, warnedDrop: false,
+      windowStart: 0, windowBytes: 0, busyUntil: 0,
     });
     return id;
   }
@@ -243,12 +264,12 @@ export class Recorder {
     if (r.bufLen > 0 && r.bufLen + bytes.length > this.chunkBytes) this.seal(r, false);
     this.append(r, bytes);
     const now = performance.now();
-    if (now - this.windowStart >= RATE_WINDOW_MS) {
-      this.windowStart = now;
-      this.windowBytes = 0;
+    if (now - r.windowStart >= RATE_WINDOW_MS) {
+      r.windowStart = now;
+      r.windowBytes = 0;
     }
-    this.windowBytes += bytes.length;
-    if (this.windowBytes >= this.burstBytesPerWindow) this.busyUntil = now + QUIET_MS;
+    r.windowBytes += bytes.length;
+    if (r.windowBytes >= this.burstBytesPerWindow) this.lastBurstUntil = r.busyUntil = now + QUIET_MS;
     const ms = Math.floor(now - r.t0);
     if (r.openMark !== null && r.openMark[0] === ms) r.openMark[1] += bytes.length;
     else r.marks.push((r.openMark = [ms, bytes.length]));
@@ -278,12 +299,12 @@ export class Recorder {
   /**
    * The channel closed: what is pending is written with `ended_at` by a flush started now. The
    * promise settles after that flush attempt (never rejects); if it failed, later ticks retry.
+   * `at` (epoch ms) defaults to now on the recording's own clock (see endTime).
    */
-  end(id: string, at = Date.now()): Promise<void> {
+  end(id: string, at?: number): Promise<void> {
     const r = this.recs.get(id);
     if (r === undefined || r.endedAt !== null) return Promise.resolve();
-    // Never before the start (a wall clock set back meanwhile): retention relies on it (retention.ts).
-    r.endedAt = Math.max(at, r.startedAt);
+    r.endedAt = this.endTime(r, at);
     this.seal(r, true);
     return this.flush().then(() => {});
   }
@@ -301,7 +322,11 @@ export class Recorder {
     return this.flushNow();
   }
 
-  /** Graceful shutdown: every open recording ends now, a final flush, the timer cleared. */
+  /**
+   * Graceful shutdown: every open recording ends now, a final flush, the timer cleared. Returns
+   * after `stopTimeoutMs` at most: a database or compressor that hangs does not hold up the
+   * rest of the shutdown (what was not written is lost, and logged as an error).
+   */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
@@ -309,15 +334,26 @@ export class Recorder {
     if (this.quietTimer) clearTimeout(this.quietTimer);
     this.quietTimer = null;
     for (const f of this.onStop.splice(0)) f();
-    const now = Date.now();
     for (const r of this.recs.values()) {
       if (r.endedAt !== null) continue;
-      r.endedAt = Math.max(now, r.startedAt);
+      r.endedAt = this.endTime(r);
       this.seal(r, true);
     }
-    if (this.running) await this.running;
-    if (!(await this.flush())) {
-      this.log.error({ recordings: this.recs.size, pendingBytes: this.queuedTotal }, "recordings: final flush failed; unwritten output is lost");
+    const final = (async () => {
+      if (this.running) await this.running;
+      return this.flush();
+    })();
+    let deadline: ReturnType<typeof setTimeout> | undefined;
+    const outcome = await Promise.race([
+      final,
+      new Promise<"timeout">((resolve) => (deadline = setTimeout(() => resolve("timeout"), this.stopTimeoutMs))),
+    ]);
+    clearTimeout(deadline);
+    const lost = { recordings: this.recs.size, pendingBytes: this.queuedTotal + this.flushingBytes };
+    if (outcome === "timeout") {
+      this.log.error({ ...lost, timeoutMs: this.stopTimeoutMs }, "recordings: final flush did not finish in time (database or compressor hanging); going on with the shutdown, unwritten output is lost");
+    } else if (!outcome) {
+      this.log.error(lost, "recordings: final flush failed; unwritten output is lost");
     }
     this.compressor.close();
   }
@@ -335,6 +371,17 @@ export class Recorder {
   }
 
   // ---- internals ----------------------------------------------------------------------------
+
+  /**
+   * When a recording ends: `at` if given (never before the start, should the wall clock have
+   * been set back meanwhile: retention relies on it, retention.ts), else its start plus the time
+   * elapsed on the monotonic clock its events are timed by, so the header's duration and the
+   * last event agree whatever the wall clock did.
+   */
+  private endTime(r: Rec, at?: number): number {
+    if (at !== undefined) return Math.max(at, r.startedAt);
+    return r.startedAt + Math.max(0, Math.floor(performance.now() - r.t0));
+  }
 
   private over(r: Rec): boolean {
     if (this.failing) return false;
@@ -383,18 +430,26 @@ export class Recorder {
 
   /**
    * Hands sealed chunks to the compressor, oldest first (so each recording's stay in order).
-   * During a burst of output (more than `burstBytesPerSecond` of it) they are held back, up to
-   * `holdBytes`, and compressed once output has been quiet for QUIET_MS: compressing beside the
-   * relay slows it even on another core (on this kind of machine the cores share more than
-   * their caches), while a burst is over soon. `all`: no holding back (a flush was asked for,
-   * or a recording ended).
+   * The chunks of a recording in a burst of output (more than `burstBytesPerSecond` of it) are
+   * held back, up to `holdBytes` over all recordings, and compressed once its output has been
+   * quiet for QUIET_MS: compressing beside the relay slows it even on another core (on this
+   * kind of machine the cores share more than their caches), while a burst is over soon. Other
+   * recordings' chunks go at once. `all`: no holding back (a flush was asked for, or a
+   * recording ended).
    */
   private pump(all = false): void {
-    const holding = !all && performance.now() < this.busyUntil;
-    while (this.held.length > 0 && (!holding || this.heldBytes > this.holdBytes)) {
-      const job = this.held.shift()!;
-      this.heldBytes -= job.chunk.raw;
-      if (!job.chunk.gone) this.submit(job);
+    // Over the budget (or nothing to hold back): the oldest go, whichever recording's they are.
+    while (this.held.length > 0 && (all || this.heldBytes > this.holdBytes)) this.release(this.held.shift()!);
+    if (this.held.length > 0) {
+      // The chunks of recordings not (or no longer) bursting go; the rest keep their order.
+      const now = performance.now();
+      let kept = 0;
+      for (let i = 0; i < this.held.length; i++) {
+        const job = this.held[i]!;
+        if (now < job.r.busyUntil) this.held[kept++] = job;
+        else this.release(job);
+      }
+      this.held.length = kept;
     }
     if (this.held.length > 0 && this.quietTimer === null) {
       this.quietTimer = setTimeout(() => {
@@ -403,6 +458,11 @@ export class Recorder {
       }, QUIET_MS);
       this.quietTimer.unref?.();
     }
+  }
+
+  private release(job: Held): void {
+    this.heldBytes -= job.chunk.raw;
+    if (!job.chunk.gone) this.submit(job);
   }
 
   private submit({ r, chunk, raw, marks }: Held): void {
@@ -456,7 +516,7 @@ export class Recorder {
    * with it (or now, if it has nothing, or the database is failing and this is the retry).
    */
   private tick(): void {
-    if (this.pool.length > 0 && performance.now() - this.busyUntil > POOL_IDLE_MS) this.pool.length = 0;
+    if (this.pool.length > 0 && performance.now() - this.lastBurstUntil > POOL_IDLE_MS) this.pool.length = 0;
     for (const r of this.recs.values()) if (r.endedAt === null) this.seal(r, false);
     this.pump();
     if (this.compressing.size === 0 || this.failing) void this.flushNow();
@@ -510,6 +570,7 @@ export class Recorder {
     const taken = new Map<Rec, Chunk[]>();
     const ends = new Set<Rec>();
     const involved: Rec[] = [];
+    let takenBytes = 0;
     this.readyBytes = 0;
     for (const r of this.recs.values()) {
       let ready = 0;
@@ -525,6 +586,7 @@ export class Recorder {
         for (const c of cs) {
           r.queued -= c.raw;
           this.queuedTotal -= c.raw;
+          takenBytes += c.raw;
           if (c.data!.length > 0) chunks.push({ recording_id: r.id, seq: c.seq, data: c.data!, lastMs: c.lastMs });
         }
       }
@@ -533,6 +595,7 @@ export class Recorder {
     if (rows.length === 0 && chunks.length === 0 && ends.size === 0) return true;
 
     let result: { present: Set<string>; written: Set<string> };
+    this.flushingBytes += takenBytes;
     try {
       result = await this.store.transaction(async (tx) => {
         const present = new Set<string>();
@@ -575,6 +638,8 @@ export class Recorder {
         this.log.warn({ err: err instanceof Error ? err.message : String(err), recordings: this.recs.size }, "recordings: flush failed; keeping the output and retrying every tick");
       }
       return false;
+    } finally {
+      this.flushingBytes -= takenBytes;
     }
     if (this.failing) {
       this.failing = false;

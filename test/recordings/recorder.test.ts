@@ -1,11 +1,12 @@
-import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, spyOn, test } from "bun:test";
 import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
 import { silentLogger } from "../../src/log.ts";
 import { castHeader, exportCast, parseCast, replayOutput } from "../../src/recordings/asciicast.ts";
-import { CastLines } from "../../src/recordings/chunk-codec.ts";
+import { CastLines, type Mark } from "../../src/recordings/chunk-codec.ts";
+import { InThreadCompressor } from "../../src/recordings/compressor.ts";
 import { Recorder, type RecordingStart } from "../../src/recordings/recorder.ts";
 import { closeAbandonedRecordings, getRecording } from "../../src/recordings/recordings.ts";
-import type { Store } from "../../src/store/store.ts";
+import type { Queryable, Store } from "../../src/store/store.ts";
 import { createTestDb, eventually, FLAVORS, type TestDb } from "../helpers/stores.ts";
 import { capturingLogger, FlakyStore, insertSession, utf8 } from "./helpers.ts";
 
@@ -13,6 +14,25 @@ setDefaultTimeout(60_000);
 
 const HOUR = 3_600_000;
 const T = DEFAULT_TENANT_ID;
+
+/** A store whose transactions never finish: a database that hangs. */
+class HungStore extends FlakyStore {
+  override transaction<R>(_fn: (tx: Queryable) => Promise<R>): Promise<R> {
+    this.attempts++;
+    return new Promise<R>(() => {});
+  }
+}
+
+/** A logger that keeps what it is given, fields and message. */
+function recordingLogger() {
+  const entries: Array<{ level: string; fields: Record<string, unknown>; msg: string }> = [];
+  const log = silentLogger.child({});
+  for (const level of ["trace", "debug", "info", "warn", "error", "fatal"] as const) {
+    (log as any)[level] = (a: unknown, b?: unknown) =>
+      entries.push(typeof a === "string" ? { level, fields: {}, msg: a } : { level, fields: a as Record<string, unknown>, msg: String(b) });
+  }
+  return { log, entries };
+}
 
 for (const flavor of FLAVORS) {
   describe(`recorder (${flavor})`, () => {
@@ -272,6 +292,104 @@ for (const flavor of FLAVORS) {
       const row = (await getRecording(store, T, id))!;
       expect(row.ended_at).not.toBeNull();
       expect(replayOutput(await cast(id))).toBe("until shutdown");
+    });
+
+    test("one recording's burst holds back only its own chunks: another's are written by the next tick meanwhile", async () => {
+      const inner = new InThreadCompressor();
+      const encoded: string[] = [];
+      const spy = { encode: (raw: Uint8Array, marks: Mark[]) => (encoded.push(new TextDecoder().decode(raw)), inner.encode(raw, marks)), close() {} };
+      const rec = recorder(store, { flushMs: 100, chunkBytes: 1024, burstBytesPerSecond: 10_000, holdBytes: 1024 * 1024, compressor: spy });
+      const bulk = await begin(rec);
+      const typed = await begin(rec);
+      const rows = async (id: string) => (await store.query("select 1 from recording_chunks where recording_id = $1", [id])).length;
+      // The burst goes on as long as the test wants: the monotonic clock stands still at its last frame.
+      const real = performance.now.bind(performance);
+      const frozen = real();
+      const clock = spyOn(performance, "now").mockImplementation(() => frozen);
+      const frame = utf8("y".repeat(512));
+      try {
+        // 6 KiB at once (10 KB/s is 1,000 bytes per 100 ms window): a burst, six chunks held.
+        for (let i = 0; i < 12; i++) rec.output(bulk, frame);
+        // Someone typing in another terminal meanwhile.
+        rec.output(typed, utf8("ls\r\n"));
+        // The next tick (100 ms) seals it and it is written: not held up by the other's burst.
+        await eventually(async () => (await rows(typed)) > 0, 5_000, "the typed recording's chunk");
+        expect(encoded).toEqual(["ls\r\n"]);
+        expect(await rows(bulk)).toBe(0);
+        rec.output(typed, utf8("pwd\r\n"));
+        await eventually(async () => (await rows(typed)) > 1, 5_000, "the typed recording's second chunk");
+        expect(await rows(bulk)).toBe(0);
+      } finally {
+        clock.mockRestore();
+      }
+      // Quiet for QUIET_MS (50 ms) now that time moves again: the burst's chunks go too.
+      await eventually(() => encoded.length === 2 + 6, 5_000, "the burst's chunks compressed after it");
+      await Promise.all([rec.end(bulk), rec.end(typed)]);
+      expect(replayOutput(await cast(bulk))).toBe("y".repeat(512 * 12));
+      expect(replayOutput(await cast(typed))).toBe("ls\r\npwd\r\n");
+    });
+
+    test("stop() gives up after stopTimeoutMs when the database or the compressor hangs: logs what is lost and returns", async () => {
+      const hung = async (rec: Recorder, entries: ReturnType<typeof recordingLogger>["entries"]) => {
+        const id = await begin(rec);
+        rec.output(id, utf8("x".repeat(1000)));
+        const t0 = Date.now();
+        const outcome = await Promise.race([rec.stop().then(() => "returned"), Bun.sleep(5_000).then(() => "still waiting")]);
+        expect(outcome).toBe("returned");
+        expect(Date.now() - t0).toBeGreaterThanOrEqual(150);
+        const errors = entries.filter((e) => e.level === "error");
+        expect(errors.length).toBe(1);
+        expect(errors[0]!.msg).toContain("unwritten output is lost");
+        expect(errors[0]!.fields).toMatchObject({ recordings: 1, pendingBytes: 1000, timeoutMs: 200 });
+      };
+      // A database that never answers (the chunk is inside the hung transaction).
+      const db = recordingLogger();
+      const store1 = new HungStore(store);
+      await hung(recorder(store1, { stopTimeoutMs: 200 }, db.log), db.entries);
+      expect(store1.attempts).toBeGreaterThan(0);
+      // A compressor that never answers (the chunk is still compressing).
+      const cmp = recordingLogger();
+      const stuck = { encode: () => new Promise<never>(() => {}), close() {} };
+      await hung(recorder(store, { stopTimeoutMs: 200, compressor: stuck }, cmp.log), cmp.entries);
+    });
+
+    test("a recording ends on the clock its events are timed by: a wall clock stepped meanwhile does not move the end", async () => {
+      const rec = recorder();
+      const ended = await begin(rec);
+      const stopped = await begin(rec);
+      const explicit = await begin(rec);
+      const late = await begin(rec);
+      for (const id of [ended, stopped]) rec.output(id, utf8("before "));
+      await Bun.sleep(200);
+      for (const id of [ended, stopped]) rec.output(id, utf8("after"));
+      const real = Date.now.bind(Date);
+      const clock = spyOn(Date, "now");
+      try {
+        // The wall clock jumps an hour ahead: end() without a time.
+        clock.mockImplementation(() => real() + HOUR);
+        await rec.end(ended);
+        // An explicit time is still honoured, and never before the start.
+        const startedAt = async (id: string) => new Date((await getRecording(store, T, id))!.started_at).getTime();
+        await rec.end(explicit, (await startedAt(explicit)) + 1234);
+        await rec.end(late, (await startedAt(late)) - HOUR);
+        // The wall clock goes an hour back: stop() ends the rest.
+        clock.mockImplementation(() => real() - HOUR);
+        await rec.stop();
+      } finally {
+        clock.mockRestore();
+      }
+      const duration = async (id: string) =>
+        (await store.query<{ s: number }>("select extract(epoch from ended_at - started_at)::float8 as s from recordings where id = $1", [id]))[0]!.s;
+      for (const id of [ended, stopped]) {
+        const c = await cast(id);
+        const last = c.events[c.events.length - 1]![0];
+        expect(last).toBeGreaterThanOrEqual(0.19);
+        const d = await duration(id);
+        expect(d).toBeGreaterThanOrEqual(last);
+        expect(d - last).toBeLessThan(1);
+      }
+      expect(await duration(explicit)).toBeCloseTo(1.234, 3);
+      expect(await duration(late)).toBe(0);
     });
 
     test("a recording deleted while live (its session deleted) stops being recorded", async () => {
