@@ -6,11 +6,11 @@ import { eventually } from "../helpers/stores.ts";
 import { enrolledMachine, siteWithKey, type SiteWithKey } from "../machines/fixtures.ts";
 import { deriveMachineUid } from "../../src/agent/identity.ts";
 import { StateDir } from "../../src/agent/state.ts";
-import { freshMachine, killAllAgents, managedArgs, spawnAgent } from "./spawn.ts";
+import { expectNoSecrets, FAST_AGENT, freshMachine, killAllAgents, managedArgs, spawnAgent } from "./spawn.ts";
 
 /** Real agent processes against a real server (PGlite is enough here: the agent is the subject). */
 const mode = (p: string) => statSync(p).mode & 0o777;
-const FAST = ["--enroll-retry-ms", "300", "--enroll-short-retry-ms", "200", "--reconnect-base-ms", "100", "--reconnect-cap-ms", "500"];
+const FAST = FAST_AGENT;
 
 let app: TestApp;
 let site: SiteWithKey;
@@ -25,12 +25,6 @@ afterAll(async () => {
 });
 
 /** No log line carries a key: the cak_ and cek_ secrets appear nowhere, only prefixes. */
-function expectNoSecrets(lines: string[], secrets: string[]) {
-  const all = lines.join("\n");
-  for (const s of secrets) expect(all.includes(s)).toBe(false);
-  expect(all).not.toMatch(/(cak|cek)_[0-9a-f]{16,}/);
-}
-
 describe("managed agent against a real server", () => {
   test("first run: key pair, enroll (201), state files 0600 in a 0700 dir, online; SIGTERM exits 0; the second run connects without enrolling", async () => {
     const m = freshMachine();

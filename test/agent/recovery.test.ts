@@ -6,14 +6,14 @@ import { FILES, StateDir } from "../../src/agent/state.ts";
 import { startTestApp, type TestApp } from "../helpers/app.ts";
 import { eventually } from "../helpers/stores.ts";
 import { siteWithKey, type SiteWithKey } from "../machines/fixtures.ts";
-import { freshMachine, killAllAgents, managedArgs, spawnAgent, type AgentProcess } from "./spawn.ts";
+import { expectNoSecrets, FAST_AGENT, freshMachine, killAllAgents, managedArgs, spawnAgent } from "./spawn.ts";
 
 /**
  * What a managed agent does at start with a state dir that is not simply its own: one copied to
  * another machine (a cloned VM: its machine_uid differs from the enrolled one), or one whose
  * credentials.json a power loss emptied. Real agent processes against a real server.
  */
-const FAST = ["--enroll-retry-ms", "300", "--enroll-short-retry-ms", "200", "--reconnect-base-ms", "100", "--reconnect-cap-ms", "500"];
+const FAST = FAST_AGENT;
 
 let app: TestApp;
 let site: SiteWithKey;
@@ -26,12 +26,6 @@ afterAll(async () => {
   await killAllAgents();
   await app?.close();
 });
-
-function expectNoSecrets(a: AgentProcess, secrets: string[]) {
-  const all = a.lines.join("\n");
-  for (const s of secrets) expect(all.includes(s)).toBe(false);
-  expect(all).not.toMatch(/(cak|cek)_[0-9a-f]{16,}/);
-}
 
 /** A machine enrolled by a real agent run, then stopped: its state dir and machine-id file. */
 async function enrolled() {
@@ -88,7 +82,7 @@ describe("a cloned state dir", () => {
     expect((await again.waitFor((e) => e.event === "connect.online", 10_000, "online again")).machine_id).toBe(creds.machine_id);
     expect(again.logs.some((e) => e.event === "identity.cloned")).toBe(false);
     for (const a of [o, again]) expect(await a.stop()).toBe(0);
-    for (const a of [c, o, again]) expectNoSecrets(a, [original.creds.key, creds.key, site.key]);
+    for (const a of [c, o, again]) expectNoSecrets(a.lines, [original.creds.key, creds.key, site.key]);
   }, 60_000);
 
   test("without an enrollment key: a clear message and exit code 6; the state dir is left as it was", async () => {
@@ -103,7 +97,7 @@ describe("a cloned state dir", () => {
     expect(fatal.msg).toContain("--enrollment-key");
     expect(a.logs.some((e) => e.event === "connect.attempt")).toBe(false); // never posed as the original
     expect(readFileSync(join(copy.stateDir, FILES.credentials), "utf8")).toBe(before);
-    expectNoSecrets(a, [original.creds.key]);
+    expectNoSecrets(a.lines, [original.creds.key]);
   }, 30_000);
 });
 
@@ -122,7 +116,7 @@ describe("credentials.json emptied (a power loss under an older agent)", () => {
     const keys = await keysOf(m.creds.machine_id);
     expect(keys.filter((k) => k.revoked_at === null)).toHaveLength(1);
     expect(await a.stop()).toBe(0);
-    expectNoSecrets(a, [m.creds.key, creds.key, site.key]);
+    expectNoSecrets(a.lines, [m.creds.key, creds.key, site.key]);
   }, 30_000);
 
   test("without an enrollment key: says what is wrong and how to recover, exit 3, no connection attempts", async () => {

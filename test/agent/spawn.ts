@@ -2,6 +2,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
+import { expect } from "bun:test";
 import { readLines } from "../helpers/lines.ts";
 
 const ROOT = resolve(import.meta.dir, "..", "..");
@@ -86,4 +87,14 @@ export function spawnAgent(args: string[], env: Record<string, string> = {}, sta
 /** The arguments of a managed agent at `server` for `site`. */
 export function managedArgs(server: string, site: { code: string; key: string }, stateDir: string, extra: string[] = []): string[] {
   return ["--server", server, "--site-code", site.code, "--enrollment-key", site.key, "--state-dir", stateDir, ...extra];
+}
+
+/** Short enrollment and reconnect timings for tests of a real agent against a real server. */
+export const FAST_AGENT = ["--enroll-retry-ms", "300", "--enroll-short-retry-ms", "200", "--reconnect-base-ms", "100", "--reconnect-cap-ms", "500"];
+
+/** An agent's output never holds a key: none of `secrets`, and nothing shaped like an agent or enrollment key. */
+export function expectNoSecrets(lines: string[], secrets: string[]): void {
+  const all = lines.join("\n");
+  for (const s of secrets) expect(all.includes(s)).toBe(false);
+  expect(all).not.toMatch(/(cak|cek)_[0-9a-f]{16,}/);
 }

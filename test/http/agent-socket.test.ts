@@ -6,15 +6,7 @@ import { dataFrame } from "../../src/protocol/frames.ts";
 import { agentIdentity, TestAgentSocket } from "../helpers/agent-client.ts";
 import { startTestApp, type TestApp } from "../helpers/app.ts";
 import { eventually, FLAVORS } from "../helpers/stores.ts";
-import { enroll, enrollBody, siteWithKey, type SiteWithKey } from "../machines/fixtures.ts";
-
-/** Enrolls a machine with a fresh identity; returns what its agent would store. */
-async function enrolledMachine(app: TestApp, site: SiteWithKey, over: Record<string, unknown> = {}) {
-  const id = await agentIdentity();
-  const r = await enroll(app, await enrollBody(site, { public_key: id.publicKey, ...over }));
-  expect(r.status).toBe(201);
-  return { id: r.body.machine_id as string, key: r.body.key as string, privateKey: id.keys.privateKey };
-}
+import { enrolledAgent, siteWithKey, type SiteWithKey } from "../machines/fixtures.ts";
 
 /** The socket's clocks and caps as shipped; a test that shortens them puts them back. */
 const LIMITS = { ...AGENT_SOCKET_LIMITS };
@@ -92,7 +84,7 @@ for (const flavor of FLAVORS) {
       return s;
     };
 
-    const machine = (over: Record<string, unknown> = {}) => enrolledMachine(app, site, over);
+    const machine = (over: Record<string, unknown> = {}) => enrolledAgent(app, site, over);
     const get = async (id: string) => (await app.call("GET", `/api/machines/${id}`, { token: app.adminToken })).body;
 
     beforeAll(async () => {
@@ -421,7 +413,7 @@ describe("agent socket: handshakes beyond the limit wait their turn", () => {
   });
 
   test("a waiting agent's hello is answered once a slot frees; one that leaves while waiting changes nothing", async () => {
-    const machines = await Promise.all([0, 1, 2, 3].map(() => enrolledMachine(app, site)));
+    const machines = await Promise.all([0, 1, 2, 3].map(() => enrolledAgent(app, site)));
     const hello = (m: (typeof machines)[number]) => ({ t: "hello", machine_id: m.id, key: m.key, agent_version: "test-1", protocol: PROTOCOL_VERSION });
     const sockets = machines.map(() => new TestAgentSocket(app.url));
     try {
@@ -463,7 +455,7 @@ describe("agent socket: handshakes beyond the limit wait their turn", () => {
 
   /** Holds both slots: two agents challenged, with no proof yet. */
   const holdSlots = async () => {
-    const holders = await Promise.all([0, 1].map(() => enrolledMachine(app, site)));
+    const holders = await Promise.all([0, 1].map(() => enrolledAgent(app, site)));
     return Promise.all(holders.map(async (m) => {
       const s = new RawClient(app.url);
       await s.opened;
@@ -477,7 +469,7 @@ describe("agent socket: handshakes beyond the limit wait their turn", () => {
     AGENT_SOCKET_LIMITS.helloMs = 400;
     const idle = [0, 1, 2, 3].map(() => new RawClient(app.url, "203.0.113.9"));
     await Promise.all(idle.map((s) => s.opened));
-    const m = await enrolledMachine(app, site);
+    const m = await enrolledAgent(app, site);
     const agent = new TestAgentSocket(app.url);
     try {
       const started = Date.now();
@@ -495,7 +487,7 @@ describe("agent socket: handshakes beyond the limit wait their turn", () => {
   test("the wait for a slot is capped per address and in all (4013); before its challenge a socket may send its hello only", async () => {
     // Two slots: at most 6 waiting in all, 2 per address.
     Object.assign(AGENT_SOCKET_LIMITS, { queuedPerSlot: 3, queuedPerAddressPerSlot: 1 });
-    const m = await enrolledMachine(app, site);
+    const m = await enrolledAgent(app, site);
     const holders = await holdSlots();
     const waiting: RawClient[] = [];
     const wait = async (from: string) => {
@@ -534,7 +526,7 @@ describe("agent socket: handshakes beyond the limit wait their turn", () => {
 
   test("a socket waits for a slot no longer than the queue's clock (4013, audited)", async () => {
     AGENT_SOCKET_LIMITS.queuedMs = 400;
-    const m = await enrolledMachine(app, site);
+    const m = await enrolledAgent(app, site);
     const holders = await holdSlots();
     const s = new RawClient(app.url, "203.0.113.6");
     try {

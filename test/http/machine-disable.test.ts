@@ -1,9 +1,9 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { CLOSE } from "../../src/protocol/agent.ts";
-import { agentIdentity, TestAgentSocket } from "../helpers/agent-client.ts";
+import { TestAgentSocket } from "../helpers/agent-client.ts";
 import { startTestApp, type TestApp } from "../helpers/app.ts";
 import { eventually, FLAVORS } from "../helpers/stores.ts";
-import { enroll, enrollBody, siteWithKey, type SiteWithKey } from "../machines/fixtures.ts";
+import { enrolledAgent, siteWithKey, type SiteWithKey } from "../machines/fixtures.ts";
 
 /** Issue 4, requirement 2: disabling a machine disconnects its live agent within a second and keeps it out until enabled. */
 for (const flavor of FLAVORS) {
@@ -16,12 +16,7 @@ for (const flavor of FLAVORS) {
       sockets.push(s);
       return s;
     };
-    const machine = async () => {
-      const id = await agentIdentity();
-      const r = await enroll(app, await enrollBody(site, { public_key: id.publicKey }));
-      expect(r.status).toBe(201);
-      return { id: r.body.machine_id as string, key: r.body.key as string, privateKey: id.keys.privateKey };
-    };
+    const machine = () => enrolledAgent(app, site);
     const get = async (id: string) => (await app.call("GET", `/api/machines/${id}`, { token: app.adminToken })).body;
     const post = (path: string, token = app.adminToken, body?: unknown) => app.call("POST", path, { token, body });
 

@@ -1,3 +1,4 @@
+import { agentIdentity } from "../helpers/agent-client.ts";
 import type { ApiResponse, TestApp } from "../helpers/app.ts";
 
 /** Sites, keys and enrolled machines for the sites / enrollment / machines / grants tests. */
@@ -60,4 +61,12 @@ export async function enrolledMachine(app: TestApp, site: SiteWithKey, over: Par
 }
 
 /** The body of an error response without its per-request correlation id. */
+/** Enrolls a machine with a fresh Ed25519 identity; returns what its agent would store. */
+export async function enrolledAgent(app: TestApp, site: SiteWithKey, over: Partial<EnrollInput> = {}) {
+  const id = await agentIdentity();
+  const r = await enroll(app, await enrollBody(site, { public_key: id.publicKey, ...over }));
+  if (r.status !== 201) throw new Error(`enroll: ${r.status} ${JSON.stringify(r.body)}`);
+  return { id: r.body.machine_id as string, key: r.body.key as string, privateKey: id.keys.privateKey };
+}
+
 export const sansCorrelation = (body: any) => ({ ...body, correlation_id: undefined });
