@@ -54,14 +54,18 @@ export interface LiveSession {
   viewers: number;
 }
 
-/** The sessions not yet ended on each of `machineIds` (one query, on the partial index of live sessions). */
-export async function liveSessionsOf(db: Queryable, tenantId: string, machineIds: readonly string[]): Promise<Map<string, LiveSession[]>> {
+/**
+ * The sessions not yet ended on each of `machineIds` that the viewer may see (one query, on the
+ * partial index of live sessions): an end user sees only their own, as in GET /api/sessions.
+ */
+export async function liveSessionsOf(db: Queryable, viewer: Viewer, machineIds: readonly string[]): Promise<Map<string, LiveSession[]>> {
   const out = new Map<string, LiveSession[]>();
   if (machineIds.length === 0) return out;
   const rows = await db.query<LiveSession & { machine_id: string }>(
     `select machine_id, id, kind, technician, state, viewers from sessions
-      where tenant_id = $1 and ended_at is null and machine_id = any($2::uuid[]) order by created_at, id`,
-    [tenantId, [...machineIds]]);
+      where tenant_id = $1 and ended_at is null and machine_id = any($2::uuid[])
+        and (not $3::boolean or (kind = 'end_user' and created_by = $4::uuid)) order by created_at, id`,
+    [viewer.tenantId, [...machineIds], viewer.role === "end_user", viewer.userId]);
   for (const { machine_id, ...s } of rows) {
     const list = out.get(machine_id);
     if (list) list.push(s);

@@ -42,6 +42,16 @@ for (const flavor of FLAVORS) {
       const row = async () => (await list()).body.machines.find((x: any) => x.id === m);
       expect((await row()).live_sessions).toEqual([{ id: opened.body.id, kind: "unattended", technician: tech.username, state: "waiting_for_agent", viewers: 0 }]);
       expect((await app.call("GET", `/api/machines/${m}`, { token: app.adminToken })).body.live_sessions).toHaveLength(1);
+      // An end user granted the machine sees their own sessions there, not the technicians'.
+      const eu = await app.user("end_user");
+      expect((await app.call("POST", `/api/users/${eu.id}/grants`, { token: app.adminToken, body: { machine_id: m } })).status).toBe(201);
+      const asEndUser = async () => (await app.call("GET", `/api/machines/${m}`, { token: eu.token })).body.live_sessions.map((x: any) => x.id);
+      expect(await asEndUser()).toEqual([]);
+      expect((await list("", eu.token)).body.machines.find((x: any) => x.id === m).live_sessions).toEqual([]);
+      const own = await app.call("POST", "/api/sessions", { token: eu.token, body: { machine_id: m } });
+      expect(own.status).toBe(201);
+      expect(await asEndUser()).toEqual([own.body.id]);
+      expect((await app.call("POST", `/api/sessions/${own.body.id}/end`, { token: eu.token })).status).toBe(200);
       expect((await app.call("POST", `/api/sessions/${opened.body.id}/end`, { token: tech.token })).status).toBe(200);
       await eventually(async () => (await row()).live_sessions.length === 0, 3_000, "the ended session gone from the row");
     });

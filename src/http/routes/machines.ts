@@ -3,7 +3,7 @@ import { z } from "zod";
 import { audit } from "../../audit/audit.ts";
 import { listAgentKeys, mintAgentKey, publicAgentKey, revokeAgentKey } from "../../machines/agent-keys.ts";
 import { QueryError } from "../../machines/search.ts";
-import { decidePending, getMachine, listMachines, liveSessionsOf, type MachineRow, pendingRequest, publicMachine, publicPendingRequest, removeMachines, setMachineDisabled } from "../../machines/machines.ts";
+import { decidePending, getMachine, listMachines, liveSessionsOf, type MachineRow, type Viewer, pendingRequest, publicMachine, publicPendingRequest, removeMachines, setMachineDisabled } from "../../machines/machines.ts";
 import { Uuid } from "../../protocol/accounts.ts";
 import { AgentKey, BulkDeleteRequest, BulkDeleteResponse, ListMachinesQuery, Machine, MachineDetail, MachineList, MintedAgentKey } from "../../protocol/machines.ts";
 import { actorOf, authorize, requestContext } from "../context.ts";
@@ -33,7 +33,7 @@ export const machineRoutes = (deps: AppDeps) =>
         if (e instanceof QueryError) throw new HttpError(400, "VALIDATION_FAILED", `query.${e.message}`);
         throw e;
       }
-      const live = await liveSessionsOf(deps.store, me.tenantId, page.machines.map((m) => m.id));
+      const live = await liveSessionsOf(deps.store, me, page.machines.map((m) => m.id));
       return { machines: page.machines.map((m) => publicMachine(m, live)), next_cursor: page.next_cursor };
     }, { query: ListMachinesQuery, response: { 200: MachineList }, detail: { tags, summary: "Search and list machines: q, filters, sort, cursor pages (an end user sees only the machines granted to them)" } })
 
@@ -43,7 +43,7 @@ export const machineRoutes = (deps: AppDeps) =>
       if (!machine) throw notFound();
       // The claimant's details are for those who may decide, not for an end user.
       const pending = machine.enrollment_state === "pending" && me.role !== "end_user" ? await pendingRequest(deps.store, me.tenantId, machine.id) : null;
-      return { ...(await withLive(deps, me.tenantId, machine)), pending_request: pending ? publicPendingRequest(pending) : null };
+      return { ...(await withLive(deps, me, machine)), pending_request: pending ? publicPendingRequest(pending) : null };
     }, { params: IdParams, response: { 200: MachineDetail }, detail: { tags, summary: "One machine, with the enrollment waiting for approval if any" } })
 
     .delete("/api/machines/:id", async (ctx) => {
@@ -118,12 +118,12 @@ async function setDisabled(deps: AppDeps, ctx: Parameters<typeof authorize>[0] &
   }
   // Nobody reaches a disabled machine: its sessions end now (the agent's socket goes with the sweep).
   if (disabled) await endSessionsOnLostAccess(deps, me.tenantId, { machineIds: [result.machine.id] });
-  return withLive(deps, me.tenantId, result.machine);
+  return withLive(deps, me, result.machine);
 }
 
 /** One machine as the API shows it, with its live sessions. */
-async function withLive(deps: AppDeps, tenantId: string, m: MachineRow) {
-  return publicMachine(m, await liveSessionsOf(deps.store, tenantId, [m.id]));
+async function withLive(deps: AppDeps, viewer: Viewer, m: MachineRow) {
+  return publicMachine(m, await liveSessionsOf(deps.store, viewer, [m.id]));
 }
 
 async function decide(deps: AppDeps, ctx: Parameters<typeof authorize>[0] & { params: { id: string } }, decision: "approve" | "reject") {
@@ -137,5 +137,5 @@ async function decide(deps: AppDeps, ctx: Parameters<typeof authorize>[0] & { pa
     tenantId: me.tenantId, type: decision === "approve" ? "machine.approved" : "machine.rejected", actor: actorOf(me), target: { type: "machine", id: result.machine.id },
     ip: ctx.ip, correlationId: ctx.correlationId, details: { request_id: result.request.id, claimant_hostname: result.request.hostname, claimant_ip: result.request.ip, revoked_keys: result.revokedKeys },
   });
-  return withLive(deps, me.tenantId, result.machine);
+  return withLive(deps, me, result.machine);
 }
