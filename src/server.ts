@@ -62,6 +62,8 @@ export interface RunningServer {
   relay: Relay;
   viewerTokens: ViewerTokens;
   rooms: Rooms;
+  /** The live agent sockets (their sweep, and the writes flushed at shutdown). */
+  connections: AgentConnections;
   /** Graceful: stop accepting, drain mailboxes, snapshot, flush the journal, close the store. */
   stop(): Promise<void>;
 }
@@ -178,5 +180,5 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const port = app.server!.port;
   const shownHost = config.host === "0.0.0.0" || config.host === "::" ? "localhost" : config.host;
   const url = `http://${shownHost}:${port}`;
-  return { url, firstAdminPassword: firstAdmin.generated, system, store, relay, viewerTokens, rooms, stop };
+  return { url, firstAdminPassword: firstAdmin.generated, system, store, relay, viewerTokens, rooms, connections, stop };
 }

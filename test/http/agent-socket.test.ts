@@ -396,6 +396,20 @@ for (const flavor of FLAVORS) {
       const rows = await refusals(app, "ip = $1", [noisy]);
       expect(rows.slice(0, 3).map((r) => r.details.reason)).toEqual(["unknown_key", "unknown_key", "unknown_key"]);
       expect(rows[3]).toMatchObject({ actor_type: "anonymous", target_id: null, details: { summary: true, refusals: 7, reasons: { unknown_key: 7 } } });
+
+      // What is counted when the server stops is written by its last flush, not lost with the timer.
+      Object.assign(AGENT_SOCKET_LIMITS, { auditSummaryMs: 600_000 });
+      const late = "198.51.100.46";
+      for (let i = 0; i < 5; i++) {
+        const s = new RawClient(app.url, late);
+        await s.opened;
+        s.send(hello(m.id, noSuchKey()));
+        expect((await s.closed).code).toBe(CLOSE.UNKNOWN_KEY);
+      }
+      expect(await refusals(app, "ip = $1", [late])).toHaveLength(3);
+      await app.server.connections.flush(); // as server.stop() does, before the audit's own flush
+      await eventually(async () => (await refusals(app, "ip = $1", [late])).length === 4, 3_000, "the summary at shutdown");
+      expect((await refusals(app, "ip = $1", [late]))[3]).toMatchObject({ details: { summary: true, refusals: 2 } });
     });
   });
 }

@@ -34,6 +34,7 @@ export class AgentConnections {
   private readonly byConn = new Map<string, AgentSocket>();
   /** Keys used since the last flush, with when. */
   private touched = new Map<string, number>();
+  private readonly flushHooks: Array<() => void> = [];
   private sweeper: ReturnType<typeof setInterval> | null = null;
   private toucher: ReturnType<typeof setInterval> | null = null;
   private checking = false;
@@ -60,9 +61,15 @@ export class AgentConnections {
     for (const s of [...this.byConn.values()]) s.close(code, reason);
   }
 
-  /** Writes the pending `last_used_at` updates: at shutdown, before the store closes. */
+  /** Writes the pending `last_used_at` updates, and what `beforeFlush` hooks hold: at shutdown, before the store closes. */
   async flush(): Promise<void> {
+    for (const f of this.flushHooks) f();
     await this.flushTouched();
+  }
+
+  /** `f` runs at `flush()` (the agent socket's refusal summaries, queued for the audit's own flush after it). */
+  beforeFlush(f: () => void): void {
+    this.flushHooks.push(f);
   }
 
   add(socket: AgentSocket): void {

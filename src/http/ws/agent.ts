@@ -151,6 +151,8 @@ export const agentSocket = (deps: AppDeps) => {
   const { connections } = deps;
   const limits = AGENT_SOCKET_LIMITS;
   const refusals = new RefusalAudit(deps);
+  // At shutdown the counted refusals are written as their summaries, before the audit's last flush.
+  deps.connections.beforeFlush(() => refusals.flush());
   const send = (ws: AgentWs, message: ServerMessage) => ws.send(encode(message));
 
   /** The hellos of one tick are looked up in one query. */
@@ -226,7 +228,9 @@ export const agentSocket = (deps: AppDeps) => {
     if (at === "closing" || at === "closed" || at === "bound") return;
     settle(ws, CLOSING);
     const [code, text] = REFUSED[why];
-    await refusals.record(ws.data.ip, code, why, who, details);
+    // Closed once its row is written, or after REFUSAL_AUDIT_WAIT_MS if the database hangs: a
+    // refused socket holds nothing, but it must not stay open (the row is still written later).
+    await Promise.race([refusals.record(ws.data.ip, code, why, who, details), Bun.sleep(REFUSAL_AUDIT_WAIT_MS)]);
     ws.close(code, text);
   };
   /** A clock ran out: what it means depends on how far the handshake got. */
@@ -497,7 +501,9 @@ class RefusalAudit {
     if (machineId && s.machines.size < 20) s.machines.add(machineId);
   }
 
-  private flush(): void {
+  /** Writes the summaries of what was counted (every `auditSummaryMs`, and at shutdown). */
+  flush(): void {
+    if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     const batch = this.suppressed;
     const overflow = this.overflow;
@@ -522,6 +528,9 @@ class RefusalAudit {
     }
   }
 }
+/** The longest a refused socket stays open waiting for its audit row. */
+const REFUSAL_AUDIT_WAIT_MS = 2_000;
+
 /** Addresses tracked for the audit budget; past it, new ones share one. */
 const MAX_TRACKED = 10_000;
 
