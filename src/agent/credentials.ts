@@ -1,7 +1,7 @@
 import { hostname } from "node:os";
 import type { AgentConfig } from "./config.ts";
 import { enrollUntilDone, keyPrefix } from "./enroll.ts";
-import { createIdentity, deriveMachineUid, loadIdentity, type Identity } from "./identity.ts";
+import { createIdentity, deriveMachineUid, loadIdentity, sameMachine, type Identity } from "./identity.ts";
 import type { Logger } from "./log.ts";
 import { CorruptCredentials, FILES, StateDir, StateError, type Credentials } from "./state.ts";
 
@@ -10,8 +10,10 @@ import { CorruptCredentials, FILES, StateDir, StateError, type Credentials } fro
  * machine, else an enrollment. Cases, decided at each start:
  *   nothing stored                  → enroll (first run; needs --site-code and --enrollment-key)
  *   stored, machine_uid matches     → use them; never enroll again
- *   stored, machine_uid differs     → a cloned VM or disk: enroll as a new machine with a fresh
- *                                     key pair, or stop with EXIT.CLONED without an enrollment key
+ *   stored, a source reads          → a cloned VM or disk: enroll as a new machine with a fresh
+ *   differently (uid_parts)           key pair, or stop with EXIT.CLONED without an enrollment key
+ *   stored, machine_uid differs but → a source unreadable this time (product_uuid as non-root),
+ *   no source to tell by              or credentials of an older agent: use them, with a warning
  *   credentials.json unusable, or   → a power loss under an older agent, an edit: enroll again
  *   the private key missing/broken    as the same machine (the server reuses its row by
  *                                     machine_uid and revokes the old key), or stop with
@@ -68,7 +70,12 @@ export async function obtainCredentials(config: AgentConfig, log: Logger, signal
         return fatal(`${unusable}: the agent cannot connect without its credentials and private key. To recover, ${HOW_TO_ENROLL}: it enrolls again as this same machine (the server revokes its earlier key); or remove ${config.stateDir} and enroll it that way`);
       }
       log.warn({ event: "state.unusable", problem: unusable }, "the stored credentials cannot be used; enrolling again as this machine (the server revokes its earlier key)");
-    } else if (creds && identity && creds.machine_uid !== muid.uid) {
+    } else if (creds && identity && sameMachine(creds, muid) === "unverified") {
+      // Not proof of a clone: re-enrolling as a new machine would leave the real one a ghost.
+      log.warn({ event: "identity.unverified", stored_machine_uid: creds.machine_uid, machine_uid: muid.uid, sources: muid.sources, machine_id: creds.machine_id },
+        "this machine's identifiers read differently from when it enrolled, with none to compare (one unreadable now?); using the stored credentials");
+      return { kind: "ready", creds, identity };
+    } else if (creds && identity && sameMachine(creds, muid) === "cloned") {
       const fields = { event: "identity.cloned", stored_machine_uid: creds.machine_uid, machine_uid: muid.uid, sources: muid.sources, machine_id: creds.machine_id };
       if (!canEnroll) {
         log.error(fields, "this state dir was enrolled on another machine (a cloned VM or disk?)");
@@ -77,6 +84,8 @@ export async function obtainCredentials(config: AgentConfig, log: Logger, signal
       log.warn(fields, "this state dir was enrolled on another machine (a cloned VM or disk?); enrolling this one as a new machine with a fresh key pair");
       unusable = "cloned";
     } else if (creds && identity) {
+      // Credentials of an older agent gain the fingerprints while the uid still matches.
+      if (!creds.uid_parts && creds.machine_uid === muid.uid) state.saveCredentials((creds = { ...creds, uid_parts: muid.parts }));
       log.info({ event: "credentials.loaded", machine_id: creds.machine_id, key_prefix: keyPrefix(creds.key) }, "using the stored agent key; not enrolling");
       return { kind: "ready", creds, identity };
     }
@@ -108,7 +117,7 @@ export async function obtainCredentials(config: AgentConfig, log: Logger, signal
       shortRetryMs: config.enrollShortRetryMs,
     }, log, signal);
     if (!done) return { kind: "stopped" };
-    const fresh: Credentials = { machine_id: done.machineId, key: done.key, machine_uid: muid.uid, server: config.server, enrolled_at: new Date().toISOString() };
+    const fresh: Credentials = { machine_id: done.machineId, key: done.key, machine_uid: muid.uid, uid_parts: muid.parts, server: config.server, enrolled_at: new Date().toISOString() };
     state.saveCredentials(fresh);
     log.info({ event: "credentials.saved", machine_id: fresh.machine_id, key_prefix: keyPrefix(fresh.key) }, "agent key stored");
     return { kind: "ready", creds: fresh, identity };

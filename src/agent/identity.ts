@@ -78,6 +78,22 @@ export interface MachineUid {
   uid: string;
   /** Which sources went into it (names only; the values stay local). */
   sources: string[];
+  /**
+   * A fingerprint of each source (SHA-256, never the value), stored with the credentials: a clone
+   * is a source that reads differently, not one that could not be read this time (credentials.ts).
+   */
+  parts: Record<string, string>;
+}
+
+/** Whether stored credentials were enrolled on this machine, by the sources both sides could read. */
+export function sameMachine(stored: { machine_uid: string; uid_parts?: Record<string, string> | undefined }, now: MachineUid): "same" | "cloned" | "unverified" {
+  if (stored.machine_uid === now.uid) return "same";
+  const before = stored.uid_parts;
+  // Credentials of an agent before fingerprints: a different uid could be a source unreadable now.
+  if (!before) return "unverified";
+  const common = Object.keys(now.parts).filter((k) => k in before);
+  if (common.length === 0) return "unverified";
+  return common.some((k) => before[k] !== now.parts[k]) ? "cloned" : "same";
 }
 
 const readTrimmed = (path: string): string | null => {
@@ -125,5 +141,7 @@ export function deriveMachineUid(state: StateDir, sources: UidSources): MachineU
     names.push("random");
   }
   const hash = new Bun.CryptoHasher("sha256").update("tether:machine_uid:v1|" + parts.join("|")).digest("hex");
-  return { uid: `muid_${hash}`, sources: names };
+  const fingerprints: Record<string, string> = {};
+  for (const [i, name] of names.entries()) fingerprints[name] = new Bun.CryptoHasher("sha256").update("tether:machine_uid_part:v1|" + parts[i]).digest("hex");
+  return { uid: `muid_${hash}`, sources: names, parts: fingerprints };
 }

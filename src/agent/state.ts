@@ -7,7 +7,7 @@ import { z } from "zod";
  *   private_key.pem   Ed25519 private key, PKCS8 PEM
  *   public_key        the raw 32-byte public key, base64 (what was registered at enrollment)
  *   machine_uid_seed  a random UUID, only when the machine offers no stable identifier
- *   credentials.json  { machine_id, key: "cak_…", machine_uid, server, enrolled_at }
+ *   credentials.json  { machine_id, key: "cak_…", machine_uid, uid_parts, server, enrolled_at }
  * Files are written to a temporary name, flushed to disk, renamed, and the directory flushed, so
  * neither a crash nor a power loss leaves half a key or an empty file in its place.
  */
@@ -22,6 +22,8 @@ export const Credentials = z.object({
   machine_id: z.uuid(),
   key: z.string().startsWith("cak_"),
   machine_uid: z.string(),
+  /** Each machine_uid source's fingerprint (identity.ts); absent in credentials of older agents. */
+  uid_parts: z.record(z.string(), z.string()).optional(),
   server: z.string(),
   enrolled_at: z.string(),
 });

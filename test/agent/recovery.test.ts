@@ -85,6 +85,34 @@ describe("a cloned state dir", () => {
     for (const a of [c, o, again]) expectNoSecrets(a.lines, [original.creds.key, creds.key, site.key]);
   }, 60_000);
 
+  test("a source unreadable at a later start (product_uuid as non-root) is not a clone; nor is an older agent's uid that differs", async () => {
+    const m = freshMachine();
+    const productUuid = join(m.dir, "product_uuid");
+    writeFileSync(productUuid, "4C4C4544-0042-3510-8051-B7C04F4E3232\n");
+    const env = { TETHER_AGENT_MACHINE_ID_FILE: m.machineIdFile, TETHER_AGENT_PRODUCT_UUID_FILE: productUuid };
+    const a = spawnAgent(managedArgs(app.url, site, m.stateDir, FAST), env);
+    const first = await a.waitFor((e) => e.event === "connect.online", 15_000, "online");
+    expect(await a.stop()).toBe(0);
+    const creds = new StateDir(m.stateDir).credentials()!;
+    expect(Object.keys(creds.uid_parts ?? {}).sort()).toEqual(["machine-id", "product_uuid"]);
+
+    // The same machine, product_uuid unreadable this time: its uid differs, its machine-id does not.
+    const b = spawnAgent(managedArgs(app.url, site, m.stateDir, FAST), { ...env, TETHER_AGENT_PRODUCT_UUID_FILE: "/nonexistent" });
+    expect((await b.waitFor((e) => e.event === "connect.online", 15_000, "online")).machine_id).toBe(first.machine_id);
+    expect(b.logs.some((e) => e.event === "identity.cloned" || String(e.event).startsWith("enroll."))).toBe(false);
+    expect(await b.stop()).toBe(0);
+
+    // Credentials written by an older agent (no fingerprints) whose uid differs now: used, with a warning.
+    const state = new StateDir(m.stateDir);
+    const { uid_parts: _, ...old } = state.credentials()!;
+    state.saveCredentials({ ...old, machine_uid: "muid_" + "0".repeat(64) });
+    const c = spawnAgent(managedArgs(app.url, site, m.stateDir, FAST), env);
+    expect((await c.waitFor((e) => e.event === "connect.online", 15_000, "online")).machine_id).toBe(first.machine_id);
+    expect(c.logs.find((e) => e.event === "identity.unverified")?.level).toBe(40);
+    expect(c.logs.some((e) => String(e.event).startsWith("enroll."))).toBe(false);
+    expect(await c.stop()).toBe(0);
+  }, 60_000);
+
   test("without an enrollment key: a clear message and exit code 6; the state dir is left as it was", async () => {
     const original = await enrolled();
     const copy = cloneOf(original);
