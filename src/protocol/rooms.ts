@@ -10,6 +10,11 @@ import { Uuid } from "./accounts.ts";
 /** A body's UTF-8 bytes; an encrypted body is base64url of iv + ciphertext + tag, a third longer. */
 export const MAX_BODY_BYTES = 16 * 1024;
 export const MAX_CIPHERTEXT_CHARS = Math.ceil(((MAX_BODY_BYTES + 12 + 16) * 4) / 3);
+/**
+ * A whole `POST /api/rooms/:id/messages` request: the largest body JSON-escaped (a control
+ * character takes 6 bytes) plus the other fields. Larger: 413 before it is parsed.
+ */
+export const MAX_POST_REQUEST_BYTES = 128 * 1024;
 export const MAX_MEMBERS = 1000;
 /** A signed message's timestamp may differ from the server's clock by this much. */
 export const SIGNED_TS_SKEW_MS = 5 * 60_000;
@@ -112,10 +117,13 @@ export const ROOM_CLOSE = {
   NOT_A_MEMBER: 4301,
   ROOM_GONE: 4302,
   SERVER_STOPPING: 4303,
+  /** The subscriber's credential was revoked (logout, token revoked, password reset) or its user disabled. */
+  ACCESS_REVOKED: 4304,
 } as const;
 export const ROOM_CLOSE_REASON: Record<number, string> = {
   4300: "slow_consumer",
   4301: "not_a_member",
   4302: "room_gone",
   4303: "server_stopping",
+  4304: "access_revoked",
 };

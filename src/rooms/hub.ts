@@ -11,11 +11,22 @@ import { messagesAfter } from "./rooms.ts";
  */
 export interface Subscriber {
   readonly member: string;
+  /**
+   * The login credential that opened the stream (a login session or an API token), checked only
+   * at connect: revoking it, or disabling its user, ends the stream (`closeCredential`, `closeUser`).
+   */
+  readonly credential?: SubscriberCredential;
   send(frame: EncodedFrame): void;
   backlog(): number;
   close(code: number, reason: string): void;
   /** A WebSocket on Bun's server: once live, it may take the room's frames from a topic instead. */
   readonly topics?: TopicTransport;
+}
+
+export interface SubscriberCredential {
+  readonly id: string;
+  readonly kind: "session" | "api_token";
+  readonly userId: string;
 }
 
 /**
@@ -252,6 +263,35 @@ export class RoomHub {
     for (const [roomId, room] of this.rooms) {
       for (const sub of [...room.live, ...room.catchingUp.keys()]) this.remove(roomId, room, sub, ROOM_CLOSE.SERVER_STOPPING, "server_stopping");
     }
+  }
+
+  /**
+   * A user's access was taken away: every stream of theirs, in every room, ends with
+   * `access_revoked` (4304). `kind` limits it to streams opened with that kind of credential
+   * (a password reset revokes login sessions, not API tokens); `except` keeps the streams of one
+   * credential (the caller's own session when they end their other ones). Streams are matched by
+   * the user of the credential that opened them. Resolves with how many were closed.
+   */
+  closeUser(userId: string, opts: { kind?: SubscriberCredential["kind"]; except?: string } = {}): number {
+    return this.closeWhere((c) => c.userId === userId && (opts.kind === undefined || c.kind === opts.kind) && c.id !== opts.except);
+  }
+
+  /** One login session or API token was revoked: the streams it opened end with `access_revoked`. */
+  closeCredential(credentialId: string): number {
+    return this.closeWhere((c) => c.id === credentialId);
+  }
+
+  private closeWhere(match: (c: SubscriberCredential) => boolean): number {
+    let n = 0;
+    for (const [roomId, room] of [...this.rooms]) {
+      for (const sub of [...room.live, ...room.catchingUp.keys()]) {
+        if (!sub.credential || !match(sub.credential)) continue;
+        this.remove(roomId, room, sub, ROOM_CLOSE.ACCESS_REVOKED, "access_revoked");
+        n++;
+      }
+    }
+    if (n > 0) this.log.info({ closed: n }, "room streams ended: their credential was revoked or their user disabled");
+    return n;
   }
 
   /** A frame to every live subscriber: once to the topic, then to each direct one. */

@@ -1,7 +1,7 @@
 import { decodeTime, monotonicFactory } from "ulid";
 import type { RoomMessage } from "../protocol/rooms.ts";
 import type { Queryable, Store } from "../store/store.ts";
-import { insertMessages, lastMessageId, messageByClientId } from "./rooms.ts";
+import { messageByClientId } from "./rooms.ts";
 
 /** A message before it has an id. */
 export type Draft = Omit<RoomMessage, "id">;
@@ -9,6 +9,16 @@ export interface Appended {
   message: RoomMessage;
   /** The same (sender, client_id) was already stored: this is that message, nothing new was written. */
   duplicate: boolean;
+}
+
+/**
+ * A post refused at commit: its sender was no longer a member, or (encrypted rooms) the room had
+ * moved to another key epoch, by the time its row was written. Only that post fails.
+ */
+export class Refused extends Error {
+  constructor(readonly code: "NOT_A_MEMBER" | "WRONG_EPOCH", roomId: string) {
+    super(code === "NOT_A_MEMBER" ? `room ${roomId}: the sender is no longer a member` : `room ${roomId}: the room has moved to another key epoch`);
+  }
 }
 
 interface Pending {
@@ -128,12 +138,12 @@ export class MessageLog {
     }
     const rows: RoomMessage[] = batch.map((p) => ({ id: this.idAfter(p.roomId), ...p.draft }));
     const fence = this.fence;
-    const written = fence
+    const outcome = fence
       ? await this.db.transaction(async (tx) => {
         await fence(tx);
-        return insertMessages(tx, rows);
+        return insertIfAllowed(tx, rows);
       })
-      : await insertMessages(this.db, rows);
+      : await insertIfAllowed(this.db, rows);
     this.stats.batches++;
     this.stats.messages += rows.length;
     // Committed: from here nothing may throw (the caller would write the batch again). Written
@@ -142,9 +152,14 @@ export class MessageLog {
     for (let i = 0; i < rows.length; i++) {
       const row = rows[i]!;
       const p = batch[i]!;
-      if (written.has(row.id)) {
+      const o = outcome.get(row.id);
+      if (o === "written") {
         this.publish(p.roomId, row, true);
         p.resolve({ message: row, duplicate: false });
+        continue;
+      }
+      if (o === "NOT_A_MEMBER" || o === "WRONG_EPOCH") {
+        p.reject(new Refused(o, row.room_id));
         continue;
       }
       try {
@@ -172,3 +187,38 @@ export class MessageLog {
     return id;
   }
 }
+
+/**
+ * Inserts the rows whose sender is still in room_members and, for an encrypted room's message,
+ * whose epoch is still the room's: one statement for the whole batch, each row with its own
+ * condition. A refused row is skipped and named; the others commit.
+ *
+ * Why this closes the removal race (a post checked against the actor's context, then a removal,
+ * then the post's insert): the removal's projection (room_members without the member, the
+ * rooms row at the next epoch) is committed before the removal is answered (Rooms.ask waits for
+ * it), and then the removal waits for the insert in flight (`settled()`). An insert whose
+ * statement began after that commit sees it and refuses the row. One that began before it runs
+ * on a snapshot from before the removal: it is ordered before the removal (it read nothing the
+ * removal wrote, the removal reads no message), and the removal is answered only after it has
+ * committed and been published. PGlite runs one statement at a time, PostgreSQL reads committed
+ * rows per statement: the same on both, without a lock or a round trip per message.
+ */
+async function insertIfAllowed(db: Queryable, rows: RoomMessage[]): Promise<Map<string, "written" | "NOT_A_MEMBER" | "WRONG_EPOCH" | "skipped">> {
+  const result = await db.query<{ id: string; member: boolean; epoch_ok: boolean; written: boolean }>(
+    `with m as (
+       select m.*,
+              exists (select 1 from room_members rm where rm.room_id = m.room_id and rm.member = m.sender) as member,
+              (m.epoch is null or exists (select 1 from rooms r where r.id = m.room_id and r.epoch = m.epoch)) as epoch_ok
+         from jsonb_to_recordset($1::text::jsonb) as m(id text, room_id uuid, sender text, sender_name text, client_id text, body text, epoch integer, ts bigint, signature text, sign_key text)
+     ), written as (
+       insert into room_messages (${MESSAGE_COLUMNS})
+       select id, room_id, sender, sender_name, client_id, body, epoch, ts, signature, sign_key from m where member and epoch_ok
+       on conflict do nothing
+       returning id
+     )
+     select m.id, m.member, m.epoch_ok, w.id is not null as written from m left join written w on w.id = m.id`,
+    [JSON.stringify(rows)]);
+  return new Map(result.map((r) => [r.id, r.written ? "written" : !r.member ? "NOT_A_MEMBER" : !r.epoch_ok ? "WRONG_EPOCH" : "skipped"]));
+}
+
+const MESSAGE_COLUMNS = "id, room_id, sender, sender_name, client_id, body, epoch, ts, signature, sign_key";

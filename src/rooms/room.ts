@@ -121,7 +121,9 @@ export const roomLogic = setup({
             const ev = e as Ev<"member.remove">;
             const gone = c.members[ev.member];
             if (!gone) return void enqueue.emit(() => fail("NOT_A_MEMBER") as never);
-            if (gone.role === "owner" && ownerCount(c.members) === 1 && Object.keys(c.members).length > 1)
+            // A removal by the system (`by: null`: an end user losing a machine's grant) is not a
+            // leave: it may take a room's last owner, leaving the room with none.
+            if (ev.by !== null && gone.role === "owner" && ownerCount(c.members) === 1 && Object.keys(c.members).length > 1)
               return void enqueue.emit(() => fail("LAST_OWNER") as never);
             const members = Object.fromEntries(Object.entries(c.members).filter(([k]) => k !== ev.member));
             // An encrypted room moves to a new epoch: the removed member never gets its key.

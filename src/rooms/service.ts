@@ -4,7 +4,7 @@ import { isCiphertext, verifyMessage } from "../protocol/room-crypto.ts";
 import { MAX_BODY_BYTES, ROOM_CLOSE, SIGNED_TS_SKEW_MS, type PostMessageRequest, type RoomMessage } from "../protocol/rooms.ts";
 import type { Queryable } from "../store/store.ts";
 import type { RoomHub, Subscriber } from "./hub.ts";
-import type { Appended, MessageLog } from "./message-log.ts";
+import { Refused, type Appended, type MessageLog } from "./message-log.ts";
 import type { NewMember, RoomContext } from "./room.ts";
 import { lastMessages, userKeys } from "./rooms.ts";
 
@@ -72,6 +72,9 @@ export class Rooms {
   async ask(id: string, event: Record<string, unknown> & { type: string }): Promise<{ ok: boolean; code?: string; epoch?: number; existed?: boolean }> {
     const { reply } = await this.system.ask<{ ok: boolean; code?: string; epoch?: number; existed?: boolean }>(`room/${id}`, event);
     await this.writes.settled(id);
+    // A removal is answered only once the member's posts still in flight are committed (they
+    // were checked before it) or refused at their insert (message-log.ts, insertIfAllowed).
+    if (event.type === "member.remove" && reply?.ok) await this.log.settled();
     return reply ?? { ok: false, code: "ROOM_NOT_FOUND" };
   }
 
@@ -99,11 +102,31 @@ export class Rooms {
       if (!(await verifyMessage(signKey, fields, req.signature))) throw new RoomError(400, "BAD_SIGNATURE", "the signature does not verify with the sender's registered key");
       ts = req.ts;
       signature = req.signature;
+      if (!room.policy.persist) {
+        // Nothing checks a room without history at commit: look again after the awaits above.
+        const now = await this.context(room.tenantId ?? "", room.id);
+        if (!now?.members[from.member]) throw new RoomError(403, "NOT_A_MEMBER", "only the room's members read or post in it");
+        if (room.policy.encrypt && now.epoch !== epoch) throw new RoomError(409, "WRONG_EPOCH", `the room's key epoch is ${now.epoch}`);
+      }
     }
-    return this.log.append(room.id, {
-      room_id: room.id, sender: from.member, sender_name: from.name, client_id: req.client_id ?? null,
-      body: req.body, epoch, ts, signature, sign_key: signKey,
-    }, room.policy.persist);
+    // The insert checks membership and epoch against the rooms rows (message-log.ts): let the
+    // rows catch up with the actor this post was checked against (a member just added, its row
+    // still being written). Nothing pending: no wait.
+    if (room.policy.persist) await this.writes.settled(room.id);
+    try {
+      return await this.log.append(room.id, {
+        room_id: room.id, sender: from.member, sender_name: from.name, client_id: req.client_id ?? null,
+        body: req.body, epoch, ts, signature, sign_key: signKey,
+      }, room.policy.persist);
+    } catch (err) {
+      // Checked above against the room as it was; a removal or a new epoch got in before the insert.
+      if (err instanceof Refused) {
+        throw err.code === "NOT_A_MEMBER"
+          ? new RoomError(403, "NOT_A_MEMBER", "only the room's members read or post in it (removed while this message was being written)")
+          : new RoomError(409, "WRONG_EPOCH", "the room moved to a new key epoch while this message was being written");
+      }
+      throw err;
+    }
   }
 
   /** A session's room (same id as the session), with its technician as owner. Idempotent. */
@@ -127,7 +150,8 @@ export class Rooms {
       if (!s) return null;
       await this.openSessionRoom({
         sessionId, tenantId, name: `Session (${s.kind})`,
-        owner: { member: s.created_by ?? personOf(sessionId), user_id: s.created_by, name: s.technician, role: "owner" },
+        // As sessionEffects opens it: an end user's own session room has no owner (see effects.ts).
+        owner: { member: s.created_by ?? personOf(sessionId), user_id: s.created_by, name: s.technician, role: s.kind === "end_user" ? "member" : "owner" },
         members: s.kind === "attended" ? [{ member: personOf(sessionId), user_id: null, name: "the person at the machine", role: "member" }] : [],
       });
       room = await this.context(tenantId, sessionId);

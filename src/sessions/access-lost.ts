@@ -1,6 +1,7 @@
 import type { ActorSystem } from "../actors/system.ts";
 import type { Serial } from "../actors/serial.ts";
 import type { Logger } from "../log.ts";
+import type { Rooms } from "../rooms/service.ts";
 import type { Queryable } from "../store/store.ts";
 
 /**
@@ -37,4 +38,27 @@ export async function endSessionsOnLostAccess(deps: AccessLostDeps, tenantId: st
     }
   }));
   return rows.length;
+}
+
+/**
+ * An end user who loses a machine (its grant taken back) also leaves the rooms of that machine's
+ * sessions: they are removed as any member is (`member.remove`, by the system), so their streams
+ * end with `not_a_member`, an encrypted room moves to a new key epoch, and reads answer 403
+ * from then on. Without this they would keep reading the chat of sessions they may no longer
+ * join. Resolves with how many rooms they left.
+ */
+export async function leaveSessionRoomsOnLostGrant(deps: { store: Queryable; rooms: Rooms; log: Logger }, tenantId: string, endUser: string, machineId: string): Promise<number> {
+  const rows = await deps.store.query<{ id: string }>(
+    `select s.id from sessions s join room_members m on m.room_id = s.id and m.member = $3
+      where s.tenant_id = $1 and s.machine_id = $2::uuid`, [tenantId, machineId, endUser]);
+  let left = 0;
+  for (const { id } of rows) {
+    try {
+      const reply = await deps.rooms.ask(id, { type: "member.remove", member: endUser, by: null });
+      if (reply.ok) left++;
+    } catch (err) {
+      deps.log.warn({ room_id: id, err: (err as Error).message }, "could not remove an end user who lost a machine from its session room");
+    }
+  }
+  return left;
 }

@@ -14,12 +14,15 @@ import type { Queryable } from "../store/store.ts";
  */
 export function sessionEffects(db: Queryable, relay: Relay, log: Logger, writes: Serial, rooms?: Rooms) {
   // Each session has a room (R1): opened with the session, joined by every technician who watches.
+  // Its creator owns it, except in an end user's own session: the end user is a member, and
+  // nobody owns the room (no one adds or removes members by hand; the session and the end
+  // user's grant decide who is in it), so an end user never manages who reads the chat.
   const roomFor = (p: { session_id: string; tenant_id: string; event: string; actor: string | null; details: Record<string, unknown> }) => {
     if (!rooms) return;
     const work = p.event === "session.created"
       ? rooms.openSessionRoom({
         sessionId: p.session_id, tenantId: p.tenant_id, name: `Session (${String(p.details.kind)})`,
-        owner: { member: p.actor ?? personOf(p.session_id), user_id: p.actor, name: String(p.details.technician ?? "technician"), role: "owner" },
+        owner: { member: p.actor ?? personOf(p.session_id), user_id: p.actor, name: String(p.details.technician ?? "technician"), role: sessionCreatorRole(String(p.details.kind)) },
         members: p.details.kind === "attended" ? [{ member: personOf(p.session_id), user_id: null, name: "the person at the machine", role: "member" }] : [],
       })
       // A view-only viewer reads the chat on its socket; posting to the room is acting.
@@ -74,3 +77,6 @@ export function sessionEffects(db: Queryable, relay: Relay, log: Logger, writes:
     },
   };
 }
+
+/** The role of a session's creator in its room: owner, but a member in an end user's own session. */
+export const sessionCreatorRole = (kind: string): "owner" | "member" => (kind === "end_user" ? "member" : "owner");

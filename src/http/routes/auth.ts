@@ -62,6 +62,7 @@ export const authRoutes = (deps: AppDeps) =>
       const me = await authorize(ctx, undefined, { allowRestricted: true, sessionOnly: true });
       await logout(deps.store, me.credentialId);
       deps.verifier.forgetCredential(me.credentialId);
+      deps.rooms.hub.closeCredential(me.credentialId);
       const { ip, correlationId } = ctx;
       await audit(deps.store, { tenantId: me.tenantId, type: "auth.logout", actor: actorOf(me), target: { type: "user", id: me.userId }, ip, correlationId, details: { session_id: me.credentialId } });
       ctx.set.headers["set-cookie"] = `${SESSION_COOKIE}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0`;
@@ -112,6 +113,7 @@ export const authRoutes = (deps: AppDeps) =>
       await setPassword(deps.store, me.tenantId, me.userId, ctx.body.new_password);
       await revokeSessions(deps.store, me.userId, me.credentialId);
       deps.verifier.forgetUser(me.userId);
+      deps.rooms.hub.closeUser(me.userId, { kind: "session", except: me.credentialId });
       const { ip, correlationId } = ctx;
       await audit(deps.store, { tenantId: me.tenantId, type: "user.password_changed", actor: actorOf(me), target: { type: "user", id: me.userId }, ip, correlationId });
       ctx.set.status = 204;

@@ -8,7 +8,7 @@ import { CreateGrantRequest, Grant } from "../../protocol/machines.ts";
 import { actorOf, authorize, requestContext } from "../context.ts";
 import type { AppDeps } from "../deps.ts";
 import { HttpError } from "../errors.ts";
-import { endSessionsOnLostAccess } from "../../sessions/access-lost.ts";
+import { endSessionsOnLostAccess, leaveSessionRoomsOnLostGrant } from "../../sessions/access-lost.ts";
 
 const tags = ["grants"];
 const IdParams = z.object({ id: Uuid });
@@ -45,5 +45,6 @@ export const grantRoutes = (deps: AppDeps) =>
       if (!(await revokeGrant(deps.store, me.tenantId, id, machine_id))) throw new HttpError(404, "GRANT_NOT_FOUND", "no such grant");
       await audit(deps.store, { tenantId: me.tenantId, type: "grant.revoked", actor: actorOf(me), target: { type: "user", id }, ip: ctx.ip, correlationId: ctx.correlationId, details: { machine_id } });
       await endSessionsOnLostAccess(deps, me.tenantId, { endUser: id, machineId: machine_id });
+      await leaveSessionRoomsOnLostGrant(deps, me.tenantId, id, machine_id);
       ctx.set.status = 204;
     }, { params: GrantParams, detail: { tags, summary: "Take a machine back from an end user" } });

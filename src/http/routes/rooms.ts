@@ -5,7 +5,7 @@ import type { Principal } from "../../auth/principal.ts";
 import { Uuid } from "../../protocol/accounts.ts";
 import { isPublicKey, isSealedKey } from "../../protocol/room-crypto.ts";
 import {
-  AddMemberRequest, CreateRoomRequest, MessageId, MessagesQuery, PostMessageRequest, Room, RoomMessage, RoomWithMembers,
+  AddMemberRequest, CreateRoomRequest, MAX_BODY_BYTES, MAX_CIPHERTEXT_CHARS, MAX_POST_REQUEST_BYTES, MessageId, MessagesQuery, PostMessageRequest, Room, RoomMessage, RoomWithMembers,
   SealedKey, SetKeysRequest, UserKeys, UserKeysRequest,
 } from "../../protocol/rooms.ts";
 import { RoomError } from "../../rooms/service.ts";
@@ -13,7 +13,7 @@ import { getRoom, listRooms, messageExists, messagesAfter, publicRoom, roomMembe
 import { actorOf, authorize, requestContext } from "../context.ts";
 import type { AppDeps } from "../deps.ts";
 import { HttpError } from "../errors.ts";
-import { roomStream } from "./room-stream.ts";
+import { roomStream, streamAuth } from "./room-stream.ts";
 
 const tags = ["rooms"];
 const IdParams = z.object({ id: Uuid });
@@ -32,6 +32,12 @@ const REPLY_STATUS: Record<string, number> = {
   ROOM_NOT_FOUND: 404, NOT_A_MEMBER: 404, ROOM_FULL: 409, SEALED_KEY_REQUIRED: 400, LAST_OWNER: 409,
   ROOM_NOT_ENCRYPTED: 409, WRONG_EPOCH: 409, EPOCH_ALREADY_KEYED: 409, KEYS_MUST_COVER_MEMBERS: 400,
 };
+/**
+ * End users take part in their sessions' rooms and nothing more: who is in those rooms follows
+ * from the session and the end user's grant (a room created before this rule may still list the
+ * end user as an owner), so they neither add nor remove members, themselves included.
+ */
+const endUserRefused = () => new HttpError(403, "FORBIDDEN", "end users do not add or remove room members");
 const refused = (code = "ROOM_NOT_FOUND") => new HttpError(REPLY_STATUS[code] ?? 409, code, code.toLowerCase().replaceAll("_", " "));
 
 /**
@@ -81,6 +87,7 @@ export const roomRoutes = (deps: AppDeps) => {
 
     .post("/api/rooms/:id/members", async (ctx) => {
       const me = await authorize(ctx, "rooms:write");
+      if (me.role === "end_user") throw endUserRefused();
       const room = await guard(rooms.forMember(me.tenantId, ctx.params.id, me.userId));
       if (room.members[me.userId]?.role !== "owner") throw new HttpError(403, "NOT_AN_OWNER", "only a room's owners add members");
       const [user] = await deps.store.query<{ id: string; username: string }>("select id, username from users where id = $1 and tenant_id = $2 and disabled_at is null", [ctx.body.user_id, me.tenantId]);
@@ -98,6 +105,7 @@ export const roomRoutes = (deps: AppDeps) => {
 
     .delete("/api/rooms/:id/members/:member", async (ctx) => {
       const me = await authorize(ctx, "rooms:write");
+      if (me.role === "end_user") throw endUserRefused();
       const room = await guard(rooms.forMember(me.tenantId, ctx.params.id, me.userId));
       if (ctx.params.member !== me.userId && room.members[me.userId]?.role !== "owner") throw new HttpError(403, "NOT_AN_OWNER", "only a room's owners remove others; anyone may leave");
       const reply = await rooms.ask(room.id, { type: "member.remove", member: ctx.params.member, by: me.userId });
@@ -143,7 +151,7 @@ export const roomRoutes = (deps: AppDeps) => {
         }
         throw err instanceof RoomError ? new HttpError(err.status, err.code, err.message) : err;
       }
-    }, { params: IdParams, body: PostMessageRequest, response: { 200: RoomMessage, 201: RoomMessage }, detail: { tags, summary: "Post a message (201; 200 with the stored one when client_id was seen before)" } })
+    }, { params: IdParams, body: PostMessageRequest, parse: ({ request }) => parseMessageRequest(request), transform: ({ body }) => refuseTooLarge(body), response: { 200: RoomMessage, 201: RoomMessage }, detail: { tags, summary: "Post a message (201; 200 with the stored one when client_id was seen before)" } })
 
     .get("/api/rooms/:id/messages", async (ctx) => {
       const me = await authorize(ctx, "rooms:read");
@@ -156,7 +164,7 @@ export const roomRoutes = (deps: AppDeps) => {
       const me = await authorize(ctx, "rooms:read");
       const room = await guard(rooms.forMember(me.tenantId, ctx.params.id, me.userId));
       const after = await resumePoint(deps, room.id, room.policy.persist, ctx.query.after ?? ctx.request.headers.get("last-event-id"));
-      return roomStream(deps, room, me.userId, after);
+      return roomStream(deps, room, me.userId, after, streamAuth(me, ctx.credential?.secret));
     }, {
       params: IdParams,
       query: z.object({ after: z.string().max(64).optional() }),
@@ -179,6 +187,40 @@ export const roomRoutes = (deps: AppDeps) => {
       return { user_id: user.id, ...(await userKeys(deps.store, user.id)) };
     }, { params: IdParams, response: { 200: UserKeys }, detail: { tags, summary: "A user's public keys, to seal a room key to them or verify their signatures" } });
 };
+
+const tooLarge = () => new HttpError(413, "BODY_TOO_LARGE", `a message body is at most ${MAX_BODY_BYTES} bytes (encrypted: ${MAX_CIPHERTEXT_CHARS} characters of ciphertext)`);
+
+/** What parseMessageRequest hands on for an oversized request (an error thrown in `parse` would become a 400 PARSE). */
+const TOO_LARGE = Symbol("too large");
+
+/**
+ * A message post's JSON, read up to MAX_POST_REQUEST_BYTES: a larger request is refused as it
+ * streams in, not buffered whole.
+ */
+async function parseMessageRequest(request: Request): Promise<unknown> {
+  if (Number(request.headers.get("content-length") ?? 0) > MAX_POST_REQUEST_BYTES) return { [TOO_LARGE]: true };
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = request.body?.getReader();
+  for (;;) {
+    const chunk = reader ? await reader.read() : { done: true as const, value: undefined };
+    if (chunk.done) break;
+    size += chunk.value.byteLength;
+    if (size > MAX_POST_REQUEST_BYTES) {
+      await reader!.cancel().catch(() => {});
+      return { [TOO_LARGE]: true };
+    }
+    chunks.push(chunk.value);
+  }
+  return JSON.parse(Buffer.concat(chunks).toString("utf8")); // a syntax error: 400 BAD_REQUEST (PARSE)
+}
+
+/** Before validation: an oversized request, or an over-long `body`, is 413 like any other oversized body (not 400). */
+function refuseTooLarge(parsed: unknown): void {
+  if (parsed === null || typeof parsed !== "object") return;
+  const body = (parsed as { body?: unknown; [TOO_LARGE]?: true });
+  if (body[TOO_LARGE] || (typeof body.body === "string" && body.body.length > MAX_CIPHERTEXT_CHARS)) throw tooLarge();
+}
 
 /**
  * Where a stream resumes: after a message of this room. Not a ULID: 400. A ULID that is not a

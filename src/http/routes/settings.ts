@@ -30,6 +30,8 @@ export const settingsRoutes = (deps: AppDeps) =>
       const added = roles.filter((r) => !before.require_totp_roles.includes(r));
       const restrictedUsers = await restrictSessionsLackingTotp(deps.store, me.tenantId, added);
       for (const userId of restrictedUsers) deps.verifier.forgetUser(userId);
+      // A restricted session may only enroll a second factor: its room streams end too.
+      for (const userId of restrictedUsers) deps.rooms.hub.closeUser(userId, { kind: "session" });
       await audit(deps.store, {
         tenantId: me.tenantId, type: "settings.updated", actor: actorOf(me), target: { type: "tenant", id: me.tenantId }, ip: ctx.ip, correlationId: ctx.correlationId,
         details: { require_totp_roles: { from: before.require_totp_roles, to: after.require_totp_roles }, users_restricted: restrictedUsers.length },

@@ -25,6 +25,7 @@ export const tokenRoutes = (deps: AppDeps) => {
     const result = await revokeApiToken(deps.store, me.tenantId, userId, tokenId);
     if (!result) throw new HttpError(404, "TOKEN_NOT_FOUND", "no such token");
     deps.verifier.forgetCredential(tokenId);
+    deps.rooms.hub.closeCredential(tokenId);
     if (result.revoked) {
       await audit(deps.store, {
         tenantId: me.tenantId, type: "token.revoked", actor: actorOf(me), target: { type: "api_token", id: tokenId }, ip: ctx.ip, correlationId: ctx.correlationId,

@@ -58,6 +58,8 @@ export const userRoutes = (deps: AppDeps) =>
         if (require_totp_roles.includes(body.role)) await restrictUserSessionsLackingTotp(deps.store, me.tenantId, user.id);
       }
       deps.verifier.forgetUser(user.id);
+      // Room streams check their credential only at connect: a disabled user's end now, in every room.
+      if (body.disabled === true) deps.rooms.hub.closeUser(user.id);
       if (before.role === "end_user" && (body.disabled === true || (body.role && body.role !== "end_user"))) {
         await endSessionsOnLostAccess(deps, me.tenantId, { endUser: user.id });
       }
@@ -77,6 +79,7 @@ export const userRoutes = (deps: AppDeps) =>
       await setPassword(deps.store, me.tenantId, user.id, ctx.body.password);
       const ended = await revokeSessions(deps.store, user.id);
       deps.verifier.forgetUser(user.id);
+      deps.rooms.hub.closeUser(user.id, { kind: "session" });
       await audit(deps.store, { tenantId: me.tenantId, type: "user.password_reset", actor: actorOf(me), target: { type: "user", id: user.id }, ip: ctx.ip, correlationId: ctx.correlationId, details: { sessions_ended: ended } });
       ctx.set.status = 204;
     }, { params: IdParams, body: ResetPasswordRequest, detail: { tags, summary: "Reset a user's password (ends their sessions)" } });

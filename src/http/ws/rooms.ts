@@ -9,12 +9,14 @@ import { authorize, type RequestContext } from "../context.ts";
 import type { AppDeps } from "../deps.ts";
 import { HttpError } from "../errors.ts";
 import { resumePoint } from "../routes/rooms.ts";
+import { recheckCredential, streamAuth, type StreamAuth } from "../routes/room-stream.ts";
 import { bufferedAmount } from "./buffered.ts";
 
 interface Admitted {
   room: RoomContext;
   member: string;
   after: string | null;
+  auth?: StreamAuth;
 }
 
 /**
@@ -22,7 +24,8 @@ interface Admitted {
  * JSON text frames (`message`, `live`, `epoch`; src/protocol/rooms.ts). The login cookie or a
  * bearer token authenticates the upgrade; with the cookie, the Origin must be this server's
  * (a page elsewhere cannot ride a user's cookie). Subscribers send nothing but pings; any
- * other frame closes the socket. Closed with 4300 when too far behind, 4301 when removed.
+ * other frame closes the socket. Closed with 4300 when too far behind, 4301 when removed, 4304
+ * when the credential that opened it is revoked or its user disabled.
  */
 export const roomSocket = (deps: AppDeps) => {
   const admitted = new WeakMap<Request, Admitted>();
@@ -38,7 +41,7 @@ export const roomSocket = (deps: AppDeps) => {
       try {
         const room = await deps.rooms.forMember(me.tenantId, id.data, me.userId);
         const after = await resumePoint(deps, room.id, room.policy.persist, c.query.after ?? c.request.headers.get("last-event-id"));
-        admitted.set(c.request, { room, member: me.userId, after });
+        admitted.set(c.request, { room, member: me.userId, after, auth: streamAuth(me, c.credential?.secret) });
       } catch (err) {
         if (err instanceof RoomError) throw new HttpError(err.status, err.code, err.message);
         throw err;
@@ -53,6 +56,7 @@ export const roomSocket = (deps: AppDeps) => {
       const server = (ws.data as { server?: { publish?(topic: string, data: string): unknown } | null }).server;
       const sub: Subscriber = {
         member: a.member,
+        credential: a.auth?.credential,
         send: (frame) => void raw.send(frame.json),
         backlog: () => bufferedAmount(raw),
         close: (code, reason) => raw.close(code, reason),
@@ -66,6 +70,7 @@ export const roomSocket = (deps: AppDeps) => {
         deps.log.warn({ room_id: a.room.id, err: err.message }, "room socket failed while reading history");
         raw.close(1011, "internal_error");
       });
+      if (a.auth) recheckCredential(deps, a.room.id, sub, a.auth.secret);
     },
     message(ws, message) {
       // Nothing to say but keep-alives: posting is POST /api/rooms/:id/messages.
