@@ -118,16 +118,37 @@ export async function lastMessageId(db: Queryable, roomId: string): Promise<stri
   return row?.id ?? null;
 }
 
-/** Inserts in one statement; rows whose (sender, client_id) is already stored are skipped. Returns the ids written. */
-export async function insertMessages(db: Queryable, rows: RoomMessage[]): Promise<Set<string>> {
-  const written = await db.query<{ id: string }>(
-    `insert into room_messages (${MESSAGE_COLUMNS})
-     select m.id, m.room_id, m.sender, m.sender_name, m.client_id, m.body, m.epoch, m.ts, m.signature, m.sign_key
-       from jsonb_to_recordset($1::text::jsonb) as m(id text, room_id uuid, sender text, sender_name text, client_id text, body text, epoch integer, ts bigint, signature text, sign_key text)
-     on conflict do nothing
-     returning id`,
+/**
+ * Inserts the rows whose sender is still in room_members and, for an encrypted room's message,
+ * whose epoch is still the room's: one statement for the whole batch, each row with its own
+ * condition. A refused row is skipped and named; the others commit.
+ *
+ * Why this closes the removal race (a post checked against the actor's context, then a removal,
+ * then the post's insert): the removal's projection (room_members without the member, the
+ * rooms row at the next epoch) is committed before the removal is answered (Rooms.ask waits for
+ * it), and then the removal waits for the insert in flight (`settled()`). An insert whose
+ * statement began after that commit sees it and refuses the row. One that began before it runs
+ * on a snapshot from before the removal: it is ordered before the removal (it read nothing the
+ * removal wrote, the removal reads no message), and the removal is answered only after it has
+ * committed and been published. PGlite runs one statement at a time, PostgreSQL reads committed
+ * rows per statement: the same on both, without a lock or a round trip per message.
+ */
+export async function insertIfAllowed(db: Queryable, rows: RoomMessage[]): Promise<Map<string, "written" | "NOT_A_MEMBER" | "WRONG_EPOCH" | "skipped">> {
+  const result = await db.query<{ id: string; member: boolean; epoch_ok: boolean; written: boolean }>(
+    `with m as (
+       select m.*,
+              exists (select 1 from room_members rm where rm.room_id = m.room_id and rm.member = m.sender) as member,
+              (m.epoch is null or exists (select 1 from rooms r where r.id = m.room_id and r.epoch = m.epoch)) as epoch_ok
+         from jsonb_to_recordset($1::text::jsonb) as m(id text, room_id uuid, sender text, sender_name text, client_id text, body text, epoch integer, ts bigint, signature text, sign_key text)
+     ), written as (
+       insert into room_messages (${MESSAGE_COLUMNS})
+       select id, room_id, sender, sender_name, client_id, body, epoch, ts, signature, sign_key from m where member and epoch_ok
+       on conflict do nothing
+       returning id
+     )
+     select m.id, m.member, m.epoch_ok, w.id is not null as written from m left join written w on w.id = m.id`,
     [JSON.stringify(rows)]);
-  return new Set(written.map((r) => r.id));
+  return new Map(result.map((r) => [r.id, r.written ? "written" : !r.member ? "NOT_A_MEMBER" : !r.epoch_ok ? "WRONG_EPOCH" : "skipped"]));
 }
 
 export async function messageByClientId(db: Queryable, roomId: string, sender: string, clientId: string): Promise<RoomMessage | null> {

@@ -73,7 +73,7 @@ export class Rooms {
     const { reply } = await this.system.ask<{ ok: boolean; code?: string; epoch?: number; existed?: boolean }>(`room/${id}`, event);
     await this.writes.settled(id);
     // A removal is answered only once the member's posts still in flight are committed (they
-    // were checked before it) or refused at their insert (message-log.ts, insertIfAllowed).
+    // were checked before it) or refused at their insert (rooms.ts, insertIfAllowed).
     if (event.type === "member.remove" && reply?.ok) await this.log.settled();
     return reply ?? { ok: false, code: "ROOM_NOT_FOUND" };
   }
