@@ -64,18 +64,19 @@ export async function obtainCredentials(config: AgentConfig, log: Logger, signal
     }
     if (creds && !identity && !unusable) unusable = `${state.path(FILES.privateKey)} is missing but ${state.path(FILES.credentials)} is there`;
     const muid = deriveMachineUid(state, { machineIdFile: config.machineIdFile, productUuidFile: config.productUuidFile });
+    const identityCheck = creds && identity ? sameMachine(creds, muid) : null;
 
     if (unusable) {
       if (!canEnroll) {
         return fatal(`${unusable}: the agent cannot connect without its credentials and private key. To recover, ${HOW_TO_ENROLL}: it enrolls again as this same machine (the server revokes its earlier key); or remove ${config.stateDir} and enroll it that way`);
       }
       log.warn({ event: "state.unusable", problem: unusable }, "the stored credentials cannot be used; enrolling again as this machine (the server revokes its earlier key)");
-    } else if (creds && identity && sameMachine(creds, muid) === "unverified") {
+    } else if (creds && identity && identityCheck === "unverified") {
       // Not proof of a clone: re-enrolling as a new machine would leave the real one a ghost.
       log.warn({ event: "identity.unverified", stored_machine_uid: creds.machine_uid, machine_uid: muid.uid, sources: muid.sources, machine_id: creds.machine_id },
         "this machine's identifiers read differently from when it enrolled, with none to compare (one unreadable now?); using the stored credentials");
       return { kind: "ready", creds, identity };
-    } else if (creds && identity && sameMachine(creds, muid) === "cloned") {
+    } else if (creds && identity && identityCheck === "cloned") {
       const fields = { event: "identity.cloned", stored_machine_uid: creds.machine_uid, machine_uid: muid.uid, sources: muid.sources, machine_id: creds.machine_id };
       if (!canEnroll) {
         log.error(fields, "this state dir was enrolled on another machine (a cloned VM or disk?)");

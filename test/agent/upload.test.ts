@@ -96,13 +96,27 @@ async function heldInRename(dir: string, hold: ReturnType<typeof holdRename>, pa
   return { u, target: join(dir, name) };
 }
 
+/**
+ * Runs `check` with an upload of "new contents\n" over "old contents\n" held in its rename
+ * (which then succeeds or fails, `outcome`); the rename spy and the temp dir are undone after.
+ */
+async function withRenameHeld(outcome: "ok" | "fail", check: (t: { u: Awaited<ReturnType<typeof heldInRename>>["u"]; target: string; dir: string; hold: ReturnType<typeof holdRename>; payload: Uint8Array }) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "tether-upload-"));
+  const payload = new TextEncoder().encode("new contents\n");
+  const hold = holdRename(dir, outcome);
+  try {
+    const { u, target } = await heldInRename(dir, hold, payload);
+    await check({ u, target, dir, hold, payload });
+  } finally {
+    hold.release();
+    hold.restore();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 for (const reason of [undefined, "session_ended", "agent_lost"] as const) {
-  test(`an upload stopped (${reason ?? "ch.close"}) while its rename runs, which succeeds, reports eof and the new bytes are in place`, async () => {
-    const dir = mkdtempSync(join(tmpdir(), "tether-upload-"));
-    const payload = new TextEncoder().encode("new contents\n");
-    const hold = holdRename(dir, "ok");
-    try {
-      const { u, target } = await heldInRename(dir, hold, payload);
+  test(`an upload stopped (${reason ?? "ch.close"}) while its rename runs, which succeeds, reports eof and the new bytes are in place`, () =>
+    withRenameHeld("ok", async ({ u, target, dir, hold, payload }) => {
       u.channel.stop(reason);
       u.channel.stop(reason); // a second stop changes nothing either
       // The rename may still fail: no outcome can be reported before it returns.
@@ -115,20 +129,11 @@ for (const reason of [undefined, "session_ended", "agent_lost"] as const) {
         now: "new contents\n",
         temps: [],
       });
-    } finally {
-      hold.release();
-      hold.restore();
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+    }));
 }
 
-test("an upload stopped while its rename runs, which fails, reports the rename's error and leaves the target and no temp file", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "tether-upload-"));
-  const payload = new TextEncoder().encode("new contents\n");
-  const hold = holdRename(dir, "fail");
-  try {
-    const { u, target } = await heldInRename(dir, hold, payload);
+test("an upload stopped while its rename runs, which fails, reports the rename's error and leaves the target and no temp file", () =>
+  withRenameHeld("fail", async ({ u, target, dir, hold }) => {
     u.channel.stop(undefined);
     const beforeRenameReturned = u.ended();
     hold.release();
@@ -139,19 +144,10 @@ test("an upload stopped while its rename runs, which fails, reports the rename's
       now: "old contents\n",
       temps: [],
     });
-  } finally {
-    hold.release();
-    hold.restore();
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
-test("data after ch.eof, while the rename runs, does not end the upload 'too_large' with the target replaced anyway", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "tether-upload-"));
-  const payload = new TextEncoder().encode("new contents\n");
-  const hold = holdRename(dir, "ok");
-  try {
-    const { u, target } = await heldInRename(dir, hold, payload);
+test("data after ch.eof, while the rename runs, does not end the upload 'too_large' with the target replaced anyway", () =>
+  withRenameHeld("ok", async ({ u, target, dir, hold, payload }) => {
     // The relay forwards an uploader's data frames after its ch.eof, and so does the host.
     u.channel.input(new TextEncoder().encode("x"));
     hold.release();
@@ -161,9 +157,4 @@ test("data after ch.eof, while the rename runs, does not end the upload 'too_lar
       now: "new contents\n",
       temps: [],
     });
-  } finally {
-    hold.release();
-    hold.restore();
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
