@@ -52,8 +52,6 @@ export interface EncodedChunk {
   data: Uint8Array;
   /** The time of the chunk's last mark, ms from the start (−1: none). */
   lastMs: number;
-  /** The raw buffer, handed back for reuse (allocating one per chunk costs more than the relay's copy). */
-  raw?: ArrayBuffer;
 }
 
 /**
@@ -62,12 +60,15 @@ export interface EncodedChunk {
  */
 let scratch = new Uint8Array(0);
 
-/** A chunk as it is stored: `raw` holds exactly the output bytes its `marks` count. */
-export function encodeChunk(raw: Uint8Array, marks: readonly Mark[]): EncodedChunk {
+/** A chunk as it is stored: `raw` (or its parts, in order) holds exactly the output bytes its `marks` count. */
+export function encodeChunk(raw: Uint8Array | readonly Uint8Array[], marks: readonly Mark[]): EncodedChunk {
   if (marks.length === 0) return { data: new Uint8Array(0), lastMs: -1 };
   const head = HEAD_BYTES + marks.length * MARK_BYTES;
-  if (scratch.length < head + raw.length) scratch = new Uint8Array(head + raw.length);
-  const plain = scratch.subarray(0, head + raw.length);
+  const parts = raw instanceof Uint8Array ? [raw] : raw;
+  let rawLength = 0;
+  for (const p of parts) rawLength += p.length;
+  if (scratch.length < head + rawLength) scratch = new Uint8Array(head + rawLength);
+  const plain = scratch.subarray(0, head + rawLength);
   const view = new DataView(plain.buffer);
   plain.set(MAGIC);
   view.setUint32(4, marks.length, true);
@@ -79,7 +80,10 @@ export function encodeChunk(raw: Uint8Array, marks: readonly Mark[]): EncodedChu
     view.setUint32(at + 12, m.length === 3 ? Math.min(Math.max(m[2], 0), OUTPUT - 1) : OUTPUT, true);
     at += MARK_BYTES;
   }
-  plain.set(raw, head);
+  for (const p of parts) {
+    plain.set(p, at);
+    at += p.length;
+  }
   return { data: Bun.zstdCompressSync(plain, { level: ZSTD_LEVEL }), lastMs: marks[marks.length - 1]![0] };
 }
 

@@ -15,11 +15,11 @@ self.onmessage = (e: MessageEvent<CompressRequest>) => {
   const m = e.data;
   let reply: CompressReply;
   try {
-    const out = encodeChunk(new Uint8Array(m.raw, 0, m.len), m.marks);
-    reply = { id: m.id, data: out.data, lastMs: out.lastMs, raw: m.raw };
+    const out = encodeChunk(m.parts.map(([i, offset, length]) => new Uint8Array(m.buffers[i]!, offset, length)), m.marks);
+    reply = { id: m.id, data: out.data, lastMs: out.lastMs };
   } catch (err) {
     reply = { id: m.id, error: err instanceof Error ? err.message : String(err) };
   }
-  if ("data" in reply) self.postMessage(reply, [reply.data.buffer as ArrayBuffer, m.raw]);
+  if ("data" in reply) self.postMessage(reply, [reply.data.buffer as ArrayBuffer]);
   else self.postMessage(reply);
 };

@@ -8,24 +8,28 @@ import { type EncodedChunk, encodeChunk, type Mark } from "./chunk-codec.ts";
  * recording degrades, it never stops.
  */
 export interface ChunkCompressor {
-  /** `raw` may be a view of the start of its ArrayBuffer, which is handed over to the worker and comes back with the result. */
-  encode(raw: Uint8Array, marks: Mark[]): Promise<EncodedChunk>;
+  /**
+   * The chunk's output is `raw`'s parts in order. Each part's whole ArrayBuffer is handed over
+   * (transferred to the worker): the caller must not use any of them again.
+   */
+  encode(raw: readonly Uint8Array[], marks: Mark[]): Promise<EncodedChunk>;
   close(): void;
 }
 
 export interface CompressRequest {
   id: number;
-  raw: ArrayBuffer;
-  len: number;
+  /** The transferred buffers, and the output as [buffer index, offset, length] in order. */
+  buffers: ArrayBuffer[];
+  parts: Array<[number, number, number]>;
   marks: Mark[];
 }
-export type CompressReply = { id: number; data: Uint8Array; lastMs: number; raw: ArrayBuffer } | { id: number; error: string };
+export type CompressReply = { id: number; data: Uint8Array; lastMs: number } | { id: number; error: string };
 
 /** Encoding on the calling thread: the fallback, and what tests compare with. */
 export class InThreadCompressor implements ChunkCompressor {
-  encode(raw: Uint8Array, marks: Mark[]): Promise<EncodedChunk> {
+  encode(raw: readonly Uint8Array[], marks: Mark[]): Promise<EncodedChunk> {
     try {
-      return Promise.resolve({ ...encodeChunk(raw, marks), raw: raw.buffer as ArrayBuffer });
+      return Promise.resolve(encodeChunk(raw, marks));
     } catch (err) {
       return Promise.reject(err);
     }
@@ -42,7 +46,7 @@ export class WorkerCompressor implements ChunkCompressor {
 
   constructor(private readonly log: Logger) {}
 
-  encode(raw: Uint8Array, marks: Mark[]): Promise<EncodedChunk> {
+  encode(raw: readonly Uint8Array[], marks: Mark[]): Promise<EncodedChunk> {
     if (this.fallback || this.closed) return (this.fallback ??= new InThreadCompressor()).encode(raw, marks);
     let worker: Worker;
     try {
@@ -55,9 +59,17 @@ export class WorkerCompressor implements ChunkCompressor {
     const id = this.nextId++;
     return new Promise<EncodedChunk>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      if (raw.byteOffset !== 0) raw = raw.slice();
-      const req: CompressRequest = { id, raw: raw.buffer as ArrayBuffer, len: raw.length, marks };
-      worker.postMessage(req, [req.raw]);
+      const req: CompressRequest = { id, buffers: [], parts: [], marks };
+      const index = new Map<ArrayBufferLike, number>();
+      for (const p of raw) {
+        let i = index.get(p.buffer);
+        if (i === undefined) {
+          i = req.buffers.push(p.buffer as ArrayBuffer) - 1;
+          index.set(p.buffer, i);
+        }
+        req.parts.push([i, p.byteOffset, p.length]);
+      }
+      worker.postMessage(req, req.buffers);
     });
   }
 
@@ -80,7 +92,7 @@ export class WorkerCompressor implements ChunkCompressor {
       if (!p) return;
       this.pending.delete(r.id);
       if ("error" in r) p.reject(new Error(r.error));
-      else p.resolve({ data: r.data, lastMs: r.lastMs, raw: r.raw });
+      else p.resolve({ data: r.data, lastMs: r.lastMs });
     };
     worker.onerror = (e) => this.fail(e.message);
     worker.addEventListener("close", () => this.fail("the worker exited"));

@@ -8,10 +8,11 @@ import { type ChunkCompressor, WorkerCompressor } from "./compressor.ts";
  * a Recorder, which stores it in `recording_chunks` as it came, with its timing and the terminal's
  * resizes, zstd-compressed (chunk-codec.ts); the export turns that into asciicast v2.
  *
- * The hot path does as little as it can: `start`, `output` and `resize` are synchronous, copy
- * the raw bytes into the recording's chunk buffer and note their time (output within one
- * millisecond shares one mark). A full chunk (`chunkBytes`), and every `flushMs` whatever is
- * buffered, is sealed and handed to the compressor (compressor.ts: a worker thread at the
+ * The hot path does as little as it can: `start`, `output` and `resize` are synchronous and
+ * note the output's time (output within one millisecond shares one mark). Output the caller
+ * gives up (the relay's frames, once delivered) is kept as it is, from BY_REFERENCE bytes on;
+ * smaller output is copied into a small buffer. A full chunk (`chunkBytes`), and every
+ * `flushMs` whatever is buffered, is sealed and handed to the compressor (compressor.ts: a worker thread at the
  * lowest CPU priority). Compressed chunks are written by a flush: every `flushMs`, and at once
  * when `flushAtBytes` of output is ready; one flush writes every new recording row, every ready
  * chunk and every end in ONE transaction.
@@ -129,14 +130,17 @@ interface Rec {
   readonly startedAt: number;
   /** performance.now() at startedAt. */
   readonly t0: number;
-  /** Output not yet sealed: `bufLen` bytes of `buf` (allocated on demand), and their marks. */
+  /**
+   * Output not yet sealed, `bufLen` bytes in all, and their marks: `parts` in order, then the
+   * first `tailLen` bytes of `buf` (output copied, allocated on demand).
+   */
+  parts: Uint8Array[];
   buf: Uint8Array | null;
+  tailLen: number;
   bufLen: number;
   marks: Mark[];
   /** The last mark if it is output (the next output of the same millisecond joins it). */
   openMark: [number, number] | null;
-  /** The last chunk was sealed full: output is streaming, so the next buffer starts at full size. */
-  streaming: boolean;
   /** Sealed chunks not yet written, in seq order, and their raw bytes. */
   sealed: Chunk[];
   queued: number;
@@ -157,14 +161,16 @@ interface Rec {
 
 const KiB = 1024;
 const MiB = KiB * KiB;
-/** The first buffer of a recording's chunk; it doubles up to chunkBytes as output comes. */
-const FIRST_BUFFER = 4 * KiB;
 /**
- * Full-size chunk buffers come back from the compressor and are kept for the next burst, as
- * many as a burst can hold: new memory costs a page fault per 4 KiB on first touch, which
- * measured more than the relay's own work per MiB. Released after POOL_IDLE_MS without a burst.
+ * Output the caller gives up (`owned`) from this size on is kept as it is, not copied: at bulk
+ * rates the copy into chunk buffers (cold memory, 64 MiB of them in a burst) cost the relay's
+ * thread about 0.17 ms per MiB, a sixth of its own work (docs/PERFORMANCE.md, Relay). Smaller
+ * output is copied, so typing does not make a part (and a buffer to transfer) per keystroke.
  */
-const POOL_IDLE_MS = 30_000;
+const BY_REFERENCE = 4 * KiB;
+/** Copied output goes into a buffer that starts at FIRST_BUFFER and doubles up to COPY_BUFFER; a new one starts then. */
+const FIRST_BUFFER = 4 * KiB;
+const COPY_BUFFER = 64 * KiB;
 /** Output is a burst while it runs above `burstBytesPerSecond` over windows of this… */
 const RATE_WINDOW_MS = 100;
 /** …and has been, until it has been below for this long. */
@@ -173,7 +179,7 @@ const QUIET_MS = 50;
 interface Held {
   r: Rec;
   chunk: Chunk;
-  raw: Uint8Array;
+  raw: Uint8Array[];
   marks: Mark[];
 }
 
@@ -191,14 +197,11 @@ export class Recorder {
   private readonly flushedListeners: Array<() => void> = [];
   /** Compressions not yet answered: a full flush waits for them. */
   private readonly compressing = new Set<Promise<unknown>>();
-  private readonly pool: ArrayBuffer[] = [];
   /** Sealed chunks not yet given to the compressor, oldest first (see pump and the class comment). */
   private readonly held: Held[] = [];
   private heldBytes = 0;
   private readonly holdBytes: number;
   private readonly burstBytesPerWindow: number;
-  /** The latest `busyUntil` of any recording (the buffer pool is released POOL_IDLE_MS after it). */
-  private lastBurstUntil = 0;
   private readonly stopTimeoutMs: number;
   /** Raw bytes of the chunks a flush has taken and not yet written (lost if the process goes now). */
   private flushingBytes = 0;
@@ -246,7 +249,7 @@ export class Recorder {
     this.recs.set(id, {
       id, tenantId: r.tenantId, sessionId: r.sessionId, machineId: r.machineId, channel: r.channel, cols: r.cols, rows: r.rows,
       startedAt, t0: performance.now() - Math.max(0, now - startedAt),
-      buf: null, bufLen: 0, marks: [], openMark: null, streaming: false, sealed: [], queued: 0, nextSeq: 1,
+      parts: [], buf: null, tailLen: 0, bufLen: 0, marks: [], openMark: null, sealed: [], queued: 0, nextSeq: 1,
       inserted: false, missingSince: null, endedAt: null, endWritten: false, warnedDrop: false,
       windowStart: 0, windowBytes: 0, busyUntil: 0,
     });
@@ -254,22 +257,24 @@ export class Recorder {
   }
 
   /**
-   * Terminal output (the relay's hot path): copied into the recording's chunk buffer. Answers
-   * false when the caller should stop sending this recording more output until it is no
-   * longer `behind` (see onFlushed).
+   * Terminal output (the relay's hot path). `owned`: the caller gives up `bytes` and its whole
+   * ArrayBuffer, which is kept without a copy and later transferred to the compressor thread
+   * (detached here); otherwise the bytes are copied. Answers false when the caller should stop
+   * sending this recording more output until it is no longer `behind` (see onFlushed).
    */
-  output(id: string, bytes: Uint8Array): boolean {
+  output(id: string, bytes: Uint8Array, owned = false): boolean {
     const r = this.recs.get(id);
     if (r === undefined || r.endedAt !== null || bytes.length === 0) return true;
     if (r.bufLen > 0 && r.bufLen + bytes.length > this.chunkBytes) this.seal(r, false);
-    this.append(r, bytes);
+    if (owned && bytes.length >= BY_REFERENCE) this.keep(r, bytes);
+    else this.append(r, bytes);
     const now = performance.now();
     if (now - r.windowStart >= RATE_WINDOW_MS) {
       r.windowStart = now;
       r.windowBytes = 0;
     }
     r.windowBytes += bytes.length;
-    if (r.windowBytes >= this.burstBytesPerWindow) this.lastBurstUntil = r.busyUntil = now + QUIET_MS;
+    if (r.windowBytes >= this.burstBytesPerWindow) r.busyUntil = now + QUIET_MS;
     const ms = Math.floor(now - r.t0);
     if (r.openMark !== null && r.openMark[0] === ms) r.openMark[1] += bytes.length;
     else r.marks.push((r.openMark = [ms, bytes.length]));
@@ -388,21 +393,34 @@ export class Recorder {
     return r.queued + r.bufLen >= this.highWater || this.queuedTotal >= this.totalHighWater;
   }
 
+  /** Output the caller gave up: kept as it is, no copy (its buffer goes to the compressor). */
+  private keep(r: Rec, bytes: Uint8Array): void {
+    this.closeTail(r);
+    r.parts.push(bytes);
+    r.bufLen += bytes.length;
+  }
+
+  /** What was copied so far becomes a part; later copies start a new buffer. */
+  private closeTail(r: Rec): void {
+    if (r.buf !== null && r.tailLen > 0) r.parts.push(r.buf.subarray(0, r.tailLen));
+    if (r.tailLen > 0) r.buf = null;
+    r.tailLen = 0;
+  }
+
+  /** Output copied into the recording's copy buffer (see COPY_BUFFER). */
   private append(r: Rec, bytes: Uint8Array): void {
-    const need = r.bufLen + bytes.length;
-    if (r.buf === null && r.streaming && need <= this.chunkBytes) {
-      const pooled = this.pool.pop();
-      r.buf = pooled ? new Uint8Array(pooled) : new Uint8Array(this.chunkBytes);
-    }
+    if (r.buf !== null && r.tailLen + bytes.length > r.buf.length && r.buf.length >= COPY_BUFFER) this.closeTail(r);
+    const need = r.tailLen + bytes.length;
     if (r.buf === null || need > r.buf.length) {
       let size = Math.max(r.buf?.length ?? FIRST_BUFFER, FIRST_BUFFER);
       while (size < need) size *= 2;
-      const grown = new Uint8Array(Math.max(need, Math.min(size, this.chunkBytes)));
-      if (r.buf !== null) grown.set(r.buf.subarray(0, r.bufLen));
+      const grown = new Uint8Array(Math.max(need, Math.min(size, COPY_BUFFER, this.chunkBytes)));
+      if (r.buf !== null) grown.set(r.buf.subarray(0, r.tailLen));
       r.buf = grown;
     }
-    r.buf.set(bytes, r.bufLen);
-    r.bufLen = need;
+    r.buf.set(bytes, r.tailLen);
+    r.tailLen = need;
+    r.bufLen += bytes.length;
   }
 
   /**
@@ -411,8 +429,9 @@ export class Recorder {
    */
   private seal(r: Rec, final: boolean): void {
     if (r.bufLen === 0 && r.marks.length === 0) return;
-    const raw = r.buf === null ? new Uint8Array(0) : r.buf.subarray(0, r.bufLen);
-    r.streaming = r.bufLen >= this.chunkBytes;
+    this.closeTail(r);
+    const raw = r.parts;
+    r.parts = [];
     const chunk: Chunk = { seq: r.nextSeq++, raw: r.bufLen, data: null, lastMs: -1, gone: false };
     const marks = r.marks;
     r.buf = null;
@@ -468,7 +487,6 @@ export class Recorder {
   private submit({ r, chunk, raw, marks }: Held): void {
     const done = this.compressor.encode(raw, marks).then(
       (out) => {
-        if (out.raw?.byteLength === this.chunkBytes && this.pool.length * this.chunkBytes < this.holdBytes + this.flushAtBytes) this.pool.push(out.raw);
         if (chunk.gone) return;
         chunk.data = out.data;
         chunk.lastMs = out.lastMs;
@@ -516,7 +534,6 @@ export class Recorder {
    * with it (or now, if it has nothing, or the database is failing and this is the retry).
    */
   private tick(): void {
-    if (this.pool.length > 0 && performance.now() - this.lastBurstUntil > POOL_IDLE_MS) this.pool.length = 0;
     for (const r of this.recs.values()) if (r.endedAt === null) this.seal(r, false);
     this.pump();
     if (this.compressing.size === 0 || this.failing) void this.flushNow();

@@ -17,6 +17,7 @@ import { INPUT_LIMITS, TokenBucket } from "./throttle.ts";
  * reason; nobody waits for it. Viewer input is throttled per viewer.
  */
 export interface Link {
+  /** Sends `frame` now, or copies it to send later: a terminal frame goes to the recorder after. */
   send(frame: Uint8Array): number;
   buffered(): number;
   close(code: number, reason: string): void;
@@ -40,7 +41,8 @@ export interface RecorderPort {
   /** `at`: when the channel opened (epoch ms); event times count from it. */
   start(r: { tenantId: string; sessionId: string; machineId: string | null; channel: number; cols: number; rows: number; at?: number }): string;
   /** False: the recording is behind; pause the source until `behind(id)` is false after a flush. */
-  output(id: string, bytes: Uint8Array): boolean | void;
+  /** `owned`: the caller gives up `bytes` and its whole buffer, which may be kept and transferred. */
+  output(id: string, bytes: Uint8Array, owned?: boolean): boolean | void;
   behind?(id: string): boolean;
   onFlushed?(f: () => void): void;
   resize(id: string, cols: number, rows: number): void;
@@ -207,8 +209,10 @@ export class Relay {
       }
       // Output before ch.opened: the agent lost its connection as it confirmed, and resumed.
       if (ch.record) this.startRecording(ch);
-      if (ch.recording && this.recorder && this.recorder.output(ch.recording, frame.subarray(5)) === false) this.pauseForRecorder(conn, ch.recording);
       for (const v of route.viewers.values()) this.deliver(route, v, frame);
+      // Last: the recorder keeps the frame's buffer as it is (no copy) and later hands it to
+      // its compressor thread, so nothing may use the frame after this.
+      if (ch.recording && this.recorder && this.recorder.output(ch.recording, frame.subarray(5), true) === false) this.pauseForRecorder(conn, ch.recording);
       return true;
     }
     const msg = decode(AgentToServer, frame);

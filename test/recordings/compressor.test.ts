@@ -92,9 +92,19 @@ describe("chunk codec", () => {
         const part = bytes.slice(i * 97, i === 9 ? bytes.length : (i + 1) * 97);
         jobs.push([part, [[i, part.length], [i, 100 + i, 40]]]);
       }
-      const fromWorker = await Promise.all(jobs.map(([raw, marks]) => worker.encode(raw.slice(), marks)));
-      const fromHere = await Promise.all(jobs.map(([raw, marks]) => local.encode(raw.slice(), marks)));
+      // Each chunk in three parts: two views of one buffer (sent once) and a buffer of its own.
+      const split = (raw: Uint8Array) => {
+        const a = raw.slice(0, 40);
+        const b = new Uint8Array(raw.length + 8);
+        b.set(raw.subarray(40), 8);
+        return [a, b.subarray(8, 30), b.subarray(30, raw.length - 40 + 8)];
+      };
+      const sent = jobs.map(([raw]) => split(raw));
+      const fromWorker = await Promise.all(jobs.map(([, marks], i) => worker.encode(sent[i]!, marks)));
+      const fromHere = await Promise.all(jobs.map(([raw, marks]) => local.encode(split(raw), marks)));
       expect(fromWorker.map((c) => [c.data, c.lastMs])).toEqual(fromHere.map((c) => [c.data, c.lastMs]));
+      // Handed over, not copied: the caller's buffers are detached.
+      expect(sent.flat().every((p) => p.buffer.byteLength === 0)).toBe(true);
       const events = castLines(fromWorker).split("\n").filter(Boolean).map((l) => JSON.parse(l));
       expect(events.filter((e) => e[1] === "o").map((e) => e[2]).join("")).toBe(text);
       expect(events.filter((e) => e[1] === "r").length).toBe(10);
@@ -119,7 +129,7 @@ describe("chunk codec", () => {
     const before = nice();
     const worker = new WorkerCompressor(silentLogger);
     try {
-      await worker.encode(utf8("x"), [[0, 1]]);
+      await worker.encode([utf8("x")], [[0, 1]]);
       const started = [...nice()].filter(([tid]) => !before.has(tid)).map(([, n]) => n);
       expect(started).toContain(19);
       expect(nice().get(String(process.pid))).toBe(0); // the calling thread is left alone
@@ -201,7 +211,7 @@ for (const flavor of FLAVORS) {
     test("a burst is compressed after it ends, and at once beyond holdBytes; what is typed goes straight on", async () => {
       const inner = new InThreadCompressor();
       const calls: number[] = [];
-      const spy = { encode: (raw: Uint8Array, marks: Mark[]) => (calls.push(raw.length), inner.encode(raw, marks)), close() {} };
+      const spy = { encode: (raw: readonly Uint8Array[], marks: Mark[]) => (calls.push(raw.reduce((n, p) => n + p.length, 0)), inner.encode(raw, marks)), close() {} };
       const rec = new Recorder(store, silentLogger, { flushMs: 3_600_000, chunkBytes: 1024, burstBytesPerSecond: 10_000, holdBytes: 8 * 1024, compressor: spy });
       try {
         const id = rec.start({ tenantId: T, sessionId: await insertSession(store), machineId: null, channel: 1, cols: 80, rows: 24 });

@@ -152,6 +152,41 @@ for (const flavor of FLAVORS) {
       expect(replayOutput(parseCast(text))).toBe(written);
     });
 
+    test("output the caller gives up is not copied: its buffer goes to the compressor thread as it is, recorded as if copied", async () => {
+      const rec = recorder(store, { chunkBytes: 64 * 1024 });
+      const id = await begin(rec);
+      let written = "";
+      // As the relay gives it: the payload of a frame whose first five bytes are the header.
+      const frame = (text: string) => {
+        const f = new Uint8Array(5 + text.length);
+        f.set(utf8(text), 5);
+        written += text;
+        return f.subarray(5);
+      };
+      const given: Uint8Array[] = [];
+      const small: Uint8Array[] = [];
+      const notGiven: Uint8Array[] = [];
+      for (let i = 0; i < 40; i++) {
+        const big = frame(`bulk ${i} ${"b".repeat(9000)}\r\n`);
+        given.push(big);
+        rec.output(id, big, true);
+        // Small output, given or not, and large output not given: copied (about 100 KiB of it,
+        // more than one copy buffer per chunk).
+        const typed = frame(`typed ${i} ${"t".repeat(2000)}\r\n`);
+        small.push(typed);
+        rec.output(id, typed, true);
+        const kept = frame(`kept ${i} ${"k".repeat(5000)}\r\n`);
+        notGiven.push(kept);
+        rec.output(id, kept);
+      }
+      await rec.end(id);
+      expect(replayOutput(await cast(id))).toBe(written);
+      expect(Number((await getRecording(store, T, id))!.bytes)).toBe(written.length);
+      // Handed over (detached here), not copied; the rest is the caller's as it was.
+      expect(given.every((p) => p.buffer.byteLength === 0)).toBe(true);
+      expect([...small, ...notGiven].every((p) => p.buffer.byteLength > 0 && p[0] !== 0)).toBe(true);
+    });
+
     test("chunks by time: each tick writes what is pending", async () => {
       const rec = recorder(store, { flushMs: 50 });
       const id = await begin(rec);
@@ -297,7 +332,7 @@ for (const flavor of FLAVORS) {
     test("one recording's burst holds back only its own chunks: another's are written by the next tick meanwhile", async () => {
       const inner = new InThreadCompressor();
       const encoded: string[] = [];
-      const spy = { encode: (raw: Uint8Array, marks: Mark[]) => (encoded.push(new TextDecoder().decode(raw)), inner.encode(raw, marks)), close() {} };
+      const spy = { encode: (raw: readonly Uint8Array[], marks: Mark[]) => (encoded.push(new TextDecoder().decode(Buffer.concat(raw))), inner.encode(raw, marks)), close() {} };
       const rec = recorder(store, { flushMs: 100, chunkBytes: 1024, burstBytesPerSecond: 10_000, holdBytes: 1024 * 1024, compressor: spy });
       const bulk = await begin(rec);
       const typed = await begin(rec);

@@ -86,5 +86,37 @@ for (const flavor of FLAVORS) {
       expect(replayOutput(parseCast((await exportCast(store, T, rows[1]!.id))!))).toBe("hello");
       await s.rec.stop();
     });
+
+    test("each terminal frame is delivered to every viewer before the recorder takes it, and the recorder is given it (no copy)", async () => {
+      const s = await setup({ agent: true });
+      const got: string[][] = [[], []];
+      const viewers = got.map((into, i) => ({
+        viewerId: `v${i}`, sessionId: s.sessionId, userId: "u", name: "u", access: "control" as const,
+        send: (f: Uint8Array) => (f[0] === 0 && into.push(Buffer.from(f.subarray(5)).toString()), f.length), buffered: () => 0, close: () => {},
+      }));
+      for (const v of viewers) s.relay.addViewer({ tenantId: T, machineId: null }, v);
+      const ch = s.open();
+      s.fromAgent({ t: "ch.opened", channel: ch });
+      // The recorder hands a given frame's buffer to its compressor thread, possibly at once:
+      // here at once, as a transfer would (detaching it).
+      const output = s.rec.output.bind(s.rec);
+      let given = 0;
+      s.rec.output = (id: string, bytes: Uint8Array, owned?: boolean) => {
+        const text = Buffer.from(bytes).toString();
+        if (owned) {
+          given++;
+          structuredClone(bytes.buffer, { transfer: [bytes.buffer as ArrayBuffer] });
+        }
+        return output(id, utf8(text));
+      };
+      const lines = ["small\r\n", `${"big ".repeat(2000)}\r\n`];
+      for (const line of lines) s.relay.fromAgent("conn", dataFrame(ch, utf8(line)));
+      expect(got).toEqual([lines, lines]);
+      expect(given).toBe(2);
+      s.fromAgent({ t: "ch.closed", channel: ch, reason: "exit", exit_code: 0 });
+      const [row] = await s.recordings();
+      expect(replayOutput(parseCast((await exportCast(store, T, row!.id))!))).toBe(lines.join(""));
+      await s.rec.stop();
+    });
   });
 }

@@ -1,3 +1,4 @@
+import type { Recorder } from "../../src/recordings/recorder.ts";
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { unpack } from "msgpackr";
 import { channelOf, dataFrame, isDataFrame, payloadOf } from "../../src/protocol/frames.ts";
@@ -227,14 +228,18 @@ for (const flavor of FLAVORS) {
     test("joined is a viewer's first message: output meanwhile waits for it, input meanwhile is dropped; a refused viewer leaves no route", async () => {
       const { m, agent, s, open } = await withTerminal();
 
-      // The session takes its time to answer the next viewer's join; the terminal talks meanwhile.
+      // The session takes its time to answer the next viewer's join; the terminal talks meanwhile,
+      // enough for the recorder to keep the frame itself, and hand it to its compressor thread
+      // (which detaches it here) while the frame still waits for the viewer.
       const system = app.server.system as any;
       const ask = system.ask;
+      const bulk = "z".repeat(6000);
       system.ask = async (address: string, event: any, ...rest: unknown[]) => {
         if (event?.type === "viewer.joined") {
           system.ask = ask;
-          agent.sendData(open.channel, "output during the join\r\n");
+          agent.sendData(open.channel, `output during the join ${bulk}\r\n`);
           await Bun.sleep(300);
+          await (app.server.relay.recorder as Recorder).flush();
         }
         return ask.call(system, address, event, ...rest);
       };
@@ -243,7 +248,7 @@ for (const flavor of FLAVORS) {
       await late.open();
       late.sendData(open.channel, "typed before joined\n");
       await late.waitFor((x) => x.t === "joined", 5_000, "joined");
-      await late.waitForText(open.channel, "output during the join");
+      await late.waitForText(open.channel, `output during the join ${bulk}`);
       expect(late.arrivals[0]).toBe("joined");
       await Bun.sleep(100);
       expect(agent.data.some((f) => Buffer.from(payloadOf(f)).toString().includes("typed before joined"))).toBe(false);

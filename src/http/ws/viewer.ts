@@ -61,12 +61,13 @@ export const viewerSocket = (deps: AppDeps) => {
       if (!a) return ws.raw.close(VIEWER_CLOSE.BAD_MESSAGE, "not admitted");
       const viewerId = crypto.randomUUID();
       // `joined` is the viewer's first message: output routed to it while the session takes it
-      // waits, and anything it sends before then is dropped (see `message`).
+      // waits (a copy: the relay gives terminal frames to the recorder once sent, see Link.send),
+      // and anything it sends before then is dropped (see `message`).
       let early: Uint8Array[] | null = [];
       let earlyBytes = 0;
       const link: ViewerLink = {
         viewerId, sessionId: a.claims.session, userId: a.claims.userId, name: a.claims.name, access: a.claims.access, endUser: a.claims.endUser === true,
-        send: (frame) => (early ? (early.push(frame), (earlyBytes += frame.byteLength), frame.byteLength) : ws.raw.send(frame)),
+        send: (frame) => (early ? (early.push(new Uint8Array(frame)), (earlyBytes += frame.byteLength), frame.byteLength) : ws.raw.send(frame)),
         buffered: () => bufferedAmount(ws.raw) + earlyBytes,
         close: (code, reason) => ws.raw.close(code, reason),
       };
