@@ -122,7 +122,7 @@ export const ServerToViewer = z.discriminatedUnion("t", [
   z.object({ t: z.literal("session.state"), state: SessionState, reason: EndReason.nullable() }),
   z.object({ t: z.literal("viewers"), viewers: z.array(ViewerInfo) }),
   z.object({ t: z.literal("ch.opened"), req: z.string().nullable(), channel: Channel, type: ChannelType, size: z.number().optional() }),
-  z.object({ t: z.literal("ch.closed"), channel: Channel }).extend(ChannelEnd.shape),
+  z.object({ t: z.literal("ch.closed"), channel: Channel, req: z.string().optional().describe("the request of a channel that closed before it opened") }).extend(ChannelEnd.shape),
   ChAck,
   FilesListing.extend({ req: z.string().nullable() }),
   z.object({ t: z.literal("chat"), id: z.string().optional().describe("the message id in the session's room"), from: z.string(), role: z.enum(["technician", "end_user"]), text: z.string(), at: z.number() }),

@@ -55,6 +55,8 @@ interface ChannelRoute {
   type: ChannelType;
   viewerId: string;
   req: string | null;
+  /** The agent confirmed it (ch.opened, or a listing): until then its ch.closed carries `req`. */
+  opened: boolean;
   recording: string | null;
   /** A terminal to record once the agent has it (see startRecording); null once started, or if not recorded. */
   record: PendingRecording | null;
@@ -244,9 +246,11 @@ export class Relay {
         const route = ch && this.sessions.get(ch.sessionId);
         if (!ch || !route || route.agentConn !== conn) return true;
         if (msg.t === "ch.opened") {
+          ch.opened = true;
           if (ch.record) this.startRecording(ch);
           this.broadcast(route.id, { t: "ch.opened", req: ch.req, channel: ch.channel, type: ch.type, ...(msg.size !== undefined ? { size: msg.size } : {}) }, ch.type === "term" || ch.type === "cmd" ? null : ch.viewerId);
         } else if (msg.t === "files.listing") {
+          ch.opened = true;
           this.unicast(route, ch.viewerId, { t: "files.listing", req: ch.req, channel: ch.channel, path: msg.path, entries: msg.entries });
         } else if (msg.t === "ch.ack") {
           ch.acked = msg.bytes;
@@ -357,11 +361,11 @@ export class Relay {
     const record = type === "term" && this.recording && this.recorder
       ? { tenantId: r.tenantId, machineId: r.machineId, at: Date.now(), cols: r.open.cols ?? 80, rows: r.open.rows ?? 24, resized: null }
       : null;
-    this.channels.set(channel, { channel, sessionId: r.sessionId, type, viewerId: r.viewerId, req: r.req, recording: null, record, conn: route.agentConn, received: 0, acked: 0 });
+    this.channels.set(channel, { channel, sessionId: r.sessionId, type, viewerId: r.viewerId, req: r.req, opened: false, recording: null, record, conn: route.agentConn, received: 0, acked: 0 });
     if (!route.agentConn || !this.agents.has(route.agentConn)) {
       this.dropChannel(channel);
       this.tell(`session/${r.sessionId}`, { type: "channel.closed", channel, reason: "agent_lost" });
-      this.unicast(route, r.viewerId, { t: "ch.closed", channel, reason: "agent_lost" });
+      this.unicast(route, r.viewerId, { t: "ch.closed", channel, req: r.req, reason: "agent_lost" });
       return;
     }
     this.toAgent(route.agentConn, r.open);
@@ -560,7 +564,9 @@ export class Relay {
 
   /** The agent's channel is over: its viewers told, its route and recording ended, the session told. */
   private closeChannel(route: SessionRoute, ch: ChannelRoute, end: Omit<Extract<AgentToServer, { t: "ch.closed" }>, "t">): void {
-    this.broadcast(route.id, { t: "ch.closed", ...end }, ch.type === "term" || ch.type === "cmd" ? null : ch.viewerId);
+    // One that never opened was never named to the viewers: `req` tells its requester it failed.
+    const req = !ch.opened && ch.req !== null ? { req: ch.req } : {};
+    this.broadcast(route.id, { t: "ch.closed", ...end, ...req }, ch.type === "term" || ch.type === "cmd" ? null : ch.viewerId);
     this.dropChannel(ch.channel);
     this.tell(`session/${route.id}`, { type: "channel.closed", ...end });
   }

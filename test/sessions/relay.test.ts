@@ -272,6 +272,40 @@ for (const flavor of FLAVORS) {
       expect((await v.closed).code).toBe(1009);
     });
 
+    test("a channel that ends before it opens names its request (req) to the viewers; one that opened does not", async () => {
+      const { agent, s, v, open } = await withTerminal();
+      const other = await viewer(s.id);
+      v.send({ t: "term.open", req: "t-fails", cols: 80, rows: 24 });
+      const failing = await agent.waitFor((x) => x.t === "ch.open", "the second ch.open");
+      agent.send({ t: "ch.closed", channel: failing.channel, reason: "error", error: { code: "PTY", message: "no pty" } });
+      for (const who of [v, other]) {
+        expect(await who.waitFor((x) => x.t === "ch.closed" && x.channel === failing.channel)).toMatchObject({ req: "t-fails", reason: "error", error: { code: "PTY" } });
+      }
+      agent.send({ t: "ch.closed", channel: open.channel, reason: "exit", exit_code: 0 });
+      const ended = await v.waitFor((x) => x.t === "ch.closed" && x.channel === open.channel);
+      expect(ended).toMatchObject({ reason: "exit", exit_code: 0 });
+      expect("req" in ended).toBe(false);
+    });
+
+    test("a join the session does not answer (a timeout) closes the viewer with 1011, to retry; not 4100, which is final", async () => {
+      const { s } = await withAgentSession();
+      const system = app.server.system as any;
+      const ask = system.ask;
+      system.ask = async (address: string, event: any, ...rest: unknown[]) => {
+        if (event?.type === "viewer.joined") {
+          system.ask = ask;
+          throw new Error("ask timed out");
+        }
+        return ask.call(system, address, event, ...rest);
+      };
+      const v = new TestViewer(app.url, s.id, (await viewerToken(s.id)).token);
+      cleanups.push(() => v.close());
+      await v.open();
+      expect((await v.closed).code).toBe(1011);
+      // The session is still there: the next try joins.
+      await viewer(s.id);
+    });
+
     test("a stalled viewer is cut off with a reason; the agent and the other viewer are not held back", async () => {
       const { m, agent, s } = await withAgentSession();
       const healthy = await viewer(s.id);

@@ -1,8 +1,9 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
-import type { Browser, BrowserContext, Page } from "playwright-core";
+import { basename, dirname, join } from "node:path";
+import { Packr } from "msgpackr";
+import type { Browser, BrowserContext, Page, WebSocketRoute } from "playwright-core";
 import { builtViewer, launchBrowser, screenshot } from "../helpers/browser.ts";
 import { E2e, runName } from "../helpers/e2e.ts";
 
@@ -61,7 +62,12 @@ describe("web session page", () => {
   }
 
   beforeAll(async () => {
-    e2e = await E2e.create("pglite", { adminPassword: ADMIN_PASSWORD, env: { TETHER_WEB_DIST: await builtViewer(), TETHER_HEARTBEAT_MS: "1000" } });
+    // The agents' public address is another host, over TLS: the page must still reach its
+    // viewer socket on its own origin (CSP connect-src 'self', no mixed content).
+    e2e = await E2e.create("pglite", {
+      adminPassword: ADMIN_PASSWORD,
+      env: { TETHER_WEB_DIST: await builtViewer(), TETHER_HEARTBEAT_MS: "1000", TETHER_PUBLIC_URL: "https://tether-agents.invalid" },
+    });
     e2e.dirs.push(work);
     await e2e.start();
     const site = await e2e.site(run);
@@ -115,6 +121,29 @@ describe("web session page", () => {
     await control.setViewportSize({ width: 1280, height: 800 });
   }, 20_000);
 
+  test("a paste over 64 KiB reaches the shell whole (several frames, none too large), and the page stays connected", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "tether-web-paste-"));
+    e2e.dirs.push(dir);
+    const pasted = join(dir, "pasted.txt");
+    await typeInTerminal(control, `cat > ${pasted}`);
+    // Multibyte characters too: no piece may end inside one.
+    const text = "0123456789abcdefghijklmnopqrstuvwxyz-é€😀\n".repeat(2000);
+    expect(Buffer.byteLength(text)).toBeGreaterThan(64 * 1024);
+    await control.locator(".term-pane:not([hidden]) .xterm-helper-textarea").evaluate((el, t) => {
+      const clipboardData = new DataTransfer();
+      clipboardData.setData("text/plain", t);
+      el.dispatchEvent(new ClipboardEvent("paste", { clipboardData, bubbles: true, cancelable: true }));
+    }, text);
+    const deadline = Date.now() + 15_000;
+    while (!existsSync(pasted) || readFileSync(pasted).byteLength < Buffer.byteLength(text)) {
+      if (Date.now() > deadline) throw new Error(`the paste did not arrive whole: ${existsSync(pasted) ? readFileSync(pasted).byteLength : 0} bytes`);
+      await control.waitForTimeout(100);
+    }
+    await control.keyboard.press("Control+d");
+    expect(readFileSync(pasted, "utf8")).toBe(text);
+    expect(await control.getByText(/Disconnected from the session/).count()).toBe(0);
+  }, 30_000);
+
   test("a file uploaded from the browser reaches the machine; downloaded again it is byte for byte the same", async () => {
     await control.getByRole("tab", { name: "Files" }).click();
     const files = control.getByRole("region", { name: "Files" });
@@ -132,6 +161,15 @@ describe("web session page", () => {
     const got = readFileSync(await download.path());
     expect(got.byteLength).toBe(payload.byteLength);
     expect(Buffer.from(got).equals(Buffer.from(payload))).toBe(true);
+
+    // Moving on while an upload runs: its end does not bring the browser back to its folder.
+    await files.getByLabel("Upload a file").setInputFiles({ name: "second.bin", mimeType: "application/octet-stream", buffer: Buffer.from(payload) });
+    await files.getByRole("button", { name: "Up one directory" }).click();
+    await files.locator('.transfers li[data-state="done"]').filter({ hasText: "second.bin" }).waitFor({ timeout: 20_000 });
+    await control.waitForTimeout(500);
+    expect(await files.getByLabel("Path").inputValue()).toBe(dirname(work));
+    await files.locator(`tr[data-name="${basename(work)}"]`).waitFor();
+    expect(readFileSync(join(work, "second.bin")).byteLength).toBe(payload.byteLength);
     await control.getByRole("tab", { name: "Terminal" }).click();
   }, 40_000);
 
@@ -165,6 +203,12 @@ describe("web session page", () => {
     await control.getByRole("button", { name: "Run" }).click();
     const runBox = control.locator(".run").first();
     await runBox.getByText("exit code 3").waitFor({ timeout: 15_000 });
+    // Over the protocol's limits: refused on the page, not sent (the server would close the socket).
+    await control.getByLabel("Command", { exact: true }).fill(`echo ${"a ".repeat(300)}`);
+    await control.getByRole("button", { name: "Run" }).click();
+    await control.getByRole("region", { name: "Commands" }).getByRole("alert").filter({ hasText: "too many arguments" }).waitFor();
+    expect(await control.locator(".run").count()).toBe(1);
+    expect(await control.getByText(/Disconnected from the session/).count()).toBe(0);
     expect(await runBox.locator(".output").textContent()).toContain("to-stdout");
     expect(await runBox.locator(".output .stderr").textContent()).toContain("to-stderr");
     // The watcher sees the command run too, but has no cancel.
@@ -188,6 +232,54 @@ describe("web session page", () => {
     errors.length = 0;
     errors.push(...unexpected);
   }, 60_000);
+
+  test("a server that accepts the viewer socket and closes it at once is retried with a growing backoff, not every half second", async () => {
+    const page = await watcherContext!.newPage();
+    const attempts: number[] = [];
+    await page.routeWebSocket(/\/ws\/viewer/, (ws) => {
+      attempts.push(Date.now());
+      // Just after it opens (closed at once, the page would see a failed connect instead).
+      setTimeout(() => ws.close({ code: 1011, reason: "busy" }), 20);
+    });
+    try {
+      await page.goto(`${e2e.url}/sessions/${sessionId}?access=view`);
+      await page.getByText(/Disconnected from the session/).waitFor({ timeout: 10_000 });
+      await page.waitForTimeout(3_000 - (Date.now() - attempts[0]!));
+      // Backoff from 0.5 s doubling (each wait jittered between half and all of it): at most 4
+      // tries in the first 3 s. Reset on every open, it was one every 0.25-0.5 s.
+      expect(attempts.length).toBeLessThanOrEqual(4);
+    } finally {
+      await page.close();
+    }
+  }, 20_000);
+
+  test("the chat keeps scrolling to the newest message once it holds its 500", async () => {
+    const page = await watcherContext!.newPage();
+    const packr = new Packr({ useRecords: false });
+    const chat = (n: number, text = `message ${n}`) => packr.pack({ t: "chat", id: `m${String(n).padStart(6, "0")}`, from: "tester", role: "technician", text, at: Date.now() });
+    let server: WebSocketRoute | null = null;
+    // A scripted server: joined, then a full chat.
+    await page.routeWebSocket(/\/ws\/viewer/, (ws) => {
+      server = ws;
+      ws.send(packr.pack({ t: "joined", session: sessionId, viewer_id: "v", access: "view", state: "active", viewers: [], channels: [] }));
+      for (let n = 1; n <= 500; n++) ws.send(chat(n));
+    });
+    try {
+      await page.goto(`${e2e.url}/sessions/${sessionId}?access=view`);
+      const list = page.locator(".chat .messages");
+      await list.getByText("message 500", { exact: true }).waitFor();
+      const atBottom = () => list.evaluate((el) => el.scrollHeight - el.scrollTop - el.clientHeight < 4);
+      await page.waitForFunction(() => { const el = document.querySelector(".chat .messages")!; return el.scrollHeight - el.scrollTop - el.clientHeight < 4; });
+      // The 501st (taller than the one trimmed): the count stays 500, the list must still follow.
+      server!.send(chat(501, "a longer message ".repeat(40)));
+      await list.locator("li").last().getByText(/a longer message/).waitFor();
+      await page.waitForTimeout(100);
+      expect(await list.locator("li").count()).toBe(500);
+      expect(await atBottom()).toBe(true);
+    } finally {
+      await page.close();
+    }
+  }, 20_000);
 
   test("chat reaches every viewer; ending the session tells both pages", async () => {
     await control.getByLabel("Chat message").fill("hello from the console");

@@ -78,7 +78,12 @@ export const viewerSocket = (deps: AppDeps) => {
         .catch(() => null);
       if (!joined?.reply?.ok) {
         deps.relay.removeViewer(a.claims.session, viewerId);
-        return ws.raw.close(VIEWER_CLOSE.SESSION_ENDED, joined?.reply?.code ?? "session unavailable");
+        // 4100 is final for the page: only for a session that has ended. A timeout, a full
+        // mailbox or a refusal for now is worth retrying.
+        const code = joined?.reply?.code;
+        if (code === "SESSION_ENDED" || (!joined && (await sessionEnded(deps, a.claims.session)))) return ws.raw.close(VIEWER_CLOSE.SESSION_ENDED, "SESSION_ENDED");
+        if (!deps.system.ready) return ws.raw.close(VIEWER_CLOSE.SERVER_STOPPING, "server stopping");
+        return ws.raw.close(1011, code ?? "session unavailable");
       }
       const c = joined.context as SessionContext;
       ws.raw.send(encode({
@@ -114,3 +119,9 @@ export const viewerSocket = (deps: AppDeps) => {
     },
   });
 };
+
+/** Whether the session is ended in the database (false if that cannot be read either). */
+async function sessionEnded(deps: AppDeps, sessionId: string): Promise<boolean> {
+  const rows = await deps.store.query<{ ended_at: unknown }>("select ended_at from sessions where id = $1", [sessionId]).catch(() => []);
+  return !!rows[0]?.ended_at;
+}

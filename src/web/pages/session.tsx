@@ -3,7 +3,7 @@ import { api, ApiError } from "../api.ts";
 import { Link, useLocation } from "../router.tsx";
 import { CommandRunner } from "../session/commands.tsx";
 import { FileBrowser } from "../session/files.tsx";
-import { CLOSE_SESSION_ENDED, ViewerSocket, type Access, type Closed, type SessionSnapshot } from "../session/socket.ts";
+import { CLOSE_SESSION_ENDED, sameOriginSocketUrl, ViewerSocket, type Access, type Closed, type SessionSnapshot } from "../session/socket.ts";
 import { TerminalView, type TermTab } from "../session/terminal.tsx";
 import { useApi } from "../use-api.ts";
 import { formatTime } from "../ui/format.ts";
@@ -54,15 +54,21 @@ export function SessionPage(props: { id: string }) {
     let live = true;
     let s: ViewerSocket | null = null;
     let cancelRetry = () => {};
+    let stable: ReturnType<typeof setTimeout> | undefined;
     setSocket(null);
     setError(null);
     api<{ url: string }>("POST", `/api/sessions/${props.id}/viewer-token`, { access })
       .then(async (minted) => {
         if (!live) return;
-        s = new ViewerSocket(minted.url);
+        s = new ViewerSocket(sameOriginSocketUrl(minted.url, location));
         await s.ready;
         if (!live) return;
-        failures.current = 0;
+        // Only a connection that stays up counts as recovered: a server that accepts and
+        // closes at once would otherwise be retried every half second forever.
+        const up = s;
+        stable = setTimeout(() => {
+          if (up.open) failures.current = 0;
+        }, STABLE_AFTER_MS);
         setSocket(s);
       })
       .catch((e) => {
@@ -75,6 +81,7 @@ export function SessionPage(props: { id: string }) {
     return () => {
       live = false;
       cancelRetry();
+      clearTimeout(stable);
       s?.close();
     };
   }, [props.id, access, attempt]);
@@ -98,6 +105,9 @@ export function SessionPage(props: { id: string }) {
     </section>
   );
 }
+
+/** How long a viewer socket must stay open before its reconnect backoff starts over. */
+const STABLE_AFTER_MS = 5_000;
 
 type Panel = "terminals" | "files" | "commands";
 let tabKeys = 0;
@@ -273,9 +283,11 @@ function Chat(props: { socket: ViewerSocket; snap: SessionSnapshot; readOnly: bo
   const [text, setText] = useState("");
   const list = useRef<HTMLOListElement>(null);
   const messages = props.snap.chat;
+  // The last message, not the count: the count stays at 500 once the oldest are trimmed.
+  const last = messages.at(-1);
   useEffect(() => {
     if (list.current) list.current.scrollTop = list.current.scrollHeight;
-  }, [messages.length]);
+  }, [last?.id ?? last]);
   const send = (e: Event) => {
     e.preventDefault();
     const t = text.trim();

@@ -1,6 +1,7 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { splitArgv } from "./argv.ts";
 import { describe } from "./files.tsx";
+import { argvProblem } from "./limits.ts";
 import type { Closed, ViewerSocket } from "./socket.ts";
 
 interface Run {
@@ -66,6 +67,8 @@ export function CommandRunner(props: { socket: ViewerSocket; readOnly: boolean; 
       return setParseError((err as Error).message);
     }
     if (argv.length === 0) return setParseError("type a command to run");
+    const tooBig = argvProblem(argv);
+    if (tooBig) return setParseError(tooBig);
     setParseError(null);
     const key = ++runKeys;
     setRuns((rs) => [{ key, argv, channel: null, out: [], end: null, error: null }, ...rs].slice(0, 30));

@@ -2,6 +2,7 @@ import { useEffect, useRef, useState } from "preact/hooks";
 import { ChannelError, FILE_CHUNK, TRANSFER_WINDOW, type Listing, type ViewerSocket } from "./socket.ts";
 import { Empty, Loading } from "../ui/states.tsx";
 import { formatBytes } from "../ui/format.ts";
+import { pathProblem } from "./limits.ts";
 
 type Entry = Listing["entries"][number];
 
@@ -38,20 +39,32 @@ export function FileBrowser(props: { socket: ViewerSocket; readOnly: boolean; on
   const [transfers, setTransfers] = useState<Transfer[]>([]);
   const fileInput = useRef<HTMLInputElement>(null);
   const cancels = useRef(new Map<number, () => void>());
+  // Read after an await: the directory last asked for (shown, or on its way), and which
+  // listing is the latest (a slow one answered after a newer one must not replace it).
+  const wanted = useRef(path);
+  const listings = useRef(0);
 
   const list = async (to: string) => {
     if (readOnly) return;
+    const problem = pathProblem(to);
+    if (problem) return setError(problem);
+    const seq = ++listings.current;
+    wanted.current = to;
     setLoading(true);
     setError(null);
     try {
       const l = await socket.request({ t: "files.list", path: to }, "files.listing");
+      if (seq !== listings.current) return;
+      wanted.current = l.path;
       setListing(l);
       setPath(l.path);
       setTyped(l.path);
     } catch (e) {
+      if (seq !== listings.current) return;
+      wanted.current = path; // still showing the one before
       setError(describe(e));
     } finally {
-      setLoading(false);
+      if (seq === listings.current) setLoading(false);
     }
   };
   useEffect(() => {
@@ -64,7 +77,7 @@ export function FileBrowser(props: { socket: ViewerSocket; readOnly: boolean; on
     const id = ++transferIds;
     setTransfers((ts) => [{ id, kind: "download" as const, name: entry.name, size: entry.size, done: 0, state: "running" as const, channel: null }, ...ts].slice(0, 20));
     try {
-      const opened = await socket.request({ t: "files.download", path: join(path, entry.name) }, "ch.opened");
+      const opened = await socket.request({ t: "files.download", path: checked(join(path, entry.name)) }, "ch.opened");
       const ch = opened.channel;
       const chunks: Uint8Array[] = [];
       let received = 0;
@@ -101,7 +114,7 @@ export function FileBrowser(props: { socket: ViewerSocket; readOnly: boolean; on
     const dir = path;
     setTransfers((ts) => [{ id, kind: "upload" as const, name: file.name, size: file.size, done: 0, state: "running" as const, channel: null }, ...ts].slice(0, 20));
     try {
-      const opened = await socket.request({ t: "files.upload", path: join(dir, file.name), size: file.size }, "ch.opened");
+      const opened = await socket.request({ t: "files.upload", path: checked(join(dir, file.name)), size: file.size }, "ch.opened");
       const ch = opened.channel;
       update(id, { channel: ch });
       let acked = 0;
@@ -145,7 +158,8 @@ export function FileBrowser(props: { socket: ViewerSocket; readOnly: boolean; on
       const result = end as { ok: boolean; error?: string } | null;
       if (!result?.ok) throw new Error(result?.error ?? "the upload did not finish");
       update(id, { done: file.size, state: "done" });
-      if (dir === path) void list(dir);
+      // List its folder again only if the browser is still there (not moved on meanwhile).
+      if (dir === wanted.current) void list(dir);
     } catch (e) {
       update(id, { state: /cancelled/.test(describe(e)) ? "cancelled" : "failed", error: describe(e) });
     } finally {
@@ -238,6 +252,13 @@ function saveBlob(blob: Blob, name: string): void {
   a.click();
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+/** The path, if the server would take it; else a ChannelError, shown like the server's. */
+function checked(path: string): string {
+  const problem = pathProblem(path);
+  if (problem) throw new ChannelError("PATH_TOO_LONG", problem);
+  return path;
 }
 
 export function describe(e: unknown): string {

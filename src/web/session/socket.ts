@@ -2,6 +2,7 @@ import { Packr } from "msgpackr";
 import { channelOf, dataFrame, isDataFrame, payloadOf } from "../../protocol/frames.ts";
 // Types only: relay.ts holds the zod schemas, which stay out of the browser bundle.
 import type { Access, ServerToViewer, ViewerToServer } from "../../protocol/relay.ts";
+import { MAX_VIEWER_FRAME } from "./limits.ts";
 
 /** Upload and download window (TRANSFER_WINDOW in src/protocol/relay.ts, duplicated to keep zod out of the bundle). */
 export const TRANSFER_WINDOW = 1024 * 1024;
@@ -40,9 +41,26 @@ export class ChannelError extends Error {
   }
 }
 
+/**
+ * The viewer socket's address on this page's own origin: the minted `url` is built from
+ * TETHER_PUBLIC_URL (the agents' address), which may be another host (refused by CSP
+ * `connect-src 'self'`) or ws:// behind a TLS proxy (mixed content). Only its path and query
+ * are taken.
+ */
+export function sameOriginSocketUrl(minted: string, loc: { protocol: string; host: string }): string {
+  const u = new URL(minted, `http://${loc.host}`);
+  return `${loc.protocol === "https:" ? "wss:" : "ws:"}//${loc.host}${u.pathname}${u.search}`;
+}
+
 const packr = new Packr({ useRecords: false });
-/** Output of channels nobody handles yet is kept until a handler comes, up to this much. */
+/** Output of channels nobody handles yet is kept until a handler comes, up to this much in all… */
 const ORPHAN_LIMIT = 4 * 1024 * 1024;
+/** …and this much per channel (a terminal's tab needs its recent output, not megabytes of it). */
+const ORPHAN_CHANNEL_LIMIT = 1024 * 1024;
+/** How long what a closed channel left is kept for a handler still mounting. */
+const ORPHAN_CLOSED_MS = 5_000;
+
+type Orphan = Uint8Array | Closed | { ack: number };
 
 /**
  * The viewer socket of one session (/ws/viewer, docs/PROTOCOL.md §4): msgpack control
@@ -67,7 +85,7 @@ export class ViewerSocket {
   private readonly listeners = new Set<(m: ServerToViewer) => void>();
   private readonly closeListeners = new Set<(c: { code: number; reason: string }) => void>();
   private readonly handlers = new Map<number, ChannelHandlers>();
-  private readonly orphans = new Map<number, Array<Uint8Array | Closed | { ack: number }>>();
+  private readonly orphans = new Map<number, { items: Orphan[]; bytes: number }>();
   private orphanBytes = 0;
   private readonly known = new Set<number>();
   private pending: Pending[] = [];
@@ -118,12 +136,10 @@ export class ViewerSocket {
     this.handlers.set(channel, handlers);
     const queued = this.orphans.get(channel);
     if (queued) {
-      this.orphans.delete(channel);
-      for (const q of queued) {
-        if (q instanceof Uint8Array) {
-          this.orphanBytes -= q.byteLength;
-          handlers.data?.(q);
-        } else if ("ack" in q) handlers.ack?.(q.ack);
+      this.dropOrphans(channel);
+      for (const q of queued.items) {
+        if (q instanceof Uint8Array) handlers.data?.(q);
+        else if ("ack" in q) handlers.ack?.(q.ack);
         else handlers.closed?.(q);
       }
     }
@@ -154,8 +170,11 @@ export class ViewerSocket {
     const req = this.newReq(message.t.replace(/\W/g, ""));
     return new Promise((resolve, reject) => {
       if (!this.open) return reject(new ChannelError("DISCONNECTED", "the viewer socket is not open"));
+      const packed = packr.pack({ ...message, req }) as unknown as Uint8Array<ArrayBuffer>;
+      // The server would close the socket on it (1009): refuse it here instead.
+      if (packed.byteLength > MAX_VIEWER_FRAME) return reject(new ChannelError("TOO_LARGE", `the request is too large (${packed.byteLength} bytes; at most ${MAX_VIEWER_FRAME})`));
       this.pending.push({ req, until, resolve, reject });
-      this.send({ ...message, req } as ViewerToServer);
+      this.ws.send(packed);
     });
   }
 
@@ -223,15 +242,20 @@ export class ViewerSocket {
         break;
       }
       case "ch.closed": {
-        // A channel that failed before it opened ends without ever being named to us: it was our oldest request.
-        if (!this.known.has(m.channel) && !this.handlers.has(m.channel) && this.pending.length > 0 && m.reason === "error") {
-          const p = this.pending.shift()!;
-          p.reject(new ChannelError(m.error?.code ?? "ERROR", m.error?.message ?? "the channel could not be opened"));
+        // A channel that ended before it opened names the request it was for (whichever viewer sent it).
+        const p = m.req !== undefined ? this.take(m.req, null) : undefined;
+        if (p) {
+          p.reject(new ChannelError(m.error?.code ?? m.reason, m.error?.message ?? `the channel could not be opened (${m.reason.replace("_", " ")})`));
           break;
         }
         const h = this.handlers.get(m.channel);
         if (h) h.closed?.(m);
-        else this.orphan(m.channel, m);
+        else if (!this.known.has(m.channel)) this.dropOrphans(m.channel); // never ours to show
+        else {
+          // A tab may still be mounting for it: keep its end a little, then free what it left.
+          this.orphan(m.channel, m);
+          setTimeout(() => this.handlers.has(m.channel) || this.dropOrphans(m.channel), ORPHAN_CLOSED_MS);
+        }
         break;
       }
     }
@@ -243,15 +267,28 @@ export class ViewerSocket {
     return i < 0 ? undefined : this.pending.splice(i, 1)[0];
   }
 
-  private orphan(channel: number, item: Uint8Array | Closed | { ack: number }): void {
+  private orphan(channel: number, item: Orphan): void {
+    const q = this.orphans.get(channel) ?? { items: [], bytes: 0 };
     if (item instanceof Uint8Array) {
-      if (this.orphanBytes + item.byteLength > ORPHAN_LIMIT) return;
+      if (this.orphanBytes + item.byteLength > ORPHAN_LIMIT || q.bytes + item.byteLength > ORPHAN_CHANNEL_LIMIT) return;
       item = item.slice();
       this.orphanBytes += item.byteLength;
+      q.bytes += item.byteLength;
     }
-    const q = this.orphans.get(channel) ?? [];
-    q.push(item);
+    q.items.push(item);
     this.orphans.set(channel, q);
+  }
+
+  private dropOrphans(channel: number): void {
+    const q = this.orphans.get(channel);
+    if (!q) return;
+    this.orphans.delete(channel);
+    this.orphanBytes -= q.bytes;
+  }
+
+  /** Bytes kept for channels nobody handles yet (for tests). */
+  get orphaned(): { channels: number; bytes: number } {
+    return { channels: this.orphans.size, bytes: this.orphanBytes };
   }
 }
 

@@ -2,6 +2,8 @@ import { FitAddon } from "@xterm/addon-fit";
 import { Terminal } from "@xterm/xterm";
 import "@xterm/xterm/css/xterm.css";
 import { useEffect, useRef, useState } from "preact/hooks";
+import { utf8Pieces } from "./limits.ts";
+import { terminalLinks } from "./links.ts";
 import type { Closed, ViewerSocket } from "./socket.ts";
 
 export interface TermTab {
@@ -45,6 +47,7 @@ export function TerminalView(props: {
       fontFamily: 'ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace',
       fontSize: 14,
       scrollback: 5000,
+      linkHandler: terminalLinks,
       theme: { background: "#11151c", foreground: "#e6e9ef", cursor: "#e6e9ef" },
     });
     const fit = new FitAddon();
@@ -52,7 +55,9 @@ export function TerminalView(props: {
     t.open(box.current!);
     term.current = { term: t, fit };
     const input = t.onData((d) => {
-      if (!readOnly && channel.current !== null) socket.data(channel.current, d);
+      if (readOnly || channel.current === null) return;
+      // A paste can be larger than a viewer frame may be (the server closes on one over 64 KiB).
+      for (const piece of utf8Pieces(d)) socket.data(channel.current, piece);
     });
     setReady(true);
     return () => {
