@@ -12,6 +12,7 @@ import { SitesPage } from "./pages/admin/sites.tsx";
 import { TokensPage } from "./pages/admin/tokens.tsx";
 import { UsersPage } from "./pages/admin/users.tsx";
 import { LoginPage } from "./pages/login.tsx";
+import { EnrollTotpPage } from "./pages/enroll-totp.tsx";
 import { Link, navigate, useLocation } from "./router.tsx";
 import { ErrorBox, Loading } from "./ui/states.tsx";
 
@@ -20,6 +21,8 @@ export interface Me {
   username: string;
   role: "admin" | "technician" | "auditor" | "end_user";
   permissions: string[];
+  /** Policy requires a second factor this login lacks: only enrolling it works. */
+  restricted: boolean;
 }
 
 /** Who is signed in decides what there is: the login page, or the console with its pages. */
@@ -42,6 +45,7 @@ export function App() {
     setMe(null);
     navigate("/");
   };
+  if (me.restricted) return <EnrollTotpPage username={me.username} onEnrolled={load} onSignOut={signOut} />;
   return (
     <div class="shell">
       <nav class="top" aria-label="Main">

@@ -249,4 +249,178 @@ describe("web console", () => {
     await screenshot(p, "end-user-portal");
     await ctx.close();
   });
+
+  test("a page polling faster than the server answers still updates, with one request at a time", async () => {
+    // Each answer about the support session takes 1.5 s; the page polls it every 1 s.
+    let inFlight = 0;
+    let most = 0;
+    await page.route(/\/api\/sessions\/[0-9a-f-]{36}$/, async (route) => {
+      most = Math.max(most, ++inFlight);
+      try {
+        await Bun.sleep(1_500);
+        await route.continue().catch(() => {}); // unrouted meanwhile
+      } finally {
+        inFlight--;
+      }
+    });
+    try {
+      await page.goto(app.url + "/support");
+      await page.getByRole("button", { name: "Create a support code" }).click();
+      const shown = (await page.getByLabel("Support code").textContent())!.replace(/\s/g, "");
+      const person = await supportAgent(app, shown);
+      const start = await person.waitFor((m) => m.t === "session.start");
+      await page.getByRole("status", { name: "Session state" }).filter({ hasText: "being asked" }).waitFor({ timeout: 10_000 });
+      person.send({ t: "consent", session: start.session, granted: true });
+      await page.getByRole("status", { name: "Session state" }).filter({ hasText: "allowed" }).waitFor({ timeout: 10_000 });
+      expect(most).toBe(1);
+      person.ws.close();
+    } finally {
+      await page.unroute(/\/api\/sessions\/[0-9a-f-]{36}$/);
+    }
+  });
+
+  test("machines: a Load more overtaken by a filter change is dropped, and rows from Load more keep refreshing", async () => {
+    errors.length = 0; // the timeline test's expected 404 is not ours
+    // 150 machines enrolled before the three above: those three come with the second page.
+    await app.server.store.query(
+      `insert into machines (id, tenant_id, machine_uid, hostname, public_key, created_at)
+       select gen_random_uuid(), $1, 'bulk-uid-' || g, 'bulk-' || lpad(g::text, 3, '0'), 'x', now() - interval '1 day' + g * interval '1 second'
+         from generate_series(0, 149) g`,
+      [DEFAULT_TENANT_ID],
+    );
+    // Requests for more than the first page (a Load more, or a refresh of more rows) answer slowly when asked.
+    let slow = false;
+    const list = /\/api\/machines\?/;
+    await page.route(list, async (route) => {
+      const url = new URL(route.request().url());
+      if (slow && (url.searchParams.has("cursor") || Number(url.searchParams.get("limit")) > 100)) await Bun.sleep(2_000);
+      await route.continue().catch(() => {}); // unrouted meanwhile
+    });
+    const hosts = () => page.locator("tbody tr td:first-child").allTextContents();
+    try {
+      await page.goto(app.url + "/");
+      await page.waitForFunction(() => document.querySelectorAll("tbody tr").length === 100);
+
+      // A slow Load more, then a new search before it answers: its rows do not join the new list.
+      slow = true;
+      await page.getByRole("button", { name: "Load more" }).click();
+      await page.getByLabel("Search machines").fill("host:db");
+      await page.waitForFunction(() => [...document.querySelectorAll("tbody tr td:first-child")].map((td) => td.textContent).join() === "db-01");
+      await Bun.sleep(3_000);
+      expect(await hosts()).toEqual(["db-01"]);
+      slow = false;
+
+      await page.getByLabel("Search machines").fill("");
+      await page.waitForFunction(() => document.querySelectorAll("tbody tr").length === 100);
+      await page.getByRole("button", { name: "Load more" }).click();
+      await page.waitForFunction(() => document.querySelectorAll("tbody tr").length === 153);
+      expect((await hosts()).slice(-3)).toEqual(["web-01", "web-02", "db-01"]);
+      // web-02 came with Load more: its presence follows the agent all the same.
+      const presence = (state: string) => page.waitForFunction(([id, s]) => document.querySelector(`tr[data-machine="${id}"] .presence`)?.textContent === s, [agents[1]!.id, state], { timeout: 10_000 });
+      const socket = new TestAgentSocket(app.url);
+      expect(await socket.handshake(agents[1]!.id, agents[1]!.key, agents[1]!.privateKey)).toBe(true);
+      await presence("online");
+      socket.close();
+      await presence("offline");
+      expect(errors).toEqual([]);
+    } finally {
+      await page.unroute(list);
+    }
+  });
+
+  test("a machine's recordings past the first 100 come with Load more", async () => {
+    const sessionId = await insertSession(app.server.store, { machineId: machineIds[2] });
+    await app.server.store.query(
+      `insert into recordings (id, tenant_id, session_id, machine_id, channel, cols, rows, started_at, ended_at)
+       select gen_random_uuid(), $1, $2, $3, g, 80, 24, now() - g * interval '1 minute', now() - g * interval '1 minute' + interval '5 seconds'
+         from generate_series(1, 105) g`,
+      [DEFAULT_TENANT_ID, sessionId, machineIds[2]],
+    );
+    await page.goto(`${app.url}/recordings?machine=${machineIds[2]}`);
+    await page.getByRole("table", { name: "Recordings" }).waitFor();
+    expect(await page.locator("tbody tr").count()).toBe(100);
+    await page.getByRole("button", { name: "Load more" }).click();
+    await page.waitForFunction(() => document.querySelectorAll("tbody tr").length === 105);
+    expect(await page.getByRole("button", { name: "Load more" }).count()).toBe(0);
+  });
+
+  test("changing the playback speed keeps the position", async () => {
+    errors.length = 0; // the timeline test's expected 404 is not ours
+    const sessionId = await insertSession(app.server.store, { machineId: machineIds[0] });
+    const id = crypto.randomUUID();
+    await app.server.store.query(
+      "insert into recordings (id, tenant_id, session_id, machine_id, channel, cols, rows, started_at, ended_at) values ($1, $2, $3, $4, 1, 80, 24, now() - interval '1 minute', now())",
+      [id, DEFAULT_TENANT_ID, sessionId, machineIds[0]],
+    );
+    // A 30-second cast, one line a second.
+    const cast = [JSON.stringify({ version: 2, width: 80, height: 24 }), ...Array.from({ length: 30 }, (_, i) => JSON.stringify([i, "o", `line ${i}\r\n`]))].join("\n") + "\n";
+    const castUrl = `**/api/recordings/${id}/cast`;
+    await page.route(castUrl, (route) => route.fulfill({ status: 200, contentType: "application/x-asciicast", body: cast }));
+    try {
+      await page.goto(`${app.url}/recordings/${id}`);
+      await page.locator(".player .ap-player, .player .ap-wrapper").first().waitFor({ timeout: 10_000 });
+      await page.getByRole("button", { name: "Play from the start" }).click();
+      await page.waitForFunction(() => (document.querySelector(".player")?.textContent ?? "").includes("line 3"), undefined, { timeout: 10_000 });
+      await page.evaluate(() => document.querySelector(".player")!.firstElementChild!.setAttribute("data-old", ""));
+      await page.getByLabel("Speed").selectOption("2");
+      // A new player (the speed is an option of its own), at the time and frame where the old one was.
+      await page.waitForFunction(() => {
+        const p = document.querySelector(".player")!;
+        return p.querySelector("[data-old]") === null && /^00:0[3-9]$/.test(p.querySelector(".ap-time-elapsed")?.textContent ?? "") && (p.textContent ?? "").includes("line 3");
+      }, undefined, { timeout: 10_000 });
+      // Again, before playing on: still there.
+      await page.evaluate(() => document.querySelector(".player")!.firstElementChild!.setAttribute("data-old", ""));
+      await page.getByLabel("Speed").selectOption("4");
+      await page.waitForFunction(() => {
+        const p = document.querySelector(".player")!;
+        return p.querySelector("[data-old]") === null && /^00:0[3-9]$/.test(p.querySelector(".ap-time-elapsed")?.textContent ?? "") && (p.textContent ?? "").includes("line 3");
+      }, undefined, { timeout: 10_000 });
+      expect(errors).toEqual([]);
+    } finally {
+      await page.unroute(castUrl);
+    }
+  });
+
+  test("a refused role change (the last admin) is shown, and the role stays", async () => {
+    await page.goto(app.url + "/users");
+    const role = page.getByLabel("Role of admin", { exact: true });
+    await role.waitFor();
+    await role.selectOption("technician");
+    await page.getByRole("alert").filter({ hasText: "last active admin" }).waitFor();
+    expect(await page.getByRole("alert").textContent()).toContain("Correlation id");
+    expect(await role.inputValue()).toBe("admin");
+    expect((await app.call("GET", "/api/me", { token: app.adminToken })).body.role).toBe("admin");
+  });
+
+  test("a login that policy restricts (second factor required, none yet) sets one up, then gets the console", async () => {
+    const u = await app.user("auditor");
+    expect((await app.call("PATCH", "/api/settings", { token: app.adminToken, body: { require_totp_roles: ["auditor"] } })).status).toBe(200);
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    try {
+      const p = await ctx.newPage();
+      const pageErrors: string[] = [];
+      p.on("pageerror", (e) => pageErrors.push(e.message));
+      await p.goto(app.url + "/");
+      await p.getByLabel("Username").fill(u.username);
+      await p.getByLabel("Password").fill(u.password);
+      await p.getByRole("button", { name: "Sign in" }).click();
+      await p.getByRole("heading", { name: "Set up a second factor" }).waitFor();
+      expect(await p.getByRole("link", { name: "Audit" }).count()).toBe(0);
+      await p.getByRole("button", { name: "Set up the authenticator" }).click();
+      const secret = (await p.getByLabel("Secret", { exact: true }).textContent())!;
+      expect(await p.getByLabel("otpauth URI").textContent()).toStartWith("otpauth://totp/");
+      await screenshot(p, "enroll-totp");
+      const totp = new OTPAuth.TOTP({ secret: OTPAuth.Secret.fromBase32(secret), period: 30, digits: 6, algorithm: "SHA1" });
+      await p.getByLabel(/Code from your authenticator/).fill(totp.generate());
+      await p.getByRole("button", { name: "Confirm" }).click();
+      expect((await p.getByLabel("Recovery codes").textContent())!.trim().split("\n").length).toBeGreaterThan(0);
+      await p.getByRole("button", { name: "Continue" }).click();
+      await p.getByRole("heading", { name: "Machines" }).waitFor();
+      await p.getByRole("link", { name: "Audit" }).waitFor();
+      expect(pageErrors).toEqual([]);
+    } finally {
+      await ctx.close();
+      await app.call("PATCH", "/api/settings", { token: app.adminToken, body: { require_totp_roles: [] } });
+    }
+  });
 });

@@ -1,7 +1,7 @@
 import { useEffect, useState } from "preact/hooks";
 import { api } from "../api.ts";
 import { Link } from "../router.tsx";
-import { useApi } from "../use-api.ts";
+import { useApi, useLoader } from "../use-api.ts";
 import { Empty, ErrorBox, Loading } from "../ui/states.tsx";
 
 interface Machine {
@@ -25,6 +25,9 @@ interface Page {
 
 /** Presence refreshes on its own this often. */
 const LIVE_MS = 3_000;
+/** Rows per "Load more"; the API takes at most 500 a request. */
+const PAGE = 100;
+const MAX_LIMIT = 500;
 
 /**
  * The machines list: the M5 search syntax, filters by site, status and tag, presence that
@@ -32,55 +35,61 @@ const LIVE_MS = 3_000;
  */
 export function MachinesPage() {
   const [q, setQ] = useState(new URLSearchParams(location.search).get("q") ?? "");
-  const [debounced, setDebounced] = useState(q);
+  const [tag, setTag] = useState("");
+  const [debounced, setDebounced] = useState(q.trim());
+  const [debouncedTag, setDebouncedTag] = useState("");
   const [site, setSite] = useState("");
   const [status, setStatus] = useState("");
-  const [tag, setTag] = useState("");
-  const [more, setMore] = useState<Machine[]>([]);
-  const [cursor, setCursor] = useState<string | null>(null);
-  const [loadingMore, setLoadingMore] = useState(false);
-  const [moreError, setMoreError] = useState<unknown>(null);
 
+  // Typing in the search or tag box asks the server once it pauses, not at every key.
   useEffect(() => {
-    const t = setTimeout(() => setDebounced(q.trim()), 250);
+    const t = setTimeout(() => {
+      setDebounced(q.trim());
+      setDebouncedTag(tag.trim());
+    }, 250);
     return () => clearTimeout(t);
-  }, [q]);
+  }, [q, tag]);
 
   const params = new URLSearchParams();
   if (debounced) params.set("q", debounced);
   if (site) params.set("site_id", site);
   if (status) params.set("status", status);
-  if (tag.trim()) params.set("tag", tag.trim());
-  params.set("limit", "100");
-  const list = useApi<Page>(`/api/machines?${params}`, LIVE_MS);
+  if (debouncedTag) params.set("tag", debouncedTag);
+  const filters = params.toString();
+
+  // How many rows to show; back to one page when the filters change.
+  const [shown, setShown] = useState({ filters, want: PAGE });
+  const want = shown.filters === filters ? shown.want : PAGE;
+  useEffect(() => setShown({ filters, want: PAGE }), [filters]); // so going back to earlier filters starts from one page too
+
+  // Every refresh reloads all the rows shown (not only the first page), so presence stays live
+  // on rows from "Load more" too; the loader is keyed by the filters, so an answer for
+  // filters no longer current (a "Load more" in flight when they changed) is dropped.
+  const list = useLoader<Page>(`/api/machines?${filters}`, async () => {
+    const machines: Machine[] = [];
+    let cursor: string | null = null;
+    do {
+      const p = new URLSearchParams(filters);
+      p.set("limit", String(Math.min(MAX_LIMIT, want - machines.length)));
+      if (cursor) p.set("cursor", cursor);
+      const page: Page = await api<Page>("GET", `/api/machines?${p}`);
+      machines.push(...page.machines);
+      cursor = page.next_cursor;
+    } while (cursor && machines.length < want);
+    return { machines, next_cursor: cursor };
+  }, LIVE_MS);
   const sites = useApi<{ sites: Array<{ id: string; name: string; code: string }> }>("/api/sites");
 
+  // After the render that raised `want`, so the loader sees it.
   useEffect(() => {
-    setMore([]);
-    setCursor(null);
-  }, [debounced, site, status, tag]);
-  useEffect(() => {
-    if (more.length === 0) setCursor(list.data?.next_cursor ?? null);
-  }, [list.data]);
+    if (want > PAGE) list.reload();
+  }, [want]);
 
-  const loadMore = async () => {
-    if (!cursor) return;
-    setLoadingMore(true);
-    setMoreError(null);
-    try {
-      const p = new URLSearchParams(params);
-      p.set("cursor", cursor);
-      const page = await api<Page>("GET", `/api/machines?${p}`);
-      setMore((m) => [...m, ...page.machines]);
-      setCursor(page.next_cursor);
-    } catch (e) {
-      setMoreError(e);
-    } finally {
-      setLoadingMore(false);
-    }
-  };
-
-  const rows = [...(list.data?.machines ?? []), ...more];
+  const rows = list.data?.machines ?? [];
+  const cursor = list.data?.next_cursor ?? null;
+  // Fewer rows than wanted while there are more: a "Load more" is on its way.
+  const loadingMore = list.loading && cursor !== null && rows.length < want;
+  const loadMore = () => setShown({ filters, want: want + PAGE });
 
   return (
     <section class="machines">
@@ -104,7 +113,7 @@ export function MachinesPage() {
       </header>
       {list.error !== null && <ErrorBox error={list.error} retry={list.reload} />}
       {list.data === null && list.error === null && <Loading what="machines" />}
-      {list.data !== null && rows.length === 0 && <Empty>{debounced || site || status || tag ? "No machine matches." : "No machines yet. Enroll one from a site's install command."}</Empty>}
+      {list.data !== null && rows.length === 0 && <Empty>{debounced || site || status || debouncedTag ? "No machine matches." : "No machines yet. Enroll one from a site's install command."}</Empty>}
       {rows.length > 0 && (
         <table class="list" aria-label="Machines">
           <thead>
@@ -125,7 +134,6 @@ export function MachinesPage() {
         </table>
       )}
       {cursor && <button type="button" class="more" onClick={loadMore} disabled={loadingMore}>{loadingMore ? "Loading more…" : "Load more"}</button>}
-      {moreError !== null && <ErrorBox error={moreError} retry={loadMore} />}
     </section>
   );
 }

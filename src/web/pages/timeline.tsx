@@ -47,7 +47,7 @@ export function TimelinePage(props: { kind?: string; id?: string }) {
         navigate(`/actors/${kind}/${id.trim()}`);
       }}>
         <select aria-label="Kind" value={kind} onChange={(e) => setKind(e.currentTarget.value)}>{KINDS.map((k) => <option value={k}>{k}</option>)}</select>
-        <input aria-label="Actor id" placeholder="id (uuid)" value={id} onInput={(e) => setId(e.currentTarget.value)} required pattern="[0-9a-fA-F-]{36}" size={40} />
+        <input aria-label="Actor id" placeholder="id (uuid)" value={id} onInput={(e) => setId(e.currentTarget.value)} required pattern="[0-9a-fA-F\-]{36}" size={40} />
         <button type="submit">Show</button>
       </form>
       {!props.id && <Empty>Pick a machine, session or room by its id.</Empty>}

@@ -14,7 +14,7 @@ interface Recording {
   bytes: number;
   duration_s: number | null;
 }
-type Player = { seek(t: number): Promise<void>; play(): Promise<void>; pause(): void; dispose(): void; getCurrentTime(): number; getDuration(): number | null };
+type Player = { seek(t: number): Promise<void>; play(): Promise<void>; pause(): void; dispose(): void; getCurrentTime(): number | undefined; getDuration(): number | null };
 
 const SPEEDS = [0.5, 1, 2, 4];
 
@@ -31,16 +31,23 @@ export function RecordingPage(props: { id: string }) {
   const [error, setError] = useState<unknown>(null);
   const cast = `/api/recordings/${props.id}/cast`;
 
+  // Where playback was when the player was last torn down (a speed change rebuilds it): the
+  // cleanup below nulls `player` before the next run, so the time is kept here.
+  const resumeAt = useRef({ id: props.id, t: 0 });
+
   useEffect(() => {
     if (!rec.data || !host.current) return;
-    const at = player.current ? player.current.getCurrentTime() : 0;
-    player.current?.dispose();
+    const at = resumeAt.current.id === props.id ? resumeAt.current.t : 0;
     try {
       player.current = AsciinemaPlayer.create(cast, host.current, { speed, startAt: at, fit: "width", idleTimeLimit: 2, controls: true, preload: true }) as unknown as Player;
+      // startAt applies only once playback starts; the seek shows that frame and time now (and
+      // is what getCurrentTime answers if the speed changes again before playing).
+      if (at > 0) void player.current.seek(at).catch(() => {});
     } catch (e) {
       setError(e);
     }
     return () => {
+      resumeAt.current = { id: props.id, t: player.current?.getCurrentTime() ?? 0 };
       player.current?.dispose();
       player.current = null;
     };
@@ -56,8 +63,8 @@ export function RecordingPage(props: { id: string }) {
         <div class="filters">
           <label>Speed <select aria-label="Speed" value={String(speed)} onChange={(e) => setSpeed(Number(e.currentTarget.value))}>{SPEEDS.map((s) => <option value={String(s)}>{s}×</option>)}</select></label>
           <button type="button" onClick={() => void player.current?.seek(0).then(() => player.current?.play())}>Play from the start</button>
-          <button type="button" onClick={() => player.current?.seek(Math.max(0, player.current.getCurrentTime() - 10))}>−10 s</button>
-          <button type="button" onClick={() => player.current?.seek(player.current.getCurrentTime() + 10)}>+10 s</button>
+          <button type="button" onClick={() => player.current?.seek(Math.max(0, (player.current.getCurrentTime() ?? 0) - 10))}>−10 s</button>
+          <button type="button" onClick={() => player.current?.seek((player.current.getCurrentTime() ?? 0) + 10)}>+10 s</button>
           <a href={cast} download={`tether-${r.id}.cast`}>Download .cast</a>
         </div>
       </header>

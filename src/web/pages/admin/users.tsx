@@ -1,3 +1,4 @@
+import { useState } from "preact/hooks";
 import { api } from "../../api.ts";
 import { ActionButton, ActionForm } from "../../ui/action.tsx";
 import { ErrorBox, Loading } from "../../ui/states.tsx";
@@ -41,9 +42,7 @@ export function UsersPage() {
               <tr key={u.id}>
                 <td>{u.username}</td>
                 <td>
-                  <select aria-label={`Role of ${u.username}`} value={u.role} onChange={(e) => patch(u.id, { role: e.currentTarget.value }).catch(() => users.reload())}>
-                    {ROLES.map((r) => <option value={r}>{r.replace("_", " ")}</option>)}
-                  </select>
+                  <RoleSelect user={u} change={(role) => patch(u.id, { role })} reset={users.reload} />
                 </td>
                 <td class="wide">{u.totp_enabled ? "on" : "off"}</td>
                 <td>{u.disabled ? "disabled" : "active"}</td>
@@ -54,5 +53,33 @@ export function UsersPage() {
         </table>
       )}
     </section>
+  );
+}
+
+/** A user's role: a refused change (409 LAST_ADMIN, 403) is shown in place, as ActionButton does. */
+function RoleSelect(props: { user: User; change(role: string): Promise<void>; reset(): void }) {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<unknown>(null);
+  const u = props.user;
+  return (
+    <span class="action">
+      <select aria-label={`Role of ${u.username}`} value={u.role} disabled={busy} onChange={async (e) => {
+        const select = e.currentTarget;
+        setBusy(true);
+        setError(null);
+        try {
+          await props.change(select.value);
+        } catch (err) {
+          setError(err);
+          select.value = u.role; // the select shows the role the user still has
+          props.reset();
+        } finally {
+          setBusy(false);
+        }
+      }}>
+        {ROLES.map((r) => <option value={r}>{r.replace("_", " ")}</option>)}
+      </select>
+      {error !== null && <ErrorBox error={error} />}
+    </span>
   );
 }
