@@ -1,5 +1,6 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { api, ApiError } from "../api.ts";
+import type { Me } from "../app.tsx";
 import { Link, useLocation } from "../router.tsx";
 import { CommandRunner } from "../session/commands.tsx";
 import { FileBrowser } from "../session/files.tsx";
@@ -37,6 +38,7 @@ export function SessionPage(props: { id: string }) {
   const { query } = useLocation();
   const access: Access = query.get("access") === "view" ? "view" : "control";
   const info = useApi<SessionRow>(`/api/sessions/${props.id}`);
+  const me = useApi<Me>("/api/me");
   const [attempt, setAttempt] = useState(0);
   const [socket, setSocket] = useState<ViewerSocket | null>(null);
   const [error, setError] = useState<unknown>(null);
@@ -95,7 +97,7 @@ export function SessionPage(props: { id: string }) {
           <p class="sub">
             {row?.machine_id && <><Link href={`/machines/${row.machine_id}`}>Machine</Link> · </>}
             Session <code>{props.id.slice(0, 8)}</code>{row && <> · opened by {row.technician}</>}
-            {" · "}<Link href={`/recordings?session=${props.id}`}>Recordings</Link>
+            {me.data?.permissions.includes("recordings:read") && <>{" · "}<Link href={`/recordings?session=${props.id}`}>Recordings</Link></>}
           </p>
         </div>
       </header>
