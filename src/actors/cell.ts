@@ -40,6 +40,11 @@ export class Cell {
   generation = 0;
   failures: number[] = [];
   failure: string | null = null;
+  /** Store outages in a row (they set the reload backoff; not counted as failures), and the last one's time. */
+  outages = 0;
+  lastOutage = 0;
+  /** A revive is storing this failed actor's 'passive' status. */
+  reviving = false;
 
   constructor(
     readonly address: Address,

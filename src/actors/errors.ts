@@ -1,3 +1,5 @@
+import { isDataError } from "./isolate.ts";
+
 /** Errors the runtime gives to senders. Each carries a stable code for the HTTP error envelope. */
 export class ActorError extends Error {
   constructor(
@@ -49,4 +51,15 @@ export class PermanentActorError extends ActorError {
   constructor(message: string) {
     super("ACTOR_PERMANENT_FAILURE", message);
   }
+}
+
+/**
+ * Whether an error from loading or committing is the store being unreachable or unwell (a
+ * dropped connection, a restart, a full disk, the lease) rather than anything about this
+ * actor: not the runtime's own errors (the logic throwing, a hydration or migration refusal)
+ * and not the database refusing the data itself (`isDataError`), which no retry would cure.
+ * Such errors are retried without end and do not count toward an actor's restart budget.
+ */
+export function isStoreOutage(err: unknown): boolean {
+  return !(err instanceof ActorError) && !isDataError(err);
 }

@@ -41,7 +41,7 @@ function statementFor(mask: number): string {
   return sql;
 }
 
-/** The batch as one statement and its parameters. Timers and statuses: last write per key wins. */
+/** The batch as one statement and its parameters. Timers and statuses: last write per key wins (see timer.clear). */
 export function batchStatement(writes: Write[]): { sql: string; params: string[] } {
   const events: Write[] = [];
   const snapshots: Write[] = [];
@@ -56,9 +56,17 @@ export function batchStatement(writes: Write[]): { sql: string; params: string[]
         snapshots.push(w);
         break;
       case "timer.set":
-      case "timer.clear":
-        timers.set(`${w.kind}/${w.actor_id}\u0000${w.key}`, w);
+      case "timer.clear": {
+        const key = `${w.kind}/${w.actor_id}\u0000${w.key}`;
+        const prev = timers.get(key);
+        // A firing of the deadline set in this same batch: that set never reaches the table, so
+        // `due_at = X` would match nothing and leave the older committed deadline to fire again.
+        // The key has no deadline left: clear it whatever is stored.
+        if (w.op === "timer.clear" && w.dueAt !== undefined && prev?.op === "timer.set" && prev.dueAt === w.dueAt) {
+          timers.set(key, { op: "timer.clear", kind: w.kind, actor_id: w.actor_id, key: w.key });
+        } else timers.set(key, w);
         break;
+      }
       case "status":
         statuses.set(`${w.kind}/${w.actor_id}`, w);
         break;

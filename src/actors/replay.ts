@@ -26,12 +26,21 @@ export interface TimelineStep {
   effects: Effect[];
 }
 
+/** A journaled event the current logic throws on (what usually fails an actor): replay stops there. */
+export interface ReplayFailure {
+  seq: number;
+  event: string;
+  error: string;
+}
+
 export interface Timeline {
   address: string;
   version: number;
   /** Where replay started: 0 for the initial state, else the snapshot it started from. */
   from: number;
   steps: TimelineStep[];
+  /** Set if replay stopped at an event the logic threw on; `steps` are those before it. */
+  failed?: ReplayFailure;
 }
 
 export interface Verification {
@@ -41,9 +50,14 @@ export interface Verification {
   checked: Array<{ seq: number; ok: boolean; diff?: ContextChange[] }>;
   skipped: Array<{ seq: number; reason: string }>;
   journalLength: number;
+  /** Set if replay stopped at an event the logic threw on (then `ok` is false). */
+  failed?: ReplayFailure;
 }
 
 export class ReplayError extends Error {}
+
+const failureAt = (row: { seq: number; event: { type: string } }, err: unknown): ReplayFailure =>
+  ({ seq: row.seq, event: row.event.type, error: (err as Error)?.message ?? String(err) });
 
 function kindFor(defs: KindDefinition[], address: string): { kind: Kind; id: string } {
   const { kind: name, id } = parseAddress(address);
@@ -82,7 +96,12 @@ export async function timeline(db: Queryable, defs: KindDefinition[], address: s
     if (row.seq <= from) continue;
     if (opts.to !== undefined && row.seq > opts.to) break;
     const before = snapshot.context;
-    const next = kind.stepper.step(snapshot, row.event);
+    let next;
+    try {
+      next = kind.stepper.step(snapshot, row.event);
+    } catch (err) {
+      return { address, version: kind.version, from, steps, failed: failureAt(row, err) };
+    }
     snapshot = next.snapshot;
     const effects = pendingInitial ? [...pendingInitial, ...next.effects] : next.effects;
     pendingInitial = null;
@@ -101,7 +120,12 @@ export async function stateAt(db: Queryable, defs: KindDefinition[], address: st
   for (const row of history.journal) {
     if (row.seq <= from) continue;
     if (row.seq > seq) break;
-    snapshot = kind.stepper.step(snapshot, row.event).snapshot;
+    try {
+      snapshot = kind.stepper.step(snapshot, row.event).snapshot;
+    } catch (err) {
+      const f = failureAt(row, err);
+      throw new ReplayError(`${address}: the logic throws on journal entry ${f.seq} (${f.event}): ${f.error}`);
+    }
     reached = row.seq;
   }
   if (reached !== seq) throw new ReplayError(`${address}: the journal ends at seq ${reached}`);
@@ -129,14 +153,26 @@ export async function verify(db: Queryable, defs: KindDefinition[], address: str
     const same = canonical(replayed) === canonical(stored.state);
     checked.push(same ? { seq, ok: true } : { seq, ok: false, diff: diff(stored.state, replayed) });
   };
+  let failed: ReplayFailure | undefined;
   for (const row of history.journal) {
     if (row.seq <= from) continue;
-    snapshot = kind.stepper.step(snapshot, row.event).snapshot;
+    try {
+      snapshot = kind.stepper.step(snapshot, row.event).snapshot;
+    } catch (err) {
+      failed = failureAt(row, err);
+      break;
+    }
     check(row.seq);
   }
   const journalSeqs = new Set(history.journal.map((r) => r.seq));
-  for (const s of history.snapshots) if (s.seq > from && !journalSeqs.has(s.seq)) skipped.push({ seq: s.seq, reason: "no journal entry at this seq" });
-  return { address, ok: checked.every((c) => c.ok), from, checked, skipped, journalLength: history.journal.length };
+  for (const s of history.snapshots) {
+    if (s.seq <= from) continue;
+    if (failed && s.seq >= failed.seq) skipped.push({ seq: s.seq, reason: `replay stopped at seq ${failed.seq}` });
+    else if (!journalSeqs.has(s.seq)) skipped.push({ seq: s.seq, reason: "no journal entry at this seq" });
+  }
+  const v: Verification = { address, ok: !failed && checked.every((c) => c.ok), from, checked, skipped, journalLength: history.journal.length };
+  if (failed) v.failed = failed;
+  return v;
 }
 
 /** JSON with object keys sorted, so equal values compare equal whatever their key order. */

@@ -3,7 +3,7 @@ import { silentLogger, type Logger } from "../log.ts";
 import type { AnyMachineSnapshot } from "xstate";
 import { Cell, type Envelope, type Reply } from "./cell.ts";
 import {
-  ActorError, ActorFailedError, AskTimeoutError, EventRejectedError, MailboxFullError, NotDurableError,
+  ActorError, ActorFailedError, AskTimeoutError, EventRejectedError, isStoreOutage, MailboxFullError, NotDurableError,
   PermanentActorError, SystemStoppedError, UnknownKindError,
 } from "./errors.ts";
 import { Journal, type CommitStats, type JournalOptions, type Write } from "./journal.ts";
@@ -32,6 +32,9 @@ export interface SystemOptions {
   /** Checked inside every journal commit: the primary's lease (src/cluster/lease.ts). */
   fence?: JournalOptions["fence"];
   clock?: () => number;
+  /** Reload delay after a store outage failed an actor's load or commit: doubles from base up to max. */
+  outageRetryBaseMs?: number;
+  outageRetryMaxMs?: number;
 }
 
 export interface FailedActor {
@@ -53,6 +56,8 @@ export class ActorSystem {
   private readonly timers: TimerService;
   private readonly clock: () => number;
   private readonly askTimeoutMs: number;
+  private readonly outageBaseMs: number;
+  private readonly outageMaxMs: number;
   private sweeper: ReturnType<typeof setInterval> | null = null;
   private readonly deadlines = new Deadlines();
   /** Actors coming into memory in the same tick are read together (a wave of agents connecting). */
@@ -77,6 +82,8 @@ export class ActorSystem {
     this.log = options.logger ?? silentLogger;
     this.clock = options.clock ?? Date.now;
     this.askTimeoutMs = options.askTimeoutMs ?? 5_000;
+    this.outageBaseMs = options.outageRetryBaseMs ?? 100;
+    this.outageMaxMs = options.outageRetryMaxMs ?? 5_000;
     this.journal = new Journal(options.store, {
       maxBatch: options.maxBatch,
       beforeCommit: options.beforeCommit,
@@ -171,15 +178,26 @@ export class ActorSystem {
     return out;
   }
 
-  /** Clears a failed actor so the next message loads it afresh from its durable state. */
-  async revive(address: Address | string): Promise<void> {
+  /**
+   * Clears a failed actor so the next message loads it afresh from its durable state. False if
+   * it was not failed (or is being revived already); throws if its new status cannot be stored.
+   */
+  async revive(address: Address | string): Promise<boolean> {
     const cell = this.cells.get(address as Address);
-    if (!cell || cell.status !== "failed") return;
-    this.cells.delete(cell.address);
-    await this.journal.append([{ op: "status", kind: cell.kind.name, actor_id: cell.id, status: "passive", at: this.clock() }]);
+    if (!cell || cell.status !== "failed" || cell.reviving) return false;
+    cell.reviving = true;
+    try {
+      // The failed cell stays (refusing messages) until 'passive' is durable: gone sooner, a
+      // message would load a new cell that still reads 'failed' and is failed again.
+      await this.journal.append([{ op: "status", kind: cell.kind.name, actor_id: cell.id, status: "passive", at: this.clock() }]);
+    } finally {
+      cell.reviving = false;
+    }
+    if (this.cells.get(cell.address) === cell) this.cells.delete(cell.address);
     // Timers that came due while it was failed were not delivered: arm them again (overdue ones fire now).
     this.timers.resetActor(cell.address, await loadTimers(this.store, cell.address));
     this.log.info({ address }, "failed actor revived");
+    return true;
   }
 
   /** Figures for /metrics, computed on demand. */
@@ -277,7 +295,9 @@ export class ActorSystem {
       if (timers) this.timers.resetActor(cell.address, timers);
       this.hydrate(cell, stored);
     } catch (err) {
-      if (cell.generation === generation) this.onActorFailure(cell, err as Error);
+      if (cell.generation !== generation) return;
+      if (isStoreOutage(err)) this.retryAfterOutage(cell, err as Error);
+      else this.onActorFailure(cell, err as Error);
     }
   }
 
@@ -371,8 +391,9 @@ export class ActorSystem {
     // event keeps its effects even if a later event made the actor restart meanwhile.
     cell.durable = this.journal.append(writes ?? eventWrite, (err) => {
       cell.inflight--;
-      if (err) env.reply?.reject(new NotDurableError(cell.address, err.message));
-      else if (effects.length > 0 || env.reply) this.runEffects(cell, effects, env.reply, snapshot, seq);
+      if (err) return env.reply?.reject(new NotDurableError(cell.address, err.message));
+      if (cell.outages > 0) cell.outages = 0; // the store is back: the next outage backs off from the start
+      if (effects.length > 0 || env.reply) this.runEffects(cell, effects, env.reply, snapshot, seq);
     });
   }
 
@@ -475,6 +496,29 @@ export class ActorSystem {
     }, verdict.delayMs).unref?.();
   }
 
+  /**
+   * The store failed this actor's load or commit (isStoreOutage): not the actor's fault, so it
+   * is not counted toward maxRestarts; reload from durable state after a doubling, capped delay,
+   * for as long as it takes. Its mailbox is kept meanwhile.
+   */
+  private retryAfterOutage(cell: Cell, err: Error): void {
+    cell.generation++;
+    const now = Date.now();
+    // Reads alone never reset the backoff (a commit does): forget an outage long past.
+    if (now - cell.lastOutage > 2 * this.outageMaxMs) cell.outages = 0;
+    const delayMs = Math.min(this.outageBaseMs * 2 ** cell.outages, this.outageMaxMs);
+    if (delayMs < this.outageMaxMs) cell.outages++;
+    cell.lastOutage = now;
+    cell.status = "restarting";
+    this.log.warn({ address: cell.address, err: err?.message ?? String(err), retryInMs: delayMs }, "store unavailable; reloading the actor from its durable state");
+    const generation = cell.generation;
+    setTimeout(() => {
+      if (cell.generation !== generation || cell.status !== "restarting" || this.stopping) return;
+      cell.status = "loading";
+      void this.load(cell, true);
+    }, delayMs).unref?.();
+  }
+
   private markFailed(cell: Cell, reason: string, persist: boolean): void {
     cell.generation++;
     cell.status = "failed";
@@ -490,12 +534,17 @@ export class ActorSystem {
 
   /** A group commit failed: every actor with writes in it is ahead of its durable state. */
   private onCommitFailure(writes: Write[], err: Error): void {
-    this.log.error({ err: err.message, writes: writes.length }, "journal commit failed");
+    // The database refusing an actor's data is that actor's failure; an outage is no one's.
+    const outage = isStoreOutage(err);
+    if (outage) this.log.warn({ err: err.message, writes: writes.length }, "journal commit failed; the store is unavailable");
+    else this.log.error({ err: err.message, writes: writes.length }, "journal commit failed");
     const hit = new Set<Address>();
     for (const w of writes) hit.add(`${w.kind}/${w.actor_id}` as Address);
     for (const address of hit) {
       const cell = this.cells.get(address);
-      if (cell && cell.status === "running") this.restart(cell, `journal commit failed: ${err.message}`);
+      if (!cell || cell.status !== "running") continue;
+      if (outage) this.retryAfterOutage(cell, err);
+      else this.restart(cell, `journal commit failed: ${err.message}`);
     }
   }
 

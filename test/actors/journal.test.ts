@@ -274,6 +274,21 @@ for (const flavor of FLAVORS) {
       expect(await timers()).toEqual([]);
     });
 
+    test("timers: a deadline set and fired in the same batch clears the key, not just that deadline", async () => {
+      const { store, journal } = await setup();
+      const timers = async () => rows<{ key: string; due_at: number }>(store, "select key, due_at from actor_timers where kind = 'k' order by key");
+      const set = (key: string, dueAt: number): Write => ({ op: "timer.set", kind: "k", actor_id: "t", key, dueAt, event: { type: "alarm", key } });
+      const clear = (key: string, dueAt?: number): Write => ({ op: "timer.clear", kind: "k", actor_id: "t", key, dueAt });
+      await journal.append([set("r", 100)]);
+      // Set again to 200, and that deadline fires before the set is committed: one batch.
+      await journal.append([set("r", 200), clear("r", 200)]);
+      expect(await timers()).toEqual([]); // the replaced 100 must not survive to fire after a restart
+      // A set again after its firing in the same batch still wins.
+      await journal.append([set("s", 100)]);
+      await journal.append([set("s", 200), clear("s", 200), set("s", 300)]);
+      expect(await timers()).toEqual([{ key: "s", due_at: 300 }]);
+    });
+
     test("status rows are upserted; a failure reason is kept only while failed", async () => {
       const { store, journal } = await setup();
       const status = (s: "active" | "passive" | "failed", failure?: string): Write => ({ op: "status", kind: "k", actor_id: "s", status: s, failure, at: 5 });

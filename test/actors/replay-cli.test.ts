@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { timeline } from "../../src/actors/replay.ts";
+import { openStore } from "../../src/store/store.ts";
 import { counterKind } from "../fixtures/counter.ts";
 import { journalOf, useDb } from "../fixtures/harness.ts";
 import { FLAVORS, type TestDb } from "../helpers/stores.ts";
@@ -123,6 +124,50 @@ for (const flavor of FLAVORS) {
       const unknown = await cli(ctx.db, ["counter/h"]); // the product's kinds: no counter there
       expect(unknown.code).toBe(1);
       expect(unknown.stderr).toContain('replay: no logic is registered for kind "counter"');
+    });
+
+    test("an event the current logic throws on: the timeline up to it, then the failing seq and the error; exit 1", async () => {
+      const node = await ctx.boot([counterKind()]);
+      for (const n of [1, 2]) await node.system.ask("counter/b", { type: "add", n });
+      await node.stop();
+      // As if the logic changed since: it now throws on a journaled event (a failed actor).
+      const store = await ctx.open();
+      await store.query(`insert into actor_journal (kind, actor_id, seq, version, at, event)
+        values ('counter', 'b', 3, 1, 1000, '{"type":"boom","at":1000}'::jsonb), ('counter', 'b', 4, 1, 1001, '{"type":"add","n":4,"at":1001}'::jsonb)`);
+      await store.close();
+      const text = await cli(ctx.db, ["counter/b", "--kinds", KINDS]);
+      expect(text.stderr).toBe("");
+      expect(text.code).toBe(1);
+      const lines = text.stdout.trimEnd().split("\n");
+      expect(lines.filter((l) => l.startsWith("#")).map((l) => l.split(" ")[0])).toEqual(["#1", "#2"]);
+      expect(lines.at(-1)).toStartWith("replay stopped: the logic throws on #3 boom: ");
+      expect(lines.at(-1)).toContain("boom on purpose");
+      const json = await cli(ctx.db, ["counter/b", "--json", "--kinds", KINDS]);
+      expect(json.code).toBe(1);
+      const t = JSON.parse(json.stdout);
+      expect(t.steps.map((s: { seq: number }) => s.seq)).toEqual([1, 2]);
+      expect(t.failed).toMatchObject({ seq: 3, event: "boom", error: expect.stringContaining("boom on purpose") });
+      const verified = await cli(ctx.db, ["counter/b", "--verify", "--kinds", KINDS]);
+      expect(verified.code).toBe(1);
+      expect(verified.stdout).toContain("replay stopped: the logic throws on #3 boom");
+      const at = await cli(ctx.db, ["counter/b", "--at", "4", "--kinds", KINDS]);
+      expect(at.code).toBe(1);
+      expect(at.stderr).toContain("replay: counter/b: the logic throws on journal entry 3 (boom)");
+    });
+
+    test("a database at another schema version is refused with a message, never migrated", async () => {
+      await history();
+      const store = await ctx.open();
+      const v = (await store.query<{ v: number }>("select max(version)::int as v from schema_migrations"))[0]!.v;
+      await store.query("delete from schema_migrations where version = $1", [v]);
+      await store.close();
+      const run = await cli(ctx.db, ["counter/h", "--kinds", KINDS]);
+      expect(run.code).toBe(1);
+      expect(run.stdout).toBe("");
+      expect(run.stderr.trim()).toStartWith(`replay: the database schema is version ${v - 1}, this build expects ${v}`);
+      const after = await openStore(ctx.db.config); // as it is: opening through ctx would migrate it
+      expect(await after.query("select version from schema_migrations where version = $1", [v])).toEqual([]);
+      await after.close();
     });
 
     test("bad usage exits 2 with the usage text; --help exits 0", async () => {

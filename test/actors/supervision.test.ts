@@ -1,6 +1,9 @@
 import { describe, expect, test } from "bun:test";
-import { ActorFailedError, EventRejectedError } from "../../src/actors/errors.ts";
+import pino from "pino";
+import { ActorFailedError, EventRejectedError, NotDurableError } from "../../src/actors/errors.ts";
+import { ActorSystem } from "../../src/actors/system.ts";
 import type { KindDefinition } from "../../src/actors/types.ts";
+import type { Store } from "../../src/store/store.ts";
 import { counterKind, type CounterContext } from "../fixtures/counter.ts";
 import { journalOf, rejectionOf, statusOf, useDb } from "../fixtures/harness.ts";
 import { eventually, FLAVORS } from "../helpers/stores.ts";
@@ -179,6 +182,72 @@ for (const flavor of FLAVORS) {
       const second = await ctx.boot(kinds);
       expect(second.started.failed).toBe(0);
       expect(count((await second.system.inspect("counter/r")).context)).toBe(5);
+    });
+
+    test("a store outage failing commit after commit is retried, not counted: the actor goes on afterwards", async () => {
+      const kinds = [counterKind({ maxRestarts: 1, failureWindowMs: 60_000, backoffBaseMs: 5 })];
+      const { system, store } = await ctx.boot(kinds, { outageRetryBaseMs: 5, outageRetryMaxMs: 20 });
+      await system.ask("counter/o", { type: "add", n: 1 });
+      store.failNext(new Error("Connection terminated unexpectedly"), 6);
+      for (let i = 0; i < 6; i++) expect(await rejectionOf(system.ask("counter/o", { type: "add", n: 10 }))).toBeInstanceOf(NotDurableError);
+      expect(system.failedActors()).toEqual([]);
+      expect(await system.ask<number>("counter/o", { type: "add", n: 1 })).toMatchObject({ reply: 2, seq: 2 });
+      expect(await statusOf(store, "counter", "o")).toMatchObject({ status: "active" });
+      expect(system.stats().kinds.get("counter")!.restarts).toBe(0);
+    });
+
+    test("a store outage failing loads in a row is retried with capped doubling backoff, logged at warn, not counted", async () => {
+      const inner = await ctx.open();
+      let failReads = 0;
+      const flaky: Store = {
+        ...inner,
+        flavor: inner.flavor,
+        query: <T,>(sql: string, params?: readonly unknown[]) => {
+          if (failReads > 0 && !/\b(insert|update|delete)\b/i.test(sql)) {
+            failReads--;
+            return Promise.reject(new Error("connect ECONNREFUSED 127.0.0.1:5432"));
+          }
+          return inner.query<T>(sql, params);
+        },
+      };
+      const warnings: Array<{ level: number; msg: string }> = [];
+      const logger = pino({ level: "warn" }, { write: (line: string) => void warnings.push(JSON.parse(line)) });
+      const system = new ActorSystem({ store: flaky, logger, outageRetryBaseMs: 20, outageRetryMaxMs: 40 });
+      system.register(counterKind({ maxRestarts: 1, failureWindowMs: 60_000, backoffBaseMs: 5 }));
+      await system.start();
+      try {
+        failReads = 6;
+        const t0 = performance.now();
+        expect(await system.ask<number>("counter/l", { type: "add", n: 1 })).toMatchObject({ reply: 1, seq: 1 });
+        const waited = performance.now() - t0;
+        expect(failReads).toBe(0);
+        // 20, 40, 40, 40, 40, 40 ms: doubling, capped (uncapped, 1,260 ms).
+        expect(waited).toBeGreaterThanOrEqual(200);
+        expect(waited).toBeLessThan(1_000);
+        expect(system.failedActors()).toEqual([]);
+        expect(system.stats().kinds.get("counter")!.restarts).toBe(0);
+        expect(warnings.filter((w) => w.msg.includes("store unavailable")).map((w) => w.level)).toEqual([40, 40, 40, 40, 40, 40]);
+      } finally {
+        await system.stop();
+      }
+    });
+
+    test("revive: a message sent while the passive status commits does not fail the actor again", async () => {
+      const { system, store } = await ctx.boot([counterKind({ maxRestarts: 0, backoffBaseMs: 5 })]);
+      await system.ask("counter/rr", { type: "add", n: 4 });
+      await system.ask("counter/rr", { type: "boom" }).catch(() => {});
+      await eventually(async () => (await statusOf(store, "counter", "rr"))?.status === "failed", 2_000, "the failed status to be persisted");
+      store.hold();
+      const reviving = system.revive("counter/rr");
+      await eventually(() => store.waiting === 1, 3_000, "the passive status to be committing");
+      // Still failed until that is durable: a load now would read 'failed' and fail it again.
+      const early = rejectionOf(system.ask<number>("counter/rr", { type: "add", n: 1 }));
+      await Bun.sleep(50);
+      store.release();
+      expect(await reviving).toBe(true);
+      expect(await early).toBeInstanceOf(ActorFailedError);
+      expect(system.failedActors()).toEqual([]);
+      expect(await system.ask<number>("counter/rr", { type: "add", n: 1 })).toMatchObject({ reply: 5, seq: 2 });
     });
 
     test("revive of an actor that is not failed does nothing", async () => {

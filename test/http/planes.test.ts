@@ -99,6 +99,7 @@ const ROWS: Row[] = [
   { method: "PUT", path: "/api/me/keys", need: "rooms:write", body: () => ({ x25519: "A".repeat(43) }) },
   { method: "GET", path: "/api/users/{id}/keys", need: "rooms:read" },
   { method: "GET", path: "/api/actors/{kind}/{id}/timeline", need: "actors:read" },
+  { method: "POST", path: "/api/actors/{kind}/{id}/revive", need: "settings:write" },
 ];
 
 /** Codes that mean "refused by authentication or authorization". */
