@@ -79,6 +79,27 @@ export async function liveSessionsOfMachine(db: Queryable, machineId: string): P
   return rows.map((r) => r.id);
 }
 
+/**
+ * How long a session must have gone without a viewer (and without any other change) before its
+ * technician's next session on the same machine supersedes it.
+ */
+export const SUPERSEDE_IDLE_MS = 60_000;
+
+/**
+ * The sessions a new one supersedes (S1 "superseded"): the same user's earlier live sessions
+ * of the machine that nobody has watched for SUPERSEDE_IDLE_MS, a closed tab or a script that
+ * never ended them, so ghost sessions do not pile up on a machine. Attended sessions, other
+ * people's, and any with a viewer are left alone.
+ */
+export async function sessionsToSupersede(db: Queryable, r: { tenantId: string; machineId: string; userId: string; newId: string }): Promise<string[]> {
+  const rows = await db.query<{ id: string }>(
+    `select id from sessions
+      where machine_id = $1 and ended_at is null and tenant_id = $2 and created_by = $3 and id <> $4
+        and kind <> 'attended' and viewers = 0 and updated_at < now() - $5::int * interval '1 millisecond'`,
+    [r.machineId, r.tenantId, r.userId, r.newId, SUPERSEDE_IDLE_MS]);
+  return rows.map((row) => row.id);
+}
+
 export async function sessionEvents(db: Queryable, tenantId: string, sessionId: string, after: number, limit: number) {
   const rows = await db.query<{ id: string | number; type: string; actor: string | null; details: unknown; at: Date | string }>(
     "select id, type, actor, details, at from session_events where tenant_id = $1 and session_id = $2 and id > $3 order by id limit $4",

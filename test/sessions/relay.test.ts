@@ -615,6 +615,25 @@ for (const flavor of FLAVORS) {
       expect((await getSession(waiting.id)).state).toBe("waiting_for_agent");
     });
 
+    test("a technician's next session on a machine supersedes their sessions of it nobody has watched for a minute; watched, recent and others' are left", async () => {
+      const m = await machine();
+      const other = await app.user("technician");
+      const idle = (await openSession(m.id)).body;
+      const watched = (await openSession(m.id)).body;
+      await viewer(watched.id);
+      await eventually(async () => (await getSession(watched.id)).viewers === 1, 3_000, "the viewer counted");
+      const others = (await openSession(m.id, other.token)).body;
+      // A minute without a change, for all three; a fourth is recent.
+      await app.server.store.query("update sessions set updated_at = now() - interval '2 minutes' where id = any($1::uuid[])", [[idle.id, watched.id, others.id]]);
+      const recent = (await openSession(m.id)).body;
+      const next = await openSession(m.id);
+      expect(next.status).toBe(201);
+      expect(await getSession(idle.id)).toMatchObject({ state: "ended", end_reason: "superseded" });
+      for (const s of [watched, others, recent, next.body]) expect((await getSession(s.id)).ended_at).toBeNull();
+      const events = (await app.call("GET", `/api/sessions/${idle.id}/events`, { token: app.adminToken })).body.events;
+      expect(events.find((e: any) => e.type === "session.ended")).toMatchObject({ details: { reason: "superseded" } });
+    });
+
     test("an API token with sessions:write creates a session and mints a viewer token (S8)", async () => {
       const m = await machine();
       const pat = (await app.call("POST", "/api/tokens", { token: app.adminToken, body: { name: `s8-${Date.now()}`, scopes: ["sessions:write", "sessions:read"], expires_at: new Date(Date.now() + 86_400_000).toISOString() } })).body.token;

@@ -5,7 +5,7 @@ import { endUserMayReach } from "../../machines/grants.ts";
 import { getMachine } from "../../machines/machines.ts";
 import { Uuid } from "../../protocol/accounts.ts";
 import { CreateSessionRequest, ListSessionsQuery, Session, SessionEvent, ViewerToken, ViewerTokenRequest } from "../../protocol/sessions.ts";
-import { getSession, insertSession, listSessions, publicSession, sessionEvents } from "../../sessions/sessions.ts";
+import { getSession, insertSession, listSessions, publicSession, sessionEvents, sessionsToSupersede } from "../../sessions/sessions.ts";
 import { ViewerTokens } from "../../sessions/viewer-tokens.ts";
 import { actorOf, authorize, requestContext } from "../context.ts";
 import type { AppDeps } from "../deps.ts";
@@ -55,6 +55,13 @@ export const sessionRoutes = (deps: AppDeps) =>
       const conn = deps.connections.connOf(machine.id);
       if (conn && deps.relay.hasAgent(conn)) await deps.system.ask(`session/${id}`, { type: "agent.attached", conn });
       await deps.sessionWrites.settled(id);
+      if (me.userId) {
+        for (const old of await sessionsToSupersede(deps.store, { tenantId: me.tenantId, machineId: machine.id, userId: me.userId, newId: id })) {
+          await deps.system.ask(`session/${old}`, { type: "session.end", by: "superseded", user_id: me.userId })
+            .then(() => deps.sessionWrites.settled(old))
+            .catch((err: Error) => deps.log.warn({ session_id: old, err: err.message }, "an idle session was not superseded; it ends at its own timeout"));
+        }
+      }
       await audit(deps.store, { tenantId: me.tenantId, type: "session.requested", actor: actorOf(me), target: { type: "session", id }, ip: ctx.ip, correlationId: ctx.correlationId, details: { machine_id: machine.id, kind } });
       ctx.set.status = 201;
       return publicSession((await getSession(deps.store, me, id))!);
