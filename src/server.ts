@@ -99,7 +99,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   relay.chat = (sessionId, tenantId, from, text) => rooms.sessionChat(sessionId, tenantId, from, text);
   const kinds = [
     machineKind(machineEffects(store, connections, logger, projections)),
-    sessionKind(sessionEffects(store, relay, logger, sessionWrites, rooms)),
+    sessionKind(sessionEffects(store, relay, logger, sessionWrites, rooms, fence)),
     roomKind(roomEffects(store, hub, roomWrites)),
     ...(opts.kinds ?? []),
   ];

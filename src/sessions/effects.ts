@@ -5,14 +5,29 @@ import type { Logger } from "../log.ts";
 import type { ServerToAgent, ServerToViewer } from "../protocol/relay.ts";
 import type { Relay } from "../relay/relay.ts";
 import { personOf, type Rooms } from "../rooms/service.ts";
-import type { Queryable } from "../store/store.ts";
+import type { Queryable, Store } from "../store/store.ts";
 
 /**
  * The session actor's effects, run once the event that caused them is durable: the sessions row
  * and events (each also audited), written in event order per session (`writes`), and the relay
  * told what to route, send or tear down.
+ *
+ * `fence`, when the server runs under a lease (src/cluster/lease.ts), runs first in each row
+ * write's transaction, as it does for the journal's and presence's (`db` must then be a Store):
+ * a primary that lost the lease while its projection waited (a pause longer than the lease's
+ * TTL) writes nothing once a standby has taken over, so it cannot put back a state the standby
+ * has since projected (reopen an ended session, say).
  */
-export function sessionEffects(db: Queryable, relay: Relay, log: Logger, writes: Serial, rooms?: Rooms) {
+export function sessionEffects(db: Queryable, relay: Relay, log: Logger, writes: Serial, rooms?: Rooms, fence?: (tx: Queryable) => Promise<void>) {
+  // Under a lease, a session event and its audit entry go in one fenced transaction (the audit
+  // entry then is not group-committed with others: session events are few).
+  const fenced = (write: (q: Queryable) => Promise<void>): Promise<void> =>
+    fence
+      ? (db as Store).transaction(async (tx) => {
+        await fence(tx);
+        await write(tx);
+      })
+      : write(db);
   // Each session has a room (R1): opened with the session, joined by every technician who watches.
   // Its creator owns it, except in an end user's own session: the end user is a member, and
   // nobody owns the room (no one adds or removes members by hand; the session and the end
@@ -35,24 +50,28 @@ export function sessionEffects(db: Queryable, relay: Relay, log: Logger, writes:
   return {
     "session.project": (e: Effect) => writes.run(String((e as Record<string, unknown>).session_id), async () => {
       const p = e as Effect & { session_id: string; state: string | null; end_reason: string | null; consent: string; agent_conn: string | null; attended: { host: string; user: string } | null; viewers: number; started_at: number | null; ended_at: number | null };
-      await db.query(
-        `update sessions set state = coalesce($2, state), end_reason = $3, consent = $4, viewers = $5,
-                attended_host = coalesce($6, attended_host), attended_user = coalesce($7, attended_user),
-                started_at = case when $8::bigint is null then null else to_timestamp($8::bigint / 1000.0) end,
-                ended_at = case when $9::bigint is null then null else to_timestamp($9::bigint / 1000.0) end, updated_at = now()
-          where id = $1`,
-        [p.session_id, p.state, p.end_reason, p.consent, p.viewers, p.attended?.host ?? null, p.attended?.user ?? null, p.started_at, p.ended_at]);
+      await fenced(async (q) => {
+        await q.query(
+          `update sessions set state = coalesce($2, state), end_reason = $3, consent = $4, viewers = $5,
+                  attended_host = coalesce($6, attended_host), attended_user = coalesce($7, attended_user),
+                  started_at = case when $8::bigint is null then null else to_timestamp($8::bigint / 1000.0) end,
+                  ended_at = case when $9::bigint is null then null else to_timestamp($9::bigint / 1000.0) end, updated_at = now()
+            where id = $1`,
+          [p.session_id, p.state, p.end_reason, p.consent, p.viewers, p.attended?.host ?? null, p.attended?.user ?? null, p.started_at, p.ended_at]);
+      });
     }),
     "session.event": (e: Effect) => writes.run(String((e as Record<string, unknown>).session_id), async () => {
       const p = e as Effect & { session_id: string; tenant_id: string; event: string; actor: string | null; details: Record<string, unknown>; at: number };
-      await db.query(
-        "insert into session_events (tenant_id, session_id, type, actor, details, at) values ($1, $2, $3, $4, $5::text::jsonb, to_timestamp($6::bigint / 1000.0))",
-        [p.tenant_id, p.session_id, p.event, p.actor, JSON.stringify(p.details), p.at]);
-      await audit(db, {
-        tenantId: p.tenant_id, type: `session.${p.event.replace(/^session\./, "")}`,
-        outcome: p.event === "consent.denied" ? "failure" : "success",
-        actor: p.actor ? { type: "user", id: p.actor } : { type: "system" },
-        target: { type: "session", id: p.session_id }, details: p.details,
+      await fenced(async (q) => {
+        await q.query(
+          "insert into session_events (tenant_id, session_id, type, actor, details, at) values ($1, $2, $3, $4, $5::text::jsonb, to_timestamp($6::bigint / 1000.0))",
+          [p.tenant_id, p.session_id, p.event, p.actor, JSON.stringify(p.details), p.at]);
+        await audit(q, {
+          tenantId: p.tenant_id, type: `session.${p.event.replace(/^session\./, "")}`,
+          outcome: p.event === "consent.denied" ? "failure" : "success",
+          actor: p.actor ? { type: "user", id: p.actor } : { type: "system" },
+          target: { type: "session", id: p.session_id }, details: p.details,
+        });
       });
       roomFor(p);
     }),
