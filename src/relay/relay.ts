@@ -165,7 +165,7 @@ export class Relay {
     for (const sessionId of agent.sessions) {
       const route = this.sessions.get(sessionId);
       if (route?.agentConn === conn) route.agentConn = null;
-      this.tell(`session/${sessionId}`, { type: "agent.detached", conn });
+      this.tell(`session/${sessionId}`, { type: "agent.detached", conn, resumable: true });
     }
   }
 
@@ -188,7 +188,7 @@ export class Relay {
       return;
     }
     route.agentConn = null;
-    this.tell(`session/${sessionId}`, { type: "agent.detached", conn });
+    this.tell(`session/${sessionId}`, { type: "agent.detached", conn, resumable: true });
   }
 
   toAgent(conn: string | null, message: ServerToAgent): void {

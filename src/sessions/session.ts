@@ -66,7 +66,12 @@ export type SessionEvent =
    * they were accepted then.
    */
   | ({ type: "agent.attached"; conn: string; host?: string; user?: string; by_code?: boolean } & At)
-  | ({ type: "agent.detached"; conn: string } & At)
+  /**
+   * `resumable`: the agent may come back while consent is pending (the session waits its grace
+   * period for it). Absent from events journaled before that rule: those ended the session, and
+   * replay as they were accepted then.
+   */
+  | ({ type: "agent.detached"; conn: string; resumable?: boolean } & At)
   | ({ type: "consent.answer"; conn: string; granted: boolean } & At)
   | ({ type: "viewer.joined"; viewer_id: string; user_id: string | null; name: string; access: Access } & At)
   | ({ type: "viewer.left"; viewer_id: string } & At)
@@ -258,6 +263,7 @@ export const sessionLogic = setup({
               emit(({ context, event: e }) => event(context, "consent.asked", e.at, null) as never),
               emit(({ context, event: e }) => effect.setTimer("consent", e.at + context.consentMs, { type: "consent.expired" }) as never),
               emit(() => effect.cancelTimer("wait") as never),
+              emit(() => effect.cancelTimer("grace") as never),
               emit(({ context }) => project("awaiting_consent", context) as never),
               emit(({ context }) => toViewers(context, { t: "session.state", state: "awaiting_consent", reason: null }) as never),
               reply({ ok: true }),
@@ -270,6 +276,7 @@ export const sessionLogic = setup({
               emit(({ context, event: e }) => event(context, "agent.attached", e.at, null, context.attended ? { host: context.attended.host, user: context.attended.user } : {}) as never),
               emit(({ context }) => start(context, false) as never),
               emit(() => effect.cancelTimer("wait") as never),
+              emit(() => effect.cancelTimer("grace") as never),
               emit(({ context }) => project("active", context) as never),
               emit(({ context }) => toViewers(context, { t: "session.state", state: "active", reason: null }) as never),
               reply({ ok: true }),
@@ -277,6 +284,8 @@ export const sessionLogic = setup({
           },
         ],
         "wait.expired": { target: "ended", actions: endWith("timeout") },
+        // The person's agent, lost while asked for consent, did not come back in time.
+        "grace.expired": { target: "ended", actions: endWith("agent_lost") },
         "session.end": { target: "ended", actions: endedBy() },
       },
     },
@@ -308,7 +317,23 @@ export const sessionLogic = setup({
         // The person's agent again while its old connection is not yet seen closed: it retries
         // (that close ends the session here, and the retry is then told so).
         "agent.attached": { guard: "agentStillConnected", actions: reply({ ok: false, code: "AGENT_CONNECTED" }) },
-        "agent.detached": { guard: "isAgent", target: "ended", actions: [assign({ agentConn: null }), ...endWith("agent_lost")] },
+        "agent.detached": [
+          {
+            // The person's connection dropped while they were being asked: wait the grace period
+            // for it, and ask again when it is back (the question went with the old connection).
+            guard: ({ context, event: e }) => e.conn === context.agentConn && e.resumable === true,
+            target: "waiting_for_agent",
+            actions: [
+              assign({ agentConn: null }),
+              emit(({ context, event: e }) => event(context, "agent.lost", e.at, null, { grace_ms: context.graceMs, consent: "pending" }) as never),
+              emit(() => effect.cancelTimer("consent") as never),
+              emit(({ context, event: e }) => effect.setTimer("grace", e.at + context.graceMs, { type: "grace.expired" }) as never),
+              emit(({ context }) => project("waiting_for_agent", context) as never),
+              emit(({ context }) => toViewers(context, { t: "session.state", state: "waiting_for_agent", reason: null }) as never),
+            ],
+          },
+          { guard: "isAgent", target: "ended", actions: [assign({ agentConn: null }), ...endWith("agent_lost")] },
+        ],
         "server.restarted": { target: "ended", actions: [assign({ agentConn: null }), ...endWith("agent_lost")] },
         "session.end": { target: "ended", actions: endedBy() },
       },

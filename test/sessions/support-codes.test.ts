@@ -176,6 +176,34 @@ for (const flavor of FLAVORS) {
       agent.ws.close();
     });
 
+    test("the person's connection drops while they are asked for consent: the session waits for it, and asks again when it is back", async () => {
+      const r = (await createCode()).body;
+      const first = await supportAgent(app, r.code);
+      await first.waitFor((m) => m.t === "session.start");
+      first.ws.close();
+      await eventually(async () => (await stateOf(r.session_id)) === "waiting_for_agent", 3_000, "waiting for the person's agent");
+      const back = await supportAgent(app, r.code);
+      expect(await back.waitFor((m) => m.t === "session.start")).toMatchObject({ session: r.session_id, consent: "required" });
+      expect(await stateOf(r.session_id)).toBe("awaiting_consent");
+      back.send({ t: "consent", session: r.session_id, granted: true });
+      await eventually(async () => (await stateOf(r.session_id)) === "active", 3_000, "active");
+      const events = (await app.call("GET", `/api/sessions/${r.session_id}/events`, { token: app.adminToken })).body.events.map((e: any) => e.type);
+      expect(events.filter((t: string) => t === "consent.asked").length).toBe(2);
+      expect(events).toContain("agent.lost");
+      expect((await app.call("POST", `/api/sessions/${r.session_id}/end`, { token: app.adminToken })).status).toBe(200);
+      back.ws.close();
+
+      // Not back within the grace period: ended as agent_lost.
+      const late = (await createCode()).body;
+      const gone = await supportAgent(app, late.code);
+      await gone.waitFor((m) => m.t === "session.start");
+      gone.ws.close();
+      await eventually(async () => (await stateOf(late.session_id)) === "waiting_for_agent", 3_000, "waiting");
+      await app.server.system.send(`session/${late.session_id}`, { type: "grace.expired", at: Date.now() } as never);
+      await eventually(async () => (await stateOf(late.session_id)) === "ended", 3_000, "ended");
+      await eventually(async () => (await app.call("GET", `/api/sessions/${late.session_id}`, { token: app.adminToken })).body.end_reason === "agent_lost", 3_000, "ended as agent_lost");
+    });
+
     test("a reconnect right after the old connection closed resumes the session, however far behind its row is; an ended session's code is refused either way", async () => {
       const r = (await createCode()).body;
       const agent = await consented(app, r);
@@ -219,8 +247,9 @@ for (const flavor of FLAVORS) {
         await h.done;
         await Bun.sleep(100);
         expect(app.server.relay.hasAgent(event.conn)).toBe(false);
-        // Gone while asked for consent: ended, as when the person's agent drops then.
-        expect(await stateOf(r.session_id)).toBe("ended");
+        // Gone while asked for consent: the session waits its grace period for the person's agent
+        // again, as when it drops then.
+        expect(await stateOf(r.session_id)).toBe("waiting_for_agent");
         expect(agent.messages.some((m) => m.t === "welcome")).toBe(false);
       } finally {
         h.restore();
