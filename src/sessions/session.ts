@@ -49,6 +49,8 @@ export interface SessionContext {
    * taken before it existed.
    */
   orphans?: number[];
+  /** How often the agent was lost while consent was asked (bounded: MAX_CONSENT_LOSSES). */
+  consentLosses?: number;
   endReason: EndReason | null;
   graceMs: number;
   consentMs: number;
@@ -87,6 +89,11 @@ type Ev<T extends SessionEvent["type"]> = Extract<SessionEvent, { type: T }>;
 type Args = { context: SessionContext; event: SessionEvent };
 
 const MAX_VIEWERS = 32;
+/**
+ * An agent lost while consent is asked is waited for and asked again this many times; after,
+ * losing it ends the session, so a flapping link cannot keep a session asking for ever.
+ */
+const MAX_CONSENT_LOSSES = 3;
 const MAX_CHANNELS = 64;
 
 /** `state` null: only the counts and consent changed. */
@@ -175,6 +182,8 @@ export const sessionLogic = setup({
       return context.viewers[e.viewer_id]?.access === "control" && Object.keys(context.channels).length < MAX_CHANNELS && !context.channels[String(e.channel)];
     },
     hasRoom: ({ context }) => Object.keys(context.viewers).length < MAX_VIEWERS,
+    /** Superseding is for sessions nobody uses: one a viewer joined since it looked idle stays. */
+    watched: ({ context, event }) => event.type === "session.end" && event.by === "superseded" && Object.keys(context.viewers).length > 0,
     /** A code holder while the session's agent is still attached: it must not take over. */
     agentStillConnected: ({ context, event }) => event.type === "agent.attached" && event.by_code === true && context.kind === "attended" && context.agentConn !== null,
   },
@@ -286,7 +295,7 @@ export const sessionLogic = setup({
         "wait.expired": { target: "ended", actions: endWith("timeout") },
         // The person's agent, lost while asked for consent, did not come back in time.
         "grace.expired": { target: "ended", actions: endWith("agent_lost") },
-        "session.end": { target: "ended", actions: endedBy() },
+        "session.end": [{ guard: "watched", actions: reply({ ok: false, code: "SESSION_IN_USE" }) }, { target: "ended", actions: endedBy() }],
       },
     },
     awaiting_consent: {
@@ -321,10 +330,10 @@ export const sessionLogic = setup({
           {
             // The person's connection dropped while they were being asked: wait the grace period
             // for it, and ask again when it is back (the question went with the old connection).
-            guard: ({ context, event: e }) => e.conn === context.agentConn && e.resumable === true,
+            guard: ({ context, event: e }) => e.conn === context.agentConn && e.resumable === true && (context.consentLosses ?? 0) < MAX_CONSENT_LOSSES,
             target: "waiting_for_agent",
             actions: [
-              assign({ agentConn: null }),
+              assign({ agentConn: null, consentLosses: ({ context }) => (context.consentLosses ?? 0) + 1 }),
               emit(({ context, event: e }) => event(context, "agent.lost", e.at, null, { grace_ms: context.graceMs, consent: "pending" }) as never),
               emit(() => effect.cancelTimer("consent") as never),
               emit(({ context, event: e }) => effect.setTimer("grace", e.at + context.graceMs, { type: "grace.expired" }) as never),
@@ -335,7 +344,7 @@ export const sessionLogic = setup({
           { guard: "isAgent", target: "ended", actions: [assign({ agentConn: null }), ...endWith("agent_lost")] },
         ],
         "server.restarted": { target: "ended", actions: [assign({ agentConn: null }), ...endWith("agent_lost")] },
-        "session.end": { target: "ended", actions: endedBy() },
+        "session.end": [{ guard: "watched", actions: reply({ ok: false, code: "SESSION_IN_USE" }) }, { target: "ended", actions: endedBy() }],
       },
     },
     active: {
@@ -385,7 +394,7 @@ export const sessionLogic = setup({
             ],
           },
         ],
-        "session.end": { target: "ended", actions: endedBy() },
+        "session.end": [{ guard: "watched", actions: reply({ ok: false, code: "SESSION_IN_USE" }) }, { target: "ended", actions: endedBy() }],
       },
     },
     agent_lost: {
@@ -411,7 +420,7 @@ export const sessionLogic = setup({
         "grace.expired": { target: "ended", actions: endWith("agent_lost") },
         // Restarted again while lost: the grace period already runs (its timer is durable).
         "server.restarted": { actions: [orphanChannels(false), emit(({ context }) => project(null, context) as never)] },
-        "session.end": { target: "ended", actions: endedBy() },
+        "session.end": [{ guard: "watched", actions: reply({ ok: false, code: "SESSION_IN_USE" }) }, { target: "ended", actions: endedBy() }],
       },
     },
     ended: {

@@ -617,6 +617,8 @@ for (const flavor of FLAVORS) {
 
     test("a technician's next session on a machine supersedes their sessions of it nobody has watched for a minute; watched, recent and others' are left", async () => {
       const m = await machine();
+      const agent = await ScriptedAgent.connect(app, m);
+      cleanups.push(() => agent.socket.close());
       const other = await app.user("technician");
       const idle = (await openSession(m.id)).body;
       const watched = (await openSession(m.id)).body;
@@ -632,6 +634,14 @@ for (const flavor of FLAVORS) {
       for (const s of [watched, others, recent, next.body]) expect((await getSession(s.id)).ended_at).toBeNull();
       const events = (await app.call("GET", `/api/sessions/${idle.id}/events`, { token: app.adminToken })).body.events;
       expect(events.find((e: any) => e.type === "session.ended")).toMatchObject({ details: { reason: "superseded" } });
+      // The agent is told the superseded one is over before it hears of the new one (it holds
+      // a bounded number of sessions).
+      const at = (t: string, session: string) => agent.messages.findIndex((x) => x.t === t && x.session === session);
+      await eventually(() => at("session.start", next.body.id) >= 0, 3_000, "the new session started on the agent");
+      expect(at("session.stop", idle.id)).toBeGreaterThanOrEqual(0);
+      expect(at("session.stop", idle.id)).toBeLessThan(at("session.start", next.body.id));
+      // A session a viewer joined since it looked idle is not superseded.
+      expect((await app.server.system.ask(`session/${watched.id}`, { type: "session.end", by: "superseded" })).reply).toEqual({ ok: false, code: "SESSION_IN_USE" });
     });
 
     test("an API token with sessions:write creates a session and mints a viewer token (S8)", async () => {

@@ -204,6 +204,18 @@ for (const flavor of FLAVORS) {
       await eventually(async () => (await app.call("GET", `/api/sessions/${late.session_id}`, { token: app.adminToken })).body.end_reason === "agent_lost", 3_000, "ended as agent_lost");
     });
 
+    test("a link that keeps dropping while consent is asked: waited for three times, then the session ends (agent_lost)", async () => {
+      const r = (await createCode()).body;
+      for (let i = 0; i < 4; i++) {
+        const agent = await supportAgent(app, r.code);
+        await agent.waitFor((m) => m.t === "session.start");
+        agent.ws.close();
+        if (i < 3) await eventually(async () => (await stateOf(r.session_id)) === "waiting_for_agent", 3_000, `waiting after drop ${i + 1}`);
+      }
+      await eventually(async () => (await stateOf(r.session_id)) === "ended", 3_000, "ended after the fourth drop");
+      await eventually(async () => (await app.call("GET", `/api/sessions/${r.session_id}`, { token: app.adminToken })).body.end_reason === "agent_lost", 3_000, "agent_lost");
+    });
+
     test("a reconnect right after the old connection closed resumes the session, however far behind its row is; an ended session's code is refused either way", async () => {
       const r = (await createCode()).body;
       const agent = await consented(app, r);

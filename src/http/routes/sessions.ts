@@ -21,6 +21,23 @@ const notFound = () => new HttpError(404, "SESSION_NOT_FOUND", "no such session"
 export const displayName = (me: Principal) => me.username;
 
 /**
+ * Ends the caller's idle sessions of the machine that the new one supersedes (see
+ * sessionsToSupersede). Best effort: a failure is logged, and those sessions end at their own
+ * timeouts; the session actor refuses if a viewer joined meanwhile.
+ */
+async function supersedeIdle(deps: AppDeps, me: Principal, machineId: string, newId: string): Promise<void> {
+  try {
+    const old = await sessionsToSupersede(deps.store, { tenantId: me.tenantId, machineId, userId: me.userId, newId });
+    await Promise.all(old.map(async (id) => {
+      await deps.system.ask(`session/${id}`, { type: "session.end", by: "superseded", user_id: me.userId });
+      await deps.sessionWrites.settled(id);
+    }));
+  } catch (err) {
+    deps.log.warn({ machine_id: machineId, err: (err as Error).message }, "idle sessions not superseded; they end at their own timeouts");
+  }
+}
+
+/**
  * Sessions (S1, S3, S8): open one on a machine (unattended, or end_user on one's own granted
  * machine), list and read them with their events, end them, and mint the short-lived viewer
  * token the viewer socket takes. Attended sessions start from a support code (support-codes.ts).
@@ -51,17 +68,12 @@ export const sessionRoutes = (deps: AppDeps) =>
         await deps.sessionWrites.settled(id);
         throw still ? new HttpError(409, "MACHINE_DISABLED", "the machine is disabled") : new HttpError(404, "MACHINE_NOT_FOUND", "no such machine");
       }
+      // Before the agent hears of the new one: the sessions it supersedes free their places there.
+      await supersedeIdle(deps, me, machine.id, id);
       // The machine's agent, if connected now, joins at once; otherwise when it next connects.
       const conn = deps.connections.connOf(machine.id);
       if (conn && deps.relay.hasAgent(conn)) await deps.system.ask(`session/${id}`, { type: "agent.attached", conn });
       await deps.sessionWrites.settled(id);
-      if (me.userId) {
-        for (const old of await sessionsToSupersede(deps.store, { tenantId: me.tenantId, machineId: machine.id, userId: me.userId, newId: id })) {
-          await deps.system.ask(`session/${old}`, { type: "session.end", by: "superseded", user_id: me.userId })
-            .then(() => deps.sessionWrites.settled(old))
-            .catch((err: Error) => deps.log.warn({ session_id: old, err: err.message }, "an idle session was not superseded; it ends at its own timeout"));
-        }
-      }
       await audit(deps.store, { tenantId: me.tenantId, type: "session.requested", actor: actorOf(me), target: { type: "session", id }, ip: ctx.ip, correlationId: ctx.correlationId, details: { machine_id: machine.id, kind } });
       ctx.set.status = 201;
       return publicSession((await getSession(deps.store, me, id))!);
