@@ -53,13 +53,24 @@ export class PermanentActorError extends ActorError {
   }
 }
 
+/** SQLSTATE classes of a database that is unreachable or unwell for now: connection, resources, shutdown, serialization, lock. */
+const TRANSIENT_SQLSTATE = /^(08|53|57P|58|40001|40P01|55P03)/;
+/** Socket errors, postgres.js's connection errors, and the primary's lease (src/cluster/lease.ts). */
+const TRANSIENT_CODE = /^(E(CONN(REFUSED|RESET|ABORTED)|PIPE|TIMEDOUT|HOSTUNREACH|NETUNREACH|AI_AGAIN)|CONNECTION_|CONNECT_TIMEOUT|LEASE_LOST)/;
+/** What errors without a code say when the connection or the embedded database's thread went. */
+const TRANSIENT_MESSAGE = /connect|connection|terminat|closed|timed? ?out|socket|worker exited/i;
+
 /**
  * Whether an error from loading or committing is the store being unreachable or unwell (a
- * dropped connection, a restart, a full disk, the lease) rather than anything about this
- * actor: not the runtime's own errors (the logic throwing, a hydration or migration refusal)
- * and not the database refusing the data itself (`isDataError`), which no retry would cure.
- * Such errors are retried without end and do not count toward an actor's restart budget.
+ * dropped connection, a restart, the lease) rather than anything about this actor. Such errors
+ * are retried without end and do not count toward an actor's restart budget. Anything else (the
+ * runtime's own errors, the database refusing the data or the statement, a snapshot that does
+ * not serialize) goes the restart way, counted, so an error no retry cures ends in a failed
+ * actor an operator can see and revive.
  */
 export function isStoreOutage(err: unknown): boolean {
-  return !(err instanceof ActorError) && !isDataError(err);
+  if (err instanceof ActorError || isDataError(err)) return false;
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === "string") return TRANSIENT_SQLSTATE.test(code) || TRANSIENT_CODE.test(code);
+  return TRANSIENT_MESSAGE.test(err instanceof Error ? err.message : String(err));
 }
