@@ -69,7 +69,15 @@ export class WorkerCompressor implements ChunkCompressor {
         }
         req.parts.push([i, p.byteOffset, p.length]);
       }
-      worker.postMessage(req, req.buffers);
+      try {
+        worker.postMessage(req, req.buffers);
+      } catch (err) {
+        // Not sent (a buffer that cannot be transferred): nothing was handed over, so it is
+        // compressed here instead; the thread stays for the next chunk.
+        this.pending.delete(id);
+        this.log.warn({ err: err instanceof Error ? err.message : String(err) }, "recordings: a chunk could not be handed to the compressor thread; compressed on this thread");
+        new InThreadCompressor().encode(raw, marks).then(resolve, reject);
+      }
     });
   }
 

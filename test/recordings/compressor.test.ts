@@ -113,6 +113,21 @@ describe("chunk codec", () => {
     }
   });
 
+  test("a chunk whose buffer cannot be handed to the thread is compressed on this one; the thread serves the next", async () => {
+    const worker = new WorkerCompressor(silentLogger);
+    try {
+      const shared = new Uint8Array(new SharedArrayBuffer(5));
+      shared.set(utf8("hello"));
+      const marks: Mark[] = [[0, 5]];
+      expect(await worker.encode([shared], marks)).toEqual(encodeChunk(utf8("hello"), marks));
+      const next = utf8("world");
+      expect(await worker.encode([next], marks)).toEqual(encodeChunk(utf8("world"), marks));
+      expect(next.buffer.byteLength).toBe(0); // handed over: the thread is still in use
+    } finally {
+      worker.close();
+    }
+  });
+
   test.skipIf(process.platform !== "linux")("the worker thread runs at the lowest CPU priority (nice 19)", async () => {
     // Threads may end between the listing and the read (an earlier test's worker closing): skipped.
     const niceOf = (t: string) => {
