@@ -345,7 +345,7 @@ export class Relay {
         return true;
       }
       case "chat.send":
-        this.postChat(route, { member: link.userId, name: link.name }, msg.text);
+        this.postChat(route, { member: link.userId, name: link.name }, msg.text, link.viewerId);
         return true;
       case "session.end":
         await this.system.ask(`session/${route.id}`, { type: "session.end", by: link.endUser ? "end_user" : "technician", user_id: link.userId }).catch(() => {});
@@ -422,8 +422,18 @@ export class Relay {
     if (route) for (const m of messages) this.unicast(route, viewerId, chatToViewer(route, m));
   }
 
-  private postChat(route: SessionRoute, from: { member: string; name: string }, text: string): void {
-    this.chat(route.id, route.tenantId, from, text).catch((err: Error) => this.log.warn({ session_id: route.id, err: err.message }, "session chat not stored"));
+  /**
+   * A viewer's chat refused by the room (its sender removed from the session's room: checked
+   * when the message is written) is answered `error NOT_A_MEMBER` on that viewer's socket.
+   */
+  private postChat(route: SessionRoute, from: { member: string; name: string }, text: string, viewerId: string | null = null): void {
+    this.chat(route.id, route.tenantId, from, text).catch((err: Error & { status?: unknown; code?: unknown }) => {
+      if (viewerId !== null && err.status === 403 && err.code === "NOT_A_MEMBER") {
+        this.unicast(route, viewerId, { t: "error", req: null, code: "NOT_A_MEMBER", message: "not a member of the session's room: chat refused" });
+        return;
+      }
+      this.log.warn({ session_id: route.id, err: err.message }, "session chat not stored");
+    });
   }
 
   viewerCount(sessionId: string): number {

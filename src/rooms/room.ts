@@ -30,6 +30,8 @@ export interface RoomContext {
   epoch: number;
   keyedEpoch: number;
   members: Record<string, MemberEntry>;
+  /** Who was removed (and when) and not added back since: a session's chat does not re-add them. */
+  removed?: Record<string, number>;
   createdBy: string | null;
   createdAt: number | null;
 }
@@ -44,7 +46,7 @@ export interface NewMember {
 type At = { at: number };
 export type RoomEvent =
   | ({ type: "room.create"; tenant_id: string; name: string; kind: "team" | "session"; policy: RoomPolicy; created_by: string | null; members: NewMember[] } & At)
-  | ({ type: "member.add"; by: string | null; sealed?: string } & NewMember & At)
+  | ({ type: "member.add"; by: string | null; sealed?: string; unless_removed?: boolean } & NewMember & At)
   | ({ type: "member.remove"; member: string; by: string | null } & At)
   | ({ type: "keys.set"; epoch: number; sealed: Record<string, string>; by: string | null } & At);
 
@@ -104,11 +106,17 @@ export const roomLogic = setup({
               enqueue.emit(() => effect.reply({ ok: true, existed: true }) as never);
               return;
             }
+            // A session's chat adds a poster whose join is still being written, never one removed.
+            if (ev.unless_removed && c.removed?.[ev.member] !== undefined) return void enqueue.emit(() => fail("NOT_A_MEMBER") as never);
             if (Object.keys(c.members).length >= MAX_MEMBERS) return void enqueue.emit(() => fail("ROOM_FULL") as never);
             // With the current epoch's key already shared, a newcomer needs their own sealed copy.
             const needsKey = c.policy.encrypt && c.keyedEpoch === c.epoch;
             if (needsKey && !ev.sealed) return void enqueue.emit(() => fail("SEALED_KEY_REQUIRED") as never);
             enqueue.assign({ members: { ...c.members, [ev.member]: { user_id: ev.user_id, name: ev.name, role: ev.role, since: ev.at } } });
+            if (c.removed?.[ev.member] !== undefined) {
+              const { [ev.member]: _back, ...removed } = c.removed;
+              enqueue.assign({ removed });
+            }
             if (needsKey) enqueue.emit(() => roomEffects.keys(c, c.epoch, { [ev.member]: ev.sealed! }) as never);
             enqueue.emit(({ context }) => roomEffects.project(context) as never);
             enqueue.emit(({ context }) => roomEffects.members(context) as never);
@@ -128,7 +136,7 @@ export const roomLogic = setup({
             const members = Object.fromEntries(Object.entries(c.members).filter(([k]) => k !== ev.member));
             // An encrypted room moves to a new epoch: the removed member never gets its key.
             const epoch = c.policy.encrypt ? c.epoch + 1 : c.epoch;
-            enqueue.assign({ members, epoch });
+            enqueue.assign({ members, epoch, removed: { ...c.removed, [ev.member]: ev.at } });
             enqueue.emit(({ context }) => roomEffects.project(context) as never);
             enqueue.emit(({ context }) => roomEffects.members(context) as never);
             enqueue.emit(({ context }) => roomEffects.event(context, "room.member_removed", ev.at, ev.by, { member: ev.member, epoch: context.epoch }) as never);
@@ -162,7 +170,9 @@ export type RoomEffects = Record<string, (effect: Effect) => void | Promise<void
 export const roomKind = (effects: RoomEffects = {}): KindDefinition => ({
   kind: "room",
   logic: roomLogic,
-  version: 1,
+  // 2: the context remembers removals (`removed`, optional), so version 1's snapshots load as they are.
+  version: 2,
+  migrations: { 1: (snapshot) => snapshot },
   input: (id) => ({ id }),
   effects,
   options: { snapshotEvery: 50 },

@@ -143,7 +143,7 @@ export class Rooms {
     let room = await this.context(tenantId, sessionId);
     // The relay only carries chat of admitted viewers and of the session's own agent, so a
     // poster missing from the room (its join still being written, or a room lost to a crash
-    // before its effect ran) is added rather than refused.
+    // before its effect ran) is added rather than refused; one removed from it is not.
     if (!room) {
       const [s] = await this.db.query<{ kind: string; created_by: string | null; technician: string }>(
         "select kind, created_by, technician from sessions where id = $1 and tenant_id = $2", [sessionId, tenantId]);
@@ -158,10 +158,12 @@ export class Rooms {
     }
     if (room && !room.members[from.member]) {
       const isPerson = from.member === personOf(sessionId);
-      await this.ask(sessionId, { type: "member.add", member: from.member, user_id: isPerson ? null : from.member, name: from.name, role: "member", by: null });
+      await this.ask(sessionId, { type: "member.add", member: from.member, user_id: isPerson ? null : from.member, name: from.name, role: "member", by: null, unless_removed: true });
       room = await this.context(tenantId, sessionId);
     }
-    if (!room?.members[from.member]) return null;
+    if (!room) return null;
+    // Membership is checked where the message is written (insertIfAllowed): a poster removed
+    // before or while it is written is refused there, 403 NOT_A_MEMBER.
     return (await this.post(room, from, { body: text })).message;
   }
 

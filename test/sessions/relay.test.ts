@@ -721,5 +721,37 @@ for (const flavor of FLAVORS) {
       expect(pieces.map((p) => p.length)).toEqual([MAX_CHAT_TEXT - 1, MAX_CHAT_TEXT, long.length - 2 * MAX_CHAT_TEXT + 1]);
       expect(pieces.join("")).toBe(long);
     });
+
+    test("a technician removed from the session's room cannot chat through their viewer; its members and the person at the machine still can (R1)", async () => {
+      const { agent, s } = await withAgentSession();
+      const [removed, kept] = [await app.user("technician"), await app.user("technician")];
+      const join = async (u: { token: string }) => {
+        const v = new TestViewer(app.url, s.id, (await viewerToken(s.id, "control", u.token)).token);
+        cleanups.push(() => v.close());
+        await v.open();
+        await v.waitFor((x) => x.t === "joined", 5_000, "joined");
+        await eventually(async () => (await app.call("GET", `/api/rooms/${s.id}`, { token: u.token })).status === 200, 3_000, "member of the room");
+        return v;
+      };
+      const [gone, stays] = [await join(removed), await join(kept)];
+      // The room's owner (the admin who opened the session) removes one of them over the API.
+      expect((await app.call("DELETE", `/api/rooms/${s.id}/members/${removed.id}`, { token: app.adminToken })).status).toBe(204);
+      expect((await app.call("GET", `/api/rooms/${s.id}/messages`, { token: removed.token })).status).toBe(403);
+
+      // Their viewer is still connected, but its chat is refused: not re-added, not stored, not sent on.
+      gone.send({ t: "chat.send", text: "still here?" });
+      expect(await gone.waitFor((x) => x.t === "error", 5_000, "the refusal")).toEqual({ t: "error", req: null, code: "NOT_A_MEMBER", message: expect.any(String) });
+      stays.send({ t: "chat.send", text: "from a member" });
+      expect(await agent.waitFor((x) => x.t === "chat", "the member's chat at the agent")).toMatchObject({ from: kept.username, text: "from a member" });
+      agent.send({ t: "chat", session: s.id, text: "from the person" });
+      await stays.waitFor((x) => x.t === "chat" && x.text === "from the person", 5_000, "the person's chat");
+      const stored = (await app.call("GET", `/api/rooms/${s.id}/messages`, { token: app.adminToken })).body.messages;
+      expect(stored.map((x: any) => [x.sender, x.body])).toEqual([[kept.id, "from a member"], [`person:${s.id}`, "from the person"]]);
+      const room = (await app.call("GET", `/api/rooms/${s.id}`, { token: app.adminToken })).body;
+      // The refused post did not add them back.
+      expect(room.members.map((x: any) => x.member)).toContain(kept.id);
+      expect(room.members.map((x: any) => x.member)).not.toContain(removed.id);
+      expect(stays.messages.some((x) => x.t === "error")).toBe(false);
+    });
   });
 }
