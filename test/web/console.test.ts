@@ -8,6 +8,7 @@ import { supportAgent } from "../helpers/support-client.ts";
 import * as OTPAuth from "otpauth";
 import { agentIdentity, TestAgentSocket } from "../helpers/agent-client.ts";
 import { DEFAULT_TENANT_ID } from "../../src/auth/tenants.ts";
+import { audit, flushAudit } from "../../src/audit/audit.ts";
 
 /** The web viewer in a real headless chromium against a real server (W1, W5 security). */
 describe("web console", () => {
@@ -325,6 +326,64 @@ describe("web console", () => {
       expect(errors).toEqual([]);
     } finally {
       await page.unroute(list);
+    }
+  });
+
+  test("audit: an Older events overtaken by a filter change is dropped, and a double click asks for one page", async () => {
+    errors.length = 0;
+    // 150 events of one type (two pages of 100), three of another.
+    for (let i = 0; i < 150; i++) await audit(app.server.store, { tenantId: DEFAULT_TENANT_ID, type: "test.bulk", actor: { type: "system", name: "bulk" }, details: { i } });
+    for (let i = 0; i < 3; i++) await audit(app.server.store, { tenantId: DEFAULT_TENANT_ID, type: "test.other", actor: { type: "system", name: "other" }, details: { i } });
+    await flushAudit(app.server.store);
+    // Older pages (a cursor) answer slowly when asked.
+    let slow = false;
+    let olderAsked = 0;
+    const log = /\/api\/audit\?/;
+    await page.route(log, async (route) => {
+      if (new URL(route.request().url()).searchParams.has("cursor")) {
+        olderAsked++;
+        if (slow) await Bun.sleep(2_000);
+      }
+      await route.continue().catch(() => {}); // unrouted meanwhile
+    });
+    const types = () => page.locator("tbody tr td:nth-child(2)").allTextContents();
+    const only = (type: string, n: number) => page.waitForFunction(([t, n]) => {
+      const cells = [...document.querySelectorAll("tbody tr td:nth-child(2)")].map((td) => td.textContent);
+      return cells.length === n && cells.every((c) => c === t);
+    }, [type, n] as const);
+    const filter = async (type: string) => {
+      await page.getByLabel("Event type").fill(type);
+      await page.getByLabel("Event type").press("Enter");
+    };
+    try {
+      await page.goto(app.url + "/audit");
+      await page.getByRole("table", { name: "Audit events" }).waitFor();
+      await filter("test.bulk");
+      await only("test.bulk", 100);
+
+      // A slow Older events, then a new filter before it answers: its rows do not join the new list.
+      slow = true;
+      await page.getByRole("button", { name: "Older events" }).click();
+      await filter("test.other");
+      await only("test.other", 3);
+      await Bun.sleep(3_000);
+
+      // A double click while the next page is on its way asks for it once, and appends it once.
+      await filter("test.bulk");
+      await only("test.bulk", 100);
+      await Bun.sleep(2_500);
+      olderAsked = 0;
+      await page.getByRole("button", { name: "Older events" }).dblclick();
+      await only("test.bulk", 150);
+      await Bun.sleep(3_000);
+      expect(await page.locator("tbody tr").count()).toBe(150);
+      const shown = (await page.locator("tbody tr td:last-child").allTextContents()).map((d) => JSON.parse(d).i);
+      expect(new Set(shown).size).toBe(150);
+      expect(olderAsked).toBe(1);
+      expect(await page.getByRole("button", { name: "Older events" }).count()).toBe(0);
+      expect(errors).toEqual([]);
+    } finally {
+      await page.unroute(log);
     }
   });
 

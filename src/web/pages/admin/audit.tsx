@@ -1,4 +1,4 @@
-import { useState } from "preact/hooks";
+import { useRef, useState } from "preact/hooks";
 import { api } from "../../api.ts";
 import { Empty, ErrorBox, Loading } from "../../ui/states.tsx";
 import { useApi } from "../../use-api.ts";
@@ -26,11 +26,20 @@ export function AuditPage() {
   const [filters, setFilters] = useState({ type: "", actor: "", target: "", outcome: "" });
   const [older, setOlder] = useState<{ events: AuditEvent[]; cursor: string | null } | null>(null);
   const [moreError, setMoreError] = useState<unknown>(null);
+  const [busy, setBusy] = useState(false);
+  // Bumped on every filter change: an older page asked for under other filters is dropped.
+  const generation = useRef(0);
+  // Set synchronously, so a double click asks for the next page once.
+  const asking = useRef(false);
   const q = new URLSearchParams(Object.entries(filters).filter(([, v]) => v));
   q.set("limit", "100");
   const page = useApi<Page>(`/api/audit?${q}`);
   const set = (k: keyof typeof filters) => (e: Event) => {
+    generation.current++;
+    asking.current = false;
+    setBusy(false);
     setOlder(null);
+    setMoreError(null);
     setFilters({ ...filters, [k]: (e.currentTarget as HTMLInputElement).value.trim() });
   };
   const events = [...(page.data?.events ?? []), ...(older?.events ?? [])];
@@ -64,15 +73,25 @@ export function AuditPage() {
           </tbody>
         </table>
       )}
-      {cursor && <button type="button" class="more" onClick={async () => {
+      {cursor && <button type="button" class="more" disabled={busy} onClick={async () => {
+        if (asking.current) return;
+        asking.current = true;
+        setBusy(true);
         setMoreError(null);
+        const asked = generation.current;
         try {
           const p = new URLSearchParams(q);
           p.set("cursor", cursor);
           const next = await api<Page>("GET", `/api/audit?${p}`);
-          setOlder({ events: [...(older?.events ?? []), ...next.events], cursor: next.next_cursor });
+          if (asked !== generation.current) return;
+          setOlder((prev) => ({ events: [...(prev?.events ?? []), ...next.events], cursor: next.next_cursor }));
         } catch (e) {
-          setMoreError(e);
+          if (asked === generation.current) setMoreError(e);
+        } finally {
+          if (asked === generation.current) {
+            asking.current = false;
+            setBusy(false);
+          }
         }
       }}>Older events</button>}
       {moreError !== null && <ErrorBox error={moreError} />}
