@@ -6,7 +6,7 @@ import { FLAVORS } from "../helpers/stores.ts";
 setDefaultTimeout(60_000);
 
 // The limits of src/server.ts: per username 10 attempts a minute and a lockout after 10
-// consecutive failures; per IP a lockout after 20. 127.0.0.1 is made a trusted proxy so each
+// consecutive failures; per IP (IPv6: per /64) a lockout after 20. 127.0.0.1 is made a trusted proxy so each
 // request can come "from" its own documentation-range address (X-Forwarded-For).
 const USER_FAILURES_TO_LOCK = 10;
 const IP_FAILURES_TO_LOCK = 20;
@@ -83,6 +83,20 @@ for (const flavor of FLAVORS) {
       expect((await attempt("admin", "correct horse battery staple", "198.51.100.24")).status).toBe(200);
       const lockouts = await app.call("GET", "/api/audit?type=auth.lockout&outcome=failure", { token: app.adminToken });
       expect(lockouts.body.events.find((e: any) => e.ip === ip)?.details).toEqual({ by: "ip" });
+    }, 60_000);
+
+    test("an IPv6 client counts by its /64: failures spread over its addresses lock the whole /64 out, not its neighbours", async () => {
+      for (let i = 0; i < IP_FAILURES_TO_LOCK; i++) {
+        const r = await attempt(`v6-nobody-${i}-${flavor}`, "wrong-password", `2001:db8:77:1::${(i + 1).toString(16)}`);
+        expect(r.status).toBe(401);
+      }
+      // A fresh address of the same /64, even with the right password: locked out.
+      expect((await attempt("admin", "correct horse battery staple", "2001:db8:77:1:ffff::9")).status).toBe(429);
+      // The next /64 is another client.
+      expect((await attempt("admin", "correct horse battery staple", "2001:db8:77:2::1")).status).toBe(200);
+      // The audit keeps each request's own address.
+      const failed = await app.call("GET", "/api/audit?type=auth.login&outcome=failure&limit=200", { token: app.adminToken });
+      expect(failed.body.events.some((e: any) => e.ip === "2001:db8:77:1::14")).toBe(true);
     }, 60_000);
   });
 }

@@ -1,4 +1,5 @@
 import { Elysia } from "elysia";
+import { addressKey } from "../../auth/client-ip.ts";
 import { z } from "zod";
 import { audit } from "../../audit/audit.ts";
 import { liftRestriction, login, logout, SESSION_TTL_MS } from "../../auth/login.ts";
@@ -20,7 +21,8 @@ export const authRoutes = (deps: AppDeps) =>
     .post("/api/auth/login", async (ctx) => {
       const { body, request, set, ip, correlationId } = ctx;
       const userKey = body.username.trim().toLowerCase();
-      for (const [limiter, key] of [[deps.limiters.loginByIp, ip], [deps.limiters.loginByUser, userKey]] as const) {
+      const ipKey = addressKey(ip);
+      for (const [limiter, key] of [[deps.limiters.loginByIp, ipKey], [deps.limiters.loginByUser, userKey]] as const) {
         const v = limiter.check(key);
         if (!v.ok) {
           await audit(deps.store, { tenantId: DEFAULT_TENANT_ID, type: "auth.login", outcome: "failure", actor: { type: "anonymous", name: body.username.slice(0, 64) }, ip, correlationId, details: { reason: v.reason } });
@@ -29,7 +31,7 @@ export const authRoutes = (deps: AppDeps) =>
       }
       const result = await login(deps.store, { username: body.username, password: body.password, totpCode: body.totp_code, recoveryCode: body.recovery_code, ip, userAgent: request.headers.get("user-agent") });
       if (!result.ok) {
-        const lockedIp = deps.limiters.loginByIp.failure(ip);
+        const lockedIp = deps.limiters.loginByIp.failure(ipKey);
         const lockedUser = deps.limiters.loginByUser.failure(userKey);
         const tenantId = result.tenantId ?? DEFAULT_TENANT_ID;
         await audit(deps.store, {
@@ -46,7 +48,7 @@ export const authRoutes = (deps: AppDeps) =>
         if (result.reason === "totp_invalid") throw new HttpError(401, "TOTP_INVALID", "that code is not valid");
         throw new HttpError(401, "LOGIN_FAILED", "wrong username or password");
       }
-      deps.limiters.loginByIp.success(ip);
+      deps.limiters.loginByIp.success(ipKey);
       deps.limiters.loginByUser.success(userKey);
       await audit(deps.store, {
         tenantId: result.tenantId, type: "auth.login", actor: { type: "user", id: result.userId, name: result.username }, target: { type: "user", id: result.userId },

@@ -1,4 +1,5 @@
 import { Elysia } from "elysia";
+import { addressKey } from "../../auth/client-ip.ts";
 import { audit } from "../../audit/audit.ts";
 import { verifyNothing } from "../../auth/passwords.ts";
 import { DEFAULT_TENANT_ID } from "../../auth/tenants.ts";
@@ -26,7 +27,7 @@ export const enrollRoutes = (deps: AppDeps) => {
     .use(requestContext(deps))
     .post("/api/enroll", async (ctx) => {
       const { body, ip, correlationId, set } = ctx;
-      const limitKey = `${body.site_code}\u0000${ip}`;
+      const limitKey = `${body.site_code}\u0000${addressKey(ip)}`;
       const hostname = redact(body.hostname);
       const base = { machine_uid: redact(body.machine_uid), hostname, site: redact(body.site_code) };
 

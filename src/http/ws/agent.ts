@@ -1,7 +1,7 @@
-import { isIP } from "node:net";
 import { Elysia } from "elysia";
 import { audit } from "../../audit/audit.ts";
 import { DEFAULT_TENANT_ID } from "../../auth/tenants.ts";
+import { addressKey } from "../../auth/client-ip.ts";
 import { isSecret, sha256Hex } from "../../auth/secrets.ts";
 import { AgentMessage, CLOSE, decode, encode, Hello, MAX_AGENT_FRAME, MAX_HELLO_FRAME, Proof, PROTOCOL_VERSION, type ServerMessage } from "../../protocol/agent.ts";
 import { reportDisconnect } from "../../machines/disconnect.ts";
@@ -533,19 +533,6 @@ const REFUSAL_AUDIT_WAIT_MS = 2_000;
 
 /** Addresses tracked for the audit budget; past it, new ones share one. */
 const MAX_TRACKED = 10_000;
-
-/**
- * The address that limits count against: IPv4 as it is, IPv6 by its /64 (one host usually
- * holds a whole /64 and can pick any address in it).
- */
-export function addressKey(ip: string): string {
-  if (isIP(ip) !== 6) return ip;
-  const [head = "", tail] = ip.split("%")[0]!.split("::");
-  const groups = (s: string) => (s ? s.split(":").flatMap((g) => (g.includes(".") ? ["0", "0"] : [g])) : []);
-  const h = groups(head);
-  const full = tail === undefined ? h : [...h, ...Array<string>(Math.max(0, 8 - h.length - groups(tail).length)).fill("0"), ...groups(tail)];
-  return `${full.slice(0, 4).map((g) => parseInt(g, 16).toString(16)).join(":")}::/64`;
-}
 
 /**
  * A bound agent socket as the registry (its presence, for the sweeps) and the relay (its data

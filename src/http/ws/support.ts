@@ -1,4 +1,5 @@
 import { Elysia } from "elysia";
+import { addressKey } from "../../auth/client-ip.ts";
 import { Serial } from "../../actors/serial.ts";
 import { audit } from "../../audit/audit.ts";
 import type { Verdict } from "../../auth/rate-limit.ts";
@@ -63,11 +64,11 @@ export const supportSocket = (deps: AppDeps) => {
         // lockout check before the first failure was counted.
         const check: CodeCheck = { verdict: { ok: true }, first: null, claimed: null, lockedNow: false };
         await checks.run(ip, async () => {
-          check.verdict = deps.limiters.supportCode.check(ip);
+          check.verdict = deps.limiters.supportCode.check(addressKey(ip));
           if (!check.verdict.ok) return;
           check.first = await claimSupportCode(deps.store, hello.code);
           check.claimed = check.first ?? (await reclaimSupportCode(deps.store, hello.code));
-          if (!check.claimed) check.lockedNow = deps.limiters.supportCode.failure(ip);
+          if (!check.claimed) check.lockedNow = deps.limiters.supportCode.failure(addressKey(ip));
         });
         const { verdict, first, claimed, lockedNow } = check;
         if (!verdict.ok) {
@@ -108,7 +109,7 @@ export const supportSocket = (deps: AppDeps) => {
         }
         // Only a code the session took clears the address's failures: one known code presented
         // again and again must not reset the lockout of guesses in between.
-        deps.limiters.supportCode.success(ip);
+        deps.limiters.supportCode.success(addressKey(ip));
         // Closed while it was attached: the session is told the agent is gone (by removeAgent, or
         // by the relay's attach if the session's start has not reached it yet).
         if (!open()) return deps.relay.removeAgent(conn);
