@@ -1,5 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { unpack } from "msgpackr";
+import postgres from "postgres";
 import { AGENT_SOCKET_LIMITS } from "../../src/http/ws/agent.ts";
 import { Challenge, CLOSE, decode, encode, PROTOCOL_VERSION, Welcome, type AgentMessage } from "../../src/protocol/agent.ts";
 import { dataFrame } from "../../src/protocol/frames.ts";
@@ -374,6 +375,36 @@ for (const flavor of FLAVORS) {
         [rows[3]!.tenant_id, "agent", n.id, n.id, "unknown_key", m.id],
       ]);
       expect(JSON.stringify(rows)).not.toContain(n.key);
+    });
+
+    // PostgreSQL only: another connection holds the audit table, as a hung database would.
+    test.skipIf(flavor !== "postgres")("a refusal whose audit row cannot be written closes anyway, after its wait, and the row is written once it can be", async () => {
+      const m = await machine();
+      const from = "198.51.100.47";
+      const other = postgres(process.env.TEST_DATABASE_URL!, { max: 1, onnotice: () => {} });
+      let release = () => {};
+      const held = new Promise<void>((resolve) => (release = resolve));
+      let locked = () => {};
+      const isLocked = new Promise<void>((resolve) => (locked = resolve));
+      const tx = other.begin(async (sql) => {
+        await sql.unsafe(`lock table ${app.db.config.searchPath}.audit_events in exclusive mode`);
+        locked();
+        await held;
+      });
+      try {
+        await isLocked;
+        const s = new RawClient(app.url, from);
+        await s.opened;
+        s.send(hello(m.id, noSuchKey()));
+        // Closed with its code while the row is still waiting for the lock.
+        expect(await s.closedWithin(10_000)).toBe(CLOSE.UNKNOWN_KEY);
+        expect(await refusals(app, "ip = $1", [from])).toEqual([]);
+      } finally {
+        release();
+        await tx;
+        await other.end();
+      }
+      await eventually(async () => (await refusals(app, "ip = $1", [from])).length === 1, 10_000);
     });
 
     test("refusal audits are limited per address: past the budget, one summary row", async () => {
