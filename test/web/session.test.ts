@@ -1,11 +1,12 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { Packr } from "msgpackr";
 import type { Browser, BrowserContext, Page, WebSocketRoute } from "playwright-core";
 import { builtViewer, launchBrowser, screenshot } from "../helpers/browser.ts";
 import { E2e, runName } from "../helpers/e2e.ts";
+import { isDataFrame } from "../../src/protocol/frames.ts";
 
 /**
  * The machine page and the session page in a real headless chromium, against a real server
@@ -172,6 +173,52 @@ describe("web session page", () => {
     expect(readFileSync(join(work, "second.bin")).byteLength).toBe(payload.byteLength);
     await control.getByRole("tab", { name: "Terminal" }).click();
   }, 40_000);
+
+  test("a slow listing answered after a newer one does not replace it", async () => {
+    const slow = join(work, "slow-a");
+    const fast = join(work, "fast-b");
+    mkdirSync(slow);
+    mkdirSync(fast);
+    writeFileSync(join(slow, "a-file"), "a");
+    writeFileSync(join(fast, "b-file"), "b");
+    const page = await control.context().newPage();
+    watch(page, "files");
+    const unpacker = new Packr({ useRecords: false });
+    let held = 0;
+    await page.routeWebSocket(/\/ws\/viewer/, (ws) => {
+      const server = ws.connectToServer();
+      ws.onMessage((m) => server.send(m));
+      server.onMessage((m) => {
+        if (typeof m !== "string" && !isDataFrame(m)) {
+          const msg = unpacker.unpack(m) as { t?: string; path?: string };
+          // The slow directory's listing arrives 2 s late, after the one asked for next.
+          if (msg.t === "files.listing" && msg.path === slow) {
+            held++;
+            return void setTimeout(() => ws.send(m), 2_000);
+          }
+        }
+        ws.send(m);
+      });
+    });
+    try {
+      await page.goto(`${e2e.url}/sessions/${sessionId}`);
+      await page.getByRole("tab", { name: "Files" }).click();
+      const files = page.getByRole("region", { name: "Files" });
+      await files.getByRole("table", { name: "Directory" }).or(files.getByText("This directory is empty.")).waitFor();
+      await files.getByLabel("Path").fill(slow);
+      await files.getByLabel("Path").press("Enter");
+      await files.getByLabel("Path").fill(fast);
+      await files.getByLabel("Path").press("Enter");
+      await files.locator('tr[data-name="b-file"]').waitFor();
+      await page.waitForTimeout(2_500);
+      expect(held).toBe(1);
+      expect(await files.locator('tr[data-name="a-file"]').count()).toBe(0);
+      expect(await files.locator('tr[data-name="b-file"]').count()).toBe(1);
+      expect(await files.getByLabel("Path").inputValue()).toBe(fast);
+    } finally {
+      await page.close();
+    }
+  }, 30_000);
 
   test("a view-only viewer sees the terminal but cannot type in it, nor run, upload, chat or end", async () => {
     watcherContext = await browser.newContext({ viewport: { width: 1280, height: 800 } });
