@@ -1,3 +1,4 @@
+import { constants } from "node:fs";
 import { open, stat, type FileHandle } from "node:fs/promises";
 import { DATA_HEADER, DATA_TAG } from "../../protocol/frames.ts";
 import { FILE_CHUNK, TRANSFER_WINDOW } from "../../protocol/relay.ts";
@@ -26,7 +27,10 @@ export class DownloadChannel implements Channel {
     try {
       // Checked before opening: opening a FIFO for reading would block until it has a writer.
       regularFile(path, await stat(path));
-      fh = await open(path, "r");
+      // O_NONBLOCK too: the path may have become a FIFO since the check, and a blocked open
+      // would hang the channel and hold one of the few threads all file I/O runs on.
+      // (No effect on a regular file.)
+      fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
       const st = await fh.stat();
       regularFile(path, st);
       if (this.stopped) return;

@@ -48,7 +48,8 @@ interface Hosted {
   id: string;
   kind: SessionKind;
   technician: string;
-  state: "consent" | "active";
+  /** "denied": refused while disconnected, held only until the refusal is delivered. */
+  state: "consent" | "active" | "denied";
   channels: Set<number>;
   /** consent and ch.closed produced while disconnected: sent when the server resumes. */
   undelivered: AgentToServer[];
@@ -205,6 +206,7 @@ export class SessionHost {
         // as lost, and would record it so before hearing how it really ended.
         for (const u of known.undelivered.splice(0)) this.out(u);
         this.out({ t: "session.resumed", session: m.session, channels: alive });
+        if (known.state === "denied") this.sessions.delete(known.id); // its refusal is delivered
         return;
       }
       // Started over by the server: nothing of the old one stays.
@@ -241,8 +243,12 @@ export class SessionHost {
     if (granted) {
       s.state = "active";
       this.o.presenter.started(req);
-    } else {
+    } else if (this.send) {
       this.sessions.delete(s.id); // the server ends it (consent_denied); no channel can open
+    } else {
+      // Disconnected: the refusal waits in `undelivered` for the resume, so the session is
+      // held until then (no channel opens: it is not active); else the person is asked again.
+      s.state = "denied";
     }
   }
 

@@ -35,7 +35,7 @@ export class UploadChannel implements Channel {
       throw e;
     });
     if (existing?.isDirectory()) throw Object.assign(new Error(`EISDIR: the target is a directory: '${this.target}'`), { code: "EISDIR" });
-    const temp = join(dirname(this.target), `.${basename(this.target)}.tether-upload-${randomBytes(6).toString("hex")}`);
+    const temp = join(dirname(this.target), `.${tempStem(basename(this.target))}.tether-upload-${randomBytes(6).toString("hex")}`);
     this.fh = await open(temp, "wx", 0o600);
     this.temp = temp;
     this.ctx.send({ t: "ch.opened", channel: this.ctx.id });
@@ -118,4 +118,12 @@ export class UploadChannel implements Channel {
     if (this.temp) await unlink(this.temp).catch(() => {});
     this.temp = null;
   }
+}
+
+/** The target's name as the temp file's starts with it, cut so that the whole fits in NAME_MAX (255 bytes). */
+function tempStem(name: string): string {
+  const chars = Array.from(name); // whole code points: a cut never splits one
+  let bytes = Buffer.byteLength(name);
+  while (bytes > 200) bytes -= Buffer.byteLength(chars.pop()!);
+  return chars.join("");
 }

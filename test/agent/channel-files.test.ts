@@ -1,0 +1,71 @@
+import { afterEach, expect, spyOn, test } from "bun:test";
+import { execFileSync } from "node:child_process";
+import { readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import * as fsp from "node:fs/promises";
+import { join } from "node:path";
+import { channelId, harness, SESSION, start, type Harness } from "./session-harness.ts";
+
+const live: Harness[] = [];
+afterEach(async () => {
+  for (const h of live.splice(0)) await h.cleanup();
+});
+const make = () => {
+  const h = harness();
+  live.push(h);
+  return h;
+};
+
+test("download: a path that turns into a FIFO between the check and the open does not hang: ENOTFILE", async () => {
+  const h = make();
+  start(h);
+  const fifo = join(h.home, "pipe");
+  execFileSync("mkfifo", [fifo]);
+  writeFileSync(join(h.home, "plain"), "x");
+  const plain = statSync(join(h.home, "plain"));
+  // The race: the check sees a regular file, the open meets the FIFO.
+  const real = fsp.stat;
+  const fake = async (p: unknown, o?: unknown) => (String(p) === fifo ? plain : real(p as string, o as never));
+  const spy = spyOn(fsp, "stat").mockImplementation(fake as never);
+  try {
+    const ch = channelId();
+    h.host.handle({ t: "ch.open", session: SESSION, channel: ch, type: "download", path: fifo });
+    const closed = await h.waitMessage("ch.closed", (m) => m.channel === ch, 3_000);
+    expect(closed.error?.code).toBe("ENOTFILE");
+  } finally {
+    spy.mockRestore();
+  }
+});
+
+test("malformed requests are refused with an error, never thrown: NUL bytes in paths, an empty argv[0]", async () => {
+  const h = make();
+  start(h);
+  const opens = [
+    { type: "list" as const, path: "a\0b" },
+    { type: "download" as const, path: "a\0b" },
+    { type: "upload" as const, path: "a\0b", size: 3 },
+    { type: "cmd" as const, argv: [""] },
+    { type: "cmd" as const, argv: ["ls\0x"] },
+    { type: "cmd" as const, argv: ["ls"], cwd: "a\0b" },
+  ];
+  for (const o of opens) {
+    const ch = channelId();
+    h.host.handle({ t: "ch.open", session: SESSION, channel: ch, ...o });
+    const closed = await h.waitMessage("ch.closed", (m) => m.channel === ch, 3_000);
+    expect({ o, reason: closed.reason }).toEqual({ o, reason: "error" });
+  }
+});
+
+test("upload to a file whose name is long but valid (250 bytes): the temp file name fits too, eof, no temp left", async () => {
+  const h = make();
+  start(h);
+  const name = "é".repeat(100) + "x".repeat(50); // 250 bytes in UTF-8
+  const ch = channelId();
+  h.host.handle({ t: "ch.open", session: SESSION, channel: ch, type: "upload", path: name, size: 3 });
+  await h.waitMessage("ch.opened", (m) => m.channel === ch, 3_000);
+  h.host.data(new Uint8Array([0, (ch >>> 24) & 255, (ch >>> 16) & 255, (ch >>> 8) & 255, ch & 255, 97, 98, 99]));
+  h.host.handle({ t: "ch.eof", channel: ch });
+  const closed = await h.waitMessage("ch.closed", (m) => m.channel === ch, 3_000);
+  expect(closed).toMatchObject({ reason: "eof", bytes: 3 });
+  expect(readFileSync(join(h.home, name), "utf8")).toBe("abc");
+  expect(readdirSync(h.home).filter((f) => f.includes(".tether-upload-"))).toEqual([]);
+});
