@@ -87,15 +87,20 @@ export class CredentialVerifier {
   }
 
   private async apiToken(hash: string): Promise<Found | null> {
-    const [row] = await this.db.query<Row & { scopes: string[] }>(
-      `select t.id as credential_id, t.scopes, t.expires_at, u.id as user_id, u.tenant_id, u.username, u.role
+    // A token of a user whose role the policy requires a second factor for, and who has none,
+    // is restricted like that user's sessions: a token minted before the policy (or before the
+    // user's role changed) must not carry on around it.
+    const [row] = await this.db.query<Row & { scopes: string[]; restricted: boolean }>(
+      `select t.id as credential_id, t.scopes, t.expires_at, u.id as user_id, u.tenant_id, u.username, u.role,
+              (u.totp_confirmed_at is null and coalesce(u.role = any(s.require_totp_roles), false)) as restricted
          from api_tokens t join users u on u.id = t.user_id
+         left join tenant_settings s on s.tenant_id = u.tenant_id
         where t.token_hash = $1 and t.revoked_at is null and t.expires_at > now() and u.disabled_at is null`,
       [hash]);
     if (!row) return null;
     const granted = ROLE_PERMISSIONS[row.role];
     const scoped = new Set<Permission>(row.scopes.filter(isPermission).filter((p) => granted.has(p)));
-    return { principal: principal("api_token", row, scoped, false), expiresAt: new Date(row.expires_at).getTime() };
+    return { principal: principal("api_token", row, scoped, row.restricted === true), expiresAt: new Date(row.expires_at).getTime() };
   }
 
   /** `last_used_at` / `last_seen_at`, written at most once a minute per credential. */

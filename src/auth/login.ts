@@ -62,7 +62,12 @@ export async function logout(db: Queryable, sessionId: string): Promise<void> {
   await db.query("update auth_sessions set revoked_at = now() where id = $1 and revoked_at is null", [sessionId]);
 }
 
-/** Once a restricted session's user has a second factor, the restriction lifts. */
-export async function liftRestriction(db: Queryable, userId: string): Promise<void> {
-  await db.query("update auth_sessions set restricted = false where user_id = $1 and restricted and revoked_at is null", [userId]);
+/**
+ * Once a restricted session's user has a second factor, the session that confirmed it is
+ * lifted. The user's other restricted sessions never presented the factor (one may be an
+ * intruder's, opened with the password alone): they end, and their user signs in again.
+ */
+export async function liftRestriction(db: Queryable, userId: string, sessionId: string): Promise<void> {
+  await db.query("update auth_sessions set restricted = false where user_id = $1 and id = $2 and restricted and revoked_at is null", [userId, sessionId]);
+  await db.query("update auth_sessions set revoked_at = now() where user_id = $1 and id <> $2 and restricted and revoked_at is null", [userId, sessionId]);
 }

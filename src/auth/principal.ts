@@ -11,6 +11,6 @@ export interface Principal {
   role: Role;
   /** Role permissions, narrowed by the token's scopes for an API token. */
   permissions: ReadonlySet<Permission>;
-  /** A session that may only set up its second factor (policy requires one it lacks). */
+  /** Policy requires a second factor the user lacks: a session may only set one up, a token does nothing. */
   restricted: boolean;
 }

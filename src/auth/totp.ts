@@ -33,10 +33,14 @@ export async function checkTotp(db: Queryable, userId: string, username: string,
 
 /** Confirms enrollment with a first code; returns fresh recovery codes (shown once). */
 export async function confirmTotp(db: Queryable, tenantId: string, userId: string, username: string, code: string): Promise<string[] | null> {
-  const [u] = await db.query<{ totp_secret: string | null; totp_last_step: number | null }>("select totp_secret, totp_last_step from users where id = $1", [userId]);
-  if (!u?.totp_secret || !(await checkTotp(db, userId, username, u.totp_secret, code, u.totp_last_step))) return null;
+  const [u] = await db.query<{ totp_secret: string | null; totp_last_step: number | null; totp_confirmed_at: unknown }>(
+    "select totp_secret, totp_last_step, totp_confirmed_at from users where id = $1", [userId]);
+  // Only a pending secret is confirmed: a second factor already in force has no pending one, and
+  // a code from it must not re-issue (and so silently invalidate) the user's recovery codes.
+  if (!u?.totp_secret || u.totp_confirmed_at !== null || !(await checkTotp(db, userId, username, u.totp_secret, code, u.totp_last_step))) return null;
   const codes = Array.from({ length: 10 }, () => formatRecovery(randomHex(5)));
-  await db.query("update users set totp_confirmed_at = now() where id = $1", [userId]);
+  const confirmed = await db.query("update users set totp_confirmed_at = now() where id = $1 and totp_confirmed_at is null and totp_secret = $2 returning id", [userId, u.totp_secret]);
+  if (confirmed.length !== 1) return null; // confirmed (or restarted) meanwhile by another request
   await db.query("delete from recovery_codes where user_id = $1", [userId]);
   for (const c of codes) await db.query("insert into recovery_codes (tenant_id, user_id, code_hash) values ($1, $2, $3)", [tenantId, userId, sha256Hex(normalizeRecovery(c))]);
   return codes;

@@ -89,7 +89,9 @@ export const authRoutes = (deps: AppDeps) =>
       const me = await authorize(ctx, undefined, { allowRestricted: true, sessionOnly: true });
       const codes = await confirmTotp(deps.store, me.tenantId, me.userId, me.username, ctx.body.code);
       if (!codes) throw new HttpError(400, "TOTP_INVALID", "that code is not valid for the pending secret");
-      await liftRestriction(deps.store, me.userId);
+      // Only this session presented the factor: the user's other restricted sessions (one may be an
+      // intruder's, opened with the password alone) end rather than lift.
+      await liftRestriction(deps.store, me.userId, me.credentialId);
       deps.verifier.forgetUser(me.userId);
       const { ip, correlationId } = ctx;
       await audit(deps.store, { tenantId: me.tenantId, type: "user.totp_enabled", actor: actorOf(me), target: { type: "user", id: me.userId }, ip, correlationId });

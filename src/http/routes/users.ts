@@ -46,11 +46,17 @@ export const userRoutes = (deps: AppDeps) =>
     .patch("/api/users/:id", async (ctx) => {
       const me = await authorize(ctx, "users:write");
       const { body, params } = ctx;
-      const before = await getUser(deps.store, me.tenantId, params.id);
-      if (!before) throw new HttpError(404, "USER_NOT_FOUND", "no such user");
-      const demotesAdmin = before.role === "admin" && before.disabled_at === null && ((body.role && body.role !== "admin") || body.disabled === true);
-      if (demotesAdmin && (await countAdmins(deps.store, me.tenantId)) <= 1) throw new HttpError(409, "LAST_ADMIN", "this is the last active admin");
-      const user = (await updateUser(deps.store, me.tenantId, params.id, { displayName: body.display_name, role: body.role, disabled: body.disabled }))!;
+      // Read, check and write under the tenant's row lock: two admins demoting or disabling each
+      // other at once must not both pass the last-admin check and leave the tenant with none.
+      const { before, user } = await deps.store.transaction(async (tx) => {
+        await tx.query("select id from tenants where id = $1 for no key update", [me.tenantId]); // not FOR UPDATE: inserts referencing the tenant (FOR KEY SHARE) go on
+        const before = await getUser(tx, me.tenantId, params.id);
+        if (!before) throw new HttpError(404, "USER_NOT_FOUND", "no such user");
+        const demotesAdmin = before.role === "admin" && before.disabled_at === null && ((body.role && body.role !== "admin") || body.disabled === true);
+        if (demotesAdmin && (await countAdmins(tx, me.tenantId)) <= 1) throw new HttpError(409, "LAST_ADMIN", "this is the last active admin");
+        const user = (await updateUser(tx, me.tenantId, params.id, { displayName: body.display_name, role: body.role, disabled: body.disabled }))!;
+        return { before, user };
+      });
       // A new role or a disabled account takes effect on every credential at once.
       if (body.disabled === true) await revokeSessions(deps.store, user.id);
       if (body.role && body.role !== before.role) {
