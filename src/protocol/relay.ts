@@ -145,4 +145,5 @@ export const VIEWER_CLOSE = {
   THROTTLED: 4103, // input beyond the rate limit, persistently
   TOKEN_EXPIRED: 4104,
   SERVER_STOPPING: 4105,
+  ACCESS_REVOKED: 4106, // the user was disabled, changed role or had their password reset
 } as const;

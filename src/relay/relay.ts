@@ -290,6 +290,24 @@ export class Relay {
     if (route.viewers.size === 0 && !route.agentConn && ![...this.channels.values()].some((ch) => ch.sessionId === sessionId)) this.sessions.delete(sessionId);
   }
 
+  /**
+   * Closes every viewer socket of a user in a tenant (disabled, another role, a password reset):
+   * a viewer token is checked only when its socket connects, so without this such a socket
+   * would stay. Returns how many were closed; each leaves through its socket's close.
+   */
+  closeViewersOf(tenantId: string, userId: string, code: number, reason: string): number {
+    let n = 0;
+    for (const route of this.sessions.values()) {
+      if (route.tenantId !== tenantId) continue;
+      for (const v of route.viewers.values()) {
+        if (v.link.userId !== userId) continue;
+        v.link.close(code, reason);
+        n++;
+      }
+    }
+    return n;
+  }
+
   /** A frame from a viewer. Returns false for a frame that is not a protocol frame. */
   async fromViewer(link: ViewerLink, frame: Uint8Array): Promise<boolean> {
     const route = this.sessions.get(link.sessionId);

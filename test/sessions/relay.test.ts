@@ -753,5 +753,37 @@ for (const flavor of FLAVORS) {
       expect(room.members.map((x: any) => x.member)).not.toContain(removed.id);
       expect(stays.messages.some((x) => x.t === "error")).toBe(false);
     });
+
+    test("a user disabled, given another role or whose password is reset: their viewers close at once (4106), and tokens they minted before are refused", async () => {
+      const { s } = await withAgentSession();
+      const join = async (token: string) => {
+        const v = new TestViewer(app.url, s.id, token);
+        cleanups.push(() => v.close());
+        await v.open();
+        await v.waitFor((x) => x.t === "joined", 5_000, "joined");
+        return v;
+      };
+      const changes: Array<[string, (id: string) => Promise<{ status: number }>]> = [
+        ["disabled", (id) => app.call("PATCH", `/api/users/${id}`, { token: app.adminToken, body: { disabled: true } })],
+        ["demoted", (id) => app.call("PATCH", `/api/users/${id}`, { token: app.adminToken, body: { role: "auditor" } })],
+        ["password reset", (id) => app.call("POST", `/api/users/${id}/password`, { token: app.adminToken, body: { password: "a brand new password here" } })],
+      ];
+      for (const [what, change] of changes) {
+        const tech = await app.user("technician");
+        const spare = (await viewerToken(s.id, "control", tech.token)).token; // minted before, used after
+        const watching = await join((await viewerToken(s.id, "view", tech.token)).token);
+        const bystander = await viewer(s.id);
+        expect({ what, status: (await change(tech.id)).status }).toEqual({ what, status: what === "password reset" ? 204 : 200 });
+        expect({ what, code: (await watching.closed).code }).toEqual({ what, code: VIEWER_CLOSE.ACCESS_REVOKED });
+        expect(await Promise.race([bystander.closed.then(() => "closed"), Bun.sleep(200).then(() => "open")])).toBe("open");
+        // A token minted before the change: refused for a disabled or demoted user (a reset password
+        // leaves an active technician, whose token stands).
+        if (what === "password reset") (await join(spare)).close();
+        else expect({ what, status: await upgradeStatus(app, s.id, spare) }).toEqual({ what, status: 401 });
+        bystander.close();
+      }
+      const refused = (await app.call("GET", "/api/audit?type=viewer.refused&limit=50", { token: app.adminToken })).body.events;
+      expect(refused.map((e: any) => e.details.reason)).toEqual(expect.arrayContaining(["user_disabled", "role_changed"]));
+    });
   });
 }

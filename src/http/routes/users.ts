@@ -1,4 +1,5 @@
 import { Elysia } from "elysia";
+import { VIEWER_CLOSE } from "../../protocol/relay.ts";
 import { z } from "zod";
 import { audit } from "../../audit/audit.ts";
 import { getSettings, restrictUserSessionsLackingTotp } from "../../auth/settings.ts";
@@ -64,8 +65,12 @@ export const userRoutes = (deps: AppDeps) =>
         if (require_totp_roles.includes(body.role)) await restrictUserSessionsLackingTotp(deps.store, me.tenantId, user.id);
       }
       deps.verifier.forgetUser(user.id);
-      // Room streams check their credential only at connect: a disabled user's end now, in every room.
+      // Room streams and viewer sockets check their credential only at connect: a disabled
+      // user's end now, in every room and session; a new role's viewers join again under it.
       if (body.disabled === true) deps.rooms.hub.closeUser(user.id);
+      if (body.disabled === true || (body.role && body.role !== before.role)) {
+        deps.relay.closeViewersOf(me.tenantId, user.id, VIEWER_CLOSE.ACCESS_REVOKED, body.disabled === true ? "the user was disabled" : "the user's role changed");
+      }
       if (before.role === "end_user" && (body.disabled === true || (body.role && body.role !== "end_user"))) {
         await endSessionsOnLostAccess(deps, me.tenantId, { endUser: user.id });
       }
@@ -86,6 +91,7 @@ export const userRoutes = (deps: AppDeps) =>
       const ended = await revokeSessions(deps.store, user.id);
       deps.verifier.forgetUser(user.id);
       deps.rooms.hub.closeUser(user.id, { kind: "session" });
+      deps.relay.closeViewersOf(me.tenantId, user.id, VIEWER_CLOSE.ACCESS_REVOKED, "the user's password was reset");
       await audit(deps.store, { tenantId: me.tenantId, type: "user.password_reset", actor: actorOf(me), target: { type: "user", id: user.id }, ip: ctx.ip, correlationId: ctx.correlationId, details: { sessions_ended: ended } });
       ctx.set.status = 204;
     }, { params: IdParams, body: ResetPasswordRequest, detail: { tags, summary: "Reset a user's password (ends their sessions)" } });

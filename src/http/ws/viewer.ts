@@ -1,4 +1,5 @@
 import { Elysia } from "elysia";
+import { ROLE_PERMISSIONS, type Role } from "../../auth/roles.ts";
 import { z } from "zod";
 import { audit } from "../../audit/audit.ts";
 import { encode } from "../../protocol/agent.ts";
@@ -50,9 +51,22 @@ export const viewerSocket = (deps: AppDeps) => {
         if (verdict.why === "wrong_session") throw new HttpError(403, "WRONG_SESSION", "this viewer token is for another session");
         throw new HttpError(401, "INVALID_VIEWER_TOKEN", "a viewer token from POST /api/sessions/:id/viewer-token is required");
       }
-      const [s] = await deps.store.query<{ machine_id: string | null; kind: string; created_by: string | null; ended_at: unknown }>(
-        "select machine_id, kind, created_by, ended_at from sessions where id = $1 and tenant_id = $2", [q.data.session, verdict.claims.tenantId]);
+      const [s] = await deps.store.query<{ machine_id: string | null; kind: string; created_by: string | null; ended_at: unknown; role: Role | null; disabled: boolean | null }>(
+        `select s.machine_id, s.kind, s.created_by, s.ended_at, u.role, u.disabled_at is not null as disabled
+           from sessions s left join users u on u.id = $3 and u.tenant_id = s.tenant_id
+          where s.id = $1 and s.tenant_id = $2`, [q.data.session, verdict.claims.tenantId, verdict.claims.userId]);
       if (!s) throw new HttpError(404, "SESSION_NOT_FOUND", "no such session");
+      // The token outlives what it was minted under: its user must still be active, and still of
+      // a role that may mint it (a disabled or demoted user's token made before is refused).
+      const why = !s.role || s.disabled ? "user_disabled"
+        : !ROLE_PERMISSIONS[s.role].has("sessions:write") || (s.role === "end_user") !== (verdict.claims.endUser === true) ? "role_changed" : null;
+      if (why) {
+        await audit(deps.store, {
+          tenantId: verdict.claims.tenantId, type: "viewer.refused", outcome: "failure", actor: { type: "user", id: verdict.claims.userId, name: verdict.claims.name },
+          target: { type: "session", id: q.data.session }, ip, details: { reason: why, token_id: verdict.claims.jti },
+        }).catch(() => {});
+        throw new HttpError(401, "INVALID_VIEWER_TOKEN", "this viewer token's user may no longer view the session");
+      }
       if (s.ended_at) throw new HttpError(409, "SESSION_ENDED", "the session has ended");
       admitted.set(request, { claims: verdict.claims, machineId: s.machine_id, endUser: s.kind === "end_user" ? s.created_by : null, ip });
     },
