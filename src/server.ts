@@ -133,6 +133,9 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       enroll: new Limiter({ windowMs: 60_000, maxPerWindow: 60, maxFailures: 20, lockoutMs: 15 * 60_000 }),
       // Support-code validation (S2): 10 failures from one address lock it out for 15 minutes.
       supportCode: new Limiter({ windowMs: 60_000, maxPerWindow: 30, maxFailures: 10, lockoutMs: 15 * 60_000 }),
+      // The current password given to a self-service change, per user: 10 failures in a row lock
+      // those checks out for 15 minutes (a stolen session must not brute-force the password).
+      passwordCheck: new Limiter({ windowMs: 60_000, maxPerWindow: 30, maxFailures: 10, lockoutMs: 15 * 60_000 }),
     },
   };
 

@@ -29,6 +29,16 @@ export class ClientIpResolver {
     return ip;
   }
 
+  /**
+   * Whether the request reached the client-facing proxy over HTTPS: only when the socket peer is
+   * a trusted proxy and its X-Forwarded-Proto (any entry of a comma-separated chain) says https.
+   * From anyone else the header is ignored.
+   */
+  forwardedHttps(peer: string | undefined, forwardedProto: string | null): boolean {
+    if (!this.any || !forwardedProto || !this.isTrusted(normalize(peer ?? ""))) return false;
+    return forwardedProto.split(",").some((p) => p.trim().toLowerCase() === "https");
+  }
+
   private isTrusted(ip: string): boolean {
     const family = isIP(ip);
     if (!family) return false;

@@ -32,5 +32,7 @@ export interface AppDeps {
     loginByUser: Limiter;
     enroll: Limiter;
     supportCode: Limiter;
+    /** Self-service checks of the caller's own password (password change, TOTP disable), per user. */
+    passwordCheck: Limiter;
   };
 }

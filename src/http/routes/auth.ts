@@ -11,15 +11,47 @@ import { LoginRequest, LoginResponse, Password, TotpConfirmRequest, TotpConfirmR
 import { actorOf, authorize, requestContext, SESSION_COOKIE } from "../context.ts";
 import type { AppDeps } from "../deps.ts";
 import { HttpError } from "../errors.ts";
+import type { Principal } from "../../auth/principal.ts";
 
 const tags = ["auth"];
+
+/**
+ * Checks the caller's own password (a self-service change) under the per-user limit: a stolen
+ * session must not be able to brute-force it. A failure counts, a success resets the streak; the
+ * failure that locks the user out is audited, and while locked out the answer is 429.
+ */
+async function checkOwnPassword(deps: AppDeps, ctx: { ip: string; correlationId: string }, me: Principal, password: string, hash: string | undefined, message: string): Promise<void> {
+  const limiter = deps.limiters.passwordCheck;
+  const v = limiter.check(me.userId);
+  if (!v.ok) throw new HttpError(429, "RATE_LIMITED", "too many password attempts; try again later", { "retry-after": String(v.retryAfterSec) });
+  if (hash !== undefined && (await verifySecret(password, hash))) {
+    limiter.success(me.userId);
+    return;
+  }
+  if (limiter.failure(me.userId)) {
+    await audit(deps.store, {
+      tenantId: me.tenantId, type: "auth.lockout", outcome: "failure", actor: actorOf(me), target: { type: "user", id: me.userId },
+      ip: ctx.ip, correlationId: ctx.correlationId, details: { by: "password_check" },
+    });
+  }
+  throw new HttpError(403, "PASSWORD_INCORRECT", message);
+}
+
+/**
+ * Whether the session cookie gets Secure: the request reached this server over HTTPS, or a
+ * trusted proxy (TETHER_TRUSTED_PROXIES) says it reached the proxy so (X-Forwarded-Proto).
+ */
+function reachedOverHttps(deps: AppDeps, request: Request, peer: string | undefined): boolean {
+  if (new URL(request.url).protocol === "https:") return true;
+  return deps.ips.forwardedHttps(peer, request.headers.get("x-forwarded-proto"));
+}
 
 /** Login, logout, the caller, and the caller's own second factor and password (A2, A3). */
 export const authRoutes = (deps: AppDeps) =>
   new Elysia({ name: "auth-routes" })
     .use(requestContext(deps))
     .post("/api/auth/login", async (ctx) => {
-      const { body, request, set, ip, correlationId } = ctx;
+      const { body, request, set, ip, correlationId, server } = ctx;
       const userKey = body.username.trim().toLowerCase();
       const ipKey = addressKey(ip);
       for (const [limiter, key] of [[deps.limiters.loginByIp, ipKey], [deps.limiters.loginByUser, userKey]] as const) {
@@ -54,7 +86,7 @@ export const authRoutes = (deps: AppDeps) =>
         tenantId: result.tenantId, type: "auth.login", actor: { type: "user", id: result.userId, name: result.username }, target: { type: "user", id: result.userId },
         ip, correlationId, details: { session_id: result.sessionId, second_factor: body.totp_code ? "totp" : body.recovery_code ? "recovery_code" : "none", restricted: result.restricted },
       });
-      const secure = new URL(request.url).protocol === "https:" ? "; Secure" : "";
+      const secure = reachedOverHttps(deps, request, server?.requestIP(request)?.address) ? "; Secure" : "";
       set.headers["set-cookie"] = `${SESSION_COOKIE}=${result.token}; HttpOnly; SameSite=Lax; Path=/; Max-Age=${SESSION_TTL_MS / 1000}${secure}`;
       const user = (await getUser(deps.store, result.tenantId, result.userId))!;
       return { token: result.token, expires_at: result.expiresAt.toISOString(), restricted: result.restricted, user: publicUser(user) };
@@ -102,8 +134,8 @@ export const authRoutes = (deps: AppDeps) =>
       const me = await authorize(ctx, undefined, { sessionOnly: true });
       const [row] = await deps.store.query<{ password_hash: string; require_totp_roles: string[] }>(
         "select u.password_hash, s.require_totp_roles from users u join tenant_settings s on s.tenant_id = u.tenant_id where u.id = $1", [me.userId]);
-      if (!row || !(await verifySecret(ctx.body.password, row.password_hash))) throw new HttpError(403, "PASSWORD_INCORRECT", "the password is not correct");
-      if (row.require_totp_roles.includes(me.role)) throw new HttpError(409, "TOTP_REQUIRED_BY_POLICY", `policy requires a second factor for the ${me.role} role`);
+      await checkOwnPassword(deps, ctx, me, ctx.body.password, row?.password_hash, "the password is not correct");
+      if (row!.require_totp_roles.includes(me.role)) throw new HttpError(409, "TOTP_REQUIRED_BY_POLICY", `policy requires a second factor for the ${me.role} role`);
       await disableTotp(deps.store, me.userId);
       const { ip, correlationId } = ctx;
       await audit(deps.store, { tenantId: me.tenantId, type: "user.totp_disabled", actor: actorOf(me), target: { type: "user", id: me.userId }, ip, correlationId });
@@ -113,7 +145,7 @@ export const authRoutes = (deps: AppDeps) =>
     .post("/api/me/password", async (ctx) => {
       const me = await authorize(ctx, undefined, { sessionOnly: true });
       const [row] = await deps.store.query<{ password_hash: string }>("select password_hash from users where id = $1", [me.userId]);
-      if (!row || !(await verifySecret(ctx.body.current_password, row.password_hash))) throw new HttpError(403, "PASSWORD_INCORRECT", "the current password is not correct");
+      await checkOwnPassword(deps, ctx, me, ctx.body.current_password, row?.password_hash, "the current password is not correct");
       await setPassword(deps.store, me.tenantId, me.userId, ctx.body.new_password);
       await revokeSessions(deps.store, me.userId, me.credentialId);
       deps.verifier.forgetUser(me.userId);
