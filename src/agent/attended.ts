@@ -232,7 +232,7 @@ function connectOnce(
             finish(1006, `server silent for ${silentMs} ms`);
           },
         });
-        host.attach(send);
+        host.attach(send, () => ws.bufferedAmount);
         onWelcome(w);
         return;
       }

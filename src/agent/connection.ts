@@ -173,7 +173,7 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
         });
         if (!provedWithInventory) void sendStatus(true);
         timers.push(setInterval(() => void sendStatus(false), Math.min(p.statusCheckMs, p.statusIntervalMs)));
-        p.host?.attach(sendSession);
+        p.host?.attach(sendSession, () => ws.bufferedAmount);
       }
     });
 

@@ -20,6 +20,7 @@ function upload(dir: string, name: string, size: number) {
     log: silentLogger,
     frame: () => {},
     send: (m) => void sent.push(m),
+    backlog: () => 0,
     end: (e) => void (ended = e),
   };
   return { channel: new UploadChannel(ctx, name, size), sent, ended: () => ended };

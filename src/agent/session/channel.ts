@@ -23,6 +23,8 @@ export interface ChannelContext {
   frame(frame: Uint8Array): void;
   /** ch.opened, files.listing, ch.ack. Dropped while the agent is disconnected. */
   send(message: AgentToServer): void;
+  /** Bytes waiting in the agent's socket (0 while disconnected): for output flow control. */
+  backlog(): number;
   /** The channel is over: the host sends ch.closed (or keeps it for the resume). Once only. */
   end(end: End): void;
 }

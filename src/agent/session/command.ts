@@ -1,6 +1,7 @@
 import type { Subprocess } from "bun";
 import { STDERR, STDOUT, commandFrame } from "../../protocol/frames.ts";
 import { errorEnd, resolvePath, type Channel, type ChannelContext, type StopReason } from "./channel.ts";
+import { drained, OUTPUT_HIGH_WATER } from "./flow.ts";
 import { sessionMembers, signalSession } from "./procs.ts";
 
 /** After SIGTERM, a command that is still there this long later gets SIGKILL. */
@@ -59,7 +60,11 @@ export class CommandChannel implements Channel {
 
   private async pump(stream: ReadableStream<Uint8Array>, which: typeof STDOUT | typeof STDERR): Promise<void> {
     try {
-      for await (const chunk of stream) this.ctx.frame(commandFrame(this.ctx.id, which, chunk));
+      for await (const chunk of stream) {
+        this.ctx.frame(commandFrame(this.ctx.id, which, chunk));
+        // Not reading meanwhile: the pipe fills and the command waits on its own output.
+        if (this.ctx.backlog() > OUTPUT_HIGH_WATER) await drained(this.ctx);
+      }
     } catch {
       // The pipe broke: the exit path reports the end.
     }

@@ -75,6 +75,7 @@ interface Open {
  */
 export class SessionHost {
   private send: Send | null = null;
+  private backlog: () => number = () => 0;
   private readonly sessions = new Map<string, Hosted>();
   private readonly channels = new Map<number, Open>();
   private readonly exec: ExecEnv;
@@ -92,9 +93,13 @@ export class SessionHost {
     this.log = o.log;
   }
 
-  /** Connected (after the handshake): from now on messages and frames go to `send`. */
-  attach(send: Send): void {
+  /**
+   * Connected (after the handshake): from now on messages and frames go to `send`; `backlog`
+   * tells how many bytes wait in the socket (terminals and commands pause above a mark).
+   */
+  attach(send: Send, backlog: () => number = () => 0): void {
     this.send = send;
+    this.backlog = backlog;
   }
 
   /**
@@ -302,6 +307,7 @@ export class SessionHost {
       send: (message) => {
         if (!open.ended) this.send?.(message);
       },
+      backlog: () => (this.send ? this.backlog() : 0),
       end: (end) => this.channelEnded(open, end),
     };
     try {

@@ -1,6 +1,7 @@
 import type { Subprocess } from "bun";
 import { dataFrame } from "../../protocol/frames.ts";
 import { errorEnd, type Channel, type ChannelContext, type StopReason } from "./channel.ts";
+import { TerminalFlow } from "./flow.ts";
 import { sessionMembers, signalSession } from "./procs.ts";
 
 /** After SIGHUP, a shell that is still there this long later gets SIGKILL. */
@@ -23,8 +24,10 @@ export class TerminalChannel implements Channel {
   private killTimer: ReturnType<typeof setTimeout> | null = null;
   /** Resolves once the SIGKILL stage of a stop has run. */
   private killed: Promise<void> | null = null;
+  private readonly flow: TerminalFlow;
 
   constructor(private readonly ctx: ChannelContext, cols = 80, rows = 24) {
+    this.flow = new TerminalFlow(ctx, () => this.proc?.terminal);
     let ptyDone = () => {};
     const ptyClosed = new Promise<void>((r) => (ptyDone = r));
     try {
@@ -35,7 +38,9 @@ export class TerminalChannel implements Channel {
           cols,
           rows,
           name: "xterm-256color",
-          data: (_term, bytes) => ctx.frame(dataFrame(ctx.id, bytes)),
+          data: (_term, bytes) => {
+            if (this.flow.admit(bytes.byteLength)) ctx.frame(dataFrame(ctx.id, bytes));
+          },
           exit: () => ptyDone(),
         },
       });
@@ -47,6 +52,7 @@ export class TerminalChannel implements Channel {
     const proc = this.proc;
     void proc.exited.then(async () => {
       this.exited = true;
+      this.flow.stop();
       // What the shell wrote last is still in the PTY: deliver it before ch.closed.
       await Promise.race([ptyClosed, Bun.sleep(DRAIN_MS)]);
       // Stopped: the shell is gone, but what ran in the terminal (a job ignoring SIGHUP, a
