@@ -72,3 +72,9 @@ export async function revokeApiToken(db: Queryable, tenantId: string, userId: st
     `select ${COLUMNS} from api_tokens where tenant_id = $1 and user_id = $2 and id = $3`, [tenantId, userId, tokenId]);
   return existing ? { row: existing, revoked: false } : null;
 }
+
+/** Revokes every live token of a user (one who may no longer hold any); returns how many. */
+export async function revokeUserApiTokens(db: Queryable, tenantId: string, userId: string): Promise<number> {
+  const rows = await db.query("update api_tokens set revoked_at = now() where tenant_id = $1 and user_id = $2 and revoked_at is null returning id", [tenantId, userId]);
+  return rows.length;
+}

@@ -155,6 +155,18 @@ for (const flavor of FLAVORS) {
       expect((await app.call("GET", "/api/users", { token: pat })).status).toBe(401);
     }, 30_000);
 
+    test("a user moved to end_user loses their tokens (end users may hold none); another role change keeps them", async () => {
+      const tech = await app.user("technician");
+      const pat = (await mint(tech.token, { scopes: ["sessions:read"] })).body.token;
+      expect((await app.call("GET", "/api/sessions", { token: pat })).status).toBe(200);
+      expect((await app.call("PATCH", `/api/users/${tech.id}`, { token: app.adminToken, body: { role: "auditor" } })).status).toBe(200);
+      expect((await app.call("GET", "/api/sessions", { token: pat })).status).toBe(200);
+      expect((await app.call("PATCH", `/api/users/${tech.id}`, { token: app.adminToken, body: { role: "end_user" } })).status).toBe(200);
+      expect((await app.call("GET", "/api/sessions", { token: pat })).status).toBe(401);
+      const changed = (await app.call("GET", `/api/audit?type=user.updated&target=${tech.id}`, { token: app.adminToken })).body.events;
+      expect(changed[0].details).toMatchObject({ role: { from: "auditor", to: "end_user" }, api_tokens_revoked: 1 });
+    }, 30_000);
+
     test("admins list and revoke any token of their tenant; others may not", async () => {
       const tech = await app.user("technician");
       const r = await mint(tech.token, { name: "tech's", scopes: ["sites:read"] });

@@ -1,4 +1,5 @@
 import { Elysia } from "elysia";
+import { revokeUserApiTokens } from "../../auth/api-tokens.ts";
 import { VIEWER_CLOSE } from "../../protocol/relay.ts";
 import { z } from "zod";
 import { audit } from "../../audit/audit.ts";
@@ -64,6 +65,9 @@ export const userRoutes = (deps: AppDeps) =>
         const { require_totp_roles } = await getSettings(deps.store, me.tenantId);
         if (require_totp_roles.includes(body.role)) await restrictUserSessionsLackingTotp(deps.store, me.tenantId, user.id);
       }
+      // End users may not hold API tokens (minting is open to every role but end_user): a user
+      // moved there loses the ones they minted before.
+      const tokensRevoked = body.role === "end_user" && before.role !== "end_user" ? await revokeUserApiTokens(deps.store, me.tenantId, user.id) : null;
       deps.verifier.forgetUser(user.id);
       // Room streams and viewer sockets check their credential only at connect: a disabled
       // user's end now, in every room and session; a new role's viewers join again under it.
@@ -76,6 +80,7 @@ export const userRoutes = (deps: AppDeps) =>
       }
       const changes: Record<string, unknown> = {};
       if (body.role && body.role !== before.role) changes.role = { from: before.role, to: body.role };
+      if (tokensRevoked !== null) changes.api_tokens_revoked = tokensRevoked;
       if (body.display_name && body.display_name !== before.display_name) changes.display_name = body.display_name;
       if (body.disabled !== undefined && body.disabled !== (before.disabled_at !== null)) changes.disabled = body.disabled;
       const type = changes.disabled === true ? "user.disabled" : changes.disabled === false ? "user.enabled" : "user.updated";
