@@ -235,41 +235,39 @@ describe("web console", () => {
   });
 
   test("an end user sees only the machine granted to them, and no admin pages, recordings or history", async () => {
+    /** A browser of its own, signed in as `u`, on the machines page. */
+    const signedIn = async (u: { username: string; password: string }) => {
+      const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+      const p = await ctx.newPage();
+      await p.goto(app.url + "/");
+      await p.getByLabel("Username").fill(u.username);
+      await p.getByLabel("Password").fill(u.password);
+      await p.getByRole("button", { name: "Sign in" }).click();
+      await p.getByRole("table", { name: "Machines" }).waitFor();
+      return { ctx, p };
+    };
+    /** The links of the granted machine's page header. */
+    const machineLinks = async (p: Page) => {
+      await p.goto(`${app.url}/machines/${machineIds[1]}`);
+      await p.getByRole("heading", { name: "web-02" }).waitFor();
+      const sub = p.locator("section.machine .page-head .sub");
+      return { recordings: await sub.getByRole("link", { name: "Recordings" }).count(), history: await sub.getByRole("link", { name: "History" }).count() };
+    };
     const u = await app.user("end_user");
     expect((await app.call("POST", `/api/users/${u.id}/grants`, { token: app.adminToken, body: { machine_id: machineIds[1] } })).status).toBe(201);
-    const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-    const p = await ctx.newPage();
-    await p.goto(app.url + "/");
-    await p.getByLabel("Username").fill(u.username);
-    await p.getByLabel("Password").fill(u.password);
-    await p.getByRole("button", { name: "Sign in" }).click();
-    await p.getByRole("table", { name: "Machines" }).waitFor();
+    const endUser = await signedIn(u);
+    const p = endUser.p;
     expect(await p.locator("tbody tr td:first-child").allTextContents()).toEqual(["web-02"]);
     expect(await p.getByRole("link", { name: "Sites" }).count()).toBe(0);
     expect(await p.getByRole("link", { name: "Audit" }).count()).toBe(0);
     await screenshot(p, "end-user-portal");
     // Its page links neither to recordings nor to its history: an end user may read neither.
-    const heading = p.locator("section.machine .page-head .sub");
-    await p.goto(`${app.url}/machines/${machineIds[1]}`);
-    await p.getByRole("heading", { name: "web-02" }).waitFor();
-    expect(await p.getByRole("link", { name: "Recordings" }).count()).toBe(0);
-    expect(await heading.getByRole("link", { name: "History" }).count()).toBe(0);
-    await ctx.close();
+    expect(await machineLinks(p)).toEqual({ recordings: 0, history: 0 });
+    await endUser.ctx.close();
     // An auditor's page of the same machine has both.
-    const a = await app.user("auditor");
-    const actx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-    const ap = await actx.newPage();
-    await ap.goto(app.url + "/");
-    await ap.getByLabel("Username").fill(a.username);
-    await ap.getByLabel("Password").fill(a.password);
-    await ap.getByRole("button", { name: "Sign in" }).click();
-    await ap.getByRole("table", { name: "Machines" }).waitFor();
-    await ap.goto(`${app.url}/machines/${machineIds[1]}`);
-    await ap.getByRole("heading", { name: "web-02" }).waitFor();
-    const sub = ap.locator("section.machine .page-head .sub");
-    expect(await sub.getByRole("link", { name: "Recordings" }).count()).toBe(1);
-    expect(await sub.getByRole("link", { name: "History" }).count()).toBe(1);
-    await actx.close();
+    const auditor = await signedIn(await app.user("auditor"));
+    expect(await machineLinks(auditor.p)).toEqual({ recordings: 1, history: 1 });
+    await auditor.ctx.close();
   });
 
   test("a page polling faster than the server answers still updates, with one request at a time", async () => {
