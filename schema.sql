@@ -562,3 +562,10 @@ create index audit_events_actor_name on audit_events (tenant_id, actor_name, id 
 -- look; enabling it lets the agent back in with the keys it has. Orthogonal to enrollment_state.
 alter table machines add column disabled_at timestamptz;
 create index machines_disabled on machines (disabled_at) where disabled_at is not null;
+
+-- version: 15
+-- A viewer token's revocation counts for the session it names only: `DELETE
+-- /api/sessions/:id/viewer-tokens/:token_id` takes any token id, so one recorded under another
+-- session must neither revoke a token of this one nor keep its own revocation from being recorded.
+alter table viewer_token_revocations drop constraint viewer_token_revocations_pkey;
+alter table viewer_token_revocations add primary key (jti, session_id);

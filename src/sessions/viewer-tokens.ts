@@ -66,7 +66,8 @@ export class ViewerTokens {
     if (p.purpose !== PURPOSE || typeof p.sid !== "string" || (p.acc !== "control" && p.acc !== "view") || typeof p.jti !== "string" || typeof p.sub !== "string") {
       return { ok: false, why: "wrong_purpose" };
     }
-    const [revoked] = await db.query("select 1 from viewer_token_revocations where jti = $1", [p.jti]);
+    // Revoked for its own session only: a revocation is recorded under the session it was asked for.
+    const [revoked] = await db.query("select 1 from viewer_token_revocations where jti = $1 and session_id = $2", [p.jti, p.sid]);
     if (revoked) return { ok: false, why: "revoked" };
     if (p.sid !== sessionId) return { ok: false, why: "wrong_session" };
     return {

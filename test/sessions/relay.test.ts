@@ -187,6 +187,10 @@ for (const flavor of FLAVORS) {
       const expired = await app.server.viewerTokens.mint({ session: a.id, access: "control", userId: crypto.randomUUID(), name: "x", tenantId: "00000000-0000-0000-0000-000000000001" }, Date.now() - 10 * 60_000);
       expect(await upgradeStatus(app, a.id, expired.token)).toBe(401);
       const revoked = await viewerToken(a.id);
+      // Revoked through another session's route: that revokes nothing of this session's…
+      expect((await app.call("DELETE", `/api/sessions/${b.id}/viewer-tokens/${revoked.token_id}`, { token: app.adminToken })).status).toBe(204);
+      expect(await upgradeStatus(app, a.id, revoked.token)).toBe(101);
+      // …and does not keep its own session's revocation from counting.
       expect((await app.call("DELETE", `/api/sessions/${a.id}/viewer-tokens/${revoked.token_id}`, { token: app.adminToken })).status).toBe(204);
       expect(await upgradeStatus(app, a.id, revoked.token)).toBe(401);
       // A token is minted only after the authorization check: an auditor may read, not connect.
