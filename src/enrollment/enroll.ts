@@ -118,8 +118,10 @@ async function bindMachine(tx: Queryable, site: SiteRef, input: EnrollRequest, i
 
 async function existingMachine(tx: Queryable, site: SiteRef, input: EnrollRequest, ip: string, m: ExistingMachine): Promise<EnrollOutcome> {
   const tenantId = site.tenantId;
-  // No silent move between sites: that takes an admin (or a future explicit reassign).
-  if (m.site_id !== null && m.site_id !== site.id) return { kind: "site_conflict", tenantId, site, machineId: m.id, boundSiteId: m.site_id };
+  // No silent move between sites: that takes an admin, who removes the machine at its old site
+  // first (as the 409 says); a removed machine enrolling at another site comes back there.
+  const moving = m.site_id !== site.id;
+  if (moving && m.site_id !== null && m.deleted_at === null) return { kind: "site_conflict", tenantId, site, machineId: m.id, boundSiteId: m.site_id };
 
   // A claimant an admin rejected stays rejected for this machine (the machine's own registered key excepted).
   if (input.public_key !== m.public_key) {
@@ -127,8 +129,19 @@ async function existingMachine(tx: Queryable, site: SiteRef, input: EnrollReques
     if (rejected.length > 0) return { kind: "rejected", reason: "claimant_rejected", tenantId, site, machineId: m.id };
   }
 
-  const labels = mergeLabels(site, labelsOf(m.labels), input.labels);
+  // Moving to another site: the old site's company and site labels give way to the new site's.
+  const had = labelsOf(m.labels);
+  const labels = mergeLabels(site, moving ? { ...had, company: "", site: "" } : had, input.labels);
   const otherHost = m.hostname.toLowerCase() !== input.hostname.toLowerCase();
+  if (m.deleted_at !== null) {
+    // A claim left waiting on a removed machine cannot be decided any more (see removeMachines):
+    // it neither queues this enrollment nor keeps the revived machine pending.
+    const stale = await tx.query("delete from enrollment_requests where machine_id = $1 and status = 'pending' returning id", [m.id]);
+    if (stale.length > 0 || m.enrollment_state === "pending") {
+      await tx.query("update machines set enrollment_state = 'active' where id = $1", [m.id]);
+      m = { ...m, enrollment_state: "active" };
+    }
+  }
   const [pending] = await tx.query<{ id: string }>("select id from enrollment_requests where machine_id = $1 and status = 'pending'", [m.id]);
   // The collision gate (provisional, as in the reference): the row is live under another
   // hostname, so this looks like a clone. While a claim waits, anything but the machine itself

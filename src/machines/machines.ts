@@ -168,7 +168,21 @@ export async function removeMachines(store: Store, tenantId: string, ids: readon
         where tenant_id = $1 and deleted_at is null and id in (select jsonb_array_elements_text($2::text::jsonb)::uuid)
         returning id, hostname, machine_uid`,
       [tenantId, JSON.stringify([...new Set(ids)])]);
-    await revokeMachineKeys(tx, tenantId, removed.map((r) => r.id));
+    const removedIds = removed.map((r) => r.id);
+    await revokeMachineKeys(tx, tenantId, removedIds);
+    // A clone-looking claim waiting on a removed machine can no longer be decided (approve and
+    // reject need a live machine): drop it, or it would hold the machine 'pending' for good and
+    // queue its next enrollment instead of reviving it. The claim stays in the audit log.
+    if (removedIds.length > 0) {
+      await tx.query(
+        `delete from enrollment_requests where tenant_id = $1 and status = 'pending'
+          and machine_id in (select jsonb_array_elements_text($2::text::jsonb)::uuid)`,
+        [tenantId, JSON.stringify(removedIds)]);
+      await tx.query(
+        `update machines set enrollment_state = 'active'
+          where tenant_id = $1 and id in (select jsonb_array_elements_text($2::text::jsonb)::uuid)`,
+        [tenantId, JSON.stringify(removedIds)]);
+    }
     return removed;
   });
 }

@@ -83,6 +83,13 @@ export function encodeCursor(c: Cursor): string {
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const TIMESTAMP = /^(-infinity|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z)$/;
 
+/** Whether a TIMESTAMP-shaped key names a real instant (no month 13, no 31 February, no year 0). */
+function realTimestamp(key: string): boolean {
+  const ms = key.slice(0, 23);
+  const d = new Date(`${ms}Z`);
+  return !key.startsWith("0000") && !Number.isNaN(d.getTime()) && d.toISOString().slice(0, 23) === ms;
+}
+
 /** The cursor, or null when it is not one of ours. */
 export function decodeCursor(s: string): Cursor | null {
   try {
@@ -93,6 +100,10 @@ export function decodeCursor(s: string): Cursor | null {
     if (!(SORTS as readonly unknown[]).includes(sort) || (order !== "asc" && order !== "desc")) return null;
     if (typeof key !== "string" || key.length > 1024 || typeof id !== "string" || !UUID.test(id)) return null;
     if (sort !== "hostname" && !TIMESTAMP.test(key)) return null;
+    // The key goes to the database as is: one it cannot take (a NUL, an impossible date) is a
+    // forged cursor, refused here rather than failing the query.
+    if (sort === "hostname" && (key.includes("\u0000") || !key.isWellFormed())) return null;
+    if (sort !== "hostname" && key !== "-infinity" && !realTimestamp(key)) return null;
     return { sort, order, key, id };
   } catch {
     return null;

@@ -77,7 +77,7 @@ export const enrollRoutes = (deps: AppDeps) => {
       detail: {
         tags, security: [],
         summary: "Enroll a machine with its site's enrollment key (public)",
-        description: "201 new (agent key, once); 200 reuse (same machine_uid at the same site: same row, earlier agent keys revoked, a removed machine revived); 202 collision_pending (no key; an admin approves or rejects); 401 ENROLL_REJECTED (unknown site, wrong, retired or missing key: identical body and cost); 409 ENROLL_SITE_CONFLICT; 429 with Retry-After. The site code is looked up across tenants: this endpoint has no tenant.",
+        description: "201 new (agent key, once); 200 reuse (same machine_uid at the same site, or a removed machine at any site: same row, earlier agent keys revoked, a removed machine revived); 202 collision_pending (no key; an admin approves or rejects); 401 ENROLL_REJECTED (unknown site, wrong, retired or missing key: identical body and cost); 409 ENROLL_SITE_CONFLICT (a live machine of another site); 429 with Retry-After. The site code is looked up across tenants: this endpoint has no tenant.",
       },
     });
 };
