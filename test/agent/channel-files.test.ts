@@ -69,3 +69,30 @@ test("upload to a file whose name is long but valid (250 bytes): the temp file n
   expect(readFileSync(join(h.home, name), "utf8")).toBe("abc");
   expect(readdirSync(h.home).filter((f) => f.includes(".tether-upload-"))).toEqual([]);
 });
+
+test("upload onto a FIFO is refused (ENOTFILE) and leaves it a FIFO; one that becomes a FIFO before the rename too", async () => {
+  const h = make();
+  start(h);
+  const frame = (ch: number, bytes: number[]) => new Uint8Array([0, (ch >>> 24) & 255, (ch >>> 16) & 255, (ch >>> 8) & 255, ch & 255, ...bytes]);
+  execFileSync("mkfifo", [join(h.home, "pipe")]);
+  const ch = channelId();
+  h.host.handle({ t: "ch.open", session: SESSION, channel: ch, type: "upload", path: "pipe", size: 3 });
+  expect(await h.waitMessage("ch.closed", (m) => m.channel === ch, 3_000)).toMatchObject({ reason: "error", error: { code: "ENOTFILE" } });
+  expect(statSync(join(h.home, "pipe")).isFIFO()).toBe(true);
+
+  // A regular target when the upload opens, a FIFO by the time it commits.
+  writeFileSync(join(h.home, "later"), "old");
+  const ch2 = channelId();
+  h.host.handle({ t: "ch.open", session: SESSION, channel: ch2, type: "upload", path: "later", size: 3 });
+  await h.waitMessage("ch.opened", (m) => m.channel === ch2, 3_000);
+  await fsp.unlink(join(h.home, "later"));
+  execFileSync("mkfifo", [join(h.home, "later")]);
+  h.host.data(frame(ch2, [97, 98, 99]));
+  h.host.handle({ t: "ch.eof", channel: ch2 });
+  expect(await h.waitMessage("ch.closed", (m) => m.channel === ch2, 3_000)).toMatchObject({ reason: "error", error: { code: "ENOTFILE" } });
+  expect(statSync(join(h.home, "later")).isFIFO()).toBe(true);
+  // The temp file goes once the channel has ended.
+  const temps = () => readdirSync(h.home).filter((f) => f.includes(".tether-upload-"));
+  for (let i = 0; i < 100 && temps().length > 0; i++) await Bun.sleep(20);
+  expect(temps()).toEqual([]);
+});

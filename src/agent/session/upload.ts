@@ -30,15 +30,25 @@ export class UploadChannel implements Channel {
   }
 
   private async openTemp(): Promise<void> {
+    await this.checkTarget();
+    const temp = join(dirname(this.target), `.${tempStem(basename(this.target))}.tether-upload-${randomBytes(6).toString("hex")}`);
+    this.fh = await open(temp, "wx", 0o600);
+    this.temp = temp;
+    this.ctx.send({ t: "ch.opened", channel: this.ctx.id });
+  }
+
+  /**
+   * The target may be missing or a regular file (a symlink counts as what it points to). A
+   * directory is EISDIR; anything else (a FIFO, a device such as /dev/null, a socket) is
+   * ENOTFILE: the rename would replace the node itself with a regular file.
+   */
+  private async checkTarget(): Promise<void> {
     const existing = await stat(this.target).catch((e: NodeJS.ErrnoException) => {
       if (e.code === "ENOENT") return null;
       throw e;
     });
     if (existing?.isDirectory()) throw Object.assign(new Error(`EISDIR: the target is a directory: '${this.target}'`), { code: "EISDIR" });
-    const temp = join(dirname(this.target), `.${tempStem(basename(this.target))}.tether-upload-${randomBytes(6).toString("hex")}`);
-    this.fh = await open(temp, "wx", 0o600);
-    this.temp = temp;
-    this.ctx.send({ t: "ch.opened", channel: this.ctx.id });
+    if (existing && !existing.isFile()) throw Object.assign(new Error(`not a regular file: '${this.target}'`), { code: "ENOTFILE" });
   }
 
   /** Runs `fn` after everything queued before it, unless the upload has ended meanwhile. */
@@ -88,6 +98,8 @@ export class UploadChannel implements Channel {
       // Stopped meanwhile (ch.close, the connection lost): it was reported cancelled, so the
       // target must stay as it was; `finish` removes the temp file once this step returns.
       if (this.done) return;
+      // Checked again: the rename would replace whatever the target became meanwhile.
+      await this.checkTarget();
       // From here the rename decides: a stop now waits for it and reports its outcome.
       this.renaming = true;
       await rename(this.temp!, this.target);
