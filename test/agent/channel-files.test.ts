@@ -1,6 +1,6 @@
 import { afterEach, expect, spyOn, test } from "bun:test";
 import { execFileSync } from "node:child_process";
-import { readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { appendFileSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import * as fsp from "node:fs/promises";
 import { join } from "node:path";
 import { channelId, harness, SESSION, start, type Harness } from "./session-harness.ts";
@@ -95,4 +95,39 @@ test("upload onto a FIFO is refused (ENOTFILE) and leaves it a FIFO; one that be
   const temps = () => readdirSync(h.home).filter((f) => f.includes(".tether-upload-"));
   for (let i = 0; i < 100 && temps().length > 0; i++) await Bun.sleep(20);
   expect(temps()).toEqual([]);
+});
+
+test("download of a file that grows while it is read ends at its size when opened; a /proc file (size 0) is read to its end", async () => {
+  const h = make();
+  start(h);
+  const ackAll = (ch: number) => setInterval(() => h.host.handle({ t: "ch.ack", channel: ch, bytes: h.bytes(ch).byteLength }), 5);
+  const path = join(h.home, "busy.log");
+  const size = 2 * 1024 * 1024; // twice the window: the download waits for acks half-way
+  writeFileSync(path, "x".repeat(size));
+  const ch = channelId();
+  h.host.handle({ t: "ch.open", session: SESSION, channel: ch, type: "download", path });
+  expect(await h.waitMessage("ch.opened", (m) => m.channel === ch, 3_000)).toMatchObject({ size });
+  // Appended while the download waits: read to EOF, it would take this too (and, with a writer
+  // faster than the link, never end).
+  appendFileSync(path, "y".repeat(1024 * 1024));
+  const acks = ackAll(ch);
+  try {
+    expect(await h.waitMessage("ch.closed", (m) => m.channel === ch, 10_000)).toMatchObject({ reason: "eof", bytes: size });
+    expect(h.text(ch)).not.toContain("y");
+  } finally {
+    clearInterval(acks);
+  }
+
+  if (process.platform !== "linux") return;
+  const proc = channelId();
+  const procAcks = ackAll(proc);
+  try {
+    h.host.handle({ t: "ch.open", session: SESSION, channel: proc, type: "download", path: "/proc/self/status" });
+    expect(await h.waitMessage("ch.opened", (m) => m.channel === proc, 3_000)).toMatchObject({ size: 0 });
+    const closed = await h.waitMessage("ch.closed", (m) => m.channel === proc, 3_000);
+    expect(closed).toMatchObject({ reason: "eof" });
+    expect(h.text(proc)).toContain("Pid:");
+  } finally {
+    clearInterval(procAcks);
+  }
 });

@@ -35,10 +35,14 @@ export class DownloadChannel implements Channel {
       regularFile(path, st);
       if (this.stopped) return;
       this.ctx.send({ t: "ch.opened", channel: this.ctx.id, size: st.size });
+      // The file as it was when opened, as scp does: one that keeps growing (a busy log) would
+      // otherwise never end. A size of 0 may not mean empty (/proc and /sys files): to EOF.
+      const limit = st.size > 0 ? st.size : Infinity;
       for (;;) {
         while (!this.stopped && this.sent - this.acked >= this.window) await new Promise<void>((r) => (this.wake = r));
         if (this.stopped) return;
-        const room = Math.min(FILE_CHUNK, this.window - (this.sent - this.acked));
+        const room = Math.min(FILE_CHUNK, this.window - (this.sent - this.acked), limit - this.sent);
+        if (room <= 0) break;
         const frame = new Uint8Array(DATA_HEADER + room);
         const { bytesRead } = await fh.read(frame, DATA_HEADER, room, this.sent);
         if (this.stopped) return;
