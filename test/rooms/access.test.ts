@@ -71,6 +71,24 @@ for (const flavor of FLAVORS) {
       expect(await viaSession.closed).toEqual({ code: 4304, reason: "access_revoked" });
     });
 
+    test("a user moved into a role the policy requires a second factor for, without one, loses their streams (session and token)", async () => {
+      const bob = await app.user("technician");
+      const { id } = await roomWith(bob);
+      const minted = await app.call("POST", "/api/tokens", { token: bob.token, body: { name: "reader", scopes: ["rooms:read"], expires_at: new Date(Date.now() + 86_400_000).toISOString() } });
+      const viaSession = await sseReader(`${app.url}/api/rooms/${id}/stream`, bob.token);
+      const viaToken = await sseReader(`${app.url}/api/rooms/${id}/stream`, minted.body.token);
+      await viaSession.waitFor(() => viaSession.live, 5000, "session stream live");
+      await viaToken.waitFor(() => viaToken.live, 5000, "token stream live");
+      try {
+        expect((await app.call("PATCH", "/api/settings", { token: app.adminToken, body: { require_totp_roles: ["auditor"] } })).status).toBe(200);
+        expect((await app.call("PATCH", `/api/users/${bob.id}`, { token: app.adminToken, body: { role: "auditor" } })).status).toBe(200);
+        expect(await viaSession.closed).toEqual({ code: 4304, reason: "access_revoked" });
+        expect(await viaToken.closed).toEqual({ code: 4304, reason: "access_revoked" });
+      } finally {
+        await app.call("PATCH", "/api/settings", { token: app.adminToken, body: { require_totp_roles: [] } });
+      }
+    });
+
     test("a password reset ends the streams of the user's login sessions", async () => {
       const bob = await app.user("technician");
       const { id } = await roomWith(bob);

@@ -61,17 +61,22 @@ export const userRoutes = (deps: AppDeps) =>
       });
       // A new role or a disabled account takes effect on every credential at once.
       if (body.disabled === true) await revokeSessions(deps.store, user.id);
+      // Moved into a role the policy requires a second factor for, without one: restricted (its
+      // sessions at once, its tokens on their next check; src/auth/credentials.ts).
+      let restricted = false;
       if (body.role && body.role !== before.role) {
         const { require_totp_roles } = await getSettings(deps.store, me.tenantId);
-        if (require_totp_roles.includes(body.role)) await restrictUserSessionsLackingTotp(deps.store, me.tenantId, user.id);
+        restricted = require_totp_roles.includes(body.role) && user.totp_confirmed_at === null;
+        if (restricted) await restrictUserSessionsLackingTotp(deps.store, me.tenantId, user.id);
       }
       // End users may not hold API tokens (minting is open to every role but end_user): a user
       // moved there loses the ones they minted before.
       const tokensRevoked = body.role === "end_user" && before.role !== "end_user" ? await revokeUserApiTokens(deps.store, me.tenantId, user.id) : null;
       deps.verifier.forgetUser(user.id);
-      // Room streams and viewer sockets check their credential only at connect: a disabled
-      // user's end now, in every room and session; a new role's viewers join again under it.
-      if (body.disabled === true) deps.rooms.hub.closeUser(user.id);
+      // Room streams and viewer sockets check their credential only at connect: a disabled or
+      // newly restricted user's streams end now, in every room; a disabled user's viewers too,
+      // and a new role's viewers join again under it.
+      if (body.disabled === true || restricted) deps.rooms.hub.closeUser(user.id);
       if (body.disabled === true || (body.role && body.role !== before.role)) {
         deps.relay.closeViewersOf(me.tenantId, user.id, VIEWER_CLOSE.ACCESS_REVOKED, body.disabled === true ? "the user was disabled" : "the user's role changed");
       }
