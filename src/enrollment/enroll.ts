@@ -2,6 +2,7 @@ import { verifyNothing, verifySecret } from "../auth/passwords.ts";
 import { fingerprint, isSecret } from "../auth/secrets.ts";
 import { DEFAULT_TENANT_ID } from "../auth/tenants.ts";
 import { mintAgentKey, revokeMachineKeys } from "../machines/agent-keys.ts";
+import { releasePendingClaims } from "../machines/machines.ts";
 import { labelsOf } from "../machines/rows.ts";
 import type { EnrollRequest, MachineLabels } from "../protocol/machines.ts";
 import type { Queryable, Store } from "../store/store.ts";
@@ -134,13 +135,10 @@ async function existingMachine(tx: Queryable, site: SiteRef, input: EnrollReques
   const labels = mergeLabels(site, moving ? { ...had, company: "", site: "" } : had, input.labels);
   const otherHost = m.hostname.toLowerCase() !== input.hostname.toLowerCase();
   if (m.deleted_at !== null) {
-    // A claim left waiting on a removed machine cannot be decided any more (see removeMachines):
-    // it neither queues this enrollment nor keeps the revived machine pending.
-    const stale = await tx.query("delete from enrollment_requests where machine_id = $1 and status = 'pending' returning id", [m.id]);
-    if (stale.length > 0 || m.enrollment_state === "pending") {
-      await tx.query("update machines set enrollment_state = 'active' where id = $1", [m.id]);
-      m = { ...m, enrollment_state: "active" };
-    }
+    // A claim left waiting on a removed machine neither queues this enrollment nor keeps the
+    // revived machine pending.
+    await releasePendingClaims(tx, tenantId, [m.id]);
+    m = { ...m, enrollment_state: "active" };
   }
   const [pending] = await tx.query<{ id: string }>("select id from enrollment_requests where machine_id = $1 and status = 'pending'", [m.id]);
   // The collision gate (provisional, as in the reference): the row is live under another

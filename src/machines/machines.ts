@@ -158,6 +158,24 @@ export interface RemovedMachine {
 }
 
 /**
+ * A clone-looking claim waiting on a removed machine can no longer be decided (approve and
+ * reject need a live machine): dropped, with the machines' pending state, or it would hold a
+ * machine 'pending' for good and queue its next enrollment instead of reviving it. The claim
+ * stays in the audit log. Run at removal, and again when a removed machine re-enrolls (a row
+ * removed before removal did this may still hold one).
+ */
+export async function releasePendingClaims(tx: Queryable, tenantId: string, machineIds: readonly string[]): Promise<void> {
+  if (machineIds.length === 0) return;
+  const ids = JSON.stringify(machineIds);
+  await tx.query(
+    `delete from enrollment_requests where tenant_id = $1 and status = 'pending'
+      and machine_id in (select jsonb_array_elements_text($2::text::jsonb)::uuid)`, [tenantId, ids]);
+  await tx.query(
+    `update machines set enrollment_state = 'active'
+      where tenant_id = $1 and enrollment_state <> 'active' and id in (select jsonb_array_elements_text($2::text::jsonb)::uuid)`, [tenantId, ids]);
+}
+
+/**
  * Soft-deletes the live machines among `ids` in one transaction and revokes their agent keys.
  * Ids that are unknown, of another tenant, or already removed are left out of the result.
  */
@@ -170,19 +188,7 @@ export async function removeMachines(store: Store, tenantId: string, ids: readon
       [tenantId, JSON.stringify([...new Set(ids)])]);
     const removedIds = removed.map((r) => r.id);
     await revokeMachineKeys(tx, tenantId, removedIds);
-    // A clone-looking claim waiting on a removed machine can no longer be decided (approve and
-    // reject need a live machine): drop it, or it would hold the machine 'pending' for good and
-    // queue its next enrollment instead of reviving it. The claim stays in the audit log.
-    if (removedIds.length > 0) {
-      await tx.query(
-        `delete from enrollment_requests where tenant_id = $1 and status = 'pending'
-          and machine_id in (select jsonb_array_elements_text($2::text::jsonb)::uuid)`,
-        [tenantId, JSON.stringify(removedIds)]);
-      await tx.query(
-        `update machines set enrollment_state = 'active'
-          where tenant_id = $1 and id in (select jsonb_array_elements_text($2::text::jsonb)::uuid)`,
-        [tenantId, JSON.stringify(removedIds)]);
-    }
+    await releasePendingClaims(tx, tenantId, removedIds);
     return removed;
   });
 }

@@ -3,6 +3,7 @@ import { execFileSync } from "node:child_process";
 import { appendFileSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import * as fsp from "node:fs/promises";
 import { join } from "node:path";
+import { dataFrame } from "../../src/protocol/frames.ts";
 import { channelId, harness, SESSION, start, type Harness } from "./session-harness.ts";
 
 const live: Harness[] = [];
@@ -62,7 +63,7 @@ test("upload to a file whose name is long but valid (250 bytes): the temp file n
   const ch = channelId();
   h.host.handle({ t: "ch.open", session: SESSION, channel: ch, type: "upload", path: name, size: 3 });
   await h.waitMessage("ch.opened", (m) => m.channel === ch, 3_000);
-  h.host.data(new Uint8Array([0, (ch >>> 24) & 255, (ch >>> 16) & 255, (ch >>> 8) & 255, ch & 255, 97, 98, 99]));
+  h.host.data(dataFrame(ch, "abc"));
   h.host.handle({ t: "ch.eof", channel: ch });
   const closed = await h.waitMessage("ch.closed", (m) => m.channel === ch, 3_000);
   expect(closed).toMatchObject({ reason: "eof", bytes: 3 });
@@ -73,7 +74,6 @@ test("upload to a file whose name is long but valid (250 bytes): the temp file n
 test("upload onto a FIFO is refused (ENOTFILE) and leaves it a FIFO; one that becomes a FIFO before the rename too", async () => {
   const h = make();
   start(h);
-  const frame = (ch: number, bytes: number[]) => new Uint8Array([0, (ch >>> 24) & 255, (ch >>> 16) & 255, (ch >>> 8) & 255, ch & 255, ...bytes]);
   execFileSync("mkfifo", [join(h.home, "pipe")]);
   const ch = channelId();
   h.host.handle({ t: "ch.open", session: SESSION, channel: ch, type: "upload", path: "pipe", size: 3 });
@@ -87,7 +87,7 @@ test("upload onto a FIFO is refused (ENOTFILE) and leaves it a FIFO; one that be
   await h.waitMessage("ch.opened", (m) => m.channel === ch2, 3_000);
   await fsp.unlink(join(h.home, "later"));
   execFileSync("mkfifo", [join(h.home, "later")]);
-  h.host.data(frame(ch2, [97, 98, 99]));
+  h.host.data(dataFrame(ch2, "abc"));
   h.host.handle({ t: "ch.eof", channel: ch2 });
   expect(await h.waitMessage("ch.closed", (m) => m.channel === ch2, 3_000)).toMatchObject({ reason: "error", error: { code: "ENOTFILE" } });
   expect(statSync(join(h.home, "later")).isFIFO()).toBe(true);

@@ -2,7 +2,7 @@ import type { Subprocess } from "bun";
 import { STDERR, STDOUT, commandFrame } from "../../protocol/frames.ts";
 import { errorEnd, resolvePath, type Channel, type ChannelContext, type StopReason } from "./channel.ts";
 import { drained, OUTPUT_HIGH_WATER } from "./flow.ts";
-import { sessionMembers, signalSession } from "./procs.ts";
+import { SessionStop } from "./procs.ts";
 
 /** After SIGTERM, a command that is still there this long later gets SIGKILL. */
 export const CMD_KILL_AFTER_MS = 2_000;
@@ -20,9 +20,7 @@ export class CommandChannel implements Channel {
   private proc: Subprocess<"ignore", "pipe", "pipe"> | null = null;
   private stopping: "cancelled" | "session_ended" | "agent_lost" | null = null;
   private exited = false;
-  private killTimer: ReturnType<typeof setTimeout> | null = null;
-  /** Resolves once the SIGKILL stage of a stop has run. */
-  private killed: Promise<void> | null = null;
+  private halt: SessionStop | null = null;
 
   constructor(private readonly ctx: ChannelContext, argv: string[], cwd?: string) {
     try {
@@ -40,19 +38,14 @@ export class CommandChannel implements Channel {
     }
     ctx.send({ t: "ch.opened", channel: ctx.id });
     const proc = this.proc;
+    const halt = (this.halt = new SessionStop(proc, () => this.exited));
     const streams = Promise.all([this.pump(proc.stdout, STDOUT), this.pump(proc.stderr, STDERR)]);
     void proc.exited.then(async () => {
       this.exited = true;
       // A child that outlives the command may hold the pipes open: do not wait for it forever.
       await Promise.race([streams, Bun.sleep(DRAIN_MS)]);
-      // Stopped: the command is gone, but children that ignored SIGTERM may not be. They get
-      // their SIGKILL (the group, not just the command) before the channel is reported closed,
-      // so that an agent shutting down does not exit and leave them running.
-      if (this.killed) {
-        if (sessionMembers(proc.pid)?.length === 0) {
-          if (this.killTimer) clearTimeout(this.killTimer); // nothing left to kill
-        } else await this.killed;
-      }
+      // Stopped: the command is gone, but children that ignored SIGTERM may not be.
+      await halt.settled();
       const exit_code = proc.exitCode;
       ctx.end(this.stopping ? { reason: this.stopping, exit_code } : { reason: "exit", exit_code });
     });
@@ -77,27 +70,10 @@ export class CommandChannel implements Channel {
 
   /** SIGTERM to the command, its group and its session; SIGKILL to what is left 2 s later. */
   stop(reason: StopReason): void {
-    if (!this.proc || this.killed) return;
+    if (!this.halt || this.halt.begun) return;
     // The command may have exited already while its output drains (a child holds the pipes):
     // its end stays "exit", but what it left behind is stopped all the same.
     if (!this.exited) this.stopping = reason ?? "cancelled";
-    this.signal("SIGTERM");
-    // Not cancelled when the command exits: its children may have ignored the SIGTERM.
-    this.killed = new Promise<void>((done) => {
-      this.killTimer = setTimeout(() => {
-        this.signal("SIGKILL");
-        done();
-      }, CMD_KILL_AFTER_MS);
-    });
-  }
-
-  private signal(sig: NodeJS.Signals): void {
-    const proc = this.proc!;
-    if (!this.exited) {
-      try {
-        proc.kill(sig);
-      } catch {}
-    }
-    signalSession(proc.pid, sig);
+    this.halt.begin("SIGTERM", CMD_KILL_AFTER_MS);
   }
 }

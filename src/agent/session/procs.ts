@@ -1,3 +1,4 @@
+import type { Subprocess } from "bun";
 import { readdirSync, readFileSync } from "node:fs";
 
 /**
@@ -46,5 +47,57 @@ export function signalSession(sid: number, sig: NodeJS.Signals): void {
     try {
       process.kill(pid, sig);
     } catch {}
+  }
+}
+
+/**
+ * The two-stage stop of a terminal or command: a first signal at once to the leader and all
+ * that is left in its session, SIGKILL to what remains `afterMs` later. The second stage is not
+ * called off when the leader exits: what it started may have ignored the first signal.
+ */
+export class SessionStop {
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  private killed: Promise<void> | null = null;
+
+  constructor(private readonly leader: Pick<Subprocess, "pid" | "kill">, private readonly leaderExited: () => boolean) {}
+
+  get begun(): boolean {
+    return this.killed !== null;
+  }
+
+  /** `onKill` runs with the SIGKILL stage (a terminal closes its PTY there). Once only. */
+  begin(first: NodeJS.Signals, afterMs: number, onKill: () => void = () => {}): void {
+    if (this.killed) return;
+    this.signal(first);
+    this.killed = new Promise<void>((done) => {
+      this.timer = setTimeout(() => {
+        this.signal("SIGKILL");
+        onKill();
+        done();
+      }, afterMs);
+    });
+  }
+
+  /**
+   * Called once the leader exited, before the channel is reported closed: resolves at once when
+   * no stop began or nothing of the session is left (the SIGKILL is called off), else after the
+   * SIGKILL, so that an agent shutting down does not exit and leave them running.
+   */
+  async settled(): Promise<void> {
+    if (!this.killed) return;
+    if (sessionMembers(this.leader.pid)?.length === 0) {
+      if (this.timer) clearTimeout(this.timer);
+      return;
+    }
+    await this.killed;
+  }
+
+  private signal(sig: NodeJS.Signals): void {
+    if (!this.leaderExited()) {
+      try {
+        this.leader.kill(sig);
+      } catch {}
+    }
+    signalSession(this.leader.pid, sig);
   }
 }

@@ -2,7 +2,7 @@ import type { Subprocess } from "bun";
 import { dataFrame } from "../../protocol/frames.ts";
 import { errorEnd, type Channel, type ChannelContext, type StopReason } from "./channel.ts";
 import { TerminalFlow } from "./flow.ts";
-import { sessionMembers, signalSession } from "./procs.ts";
+import { SessionStop } from "./procs.ts";
 
 /** After SIGHUP, a shell that is still there this long later gets SIGKILL. */
 export const TERM_KILL_AFTER_MS = 2_000;
@@ -21,9 +21,7 @@ export class TerminalChannel implements Channel {
   private proc: Subprocess | null = null;
   private stopping: "closed" | "session_ended" | "agent_lost" | null = null;
   private exited = false;
-  private killTimer: ReturnType<typeof setTimeout> | null = null;
-  /** Resolves once the SIGKILL stage of a stop has run. */
-  private killed: Promise<void> | null = null;
+  private halt: SessionStop | null = null;
   private readonly flow: TerminalFlow;
 
   constructor(private readonly ctx: ChannelContext, cols = 80, rows = 24) {
@@ -50,19 +48,15 @@ export class TerminalChannel implements Channel {
     }
     ctx.send({ t: "ch.opened", channel: ctx.id });
     const proc = this.proc;
+    const halt = (this.halt = new SessionStop(proc, () => this.exited));
     void proc.exited.then(async () => {
       this.exited = true;
       this.flow.stop();
       // What the shell wrote last is still in the PTY: deliver it before ch.closed.
       await Promise.race([ptyClosed, Bun.sleep(DRAIN_MS)]);
       // Stopped: the shell is gone, but what ran in the terminal (a job ignoring SIGHUP, a
-      // background job of a shell that does not hang its jobs up) gets its SIGKILL before the
-      // channel is reported closed (an agent shutting down would otherwise leave it running).
-      if (this.killed) {
-        if (sessionMembers(proc.pid)?.length === 0) {
-          if (this.killTimer) clearTimeout(this.killTimer); // nothing left to kill
-        } else await this.killed;
-      }
+      // background job of a shell that does not hang its jobs up) may not be.
+      await halt.settled();
       try {
         proc.terminal?.close();
       } catch {}
@@ -84,32 +78,20 @@ export class TerminalChannel implements Channel {
   eof(): void {}
   ack(): void {}
 
-  /** SIGHUP (what a closed terminal sends) to all that runs in it, SIGKILL to what is left 2 s later. */
+  /**
+   * SIGHUP (what a closed terminal sends) to everything that runs in it (the shell leads its
+   * session; a shell such as dash does not pass SIGHUP on to its jobs), SIGKILL to what is left
+   * 2 s later.
+   */
   stop(reason: StopReason): void {
-    if (!this.proc || this.killed) return;
+    if (!this.halt || this.halt.begun) return;
     // The shell may have exited already while the PTY drains: its end stays "exit".
     if (!this.exited) this.stopping = reason ?? "closed";
-    const proc = this.proc;
-    // A hangup for everything that runs in the terminal (the shell is its session's leader),
-    // not only the shell: a shell such as dash does not pass SIGHUP on to its jobs.
-    const signal = (sig: NodeJS.Signals) => {
-      if (!this.exited) {
-        try {
-          proc.kill(sig);
-        } catch {}
-      }
-      signalSession(proc.pid, sig);
-    };
-    signal("SIGHUP");
-    // Not cancelled when the shell exits: what it started may have ignored the SIGHUP.
-    this.killed = new Promise<void>((done) => {
-      this.killTimer = setTimeout(() => {
-        signal("SIGKILL");
-        try {
-          proc.terminal?.close();
-        } catch {}
-        done();
-      }, TERM_KILL_AFTER_MS);
+    const terminal = this.proc?.terminal;
+    this.halt.begin("SIGHUP", TERM_KILL_AFTER_MS, () => {
+      try {
+        terminal?.close();
+      } catch {}
     });
   }
 }
