@@ -76,6 +76,23 @@ const machineBusySeconds = () => {
   const [user, nice, system, , , irq, softirq, steal] = f as [number, number, number, number, number, number, number, number];
   return (user + nice + system + irq + softirq + steal) / 100;
 };
+/** CPU seconds of every process named postgres (the server's backends and its own workers), exited ones aside. */
+const postgresCpuSeconds = () => {
+  let sum = 0;
+  for (const pid of readdirSync("/proc")) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      if (stat.includes("(postgres)")) sum += cpuSeconds(Number(pid));
+    } catch {} // gone meanwhile
+  }
+  return sum;
+};
+/** Of the machine's busy time: interrupts (loopback's packets are softirq work) and time the hypervisor took. */
+const machineIrqStealSeconds = (): [number, number] => {
+  const f = readFileSync("/proc/stat", "utf8").split("\n", 1)[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
+  return [((f[5] ?? 0) + (f[6] ?? 0)) / 100, (f[7] ?? 0) / 100];
+};
 /**
  * Connections the kernel turned away since boot because a listen queue was full (all sockets;
  * a wave is 5,000 connects, Bun's own queue 512 long, the server's 4096: src/http/listen-backlog.ts).
@@ -241,16 +258,18 @@ async function run(label: string, swarm: Swarm, env: Record<string, string>) {
     const timed = async (req: DistOmit<SwarmRequest, "id">) => {
       await quiet(proc.pid);
       const [s0, c0, t0, m0, o0, w0, from] = [cpuSeconds(proc.pid), cpuSeconds(swarm.proc.pid), threadCpu(proc.pid), machineBusySeconds(), listenOverflows(), performance.now(), Date.now()];
+      const is0 = machineIrqStealSeconds();
+      const pg0 = postgresCpuSeconds();
       const result = await swarm.call<WaveResult>(req);
       if (req.t === "agents") stormWindows.push([from, Date.now()]);
       const wall = (performance.now() - w0) / 1000;
-      return { ...result, serverCpu: cpuSeconds(proc.pid) - s0, agentsCpu: cpuSeconds(swarm.proc.pid) - c0, threads: threadCpuSince(proc.pid, t0), machineCpu: machineBusySeconds() - m0, overflows: listenOverflows() - o0, wall };
+      return { ...result, serverCpu: cpuSeconds(proc.pid) - s0, agentsCpu: cpuSeconds(swarm.proc.pid) - c0, threads: threadCpuSince(proc.pid, t0), machineCpu: machineBusySeconds() - m0, irq: machineIrqStealSeconds()[0] - is0[0], steal: machineIrqStealSeconds()[1] - is0[1], postgres: postgresCpuSeconds() - pg0, overflows: listenOverflows() - o0, wall };
     };
     // The machine's busy time says whether a wave was bound by the CPU of the whole machine
     // (server, database, the agents' process and anything else), not by a wait somewhere.
     const retriesOf = (w: WaveResult) => (w.retries > 0 ? `, ${w.retries} retries ${JSON.stringify(w.retryCodes)}` : "");
-    const cpuOf = (w: { serverCpu: number; agentsCpu: number; threads: string; machineCpu: number; overflows: number; wall: number }) =>
-      `listen queue overflows ${w.overflows}; CPU: server ${w.serverCpu.toFixed(2)} s [${w.threads}], agents ${w.agentsCpu.toFixed(2)} s; machine ${w.machineCpu.toFixed(2)} s busy in ${w.wall.toFixed(2)} s, ${Math.round((100 * w.machineCpu) / (w.wall * navigator.hardwareConcurrency))}% of its ${navigator.hardwareConcurrency} cores`;
+    const cpuOf = (w: { serverCpu: number; agentsCpu: number; threads: string; machineCpu: number; irq: number; steal: number; postgres: number; overflows: number; wall: number }) =>
+      `listen queue overflows ${w.overflows}; CPU: server ${w.serverCpu.toFixed(2)} s [${w.threads}], agents ${w.agentsCpu.toFixed(2)} s, postgres ${w.postgres.toFixed(2)} s; machine ${w.machineCpu.toFixed(2)} s busy (interrupts ${w.irq.toFixed(2)}, stolen ${w.steal.toFixed(2)}) in ${w.wall.toFixed(2)} s, ${Math.round((100 * w.machineCpu) / (w.wall * navigator.hardwareConcurrency))}% of its ${navigator.hardwareConcurrency} cores`;
     for (let rep = 0; rep < STORM_REPS; rep++) {
       const p = await timed({ t: "plain", n: N });
       plainStorms.push(p);

@@ -32,7 +32,10 @@ const QUERIES: Array<[string, Record<string, string>]> = [
   ["scoped: os:ubuntu", { q: "os:ubuntu" }],
   ["scoped: ip:10.0.3.", { q: "ip:10.0.3." }],
   ["scoped: user:alice", { q: "user:alice" }],
-  ["multi: ubuntu tag:prod status:online", { q: "ubuntu tag:prod status:online" }],
+  // status:offline: no agent is connected in this benchmark. Until 2026-11-24 a third of the
+  // machines were seeded online and this query asked for those; the server's start marked them
+  // offline (with the empty inventory of actors without history), so it measured an empty result.
+  ["multi: ubuntu tag:prod status:offline", { q: "ubuntu tag:prod status:offline" }],
   ["multi + sort: debian berlin, last_seen desc", { q: "debian berlin", sort: "last_seen", order: "desc" }],
 ];
 

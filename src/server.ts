@@ -110,7 +110,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   logger.info({ ...recovery, ms: Math.round(performance.now() - started), store: store.flavor, schemaVersion }, "actors recovered");
   // No agent is connected to a process that just started: machines come back offline until
   // their agents reconnect (which they do on their own).
-  for (const { id } of await store.query<{ id: string }>("select id from machines where status = 'online'")) system.send(`machine/${id}`, { type: "server.restarted" });
+  for (const { id } of await store.query<{ id: string }>("select machine_id as id from machine_presence where status = 'online'")) system.send(`machine/${id}`, { type: "server.restarted" });
   // Sessions whose agent was connected to the old process start their grace period now; the
   // channels and viewers of live sessions died with the old process (src/sessions/session.ts).
   for (const { id } of await store.query<{ id: string }>("select id from sessions where ended_at is null and state in ('waiting_for_agent', 'active', 'awaiting_consent', 'agent_lost')")) system.send(`session/${id}`, { type: "server.restarted" });

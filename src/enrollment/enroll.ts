@@ -101,7 +101,8 @@ async function bindMachine(tx: Queryable, site: SiteRef, input: EnrollRequest, i
   const tenantId = site.tenantId;
   for (let attempt = 0; attempt < 3; attempt++) {
     const [m] = await tx.query<ExistingMachine>(
-      "select id, site_id, hostname, public_key, labels, status, enrollment_state, deleted_at from machines where tenant_id = $1 and machine_uid = $2 for update",
+      `select m.id, m.site_id, m.hostname, m.public_key, m.labels, p.status, m.enrollment_state, m.deleted_at
+         from machines m join machine_presence p on p.machine_id = m.id where m.tenant_id = $1 and m.machine_uid = $2 for update of m`,
       [tenantId, input.machine_uid]);
     if (m) return existingMachine(tx, site, input, ip, m);
     const id = Bun.randomUUIDv7();

@@ -40,8 +40,10 @@ export interface PendingRequestRow {
 /** Who is looking: an end user's view is narrowed to their grants. */
 export type Viewer = Pick<Principal, "tenantId" | "userId" | "role">;
 
-const COLUMNS = "m.id, m.tenant_id, m.site_id, s.site_code, m.hostname, m.labels, m.enrollment_state, m.status, m.last_seen_at, m.created_at, m.inventory, m.external_ip, m.agent_version, m.disabled_at";
-const SELECT = `select ${COLUMNS} from machines m left join sites s on s.id = m.site_id`;
+const COLUMNS = "m.id, m.tenant_id, m.site_id, s.site_code, m.hostname, m.labels, m.enrollment_state, p.status, p.last_seen_at, m.created_at, m.inventory, m.external_ip, m.agent_version, m.disabled_at";
+/** A machine with its presence (one row each, schema v16) and its site's code. */
+const FROM = "machines m join machine_presence p on p.machine_id = m.id left join sites s on s.id = m.site_id";
+const SELECT = `select ${COLUMNS} from ${FROM}`;
 
 /** Every visible-to-viewer condition, with the viewer's parameters at $1 (tenant), $2 (user), $3 (is end user). */
 const VISIBLE = `m.tenant_id = $1 and m.deleted_at is null and (not $3::boolean or ${granted("$2::uuid", "m")})`;
@@ -129,7 +131,7 @@ export async function listMachines(db: Queryable, viewer: Viewer, page: ListPage
   const s = searchSql({ ...page, sort, order, cursor }, [viewer.tenantId, viewer.userId, viewer.role === "end_user"]);
   const rows = await db.query<MachineRow & { sort_key: string }>(
     `select ${COLUMNS}, ${s.keySelect}
-       from machines m left join sites s on s.id = m.site_id where ${VISIBLE}${s.where}${s.order}`,
+       from ${FROM} where ${VISIBLE}${s.where}${s.order}`,
     s.params);
   const machines = rows.slice(0, page.limit);
   const last = machines[machines.length - 1];

@@ -5,8 +5,9 @@ import { CLOSE } from "../protocol/agent.ts";
 import type { Queryable, Store } from "../store/store.ts";
 
 /**
- * The machine actor's effects: its presence and inventory projected onto the machines table
- * (which lists and search read), and superseded connections closed.
+ * The machine actor's effects: its presence projected onto `machine_presence` and its
+ * inventory onto `machines` (which lists and search read, joined), and superseded connections
+ * closed.
  */
 export function machineEffects(db: Queryable, connections: AgentConnections, log: Logger, projections = new Projections(db, log)) {
   return {
@@ -33,7 +34,7 @@ export interface Projection {
 }
 
 /**
- * The machines rows' presence columns, written from the machine actors' projections.
+ * The machines' presence rows (and details), written from the machine actors' projections.
  *
  * A projection is the whole presence of a machine, so only the last one of a machine matters:
  * projections wait in `pending`, where a newer one of the same machine replaces the older, and
@@ -174,26 +175,29 @@ export class Projections {
     });
   }
 
+  /** The details to `machines` (its search document follows them) and the presence, in one statement. */
   private async writeFull(db: Queryable, full: Projection[]): Promise<void> {
     await db.query(
-      `update machines m
+      `with r as (select * from jsonb_to_recordset($1::text::jsonb) as r(id uuid, status text, last_seen bigint, inventory jsonb, external_ip text, agent_version text)),
+            details as (
+              update machines m
+                 set inventory = coalesce(r.inventory, '{}'::jsonb), external_ip = r.external_ip, agent_version = r.agent_version, updated_at = now()
+                from r where m.id = r.id)
+       update machine_presence p
           set status = r.status,
-              last_seen_at = case when r.last_seen is null then m.last_seen_at else to_timestamp(r.last_seen / 1000.0) end,
-              inventory = coalesce(r.inventory, '{}'::jsonb), external_ip = r.external_ip, agent_version = r.agent_version, updated_at = now()
-         from jsonb_to_recordset($1::text::jsonb) as r(id uuid, status text, last_seen bigint, inventory jsonb, external_ip text, agent_version text)
-        where m.id = r.id`,
+              last_seen_at = case when r.last_seen is null then p.last_seen_at else to_timestamp(r.last_seen / 1000.0) end
+         from r where p.machine_id = r.id`,
       [JSON.stringify(full.map((p) => ({ id: p.machine_id, status: p.status, last_seen: p.last_seen, inventory: p.inventory ?? {}, external_ip: p.external_ip, agent_version: p.agent_version })))]);
   }
 
-  // Without the details the UPDATE names none of search_doc's sources, so its trigger does not run.
+  // Presence alone: `machine_presence` only, a narrow row that stays on its page (schema v16).
   private async writePresence(db: Queryable, presence: Projection[]): Promise<void> {
     await db.query(
-      `update machines m
+      `update machine_presence p
           set status = r.status,
-              last_seen_at = case when r.last_seen is null then m.last_seen_at else to_timestamp(r.last_seen / 1000.0) end,
-              updated_at = now()
+              last_seen_at = case when r.last_seen is null then p.last_seen_at else to_timestamp(r.last_seen / 1000.0) end
          from jsonb_to_recordset($1::text::jsonb) as r(id uuid, status text, last_seen bigint)
-        where m.id = r.id`,
+        where p.machine_id = r.id`,
       [JSON.stringify(presence.map((p) => ({ id: p.machine_id, status: p.status, last_seen: p.last_seen })))]);
   }
 

@@ -7,8 +7,8 @@
  * `status:`), of that attribute only. `"two words"` (also `os:"windows 11"`) is one term. An
  * unknown `word:` prefix is no scope: `aa:bb:cc` is searched as it is (MAC addresses, IPv6).
  * Every scoped term is also required of `search_doc`, so the trigram index narrows every term.
- * A machine's status is matched on its column, not in `search_doc`, which presence updates
- * must leave alone (schema version 9).
+ * A machine's status is matched on `machine_presence.status` (as `p`), not in `search_doc`,
+ * which presence updates must leave alone (schema versions 9 and 16).
  */
 
 export const SCOPES = ["host", "os", "user", "ip", "tag", "site", "status"] as const;
@@ -20,7 +20,7 @@ export interface Term {
 
 export const MAX_TERMS = 16;
 const STATUS_VALUES = ["online", "offline", "pending", "disabled"];
-/** The values of machines.status (pending is machines.enrollment_state, disabled machines.disabled_at). */
+/** The values of machine_presence.status (pending is machines.enrollment_state, disabled machines.disabled_at). */
 const STATUSES = STATUS_VALUES.filter((s) => s !== "pending" && s !== "disabled");
 
 export class QueryError extends Error {}
@@ -123,8 +123,8 @@ const SORT_SQL: Record<Sort, { expr: string; key: string; decode: (p: string) =>
   },
   last_seen: {
     // Never seen sorts before everything seen (first ascending, last descending).
-    expr: "coalesce(m.last_seen_at, '-infinity'::timestamptz)",
-    key: `case when m.last_seen_at is null then '-infinity' else to_char(m.last_seen_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') end`,
+    expr: "coalesce(p.last_seen_at, '-infinity'::timestamptz)",
+    key: `case when p.last_seen_at is null then '-infinity' else to_char(p.last_seen_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') end`,
     decode: (p) => `${p}::text::timestamptz`,
   },
 };
@@ -142,7 +142,7 @@ export function termSql(t: Term, p: (v: unknown) => string): string {
     const v = t.value.toLowerCase();
     if (v === "pending") return "m.enrollment_state = 'pending'";
     if (v === "disabled") return "m.disabled_at is not null";
-    return `m.status = ${p(v)}`;
+    return `p.status = ${p(v)}`;
   }
   const pat = `lower(${p(likeContains(t.value))})`;
   const doc = `m.search_doc like ${pat}`;
@@ -151,7 +151,7 @@ export function termSql(t: Term, p: (v: unknown) => string): string {
       // Status is not in search_doc (it changes at every connect; schema version 9): a term
       // that could be part of one matches the column too.
       const v = t.value.toLowerCase();
-      const status = STATUSES.some((s) => s.includes(v)) ? ` or m.status like ${pat}` : "";
+      const status = STATUSES.some((s) => s.includes(v)) ? ` or p.status like ${pat}` : "";
       return `(${doc} or ${sitesMatching(pat)}${status})`;
     }
     case "host":
@@ -194,7 +194,7 @@ export function searchSql(f: SearchFilters, firstParams: readonly unknown[]): { 
   const conds: string[] = [];
   for (const t of parseQ(f.q ?? "")) conds.push(termSql(t, p));
   if (f.site_id) conds.push(`m.site_id = ${p(f.site_id)}::uuid`);
-  if (f.status) conds.push(`m.status = ${p(f.status)}`);
+  if (f.status) conds.push(`p.status = ${p(f.status)}`);
   if (f.enrollment_state) conds.push(`m.enrollment_state = ${p(f.enrollment_state)}`);
   if (f.tag) conds.push(`m.labels->'tags' @> jsonb_build_array(${p(f.tag)}::text)`);
   const s = SORT_SQL[f.sort];

@@ -21,11 +21,11 @@ for (const flavor of FLAVORS) {
 
     async function removedWithPendingClaim(host: string) {
       const original = await enrolledMachine(app, site, { hostname: host });
-      await app.server.store.query("update machines set status = 'online' where id = $1", [original.id]);
+      await app.server.store.query("update machine_presence set status = 'online' where machine_id = $1", [original.id]);
       const claim = await enroll(app, { ...original.body, hostname: `${host}-CLONE`, public_key: await ed25519PublicKey() });
       expect(claim.status).toBe(202);
       expect((await app.call("DELETE", `/api/machines/${original.id}`, { token: app.adminToken })).status).toBe(204);
-      await app.server.store.query("update machines set status = 'offline' where id = $1", [original.id]);
+      await app.server.store.query("update machine_presence set status = 'offline' where machine_id = $1", [original.id]);
       // Removal settles the undecidable claim at once.
       expect(await app.server.store.query("select 1 from enrollment_requests where machine_id = $1 and status = 'pending'", [original.id])).toHaveLength(0);
       const [state] = await app.server.store.query<{ enrollment_state: string }>("select enrollment_state from machines where id = $1", [original.id]);

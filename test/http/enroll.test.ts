@@ -196,7 +196,7 @@ for (const flavor of FLAVORS) {
 
     test("a clone-looking enrollment is pending (202, no key) until an admin approves it", async () => {
       const original = await enrolledMachine(app, site, { hostname: "WS-ORIGINAL" });
-      await app.server.store.query("update machines set status = 'online' where id = $1", [original.id]);
+      await app.server.store.query("update machine_presence set status = 'online' where machine_id = $1", [original.id]);
       const claimant = { ...original.body, hostname: "WS-CLONE", public_key: await ed25519PublicKey(), labels: { department: "Sales" } };
 
       const r = await enroll(app, claimant);
@@ -229,7 +229,7 @@ for (const flavor of FLAVORS) {
 
     test("a rejected claimant: the machine is active again, its agent keeps working, the claimant is refused", async () => {
       const original = await enrolledMachine(app, site, { hostname: "WS-REAL" });
-      await app.server.store.query("update machines set status = 'online' where id = $1", [original.id]);
+      await app.server.store.query("update machine_presence set status = 'online' where machine_id = $1", [original.id]);
       const claimant = { ...original.body, hostname: "WS-TWIN", public_key: await ed25519PublicKey() };
       expect((await enroll(app, claimant)).status).toBe(202);
 

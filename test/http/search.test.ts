@@ -63,9 +63,9 @@ for (const flavor of FLAVORS) {
         byId[m.id] = s.hostname;
         const lastSeen = s.lastSeenAgoMs === null || s.lastSeenAgoMs === undefined ? null : s.lastSeenAgoMs === 3 * HOUR ? lastSeenTie : new Date(now - s.lastSeenAgoMs).toISOString();
         await app.server.store.query(
-          `update machines set inventory = $2::text::jsonb, status = $3, last_seen_at = $4::text::timestamptz, external_ip = $5, agent_version = $6,
-                  enrollment_state = $7 where id = $1`,
-          [m.id, JSON.stringify(s.inventory ?? {}), s.status ?? "offline", lastSeen, s.externalIp ?? null, s.agentVersion ?? null, s.pending ? "pending" : "active"]);
+          `update machines set inventory = $2::text::jsonb, external_ip = $3, agent_version = $4, enrollment_state = $5 where id = $1`,
+          [m.id, JSON.stringify(s.inventory ?? {}), s.externalIp ?? null, s.agentVersion ?? null, s.pending ? "pending" : "active"]);
+        await app.server.store.query("update machine_presence set status = $2, last_seen_at = $3::text::timestamptz where machine_id = $1", [m.id, s.status ?? "offline", lastSeen]);
       }
       created = SEEDS.map((s) => id[s.hostname]!);
     }, 60_000);
@@ -217,11 +217,11 @@ for (const flavor of FLAVORS) {
     test("rows changing between pages are neither repeated nor skipped when their key is unchanged", async () => {
       const first = await get({ sort: "hostname", limit: "3" });
       // Presence written concurrently (as the machine actor does) does not move hostname keys.
-      await app.server.store.query("update machines set status = 'online', last_seen_at = now() where id = $1", [id.echo]);
+      await app.server.store.query("update machine_presence set status = 'online', last_seen_at = now() where machine_id = $1", [id.echo]);
       const rest = await walk({ sort: "hostname", limit: "3", cursor: first.body.next_cursor });
       const all = [...first.body.machines.map((m: any) => m.id), ...rest];
       expect(all.map((x) => byId[x])).toEqual(["ALPHA-WS01", "beta-srv02", "delta-ws04", ...tieOrder().map((x) => byId[x]), "gamma-lt03"]);
-      await app.server.store.query("update machines set status = 'offline', last_seen_at = $2::text::timestamptz where id = $1", [id.echo, new Date(now - 3 * HOUR).toISOString()]);
+      await app.server.store.query("update machine_presence set status = 'offline', last_seen_at = $2::text::timestamptz where machine_id = $1", [id.echo, new Date(now - 3 * HOUR).toISOString()]);
     });
 
     test("a cursor belongs to its sort; a forged cursor is a 400", async () => {
