@@ -181,6 +181,35 @@ for (const flavor of FLAVORS) {
       second.close();
     });
 
+    test("a key's use is recorded at connect, at most once a minute: a reconnect within the minute writes nothing", async () => {
+      const m = await machine();
+      const lastUsed = async () => (await app.server.store.query<{ ms: number | null }>(
+        "select (extract(epoch from last_used_at) * 1000)::float8 as ms from agent_keys where machine_id = $1 and revoked_at is null", [m.id]))[0]!.ms;
+      // Enrollment's key has not been used yet.
+      await app.server.store.query("update agent_keys set last_used_at = null where machine_id = $1", [m.id]);
+      const first = socket();
+      expect(await first.handshake(m.id, m.key, m.privateKey)).toBe(true);
+      await app.server.connections.flush();
+      const recorded = await lastUsed();
+      expect(recorded).not.toBeNull();
+      first.close();
+      await first.closed;
+      const again = socket();
+      expect(await again.handshake(m.id, m.key, m.privateKey)).toBe(true);
+      await app.server.connections.flush();
+      expect(await lastUsed()).toBe(recorded);
+      again.close();
+      await again.closed;
+      // A use recorded over a minute ago is written again.
+      await app.server.store.query("update agent_keys set last_used_at = now() - interval '61 seconds' where machine_id = $1", [m.id]);
+      const stale = await lastUsed();
+      const later = socket();
+      expect(await later.handshake(m.id, m.key, m.privateKey)).toBe(true);
+      await app.server.connections.flush();
+      expect(await lastUsed()).toBeGreaterThan(stale! + 60_000);
+      later.close();
+    });
+
     test("nothing of a session reaches an agent before its welcome, even from a session opened while its handshake finishes", async () => {
       const m = await machine();
       // The welcome waits for the machine actor's commit: held back here while a session is opened.

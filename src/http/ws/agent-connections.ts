@@ -15,7 +15,9 @@ import type { Queryable } from "../../store/store.ts";
  * (and two scans of small columns), not the number of connected agents.
  *
  * Each key's `last_used_at` is kept here and written once a second for all the keys used since,
- * in one statement, instead of one commit per connect.
+ * in one statement, instead of one commit per connect; and, as for logins and API tokens, at
+ * most once a minute per key: a key whose recorded use is less than a minute old is not written
+ * again (a reconnect storm after a network blip writes nothing).
  */
 export interface AgentSocket {
   conn: string;
@@ -29,6 +31,8 @@ export interface AgentSocket {
 /** Overlap between sweeps: a revocation committed this long after its transaction began is still seen. */
 const OVERLAP_SECONDS = 60;
 const TOUCH_FLUSH_MS = 1_000;
+/** `last_used_at`'s precision: a use this soon after the recorded one is not written. */
+export const TOUCH_EVERY_MS = 60_000;
 
 export class AgentConnections {
   private readonly byConn = new Map<string, AgentSocket>();
@@ -84,9 +88,14 @@ export class AgentConnections {
     return this.byConn.get(conn);
   }
 
-  /** Records that a key was used just now; written to `agent_keys.last_used_at` within a second. */
-  touch(keyId: string): void {
-    this.touched.set(keyId, Date.now());
+  /**
+   * Records that a key was used just now; written to `agent_keys.last_used_at` within a second,
+   * unless `recordedMs` (its `last_used_at` as read with the key) is less than a minute old.
+   */
+  touch(keyId: string, recordedMs: number | null = null): void {
+    const now = Date.now();
+    if (recordedMs !== null && now - recordedMs < TOUCH_EVERY_MS) return;
+    this.touched.set(keyId, now);
   }
 
   /** The live connection of a machine, if any (the newest, should two overlap for a moment). */

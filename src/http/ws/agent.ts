@@ -117,6 +117,8 @@ interface KeyRow {
   key_id: string;
   key_hash: string;
   revoked_at: unknown;
+  /** `agent_keys.last_used_at` in ms, null if never used. */
+  last_used_ms: number | null;
   machine_id: string;
   tenant_id: string;
   public_key: string;
@@ -158,7 +160,7 @@ export const agentSocket = (deps: AppDeps) => {
   /** The hellos of one tick are looked up in one query. */
   const keys = new Batcher<string, KeyRow[]>(async (hashes) => {
     const rows = await deps.store.query<KeyRow>(
-      `select k.id as key_id, k.key_hash, k.revoked_at, m.id as machine_id, m.tenant_id, m.public_key, m.enrollment_state, m.deleted_at, m.disabled_at
+      `select k.id as key_id, k.key_hash, k.revoked_at, (extract(epoch from k.last_used_at) * 1000)::float8 as last_used_ms, m.id as machine_id, m.tenant_id, m.public_key, m.enrollment_state, m.deleted_at, m.disabled_at
          from agent_keys k join machines m on m.id = k.machine_id
         where k.key_hash in (select jsonb_array_elements_text($1::text::jsonb))`,
       [JSON.stringify(hashes)]);
@@ -366,7 +368,7 @@ export const agentSocket = (deps: AppDeps) => {
     const bound = new BoundAgent(ws, conn, key.machine_id, key.key_id, key.tenant_id);
     connections.add(bound);
     deps.system.pin(address);
-    connections.touch(key.key_id);
+    connections.touch(key.key_id, key.last_used_ms);
     await Promise.all([
       deps.system.ask(address, { type: "agent.connected", conn, ip, agent_version: hello.agent_version, ...(proof.inventory ? { inventory: ownStrings(proof.inventory) } : {}) }),
       audit(deps.store, { tenantId: key.tenant_id, type: "agent.connected", actor: { type: "agent", id: key.machine_id }, target: { type: "machine", id: key.machine_id }, ip, details: { key_id: key.key_id, conn } }),
