@@ -112,6 +112,22 @@ for (const flavor of FLAVORS) {
       expect((await row(ids[0]!)).last_seen_at).not.toBeNull();
     });
 
+    test("a full projection bringing the details the row has (a restart's, a reload's) leaves the machines row alone", async () => {
+      const id = await machine();
+      await new Projections(store, silentLogger).project({ ...p(id, "online", 1), inventory: { hostname: "same" } });
+      const updates = await store.transaction(async (tx) => {
+        const machines = async () => (await tx.query<{ n: number }>("select n_tup_upd::int as n from pg_stat_xact_user_tables where relid = 'machines'::regclass"))[0]?.n ?? 0;
+        const before = await machines();
+        // A new writer (as after a restart) knows nothing it wrote: its first projection is full.
+        await new Projections(tx, silentLogger).project({ ...p(id, "offline", 1), inventory: { hostname: "same" } });
+        const unchanged = (await machines()) - before;
+        await new Projections(tx, silentLogger).project({ ...p(id, "online", 1), inventory: { hostname: "changed" } });
+        return { unchanged, changed: (await machines()) - before - unchanged };
+      });
+      expect(updates).toEqual({ unchanged: 0, changed: 1 });
+      expect(await row(id)).toMatchObject({ status: "online", inventory: { hostname: "changed" } });
+    });
+
     test("every machine has one presence row, made with it and removed with it", async () => {
       const id = await machine();
       expect(await store.query("select status, last_seen_at from machine_presence where machine_id = $1", [id])).toEqual([{ status: "offline", last_seen_at: null }]);
