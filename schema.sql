@@ -580,14 +580,18 @@ alter table viewer_token_revocations add primary key (jti, session_id);
 -- to 2,000 pages). Here a row is under 60 bytes, its page keeps half its room, and nothing
 -- indexed changes: every presence update stays on its page. Each machine has exactly one row,
 -- made with it (the trigger) and removed with it; the machine's details stay in `machines`.
+-- The lock first, the strongest (the columns are dropped below anyway): a machine another process
+-- inserted between the copy and the trigger would get no presence row, and a weaker lock raised
+-- later could deadlock with that process's enrollment. The trigger comes before the copy.
+lock table machines in access exclusive mode;
 create table machine_presence (
   machine_id    uuid primary key references machines(id) on delete cascade,
   status        text not null default 'offline' check (status in ('online', 'offline')),
   last_seen_at  timestamptz
 ) with (fillfactor = 50);
-insert into machine_presence (machine_id, status, last_seen_at) select id, status, last_seen_at from machines;
 create function tether_machine_presence_row() returns trigger language plpgsql set search_path from current as $$
   begin insert into machine_presence (machine_id) values (new.id); return null; end $$;
 create trigger machines_presence_row after insert on machines for each row execute function tether_machine_presence_row();
+insert into machine_presence (machine_id, status, last_seen_at) select id, status, last_seen_at from machines;
 alter table machines drop column status;
 alter table machines drop column last_seen_at;

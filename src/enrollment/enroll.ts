@@ -100,11 +100,15 @@ interface ExistingMachine {
 async function bindMachine(tx: Queryable, site: SiteRef, input: EnrollRequest, ip: string): Promise<EnrollOutcome> {
   const tenantId = site.tenantId;
   for (let attempt = 0; attempt < 3; attempt++) {
-    const [m] = await tx.query<ExistingMachine>(
-      `select m.id, m.site_id, m.hostname, m.public_key, m.labels, p.status, m.enrollment_state, m.deleted_at
-         from machines m join machine_presence p on p.machine_id = m.id where m.tenant_id = $1 and m.machine_uid = $2 for update of m`,
+    const [m] = await tx.query<Omit<ExistingMachine, "status">>(
+      "select id, site_id, hostname, public_key, labels, enrollment_state, deleted_at from machines where tenant_id = $1 and machine_uid = $2 for update",
       [tenantId, input.machine_uid]);
-    if (m) return existingMachine(tx, site, input, ip, m);
+    if (m) {
+      // Read after the lock, in a statement of its own: one that had to wait for the lock would
+      // otherwise see the presence of before the wait (only the locked row is read again).
+      const [p] = await tx.query<{ status: ExistingMachine["status"] }>("select status from machine_presence where machine_id = $1", [m.id]);
+      return existingMachine(tx, site, input, ip, { ...m, status: p?.status ?? "offline" });
+    }
     const id = Bun.randomUUIDv7();
     const inserted = await tx.query(
       `insert into machines (id, tenant_id, site_id, machine_uid, hostname, labels, public_key)

@@ -177,7 +177,9 @@ export class Projections {
 
   /**
    * The details to `machines` (its search document follows them) and the presence, in one
-   * statement. A machine row whose details are already these is left alone: after a restart, or
+   * statement. PostgreSQL runs the CTE's UPDATE after the main one, so this locks the presence
+   * row, then the machines row; nothing else locks a machines row and then its presence row
+   * (enrollment reads presence without a lock), which is what keeps the two from deadlocking. A machine row whose details are already these is left alone: after a restart, or
    * a machine actor's reload, every machine's first projection is written in full, and in a
    * reconnect storm nearly all of them bring the details the row has (rewriting a 1–2 KB row to
    * the same values cost PGlite's thread about 150 µs a machine).

@@ -104,6 +104,26 @@ for (const flavor of FLAVORS) {
       expect(await exists(store, "half_done")).toBe(true);
     });
 
+    test("v16 moves each machine's status and last seen into machine_presence, and new machines get a row", async () => {
+      const store = await connect();
+      const v15 = SCHEMA.slice(0, SCHEMA.indexOf("-- version: 16"));
+      expect(await applySchema(store, v15)).toBe(15);
+      const tenant = (await store.query<{ id: string }>("select id from tenants limit 1"))[0]!.id;
+      const [online, offline] = [crypto.randomUUID(), crypto.randomUUID()];
+      await store.query(
+        `insert into machines (id, tenant_id, machine_uid, hostname, public_key, status, last_seen_at, deleted_at)
+         values ($1, $3, 'uid-a', 'A', 'pk', 'online', '2026-01-02T03:04:05Z', null), ($2, $3, 'uid-b', 'B', 'pk', 'offline', null, now())`,
+        [online, offline, tenant]);
+      expect(await applySchema(store)).toBe(current.length);
+      const rows = await store.query<{ machine_id: string; status: string; seen: string | null }>(
+        "select machine_id, status, to_char(last_seen_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS') as seen from machine_presence order by status desc");
+      expect(rows).toEqual([{ machine_id: online, status: "online", seen: "2026-01-02 03:04:05" }, { machine_id: offline, status: "offline", seen: null }]);
+      expect(await store.query("select column_name from information_schema.columns where table_name = 'machines' and column_name in ('status', 'last_seen_at') and table_schema = current_schema()")).toEqual([]);
+      const added = crypto.randomUUID();
+      await store.query("insert into machines (id, tenant_id, machine_uid, hostname, public_key) values ($1, $2, 'uid-c', 'C', 'pk')", [added, tenant]);
+      expect(await store.query("select status, last_seen_at from machine_presence where machine_id = $1", [added])).toEqual([{ status: "offline", last_seen_at: null }]);
+    });
+
     test("search documents: the inlined tether_json_strings gives what the query form gives (v11)", async () => {
       const store = await connect();
       await applySchema(store);
