@@ -55,7 +55,7 @@ export class Projections {
   /**
    * The details (inventory, external IP, agent version) last written for each machine, the
    * inventory by identity. A projection whose details are these is written as status and last
-   * seen alone, a third of a full update's cost to the database (docs/PERFORMANCE.md, Agents).
+   * seen alone, to machine_presence only: 5.5 µs a row on PostgreSQL (docs/PERFORMANCE.md, Agents).
    * Identity, not equality: the machine actor keeps its inventory object while it is unchanged,
    * and any reload of the actor (a restart, a failed commit, the actor leaving memory and coming
    * back) makes new objects, so its next projection is written in full. So is a machine's first
