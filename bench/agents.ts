@@ -65,16 +65,21 @@ const newSwarm = (): Swarm => new Child<SwarmRequest>("swarm", "bench/fixtures/a
 const swarmStormWindows: Array<[string, Array<[number, number]>]> = [];
 
 const rssKb = (pid: number) => Number(readFileSync(`/proc/${pid}/status`, "utf8").match(/VmRSS:\s+(\d+) kB/)![1]);
-/** utime + stime of a process, in seconds (clock ticks of 1/100 s). */
-const cpuSeconds = (pid: number) => {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+/** utime + stime in seconds (clock ticks of 1/100 s) from a /proc/<pid>/stat line. */
+const statCpuSeconds = (stat: string) => {
+  const fields = stat.split(") ")[1]!.split(" ");
   return (Number(fields[11]) + Number(fields[12])) / 100;
 };
-/** CPU seconds the whole machine spent busy (every process, the database's and other jobs' too; /proc/stat, 1/100 s ticks). */
-const machineBusySeconds = () => {
+const cpuSeconds = (pid: number) => statCpuSeconds(readFileSync(`/proc/${pid}/stat`, "utf8"));
+/**
+ * CPU seconds the whole machine spent busy (every process, the database's and other jobs' too;
+ * /proc/stat, 1/100 s ticks), and of that, interrupts (loopback's packets are softirq work) and
+ * time the hypervisor took.
+ */
+const machineSeconds = () => {
   const f = readFileSync("/proc/stat", "utf8").split("\n", 1)[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
   const [user, nice, system, , , irq, softirq, steal] = f as [number, number, number, number, number, number, number, number];
-  return (user + nice + system + irq + softirq + steal) / 100;
+  return { busy: (user + nice + system + irq + softirq + steal) / 100, irq: (irq + softirq) / 100, steal: steal / 100 };
 };
 /** CPU seconds of every process named postgres (the server's backends and its own workers), exited ones aside. */
 const postgresCpuSeconds = () => {
@@ -83,15 +88,10 @@ const postgresCpuSeconds = () => {
     if (!/^\d+$/.test(pid)) continue;
     try {
       const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-      if (stat.includes("(postgres)")) sum += cpuSeconds(Number(pid));
+      if (stat.includes("(postgres)")) sum += statCpuSeconds(stat);
     } catch {} // gone meanwhile
   }
   return sum;
-};
-/** Of the machine's busy time: interrupts (loopback's packets are softirq work) and time the hypervisor took. */
-const machineIrqStealSeconds = (): [number, number] => {
-  const f = readFileSync("/proc/stat", "utf8").split("\n", 1)[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
-  return [((f[5] ?? 0) + (f[6] ?? 0)) / 100, (f[7] ?? 0) / 100];
 };
 /**
  * Connections the kernel turned away since boot because a listen queue was full (all sockets;
@@ -257,13 +257,12 @@ async function run(label: string, swarm: Swarm, env: Record<string, string>) {
     /** A wave, with the CPU seconds the server and the agents' process spent during it. */
     const timed = async (req: DistOmit<SwarmRequest, "id">) => {
       await quiet(proc.pid);
-      const [s0, c0, t0, m0, o0, w0, from] = [cpuSeconds(proc.pid), cpuSeconds(swarm.proc.pid), threadCpu(proc.pid), machineBusySeconds(), listenOverflows(), performance.now(), Date.now()];
-      const is0 = machineIrqStealSeconds();
-      const pg0 = postgresCpuSeconds();
+      const [s0, c0, t0, m0, pg0, o0, w0, from] = [cpuSeconds(proc.pid), cpuSeconds(swarm.proc.pid), threadCpu(proc.pid), machineSeconds(), postgresCpuSeconds(), listenOverflows(), performance.now(), Date.now()];
       const result = await swarm.call<WaveResult>(req);
       if (req.t === "agents") stormWindows.push([from, Date.now()]);
       const wall = (performance.now() - w0) / 1000;
-      return { ...result, serverCpu: cpuSeconds(proc.pid) - s0, agentsCpu: cpuSeconds(swarm.proc.pid) - c0, threads: threadCpuSince(proc.pid, t0), machineCpu: machineBusySeconds() - m0, irq: machineIrqStealSeconds()[0] - is0[0], steal: machineIrqStealSeconds()[1] - is0[1], postgres: postgresCpuSeconds() - pg0, overflows: listenOverflows() - o0, wall };
+      const m1 = machineSeconds();
+      return { ...result, serverCpu: cpuSeconds(proc.pid) - s0, agentsCpu: cpuSeconds(swarm.proc.pid) - c0, threads: threadCpuSince(proc.pid, t0), machineCpu: m1.busy - m0.busy, irq: m1.irq - m0.irq, steal: m1.steal - m0.steal, postgres: postgresCpuSeconds() - pg0, overflows: listenOverflows() - o0, wall };
     };
     // The machine's busy time says whether a wave was bound by the CPU of the whole machine
     // (server, database, the agents' process and anything else), not by a wait somewhere.

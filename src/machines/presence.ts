@@ -177,12 +177,14 @@ export class Projections {
 
   /**
    * The details to `machines` (its search document follows them) and the presence, in one
-   * statement. PostgreSQL runs the CTE's UPDATE after the main one, so this locks the presence
-   * row, then the machines row; nothing else locks a machines row and then its presence row
-   * (enrollment reads presence without a lock), which is what keeps the two from deadlocking. A machine row whose details are already these is left alone: after a restart, or
-   * a machine actor's reload, every machine's first projection is written in full, and in a
+   * statement. A machine row whose details are already these is left alone: after a restart,
+   * or a machine actor's reload, every machine's first projection is written in full, and in a
    * reconnect storm nearly all of them bring the details the row has (rewriting a 1–2 KB row to
    * the same values cost PGlite's thread about 150 µs a machine).
+   *
+   * PostgreSQL runs the CTE's UPDATE after the main one, so this locks the presence row, then
+   * the machines row; nothing else locks a machines row and then its presence row (enrollment
+   * reads presence without a lock), which is what keeps the two from deadlocking.
    */
   private async writeFull(db: Queryable, full: Projection[]): Promise<void> {
     await db.query(
@@ -193,19 +195,14 @@ export class Projections {
                 from r
                where m.id = r.id
                  and (m.inventory is distinct from coalesce(r.inventory, '{}'::jsonb) or m.external_ip is distinct from r.external_ip or m.agent_version is distinct from r.agent_version))
-       update machine_presence p
-          set status = r.status,
-              last_seen_at = case when r.last_seen is null then p.last_seen_at else to_timestamp(r.last_seen / 1000.0) end
-         from r where p.machine_id = r.id`,
+       update machine_presence p ${SET_PRESENCE} from r where p.machine_id = r.id`,
       [JSON.stringify(full.map((p) => ({ id: p.machine_id, status: p.status, last_seen: p.last_seen, inventory: p.inventory ?? {}, external_ip: p.external_ip, agent_version: p.agent_version })))]);
   }
 
   // Presence alone: `machine_presence` only, a narrow row that stays on its page (schema v16).
   private async writePresence(db: Queryable, presence: Projection[]): Promise<void> {
     await db.query(
-      `update machine_presence p
-          set status = r.status,
-              last_seen_at = case when r.last_seen is null then p.last_seen_at else to_timestamp(r.last_seen / 1000.0) end
+      `update machine_presence p ${SET_PRESENCE}
          from jsonb_to_recordset($1::text::jsonb) as r(id uuid, status text, last_seen bigint)
         where p.machine_id = r.id`,
       [JSON.stringify(presence.map((p) => ({ id: p.machine_id, status: p.status, last_seen: p.last_seen })))]);
@@ -217,6 +214,9 @@ export class Projections {
     this.log.error({ err: (err as Error)?.message, machine_ids: batch.map((p) => p.machine_id) }, "machine projection failed");
   }
 }
+
+/** A presence row from a projection `r` (its last seen kept when the projection has none). */
+const SET_PRESENCE = "set status = r.status, last_seen_at = case when r.last_seen is null then p.last_seen_at else to_timestamp(r.last_seen / 1000.0) end";
 
 /** A machine's details as last written; the inventory held weakly (the actor holds it while it is current). */
 class Written {
