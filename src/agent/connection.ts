@@ -1,5 +1,5 @@
 import { AGENT_VERSION } from "./version.ts";
-import { CLOSE, Challenge, PROTOCOL_VERSION, ServerMessage, Welcome, decode, encode, type AgentMessage, type Inventory } from "../protocol/agent.ts";
+import { CLOSE, Challenge, PROTOCOL_VERSION, ServerMessage, Welcome, decode, encode, helloHeaders, type AgentMessage, type Inventory } from "../protocol/agent.ts";
 import { keyPrefix } from "./enroll.ts";
 import { signNonce } from "./identity.ts";
 import { gatherInventory, inventoryFingerprint } from "./inventory.ts";
@@ -9,8 +9,9 @@ import type { SessionHost } from "./session/host.ts";
 import { decodeInbound, encodeOutbound, type Outbound } from "./session/wire.ts";
 
 /**
- * One WebSocket session on /ws/agent (M3, M4): hello → challenge → proof (Ed25519 over the raw
- * nonce, with the inventory) → welcome; then heartbeats every heartbeat_ms and status
+ * One WebSocket session on /ws/agent (M3, M4): hello (as the upgrade request's headers) →
+ * challenge (with the 101 response) → proof (Ed25519 over the raw nonce, with the inventory) →
+ * welcome; then heartbeats every heartbeat_ms and status
  * {inventory} when it changes and at least every statusIntervalMs. After welcome, data frames
  * and session messages (relay.ts) go to the session host, and it sends through this socket
  * until it closes. A path that went silent (no frame, no pong to our pings for the welcome's
@@ -41,6 +42,9 @@ export interface SessionEnd {
   connectedMs: number;
 }
 
+/** Bun's WebSocket, typed with its options (the DOM's type, which the project also loads, has none). */
+const BunWebSocket = WebSocket as unknown as new (url: string, options: Bun.WebSocketOptions) => WebSocket;
+
 export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): Promise<SessionEnd> {
   return new Promise((resolve) => {
     const inventory = p.inventory ?? gatherInventory;
@@ -55,7 +59,8 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
     const timers: Array<ReturnType<typeof setInterval>> = [];
     let ws: WebSocket;
     try {
-      ws = new WebSocket(p.url);
+      // Bun's WebSocket takes headers; the hello in them saves the handshake a round trip.
+      ws = new BunWebSocket(p.url, { headers: helloHeaders({ machine_id: p.machineId, key: p.key, agent_version: AGENT_VERSION, protocol: PROTOCOL_VERSION }) });
     } catch (e) {
       resolve({ code: 1006, reason: (e as Error).message, welcomed: false, byUs: false, connectedMs: 0 });
       return;
@@ -128,10 +133,7 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
     }, p.handshakeTimeoutMs ?? 30_000);
     timers.push(handshakeTimer as unknown as ReturnType<typeof setInterval>);
 
-    ws.addEventListener("open", () => {
-      log.debug({ event: "connect.open", url: p.url }, "socket open; sending hello");
-      send({ t: "hello", machine_id: p.machineId, key: p.key, agent_version: AGENT_VERSION, protocol: PROTOCOL_VERSION });
-    });
+    ws.addEventListener("open", () => log.debug({ event: "connect.open", url: p.url }, "socket open; waiting for the challenge"));
 
     ws.addEventListener("message", (ev) => {
       const data = ev.data;

@@ -7,7 +7,8 @@ import { unstorableAt } from "./storable.ts";
  * with a `t` (type) field, validated by the schemas below on both ends. docs/PROTOCOL.md
  * describes the handshake and close codes for anyone writing another agent.
  *
- *   agent  → hello { machine_id, key: "cak_…", agent_version, protocol: 1 }
+ *   agent  → hello { machine_id, key: "cak_…", agent_version, protocol: 1 }, as the first frame
+ *            or, better, as the upgrade request's headers (HELLO_HEADERS)
  *   server → challenge { nonce: 32+ random bytes, heartbeat_ms }
  *   agent  → proof { signature: Ed25519 over the raw nonce bytes, inventory? }
  *   server → welcome { machine_id, heartbeat_ms, offline_after_ms, external_ip }
@@ -24,6 +25,40 @@ export const MAX_AGENT_FRAME = 4 * 1024 * 1024;
  */
 export const MAX_HELLO_FRAME = 2 * 1024;
 
+/**
+ * The hello as headers of the WebSocket upgrade request, for agents that can set them (the
+ * bundled one does): the server then challenges as the socket opens, in the same TCP write as
+ * its 101 response, and looks the key up while the agent signs. The handshake is two frames
+ * instead of four: a fifth of a reconnect storm's CPU (docs/PERFORMANCE.md, Agents). The key
+ * has a header of its own, not `Authorization`, which carries the login plane's credentials.
+ */
+export const HELLO_HEADERS = {
+  machine_id: "tether-machine-id",
+  key: "tether-agent-key",
+  agent_version: "tether-agent-version",
+  protocol: "tether-protocol",
+} as const;
+
+/** The hello an upgrade request presents in its headers, unchecked; null if it presents none (the hello comes as a frame). */
+export function presentedHello(headers: { get(name: string): string | null }): Record<string, unknown> | null {
+  const fields: Record<string, unknown> = { t: "hello" };
+  let any = false;
+  for (const [field, header] of Object.entries(HELLO_HEADERS)) {
+    const value = headers.get(header);
+    if (value === null) continue;
+    any = true;
+    fields[field] = field === "protocol" && /^[0-9]{1,9}$/.test(value) ? Number(value) : value;
+  }
+  return any ? fields : null;
+}
+
+/** The headers that present `hello` (the agent's side of presentedHello). */
+export function helloHeaders(hello: Omit<Hello, "t">): Record<string, string> {
+  const headers: Record<string, string> = {};
+  for (const [field, header] of Object.entries(HELLO_HEADERS)) headers[header] = String(hello[field as keyof typeof HELLO_HEADERS]);
+  return headers;
+}
+
 const bytes = z.instanceof(Uint8Array);
 
 export const Hello = z.object({
@@ -33,6 +68,7 @@ export const Hello = z.object({
   agent_version: z.string().max(64),
   protocol: z.literal(PROTOCOL_VERSION),
 });
+type Hello = z.infer<typeof Hello>;
 export const Heartbeat = z.object({ t: z.literal("heartbeat"), seq: z.number().int().nonnegative() });
 
 /** What the agent reports about its machine (SPEC M4). Every field optional: agents differ. */
@@ -105,12 +141,20 @@ export function encode(message: AgentMessage | ServerMessage): Uint8Array {
 
 /** Decodes and validates one frame; null if it is not a valid message of `schema`, or carries text the database cannot store. */
 export function decode<S extends z.ZodType>(schema: S, frame: Uint8Array): z.infer<S> | null {
-  let value: unknown;
+  return validate(schema, unpack(frame));
+}
+
+/** The frame's msgpack value, unchecked; null if it is not msgpack. */
+export function unpack(frame: Uint8Array): unknown {
   try {
-    value = packr.unpack(frame);
+    return packr.unpack(frame);
   } catch {
     return null;
   }
+}
+
+/** `value` if it is a valid message of `schema` and carries no text the database cannot store; else null. */
+export function validate<S extends z.ZodType>(schema: S, value: unknown): z.infer<S> | null {
   const parsed = schema.safeParse(value);
   // Text the database cannot store is refused here, as a malformed frame is.
   return parsed.success && unstorableAt(parsed.data) === null ? parsed.data : null;

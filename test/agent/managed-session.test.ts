@@ -2,7 +2,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import type { Server, ServerWebSocket } from "bun";
 import { rmSync } from "node:fs";
 import { Packr } from "msgpackr";
-import { Heartbeat, Hello, Proof, Status, decode, encode } from "../../src/protocol/agent.ts";
+import { Heartbeat, Hello, Proof, Status, decode, encode, presentedHello, validate } from "../../src/protocol/agent.ts";
 import { channelOf, dataFrame, isDataFrame, payloadOf } from "../../src/protocol/frames.ts";
 import { AgentToServer, type ServerToAgent } from "../../src/protocol/relay.ts";
 import { freshMachine, killAllAgents, managedArgs, spawnAgent } from "./spawn.ts";
@@ -48,13 +48,16 @@ function agentStub(onWelcome: (c: Conn, n: number) => void, onMessage?: (c: Conn
     fetch(req, server) {
       const url = new URL(req.url);
       if (url.pathname === "/api/enroll") return Response.json({ machine_id: MACHINE_ID, key: KEY, enrollment_state: "active", disposition: "new" }, { status: 201 });
-      if (url.pathname === "/ws/agent" && server.upgrade(req, { data: { c: null as unknown as Conn, stage: 0 } })) return undefined;
+      // Challenged as the socket opens if the upgrade presents a hello, as the real server does.
+      const stage = validate(Hello, presentedHello(req.headers)) ? 1 : 0;
+      if (url.pathname === "/ws/agent" && server.upgrade(req, { data: { c: null as unknown as Conn, stage } })) return undefined;
       return new Response("no", { status: 404 });
     },
     websocket: {
       open(ws) {
         ws.data.c = { ws, messages: [], frames: [], welcomed: false };
         conns.push(ws.data.c);
+        if (ws.data.stage === 1) ws.send(encode({ t: "challenge", nonce: crypto.getRandomValues(new Uint8Array(32)), heartbeat_ms: 200 }));
       },
       message(ws, raw) {
         const frame = new Uint8Array(raw as Buffer);

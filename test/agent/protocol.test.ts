@@ -1,6 +1,6 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import type { Server } from "bun";
-import { CLOSE, Hello, Inventory, Proof, Status, Heartbeat, decode, encode } from "../../src/protocol/agent.ts";
+import { CLOSE, Hello, Inventory, Proof, Status, Heartbeat, decode, encode, presentedHello, validate } from "../../src/protocol/agent.ts";
 import { startTestApp, type TestApp } from "../helpers/app.ts";
 import { eventually } from "../helpers/stores.ts";
 import { siteWithKey } from "../machines/fixtures.ts";
@@ -51,24 +51,23 @@ describe("enrollment policy and the socket, against a stub server", () => {
           enrollAt.push(Date.now());
           return script[Math.min(enrollAt.length - 1, script.length - 1)]!();
         }
-        if (url.pathname === "/ws/agent" && server.upgrade(req, { data: { s: null as any, nonce: new Uint8Array() } })) return undefined;
+        // The agent presents its hello in the upgrade's headers; the challenge goes out as the socket opens.
+        const hello = validate(Hello, presentedHello(req.headers));
+        if (url.pathname === "/ws/agent" && server.upgrade(req, { data: { s: { hello }, nonce: new Uint8Array() } })) return undefined;
         return new Response("no", { status: 404 });
       },
       websocket: {
         open(ws) {
-          const s = { opened: Date.now(), heartbeats: 0, statuses: [] as any[] };
+          const s = { opened: Date.now(), hello: ws.data.s.hello, heartbeats: 0, statuses: [] as any[] };
           sockets.push(s);
           ws.data.s = s;
+          ws.data.nonce = crypto.getRandomValues(new Uint8Array(32));
+          if (s.hello) ws.send(encode({ t: "challenge", nonce: ws.data.nonce, heartbeat_ms: 100 }));
+          else ws.close(CLOSE.BAD_MESSAGE, "expected hello");
         },
         async message(ws, raw) {
           const frame = new Uint8Array(raw as Buffer);
           const s = ws.data.s;
-          if (!s.hello) {
-            s.hello = decode(Hello, frame);
-            ws.data.nonce = crypto.getRandomValues(new Uint8Array(32));
-            ws.send(encode({ t: "challenge", nonce: ws.data.nonce, heartbeat_ms: 100 }));
-            return;
-          }
           if (s.proofOk === undefined) {
             const proof = decode(Proof, frame)!;
             const pub = await crypto.subtle.importKey("raw", Buffer.from(publicKey, "base64"), { name: "Ed25519" }, true, ["verify"]);

@@ -1,4 +1,4 @@
-import { AgentMessage, Challenge, decode, encode, PROTOCOL_VERSION, Welcome, type Inventory } from "../../src/protocol/agent.ts";
+import { AgentMessage, Challenge, decode, encode, helloHeaders, PROTOCOL_VERSION, Welcome, type Inventory } from "../../src/protocol/agent.ts";
 
 /** An Ed25519 identity as an agent keeps it: the key pair and the base64 raw public key. */
 export async function agentIdentity(): Promise<{ keys: CryptoKeyPair; publicKey: string }> {
@@ -6,9 +6,19 @@ export async function agentIdentity(): Promise<{ keys: CryptoKeyPair; publicKey:
   return { keys, publicKey: Buffer.from(await crypto.subtle.exportKey("raw", keys.publicKey)).toString("base64") };
 }
 
+/** Bun's WebSocket takes headers; the DOM's type, which the project also loads, does not say so. */
+const BunWebSocket = WebSocket as unknown as new (url: string, options?: { headers: Record<string, string> }) => WebSocket;
+
+/** The headers of an upgrade presenting a hello for `machineId` and `key`; `over` replaces or adds any. */
+export function presenting(machineId: string, key: string, over: Record<string, string> = {}): Record<string, string> {
+  return { ...helloHeaders({ machine_id: machineId, key, agent_version: "test-1", protocol: PROTOCOL_VERSION }), ...over };
+}
+
 /**
  * A protocol-level agent for tests: a real WebSocket client doing the real handshake, with
  * hooks to misbehave (skip the proof, sign with another key, send a login token as the key).
+ * With `headers` (see `presenting`) its upgrade presents the hello, as the bundled agent's
+ * does, and `handshake` sends no hello frame.
  */
 export class TestAgentSocket {
   readonly closed: Promise<{ code: number; reason: string }>;
@@ -17,8 +27,8 @@ export class TestAgentSocket {
   private readonly inbox: Uint8Array[] = [];
   private wake: (() => void) | null = null;
 
-  constructor(url: string) {
-    this.ws = new WebSocket(url.replace(/^http/, "ws") + "/ws/agent");
+  constructor(url: string, private readonly headers?: Record<string, string>) {
+    this.ws = new BunWebSocket(url.replace(/^http/, "ws") + "/ws/agent", headers ? { headers } : undefined);
     this.ws.binaryType = "arraybuffer";
     this.ws.onmessage = (e) => {
       this.inbox.push(new Uint8Array(e.data as ArrayBuffer));
@@ -58,7 +68,7 @@ export class TestAgentSocket {
   /** The whole handshake; `signWith` may be another key, `skipProof` sends a heartbeat instead, `inventory` rides on the proof. */
   async handshake(machineId: string, key: string, privateKey: CryptoKey, opts: { signWith?: CryptoKey; skipProof?: boolean; inventory?: Inventory } = {}): Promise<boolean> {
     await this.open();
-    this.send({ t: "hello", machine_id: machineId, key, agent_version: "test-1", protocol: PROTOCOL_VERSION });
+    if (!this.headers) this.send({ t: "hello", machine_id: machineId, key, agent_version: "test-1", protocol: PROTOCOL_VERSION });
     const frame = await this.next();
     const challenge = frame && decode(Challenge, frame);
     if (!challenge) return false;

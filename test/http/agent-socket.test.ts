@@ -4,7 +4,7 @@ import postgres from "postgres";
 import { AGENT_SOCKET_LIMITS } from "../../src/http/ws/agent.ts";
 import { Challenge, CLOSE, decode, encode, PROTOCOL_VERSION, Welcome, type AgentMessage } from "../../src/protocol/agent.ts";
 import { dataFrame } from "../../src/protocol/frames.ts";
-import { agentIdentity, TestAgentSocket } from "../helpers/agent-client.ts";
+import { agentIdentity, presenting, TestAgentSocket } from "../helpers/agent-client.ts";
 import { startTestApp, type TestApp } from "../helpers/app.ts";
 import { eventually, FLAVORS } from "../helpers/stores.ts";
 import { enrolledAgent, siteWithKey, type SiteWithKey } from "../machines/fixtures.ts";
@@ -23,10 +23,11 @@ class RawClient {
   private readonly ws: WebSocket;
   private readonly inbox: Uint8Array[] = [];
 
-  constructor(url: string, from?: string) {
+  /** `headers`: more for the upgrade request (a presented hello, see `presenting`). */
+  constructor(url: string, from?: string, headers: Record<string, string> = {}) {
     // Bun's WebSocket takes headers; the DOM's type does not say so.
     const BunWebSocket = WebSocket as unknown as new (url: string, options?: { headers: Record<string, string> }) => WebSocket;
-    this.ws = new BunWebSocket(url.replace(/^http/, "ws") + "/ws/agent", from ? { headers: { "x-forwarded-for": from } } : undefined);
+    this.ws = new BunWebSocket(url.replace(/^http/, "ws") + "/ws/agent", { headers: { ...(from ? { "x-forwarded-for": from } : {}), ...headers } });
     this.ws.binaryType = "arraybuffer";
     this.ws.onmessage = (e) => void this.inbox.push(new Uint8Array(e.data as ArrayBuffer));
     this.opened = new Promise((resolve, reject) => ((this.ws.onopen = () => resolve()), (this.ws.onerror = () => reject(new Error("websocket error")))));
@@ -270,6 +271,89 @@ for (const flavor of FLAVORS) {
       // Each refusal is audited.
       const audited = await app.call("GET", "/api/audit?type=agent.refused&limit=50", { token: app.adminToken });
       expect(audited.body.events.length).toBeGreaterThanOrEqual(7);
+    });
+
+    test("a hello presented in the upgrade's headers: challenged as the socket opens, welcomed after its proof; every refusal keeps its close code, audited", async () => {
+      const m = await machine();
+      const agent = new TestAgentSocket(app.url, presenting(m.id, m.key));
+      sockets.push(agent);
+      expect(await agent.handshake(m.id, m.key, m.privateKey, { inventory: { hostname: "presented-1" } })).toBe(true);
+      expect(agent.welcome).toMatchObject({ machine_id: m.id, external_ip: "127.0.0.1" });
+      await eventually(async () => (await get(m.id)).status === "online", 3_000, "online");
+      expect(await get(m.id)).toMatchObject({ agent_version: "test-1", inventory: { hostname: "presented-1" } });
+      agent.close();
+      await eventually(async () => (await get(m.id)).status === "offline", 3_000, "offline");
+
+      const other = await agentIdentity();
+      const sign = async (key: CryptoKey, frame: Uint8Array | null) => new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, key, new Uint8Array(decode(Challenge, frame!)!.nonce)));
+      const cases: Array<[string, Record<string, string>, ((c: RawClient) => Promise<void>) | null, number, string]> = [
+        ["a signature by another key", presenting(m.id, m.key), async (c) => c.send({ t: "proof", signature: await sign(other.keys.privateKey, await c.next()) }), CLOSE.BAD_SIGNATURE, "bad_signature"],
+        ["a hello frame in place of the proof", presenting(m.id, m.key), async (c) => (await c.next(), c.send(hello(m.id, m.key))), CLOSE.BAD_SIGNATURE, "not_a_proof"],
+        ["a login session as the key", presenting(m.id, app.adminToken), null, CLOSE.WRONG_PLANE, "wrong_plane"],
+        ["an enrollment key as the key", presenting(m.id, site.key), null, CLOSE.WRONG_PLANE, "wrong_plane"],
+        ["a key of no machine", presenting(m.id, noSuchKey()), null, CLOSE.UNKNOWN_KEY, "unknown_key"],
+        ["another protocol version", presenting(m.id, m.key, { "tether-protocol": "2" }), null, CLOSE.UNSUPPORTED_PROTOCOL, "unsupported_protocol"],
+        ["a machine id that is not one", presenting("not-a-uuid", m.key), null, CLOSE.BAD_MESSAGE, "bad_message"],
+        ["a hello without its key", { "tether-machine-id": m.id }, null, CLOSE.BAD_MESSAGE, "bad_message"],
+      ];
+      for (const [i, [what, headers, run, code, reason]] of cases.entries()) {
+        const from = `198.51.100.${70 + i}`;
+        const c = new RawClient(app.url, from, headers);
+        await c.opened;
+        await run?.(c);
+        expect({ what, code: await c.closedWithin(3_000) }).toEqual({ what, code });
+        await eventually(async () => (await refusals(app, "ip = $1", [from])).length === 1, 3_000, `${what}: audited`);
+        expect({ what, reason: (await refusals(app, "ip = $1", [from]))[0]!.details.reason }).toEqual({ what, reason });
+      }
+      expect((await get(m.id)).status).toBe("offline");
+    });
+
+    test("a presented hello's proof may come before its key is found, and waits for it; a second frame meanwhile is out of order; one that leaves meanwhile is audited", async () => {
+      const m = await machine();
+      /** Holds a lock that keeps the key lookup waiting, until the returned function is called. */
+      const holdKeys = async () => {
+        let release!: () => void;
+        const held = new Promise<void>((r) => (release = r));
+        let locked!: () => void;
+        const isLocked = new Promise<void>((r) => (locked = r));
+        const tx = app.server.store.transaction(async (q) => {
+          await q.query("lock table agent_keys in access exclusive mode");
+          locked();
+          await held;
+        });
+        await isLocked;
+        return () => (release(), tx);
+      };
+      const proof = async (c: RawClient) => ({ t: "proof", signature: new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, m.privateKey, new Uint8Array(decode(Challenge, (await c.next())!)!.nonce))) });
+
+      let release = await holdKeys();
+      const early = new RawClient(app.url, "198.51.100.81", presenting(m.id, m.key));
+      await early.opened;
+      early.send(await proof(early));
+      expect(await early.closedWithin(300)).toBeNull();
+      await release();
+      expect(decode(Welcome, (await early.next())!)).toMatchObject({ machine_id: m.id });
+      await eventually(async () => (await get(m.id)).status === "online", 3_000, "online");
+      early.close();
+      await eventually(async () => (await get(m.id)).status === "offline", 3_000, "offline");
+
+      release = await holdKeys();
+      const twice = new RawClient(app.url, "198.51.100.82", presenting(m.id, m.key));
+      await twice.opened;
+      const p = await proof(twice);
+      twice.send(p);
+      twice.send(p);
+      const left = new RawClient(app.url, "198.51.100.83", presenting(m.id, m.key));
+      await left.opened;
+      expect(decode(Challenge, (await left.next())!)).not.toBeNull();
+      left.close();
+      await left.closed;
+      expect(await twice.closedWithin(3_000)).toBe(CLOSE.BAD_MESSAGE);
+      await release();
+      await eventually(async () => (await refusals(app, "ip = $1", ["198.51.100.83"])).length === 1, 3_000, "the one that left is audited");
+      expect((await refusals(app, "ip = $1", ["198.51.100.83"]))[0]).toMatchObject({ actor_id: m.id, details: { reason: "no_proof", close: 1000, by: "agent" } });
+      expect((await refusals(app, "ip = $1", ["198.51.100.82"])).map((r) => r.details.reason)).toEqual(["out_of_order"]);
+      expect((await get(m.id)).status).toBe("offline");
     });
 
     test("an inventory with text the database cannot store is a malformed frame (4000), refused alone: agents connecting beside it are welcomed", async () => {

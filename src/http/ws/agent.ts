@@ -3,7 +3,7 @@ import { audit } from "../../audit/audit.ts";
 import { DEFAULT_TENANT_ID } from "../../auth/tenants.ts";
 import { addressKey } from "../../auth/client-ip.ts";
 import { isSecret, sha256Hex } from "../../auth/secrets.ts";
-import { AgentMessage, CLOSE, decode, encode, Hello, MAX_AGENT_FRAME, MAX_HELLO_FRAME, Proof, PROTOCOL_VERSION, type ServerMessage } from "../../protocol/agent.ts";
+import { AgentMessage, CLOSE, decode, encode, Hello, MAX_AGENT_FRAME, MAX_HELLO_FRAME, presentedHello, Proof, PROTOCOL_VERSION, type ServerMessage, unpack, validate } from "../../protocol/agent.ts";
 import { reportDisconnect } from "../../machines/disconnect.ts";
 import { unstorableAt } from "../../protocol/storable.ts";
 import { isDataFrame } from "../../protocol/frames.ts";
@@ -98,9 +98,14 @@ type Stage =
   /** Open, no hello yet: no slot held, `helloMs`. */
   | { at: "hello"; timer: Timer }
   /** A well-formed hello, waiting for a slot: `queuedMs`. Only the parsed hello is kept. */
-  | { at: "queued"; timer: Timer; hello: Hello }
-  /** Holds a slot: its key being looked up. `handshakeMs` runs from here to the welcome. */
-  | { at: "lookup"; timer: Timer; hello: Hello }
+  | { at: "queued"; timer: Timer; hello: Hello; presented: boolean }
+  /**
+   * Holds a slot: its key being looked up. `handshakeMs` runs from here to the welcome. A hello
+   * presented in the upgrade's headers is challenged at once (`nonce`), and its proof may come
+   * in before the lookup is done (`early`, checked once it is); `leftWith`: the agent's close
+   * code, if it left meanwhile.
+   */
+  | { at: "lookup"; timer: Timer; hello: Hello; nonce?: Uint8Array; early?: Buffer; leftWith?: number }
   /** Challenged: the next frame must be the proof. */
   | { at: "proof"; timer: Timer; nonce: Uint8Array; hello: Hello; key: KeyRow }
   /** The proof is being checked: anything more before the welcome is out of order. */
@@ -108,7 +113,9 @@ type Stage =
   | { at: "bound"; machineId: string; conn: string }
   /** Refused: its audit row is being written, then it is closed. */
   | { at: "closing" }
-  | { at: "closed" };
+  | { at: "closed" }
+  /** Upgraded with a hello in its headers (HELLO_HEADERS), not yet open: the fields as presented. */
+  | { at: "presented"; fields: Record<string, unknown> };
 const CLOSED: Stage = { at: "closed" };
 const CLOSING: Stage = { at: "closing" };
 type Hello = ReturnType<typeof Hello.parse>;
@@ -193,12 +200,20 @@ export const agentSocket = (deps: AppDeps) => {
     else queuedByAddress.delete(k);
   };
 
-  const admit = (ws: AgentWs, hello: Hello) => {
+  const admit = (ws: AgentWs, hello: Hello, presented: boolean) => {
     handshakes++;
     ws.data.admitted = true;
-    const stage: Stage = { at: "lookup", hello, timer: setTimeout(() => expire(ws), limits.handshakeMs) };
+    const stage: Extract<Stage, { at: "lookup" }> = { at: "lookup", hello, timer: setTimeout(() => expire(ws), limits.handshakeMs) };
     ws.data.stage = stage;
+    // Sent while the key is looked up (in `open`, it goes out with the 101 response).
+    if (presented) stage.nonce = challenge(ws);
     lookup(ws, stage).catch((err: Error) => failed(ws, err));
+  };
+  /** A fresh nonce, sent to the agent to sign. */
+  const challenge = (ws: AgentWs): Uint8Array => {
+    const nonce = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
+    send(ws, { t: "challenge", nonce, heartbeat_ms: deps.config.heartbeatMs });
+    return nonce;
   };
   /** A handshake ended (bound, refused or closed): the next queued socket starts its own. */
   const release = (ws: AgentWs) => {
@@ -211,7 +226,7 @@ export const agentSocket = (deps: AppDeps) => {
       const stage = next.data.stage;
       if (stage.at !== "queued") continue;
       clearTimeout(stage.timer);
-      admit(next, stage.hello);
+      admit(next, stage.hello, stage.presented);
     }
   };
   /** Ends a socket's handshake, whatever its stage: its clock, its place in the queue, its slot. */
@@ -247,7 +262,10 @@ export const agentSocket = (deps: AppDeps) => {
 
   const handlers: Pick<SocketData, "open" | "message" | "close"> = {
     open(ws) {
-      ws.data.stage = { at: "hello", timer: setTimeout(() => expire(ws), limits.helloMs) };
+      const presented = ws.data.stage.at === "presented" ? ws.data.stage.fields : null;
+      const stage: Stage = { at: "hello", timer: setTimeout(() => expire(ws), limits.helloMs) };
+      ws.data.stage = stage;
+      if (presented) hello(ws, stage, presented, true);
     },
     message(ws, raw) {
       const stage = ws.data.stage;
@@ -261,6 +279,8 @@ export const agentSocket = (deps: AppDeps) => {
         }
       }
       if (stage.at === "hello") return onHello(ws, stage, raw);
+      // Challenged before its key was found: the proof waits for the key (one frame, a copy).
+      if (stage.at === "lookup" && stage.nonce && !stage.early && typeof raw !== "string" && raw.byteLength <= MAX_AGENT_FRAME) return void (stage.early = Buffer.from(raw));
       // Before the challenge an agent sends its hello only; nothing else is buffered meanwhile.
       if (stage.at === "queued" || stage.at === "lookup") return void refuse(ws, "out_of_order", { claimed: stage.hello.machine_id });
       if (stage.at === "verifying") return void refuse(ws, "out_of_order", { key: stage.key });
@@ -270,6 +290,8 @@ export const agentSocket = (deps: AppDeps) => {
       const stage = settle(ws, CLOSED);
       // The agent left after its challenge without a proof: a key without its private key, perhaps.
       if (stage.at === "proof") void refusals.record(ws.data.ip, code, "no_proof", { key: stage.key }, { by: "agent" });
+      // Challenged before its key was found: audited once it is (`lookup`).
+      if (stage.at === "lookup" && stage.nonce) stage.leftWith = code;
       if (stage.at !== "bound") return;
       const socket = connections.get(stage.conn);
       connections.remove(stage.conn);
@@ -293,14 +315,22 @@ export const agentSocket = (deps: AppDeps) => {
     ws.close(1011, "server error");
   }
 
-  /** The first frame: a hello, checked without the database; a slot, or a place in the queue. */
+  /** The first frame: a hello, checked without the database (see `hello`). */
   function onHello(ws: AgentWs, stage: Extract<Stage, { at: "hello" }>, raw: string | Buffer): void {
     if (typeof raw === "string") return void refuse(ws, "bad_message");
     if (raw.byteLength > MAX_HELLO_FRAME) return void refuse(ws, "hello_too_large", {}, { bytes: raw.byteLength });
-    const parsed = decode(Hello, raw);
+    hello(ws, stage, unpack(raw), false);
+  }
+
+  /**
+   * A hello, from the first frame or the upgrade's headers (`presented`): checked without the
+   * database; then a slot, or a place in the queue. A presented hello is challenged as soon as it
+   * has a slot, without waiting for its key (docs/PROTOCOL.md §2).
+   */
+  function hello(ws: AgentWs, stage: Extract<Stage, { at: "hello" }>, value: unknown, presented: boolean): void {
+    const parsed = validate(Hello, value);
     if (!parsed) {
-      const any = safeUnpack(raw) as { t?: unknown; protocol?: unknown; key?: unknown } | null;
-      const fields = any !== null && typeof any === "object" ? any : {};
+      const fields = (value !== null && typeof value === "object" ? value : {}) as { t?: unknown; protocol?: unknown; key?: unknown };
       // Another version's hello may differ in more than its number: the version is what to say.
       if (fields.t === "hello" && typeof fields.protocol === "number" && fields.protocol !== PROTOCOL_VERSION) {
         return void refuse(ws, "unsupported_protocol", {}, { protocol: Number.isSafeInteger(fields.protocol) ? fields.protocol : null });
@@ -309,17 +339,16 @@ export const agentSocket = (deps: AppDeps) => {
       return void refuse(ws, otherPlane(typeof fields.key === "string" ? fields.key : "") ? "wrong_plane" : "bad_message");
     }
     // The database writes uuids in lower case; the schema accepts either.
-    const hello = parsed;
-    hello.machine_id = hello.machine_id.toLowerCase();
-    const claimed = { claimed: hello.machine_id };
-    if (!isSecret("agentKey", hello.key)) return void refuse(ws, otherPlane(hello.key) ? "wrong_plane" : "unknown_key", claimed);
+    parsed.machine_id = parsed.machine_id.toLowerCase();
+    const claimed = { claimed: parsed.machine_id };
+    if (!isSecret("agentKey", parsed.key)) return void refuse(ws, otherPlane(parsed.key) ? "wrong_plane" : "unknown_key", claimed);
     clearTimeout(stage.timer);
-    if (handshakes < maxHandshakes) return admit(ws, hello);
+    if (handshakes < maxHandshakes) return admit(ws, parsed, presented);
     const k = addressKey(ws.data.ip);
     if (queued.size >= maxHandshakes * limits.queuedPerSlot || (queuedByAddress.get(k) ?? 0) >= maxHandshakes * limits.queuedPerAddressPerSlot) {
       return void refuse(ws, "busy", claimed);
     }
-    ws.data.stage = { at: "queued", hello, timer: setTimeout(() => expire(ws), limits.queuedMs) };
+    ws.data.stage = { at: "queued", hello: parsed, presented, timer: setTimeout(() => expire(ws), limits.queuedMs) };
     queued.add(ws);
     queuedByAddress.set(k, (queuedByAddress.get(k) ?? 0) + 1);
   }
@@ -328,15 +357,22 @@ export const agentSocket = (deps: AppDeps) => {
   async function lookup(ws: AgentWs, stage: Extract<Stage, { at: "lookup" }>): Promise<void> {
     const { hello } = stage;
     const rows = await keys.add(sha256Hex(hello.key));
-    if (ws.data.stage !== stage) return; // closed or timed out meanwhile
     const key = rows.find((k) => k.machine_id === hello.machine_id);
-    // A key of another machine names its own machine (the key matched); a hash of nothing names nobody.
-    if (!key) return refuse(ws, "unknown_key", { key: rows[0], claimed: hello.machine_id });
-    // A removed machine's keys are revoked with it: say it was removed (4007), not just revoked.
-    if (key.revoked_at) return refuse(ws, key.deleted_at ? "machine_removed" : "key_revoked", { key });
-    const nonce = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
-    ws.data.stage = { at: "proof", timer: stage.timer, nonce, hello, key };
-    send(ws, { t: "challenge", nonce, heartbeat_ms: deps.config.heartbeatMs });
+    const refusal: [Refusal, Who] | null = !key
+      // A key of another machine names its own machine (the key matched); a hash of nothing names nobody.
+      ? ["unknown_key", { key: rows[0], claimed: hello.machine_id }]
+      // A removed machine's keys are revoked with it: say it was removed (4007), not just revoked.
+      : key.revoked_at ? [key.deleted_at ? "machine_removed" : "key_revoked", { key }] : null;
+    if (ws.data.stage !== stage) {
+      // The agent left after a challenge sent before its key was found, without a proof: audited
+      // as `close` does once the key is known (a refusal's own clock, or a server close, audits itself).
+      if (stage.leftWith !== undefined && !stage.early) void refusals.record(ws.data.ip, stage.leftWith, refusal?.[0] ?? "no_proof", refusal?.[1] ?? { key }, { by: "agent" });
+      return;
+    }
+    if (refusal) return refuse(ws, ...refusal);
+    const proof: Extract<Stage, { at: "proof" }> = { at: "proof", timer: stage.timer, nonce: stage.nonce ?? challenge(ws), hello, key: key! };
+    ws.data.stage = proof;
+    if (stage.early) await onMessage(ws, proof, stage.early);
   }
 
   async function onMessage(ws: AgentWs, stage: Extract<Stage, { at: "proof" | "bound" }>, raw: string | Buffer): Promise<void> {
@@ -352,7 +388,7 @@ export const agentSocket = (deps: AppDeps) => {
     ws.data.stage = verifying;
     const proof = decode(Proof, frame);
     // A proof that does not match its schema (its inventory, say) is a malformed frame; anything else in its place is no proof.
-    if (!proof && (safeUnpack(frame) as { t?: unknown } | null)?.t === "proof") return refuse(ws, "malformed_proof", who);
+    if (!proof && (unpack(frame) as { t?: unknown } | null)?.t === "proof") return refuse(ws, "malformed_proof", who);
     if (!proof) return refuse(ws, "not_a_proof", who);
     if (!(await verifyEd25519(key.public_key, nonce, proof.signature))) return refuse(ws, "bad_signature", who);
     if (ws.data.stage !== verifying) return; // closed meanwhile
@@ -408,7 +444,8 @@ export const agentSocket = (deps: AppDeps) => {
     const { request, server } = ctx;
     // The request context (src/http/context.ts) has resolved the client IP already.
     const ip = (ctx as { ip?: string }).ip ?? deps.ips.resolve(server?.requestIP(request)?.address, request.headers.get("x-forwarded-for"));
-    const data: SocketData = { open, message, close, ip, stage: CLOSED, admitted: false };
+    const fields = presentedHello(request.headers);
+    const data: SocketData = { open, message, close, ip, stage: fields ? { at: "presented", fields } : CLOSED, admitted: false };
     if (server?.upgrade(request, { data })) return;
     return new Response("Expected a websocket connection", { status: 400 });
   });
@@ -578,13 +615,5 @@ async function verifyEd25519(publicKeyB64: string, message: Uint8Array, signatur
     return await crypto.subtle.verify({ name: "Ed25519" }, key, new Uint8Array(signature), new Uint8Array(message));
   } catch {
     return false;
-  }
-}
-
-function safeUnpack(frame: Uint8Array): unknown {
-  try {
-    return require("msgpackr").unpack(frame);
-  } catch {
-    return null;
   }
 }
