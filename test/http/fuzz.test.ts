@@ -4,7 +4,7 @@ import { CLOSE, PROTOCOL_VERSION } from "../../src/protocol/agent.ts";
 import { DATA_HEADER } from "../../src/protocol/frames.ts";
 import { VIEWER_CLOSE } from "../../src/protocol/relay.ts";
 import { SUPPORT_CLOSE } from "../../src/protocol/support.ts";
-import { agentIdentity, TestAgentSocket } from "../helpers/agent-client.ts";
+import { agentIdentity, presenting, TestAgentSocket } from "../helpers/agent-client.ts";
 import { startTestApp, type TestApp } from "../helpers/app.ts";
 import { eventually, FLAVORS } from "../helpers/stores.ts";
 import { errorCapture, expectReady, Fuzz as BaseFuzz, SEED } from "../helpers/fuzz.ts";
@@ -13,7 +13,7 @@ import { enroll, enrollBody, siteWithKey, type SiteWithKey } from "../machines/f
 
 /**
  * Bounded fuzzing of the inputs a client controls: agent frames on /ws/agent (before the
- * hello, after the challenge, and bound), viewer frames on /ws/viewer, support-code hellos on
+ * hello, after the challenge, and bound) and the hello its upgrade's headers present, viewer frames on /ws/viewer, support-code hellos on
  * /ws/support, and HTTP request bodies and queries. Frames and bodies are random bytes, random msgpack or JSON values, valid
  * messages with fields replaced, dropped or added, and truncated ones; bound agents also close
  * with random reasons. Whatever comes in, the server answers with a documented refusal (a close
@@ -64,7 +64,7 @@ class Fuzz extends BaseFuzz {
 const closedWithin = (closed: Promise<{ code: number }>, ms: number) =>
   Promise.race([closed.then((c) => c.code), Bun.sleep(ms).then(() => null)]);
 
-const AGENT_CODES = new Set<number>([1000, 1009, CLOSE.BAD_MESSAGE, CLOSE.HANDSHAKE_TIMEOUT, CLOSE.UNKNOWN_KEY, CLOSE.WRONG_PLANE, CLOSE.KEY_REVOKED, CLOSE.BAD_SIGNATURE, CLOSE.MACHINE_PENDING, CLOSE.MACHINE_REMOVED, CLOSE.SUPERSEDED]);
+const AGENT_CODES = new Set<number>([1000, 1009, CLOSE.UNSUPPORTED_PROTOCOL, CLOSE.BAD_MESSAGE, CLOSE.HANDSHAKE_TIMEOUT, CLOSE.UNKNOWN_KEY, CLOSE.WRONG_PLANE, CLOSE.KEY_REVOKED, CLOSE.BAD_SIGNATURE, CLOSE.MACHINE_PENDING, CLOSE.MACHINE_REMOVED, CLOSE.SUPERSEDED]);
 const VIEWER_CODES = new Set<number>([1009, VIEWER_CLOSE.BAD_MESSAGE, VIEWER_CLOSE.THROTTLED]);
 const SUPPORT_CODES = new Set<number>([CLOSE.BAD_MESSAGE, SUPPORT_CLOSE.BAD_CODE, SUPPORT_CLOSE.LOCKED_OUT]);
 
@@ -129,6 +129,23 @@ for (const flavor of FLAVORS) {
           await s.next(2_000);
         }
         for (let n = 1 + fuzz.int(3); n > 0; n--) send(s, fuzz.frame(bases));
+        await observe(s);
+      }
+      // A hello presented in the upgrade's headers: valid (then junk in the proof's place, which
+      // may come before the key is found) or with one or two headers dropped or mangled.
+      const valid = presenting(target.id, target.key);
+      for (let i = 0; i < 40; i++) {
+        const headers: Record<string, string> = { ...valid };
+        for (let n = i % 2 === 0 ? 0 : 1 + fuzz.int(2); n > 0; n--) {
+          const name = fuzz.pick(Object.keys(valid));
+          const v = fuzz.string();
+          if (fuzz.chance(0.3)) delete headers[name];
+          else headers[name] = /^[\x20-\x7e]*$/.test(v) ? v : fuzz.hex(8);
+        }
+        const s = new TestAgentSocket(app.url, headers);
+        closers.push(() => s.close());
+        await s.open();
+        for (let n = fuzz.int(3); n > 0; n--) send(s, fuzz.frame(bases));
         await observe(s);
       }
       // Bound: a proved agent sending junk among its heartbeats.
