@@ -45,10 +45,13 @@ const projection = (status: "online" | "offline", context: MachineContext, at: n
 /**
  * The inventory after an event that reports one: the one the machine has if they are equal, so
  * an unchanged inventory keeps its identity (the projection writer relies on it), and the copy
- * the event brought is dropped rather than kept alive.
+ * the event brought is dropped rather than kept alive. A new one is kept as a deep copy with
+ * strings of its own: decoded from an agent's frame, its short strings are slices of one string
+ * made from the whole frame (msgpackr), which the context would otherwise keep alive. Copied
+ * here, not as frames arrive: a reconnect storm's inventories are mostly unchanged.
  */
 const keptInventory = (context: MachineContext, reported: Inventory | undefined): Inventory =>
-  reported === undefined || Bun.deepEquals(reported, context.inventory) ? context.inventory : reported;
+  reported === undefined || Bun.deepEquals(reported, context.inventory) ? context.inventory : (JSON.parse(JSON.stringify(reported)) as Inventory);
 
 const isCurrent = ({ context, event }: { context: MachineContext; event: MachineEvent }) =>
   "conn" in event && context.connection?.id === event.conn;

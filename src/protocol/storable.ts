@@ -7,23 +7,38 @@
  */
 const storable = (s: string) => !s.includes("\u0000") && s.isWellFormed();
 
+/** A value still to be checked, with where it is: its key in its parent (paths are spelled only for a finding). */
+interface Visit {
+  v: unknown;
+  key: string | number | null;
+  parent: Visit | null;
+}
+
+const pathOf = (at: Visit | null): string => {
+  const parts: string[] = [];
+  for (let n = at; n && n.key !== null; n = n.parent) parts.push(typeof n.key === "number" ? `[${n.key}]` : n.parent?.key === null ? n.key : `.${n.key}`);
+  return parts.reverse().join("");
+};
+
 /**
  * Where the first unstorable string (value or object key) in `value` is, as a path
  * ("inventory.users[2]"; "" for `value` itself), or null if there is none. Bytes are not text
  * and are not looked into. Walks with a stack of its own, so deep nesting cannot overflow.
  */
 export function unstorableAt(value: unknown): string | null {
-  const stack: Array<[unknown, string]> = [[value, ""]];
+  const stack: Visit[] = [{ v: value, key: null, parent: null }];
   while (stack.length > 0) {
-    const [v, path] = stack.pop()!;
+    const at = stack.pop()!;
+    const v = at.v;
     if (typeof v === "string") {
-      if (!storable(v)) return path;
+      if (!storable(v)) return pathOf(at);
     } else if (Array.isArray(v)) {
-      for (let i = v.length - 1; i >= 0; i--) stack.push([v[i], `${path}[${i}]`]);
+      for (let i = v.length - 1; i >= 0; i--) stack.push({ v: v[i], key: i, parent: at });
     } else if (typeof v === "object" && v !== null && !ArrayBuffer.isView(v) && !(v instanceof ArrayBuffer)) {
-      for (const [k, child] of Object.entries(v)) {
-        if (!storable(k)) return path ? `${path}.<key>` : "<key>"; // the key itself is not echoed
-        stack.push([child, path ? `${path}.${k}` : k]);
+      for (const k in v) {
+        if (!Object.hasOwn(v, k)) continue;
+        if (!storable(k)) return at.key === null ? "<key>" : `${pathOf(at)}.<key>`; // the key itself is not echoed
+        stack.push({ v: (v as Record<string, unknown>)[k], key: k, parent: at });
       }
     }
   }

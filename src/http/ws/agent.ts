@@ -406,7 +406,7 @@ export const agentSocket = (deps: AppDeps) => {
     deps.system.pin(address);
     connections.touch(key.key_id, key.last_used_ms);
     await Promise.all([
-      deps.system.ask(address, { type: "agent.connected", conn, ip, agent_version: hello.agent_version, ...(proof.inventory ? { inventory: ownStrings(proof.inventory) } : {}) }),
+      deps.system.ask(address, { type: "agent.connected", conn, ip, agent_version: hello.agent_version, ...(proof.inventory ? { inventory: proof.inventory } : {}) }),
       audit(deps.store, { tenantId: key.tenant_id, type: "agent.connected", actor: { type: "agent", id: key.machine_id }, target: { type: "machine", id: key.machine_id }, ip, details: { key_id: key.key_id, conn } }),
     ]);
     if (ws.data.stage !== boundStage) return; // closed meanwhile: the close handler cleaned up
@@ -435,8 +435,8 @@ export const agentSocket = (deps: AppDeps) => {
       if (!deps.relay.fromAgent(stage.conn, frame)) ws.close(CLOSE.BAD_MESSAGE, "not a protocol message");
       return;
     }
-    // A copy: msgpackr's short strings are slices of one string made from the whole frame.
-    if (message.t === "status") deps.system.send(`machine/${stage.machineId}`, { type: "agent.status", conn: stage.conn, inventory: ownStrings(message.inventory) });
+    // The actor keeps a copy of a new inventory (src/actors/machine.ts, keptInventory).
+    if (message.t === "status") deps.system.send(`machine/${stage.machineId}`, { type: "agent.status", conn: stage.conn, inventory: message.inventory });
   }
 
   const { open, message, close } = handlers;
@@ -602,11 +602,6 @@ class BoundAgent implements AgentSocket, Link {
   resume(): void {
     this.ws.resume();
   }
-}
-
-/** A deep copy whose strings are strings of their own, not slices of the frame (see where it is used). */
-function ownStrings<T>(value: T): T {
-  return JSON.parse(JSON.stringify(value)) as T;
 }
 
 async function verifyEd25519(publicKeyB64: string, message: Uint8Array, signature: Uint8Array): Promise<boolean> {
