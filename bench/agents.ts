@@ -4,8 +4,8 @@
  * 5,000 machines with agent keys are inserted by SQL; the connect path is the real one. A real
  * server process (bench/fixtures/auth-server.ts) serves /ws/agent on loopback, and a second
  * process (bench/fixtures/agent-swarm.ts) runs the simulated agents: real WebSocket clients
- * doing the real handshake (hello, challenge, Ed25519 proof, welcome), a status with an
- * inventory, then heartbeats. This process only orchestrates and reads the server's RSS.
+ * doing the real handshake as the bundled agent does (hello in the upgrade's headers,
+ * challenge, Ed25519 proof with the inventory, welcome), then heartbeats. This process only orchestrates and reads the server's RSS.
  *
  * Both server processes run with the allocator settings of `npm start` (src/allocator.ts).
  *
