@@ -36,11 +36,14 @@ export async function runAgent(config: AgentConfig, log: Logger, signal: AbortSi
   // With several servers, a connection that never got its welcome moves on to the next one.
   const servers = config.servers?.length ? config.servers : [config.server];
   let at = 0;
+  /** Servers (by index) that did not read the hello in the upgrade's headers: sent as a frame to them. */
+  const helloFrame = new Set<number>();
   const backoff = new Backoff({ baseMs: config.reconnectBaseMs, capMs: config.reconnectCapMs });
   // Sessions live across reconnects (the grace period); consent on a service comes from a flag.
   const host = new SessionHost({ consent: fixedConsent(config.unattendedConsent === "allow", log), presenter: logPresenter(log), log, graceMs: config.sessionGraceMs });
   while (!signal.aborted) {
-    const url = agentSocketUrl(servers[at % servers.length]!);
+    const index = at % servers.length;
+    const url = agentSocketUrl(servers[index]!);
     log.info({ event: "connect.attempt", url, attempt: backoff.attempts + 1 }, "connecting");
     const end = await runSession({
       url,
@@ -50,8 +53,15 @@ export async function runAgent(config: AgentConfig, log: Logger, signal: AbortSi
       statusIntervalMs: config.statusIntervalMs,
       statusCheckMs: config.statusCheckMs,
       host,
+      helloFrame: helloFrame.has(index),
     }, log, signal);
     if (signal.aborted || end.byUs) break;
+    // Closed for want of a hello although the upgrade presented one: a server older than the
+    // headers, or a proxy that strips them. The hello goes as a frame to it from now on.
+    if (end.code === CLOSE.HANDSHAKE_TIMEOUT && !end.challenged && !helloFrame.has(index)) {
+      helloFrame.add(index);
+      log.warn({ event: "connect.hello_frame", url }, "the server did not read the hello in the upgrade's headers (an older server, or a proxy that strips them); sending it as a frame");
+    }
     if (!end.welcomed) at++;
     // Through the list quickly (a dead primary, then its standby); back off once per full round.
     const delayMs = !end.welcomed && servers.length > 1 && at % servers.length !== 0 && !REFUSALS[end.code]

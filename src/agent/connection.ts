@@ -26,6 +26,11 @@ export interface SessionParams {
   statusIntervalMs: number;
   statusCheckMs: number;
   handshakeTimeoutMs?: number;
+  /**
+   * Send the hello as the first frame instead of in the upgrade's headers: for a server that
+   * does not read them (one older than them, or behind a proxy that strips them).
+   */
+  helloFrame?: boolean;
   inventory?: () => Inventory | Promise<Inventory>;
   /** Sessions (issue 5): outlives this connection; attached after welcome, detached at close. */
   host?: Pick<SessionHost, "attach" | "detach" | "handle" | "data">;
@@ -36,6 +41,8 @@ export interface SessionEnd {
   reason: string;
   /** The handshake completed: the server accepted us. */
   welcomed: boolean;
+  /** A challenge came: the server read our hello. */
+  challenged: boolean;
   /** We closed it (SIGTERM). */
   byUs: boolean;
   /** How long it was up after its welcome (0 without one): the backoff resets only after a lasting one. */
@@ -49,7 +56,9 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
   return new Promise((resolve) => {
     const inventory = p.inventory ?? gatherInventory;
     let welcomed = false;
+    let challenged = false;
     let welcomedAt = 0;
+    const hello = { machine_id: p.machineId, key: p.key, agent_version: AGENT_VERSION, protocol: PROTOCOL_VERSION } as const;
     let liveness: Liveness | null = null;
     let byUs = false;
     let done = false;
@@ -60,9 +69,9 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
     let ws: WebSocket;
     try {
       // Bun's WebSocket takes headers; the hello in them saves the handshake a round trip.
-      ws = new BunWebSocket(p.url, { headers: helloHeaders({ machine_id: p.machineId, key: p.key, agent_version: AGENT_VERSION, protocol: PROTOCOL_VERSION }) });
+      ws = p.helloFrame ? new WebSocket(p.url) : new BunWebSocket(p.url, { headers: helloHeaders(hello) });
     } catch (e) {
-      resolve({ code: 1006, reason: (e as Error).message, welcomed: false, byUs: false, connectedMs: 0 });
+      resolve({ code: 1006, reason: (e as Error).message, welcomed: false, challenged: false, byUs: false, connectedMs: 0 });
       return;
     }
     ws.binaryType = "arraybuffer";
@@ -74,7 +83,7 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
       liveness?.stop();
       signal.removeEventListener("abort", onAbort);
       if (welcomed) p.host?.detach();
-      resolve({ code, reason, welcomed, byUs, connectedMs: welcomed ? Date.now() - welcomedAt : 0 });
+      resolve({ code, reason, welcomed, challenged, byUs, connectedMs: welcomed ? Date.now() - welcomedAt : 0 });
     };
     const send = (m: AgentMessage) => {
       if (ws.readyState === WebSocket.OPEN) ws.send(encode(m) as Uint8Array<ArrayBuffer>);
@@ -133,7 +142,10 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
     }, p.handshakeTimeoutMs ?? 30_000);
     timers.push(handshakeTimer as unknown as ReturnType<typeof setInterval>);
 
-    ws.addEventListener("open", () => log.debug({ event: "connect.open", url: p.url }, "socket open; waiting for the challenge"));
+    ws.addEventListener("open", () => {
+      log.debug({ event: "connect.open", url: p.url, hello_frame: Boolean(p.helloFrame) }, "socket open; waiting for the challenge");
+      if (p.helloFrame) send({ t: "hello", ...hello });
+    });
 
     ws.addEventListener("message", (ev) => {
       const data = ev.data;
@@ -150,6 +162,7 @@ export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): 
         return;
       }
       if (msg.t === "challenge") {
+        challenged = true;
         const c = msg as ReturnType<typeof Challenge.parse>;
         void Promise.all([signNonce(p.privateKey, c.nonce), due(true)]).then(([signature, inv]) => {
           provedWithInventory = inv !== null;

@@ -14,10 +14,16 @@ interface Visit {
   parent: Visit | null;
 }
 
-const pathOf = (at: Visit | null): string => {
-  const parts: string[] = [];
-  for (let n = at; n && n.key !== null; n = n.parent) parts.push(typeof n.key === "number" ? `[${n.key}]` : n.parent?.key === null ? n.key : `.${n.key}`);
-  return parts.reverse().join("");
+/** The path to `at`, spelled as it always was: "inventory.users[2]", "" for the value itself. */
+const pathOf = (at: Visit): string => {
+  const keys: Array<string | number> = [];
+  for (let n: Visit | null = at; n && n.key !== null; n = n.parent) keys.push(n.key);
+  let path = "";
+  for (let i = keys.length - 1; i >= 0; i--) {
+    const k = keys[i]!;
+    path = typeof k === "number" ? `${path}[${k}]` : path ? `${path}.${k}` : k;
+  }
+  return path;
 };
 
 /**
@@ -37,7 +43,10 @@ export function unstorableAt(value: unknown): string | null {
     } else if (typeof v === "object" && v !== null && !ArrayBuffer.isView(v) && !(v instanceof ArrayBuffer)) {
       for (const k in v) {
         if (!Object.hasOwn(v, k)) continue;
-        if (!storable(k)) return at.key === null ? "<key>" : `${pathOf(at)}.<key>`; // the key itself is not echoed
+        if (!storable(k)) {
+          const path = pathOf(at);
+          return path ? `${path}.<key>` : "<key>"; // the key itself is not echoed
+        }
         stack.push({ v: (v as Record<string, unknown>)[k], key: k, parent: at });
       }
     }

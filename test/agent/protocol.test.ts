@@ -124,6 +124,44 @@ describe("enrollment policy and the socket, against a stub server", () => {
     expect(a.lines.join("\n")).not.toContain(KEY);
   });
 
+  test("a server that does not read the hello in the upgrade's headers (older, or behind a proxy that strips them): after its 4001, the hello goes as a frame", async () => {
+    const m = freshMachine();
+    const seen: Array<{ headers: boolean; frame: boolean }> = [];
+    stub = Bun.serve<{ s: { headers: boolean; frame: boolean }; timer: ReturnType<typeof setTimeout> | null }>({
+      port: 0,
+      hostname: "127.0.0.1",
+      fetch(req, server) {
+        const url = new URL(req.url);
+        if (url.pathname === "/api/enroll") return Response.json({ machine_id: MACHINE_ID, key: KEY, enrollment_state: "active", disposition: "new" }, { status: 201 });
+        const s = { headers: presentedHello(req.headers) !== null, frame: false };
+        if (server.upgrade(req, { data: { s, timer: null } })) return undefined;
+        return new Response("no", { status: 404 });
+      },
+      websocket: {
+        // The server of the frame-only protocol: a hello frame, or 4001 (here after 300 ms, not 5 s).
+        open(ws) {
+          seen.push(ws.data.s);
+          ws.data.timer = setTimeout(() => ws.close(CLOSE.HANDSHAKE_TIMEOUT, "no hello in time"), 300);
+        },
+        message(ws, raw) {
+          const frame = new Uint8Array(raw as Buffer);
+          if (!ws.data.s.frame && decode(Hello, frame)) {
+            ws.data.s.frame = true;
+            clearTimeout(ws.data.timer!);
+            ws.send(encode({ t: "challenge", nonce: crypto.getRandomValues(new Uint8Array(32)), heartbeat_ms: 200 }));
+          } else if (decode(Proof, frame)) {
+            ws.send(encode({ t: "welcome", machine_id: MACHINE_ID, heartbeat_ms: 200, offline_after_ms: 2_000, external_ip: "127.0.0.1" }));
+          }
+        },
+      },
+    });
+    const a = spawnAgent(managedArgs(`http://127.0.0.1:${stub.port}`, { code: "HQ", key: "cek_x" }, m.stateDir, FAST), { TETHER_AGENT_MACHINE_ID_FILE: m.machineIdFile });
+    await a.waitFor((e) => e.event === "connect.online", 10_000, "online");
+    expect(seen).toEqual([{ headers: true, frame: false }, { headers: false, frame: true }]);
+    expect(a.logs.some((e) => e.event === "connect.hello_frame")).toBe(true);
+    expect(await a.stop()).toBe(0);
+  });
+
   test("SUPERSEDED: backs off (to the cap) instead of reconnecting at once", async () => {
     const m = freshMachine();
     const opened: number[] = [];

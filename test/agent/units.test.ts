@@ -70,7 +70,7 @@ describe("backoff", () => {
   test("refusals wait the slow interval, SUPERSEDED backs off to the cap, a lasting welcomed session resets", () => {
     const config = { refusedRetryMs: 60_000, reconnectCapMs: 30_000 };
     const b = new Backoff({ baseMs: 1_000, capMs: 30_000 });
-    const end = (code: number, welcomed: boolean, connectedMs = 0) => ({ code, reason: "", welcomed, byUs: false, connectedMs });
+    const end = (code: number, welcomed: boolean, connectedMs = 0) => ({ code, reason: "", welcomed, challenged: welcomed, byUs: false, connectedMs });
     for (const code of [CLOSE.KEY_REVOKED, CLOSE.UNKNOWN_KEY, CLOSE.MACHINE_REMOVED, CLOSE.MACHINE_DISABLED, CLOSE.UNSUPPORTED_PROTOCOL]) {
       const d = nextDelay(end(code, false), b, config);
       expect(d).toBeGreaterThanOrEqual(54_000);
@@ -86,12 +86,12 @@ describe("backoff", () => {
   test("a server that welcomes and drops at once gets no fast reconnects: only a connection that lasted the cap resets", () => {
     const config = { refusedRetryMs: 60_000, reconnectCapMs: 30_000 };
     const b = new Backoff({ baseMs: 1_000, capMs: 30_000 });
-    const delays = Array.from({ length: 8 }, () => nextDelay({ code: 1006, reason: "", welcomed: true, byUs: false, connectedMs: 200 }, b, config));
+    const delays = Array.from({ length: 8 }, () => nextDelay({ code: 1006, reason: "", welcomed: true, challenged: true, byUs: false, connectedMs: 200 }, b, config));
     expect(delays.slice(-3).every((d) => d >= 15_000)).toBe(true); // backed off to the cap, welcome or not
     // Up for nearly the cap: still no reset.
-    expect(nextDelay({ code: 1000, reason: "", welcomed: true, byUs: false, connectedMs: 29_999 }, b, config)).toBeGreaterThanOrEqual(15_000);
+    expect(nextDelay({ code: 1000, reason: "", welcomed: true, challenged: true, byUs: false, connectedMs: 29_999 }, b, config)).toBeGreaterThanOrEqual(15_000);
     // Up for the cap: the next drop is treated as a one-off.
-    expect(nextDelay({ code: 1000, reason: "", welcomed: true, byUs: false, connectedMs: 30_000 }, b, config)).toBeLessThanOrEqual(1_000);
+    expect(nextDelay({ code: 1000, reason: "", welcomed: true, challenged: true, byUs: false, connectedMs: 30_000 }, b, config)).toBeLessThanOrEqual(1_000);
   });
 });
 

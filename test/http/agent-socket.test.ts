@@ -354,6 +354,25 @@ for (const flavor of FLAVORS) {
       expect((await refusals(app, "ip = $1", ["198.51.100.83"]))[0]).toMatchObject({ actor_id: m.id, details: { reason: "no_proof", close: 1000, by: "agent" } });
       expect((await refusals(app, "ip = $1", ["198.51.100.82"])).map((r) => r.details.reason)).toEqual(["out_of_order"]);
       expect((await get(m.id)).status).toBe("offline");
+
+      // While the key is unknown, no frame bigger than a proof can be is held (4000); a
+      // challenged agent that sends no proof in time gets 4014, as after a lookup.
+      release = await holdKeys();
+      AGENT_SOCKET_LIMITS.handshakeMs = 400;
+      const big = new RawClient(app.url, "198.51.100.84", presenting(m.id, m.key));
+      const silent = new RawClient(app.url, "198.51.100.85", presenting(m.id, m.key));
+      // A key of no machine that sends a frame and leaves before the lookup: still audited as such.
+      const stranger = new RawClient(app.url, "198.51.100.86", presenting(m.id, noSuchKey()));
+      await Promise.all([big.opened, silent.opened, stranger.opened]);
+      big.sendRaw(new Uint8Array(300 * 1024));
+      stranger.sendRaw(new Uint8Array(64));
+      stranger.close();
+      await stranger.closed;
+      expect(await big.closedWithin(3_000)).toBe(CLOSE.BAD_MESSAGE);
+      expect(await silent.closedWithin(3_000)).toBe(CLOSE.PROOF_TIMEOUT);
+      await release();
+      await eventually(async () => (await refusals(app, "ip = $1", ["198.51.100.86"])).length === 1, 3_000, "the stranger is audited");
+      expect((await refusals(app, "ip = $1", ["198.51.100.86"]))[0]!.details).toMatchObject({ reason: "unknown_key", by: "agent" });
     });
 
     test("an inventory with text the database cannot store is a malformed frame (4000), refused alone: agents connecting beside it are welcomed", async () => {

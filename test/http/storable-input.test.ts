@@ -12,6 +12,10 @@ describe("unstorableAt", () => {
     expect(unstorableAt({ name: "\udc00x" })).toBe("name");
     expect(unstorableAt({ outer: { "k\u0000": 1 } })).toBe("outer.<key>");
     expect(unstorableAt({ bytes: new Uint8Array([0, 0xd8]) })).toBeNull();
+    // An empty key adds nothing to the path before it (as the path has always been spelled).
+    expect(unstorableAt({ "": { x: "\u0000" } })).toBe("x");
+    expect(unstorableAt({ "": { "\u0000": 1 } })).toBe("<key>");
+    expect(unstorableAt({ "": { a: { b: "\u0000" } } })).toBe("a.b");
     let deep: unknown = "\u0000";
     for (let i = 0; i < 100_000; i++) deep = [deep];
     expect(unstorableAt(deep)).toStartWith("[0][0]");

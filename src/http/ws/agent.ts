@@ -44,6 +44,13 @@ const NONCE_BYTES = 32;
  */
 const PGLITE_HANDSHAKES = 1_000;
 
+/**
+ * The largest frame held in the proof's place while the key of a presented hello is looked up:
+ * more than a proof at its schema's limits (about 150 KiB, nearly all of it 64 disks' mount
+ * points), far less than a frame may be (4 MiB), since nothing about the client is known yet.
+ */
+const MAX_EARLY_PROOF = 256 * 1024;
+
 /** The socket's clocks and caps (docs/PROTOCOL.md §2–3). Read when used: tests shorten them. */
 export const AGENT_SOCKET_LIMITS = {
   /** From open to the hello (no slot is held meanwhile). */
@@ -105,7 +112,7 @@ type Stage =
    * in before the lookup is done (`early`, checked once it is); `leftWith`: the agent's close
    * code, if it left meanwhile.
    */
-  | { at: "lookup"; timer: Timer; hello: Hello; nonce?: Uint8Array; early?: Buffer; leftWith?: number }
+  | { at: "lookup"; timer: Timer; hello: Hello; nonce?: Uint8Array; early?: string | Buffer; leftWith?: number }
   /** Challenged: the next frame must be the proof. */
   | { at: "proof"; timer: Timer; nonce: Uint8Array; hello: Hello; key: KeyRow }
   /** The proof is being checked: anything more before the welcome is out of order. */
@@ -255,7 +262,8 @@ export const agentSocket = (deps: AppDeps) => {
     const stage = ws.data.stage;
     if (stage.at === "hello") return void refuse(ws, "no_hello");
     if (stage.at === "queued") return void refuse(ws, "queue_timeout", { claimed: stage.hello.machine_id });
-    if (stage.at === "lookup") return void refuse(ws, "handshake_timeout", { claimed: stage.hello.machine_id });
+    // Challenged already (a presented hello) and no proof yet: the agent's clock ran out, as in `proof`.
+    if (stage.at === "lookup") return void refuse(ws, stage.nonce && !stage.early ? "proof_timeout" : "handshake_timeout", { claimed: stage.hello.machine_id });
     if (stage.at === "proof") return void refuse(ws, "proof_timeout", { key: stage.key });
     if (stage.at === "verifying") return void refuse(ws, "handshake_timeout", { key: stage.key });
   };
@@ -279,8 +287,11 @@ export const agentSocket = (deps: AppDeps) => {
         }
       }
       if (stage.at === "hello") return onHello(ws, stage, raw);
-      // Challenged before its key was found: the proof waits for the key (one frame, a copy).
-      if (stage.at === "lookup" && stage.nonce && !stage.early && typeof raw !== "string" && raw.byteLength <= MAX_AGENT_FRAME) return void (stage.early = Buffer.from(raw));
+      // Challenged before its key was found: the frame in the proof's place waits for the key (one
+      // frame, a copy, no bigger than a proof can be: the client is not known yet).
+      if (stage.at === "lookup" && stage.nonce && !stage.early && (typeof raw === "string" ? raw.length : raw.byteLength) <= MAX_EARLY_PROOF) {
+        return void (stage.early = typeof raw === "string" ? raw : Buffer.from(raw));
+      }
       // Before the challenge an agent sends its hello only; nothing else is buffered meanwhile.
       if (stage.at === "queued" || stage.at === "lookup") return void refuse(ws, "out_of_order", { claimed: stage.hello.machine_id });
       if (stage.at === "verifying") return void refuse(ws, "out_of_order", { key: stage.key });
@@ -364,9 +375,10 @@ export const agentSocket = (deps: AppDeps) => {
       // A removed machine's keys are revoked with it: say it was removed (4007), not just revoked.
       : key.revoked_at ? [key.deleted_at ? "machine_removed" : "key_revoked", { key }] : null;
     if (ws.data.stage !== stage) {
-      // The agent left after a challenge sent before its key was found, without a proof: audited
-      // as `close` does once the key is known (a refusal's own clock, or a server close, audits itself).
-      if (stage.leftWith !== undefined && !stage.early) void refusals.record(ws.data.ip, stage.leftWith, refusal?.[0] ?? "no_proof", refusal?.[1] ?? { key }, { by: "agent" });
+      // The agent left after a challenge sent before its key was found: audited once the key is
+      // known, as its refusal, or as `close` audits a key that left without a proof (a refusal's
+      // own clock, or a server close, audits itself).
+      if (stage.leftWith !== undefined && (refusal || !stage.early)) void refusals.record(ws.data.ip, stage.leftWith, refusal?.[0] ?? "no_proof", refusal?.[1] ?? { key }, { by: "agent" });
       return;
     }
     if (refusal) return refuse(ws, ...refusal);
