@@ -1,4 +1,5 @@
 import { AGENT_VERSION } from "./version.ts";
+import { BunWebSocket } from "./bun-websocket.ts";
 import { CLOSE, Challenge, PROTOCOL_VERSION, ServerMessage, Welcome, decode, encode, helloHeaders, type AgentMessage, type Inventory } from "../protocol/agent.ts";
 import { keyPrefix } from "./enroll.ts";
 import { signNonce } from "./identity.ts";
@@ -48,9 +49,6 @@ export interface SessionEnd {
   /** How long it was up after its welcome (0 without one): the backoff resets only after a lasting one. */
   connectedMs: number;
 }
-
-/** Bun's WebSocket, typed with its options (the DOM's type, which the project also loads, has none). */
-const BunWebSocket = WebSocket as unknown as new (url: string, options: Bun.WebSocketOptions) => WebSocket;
 
 export function runSession(p: SessionParams, log: Logger, signal: AbortSignal): Promise<SessionEnd> {
   return new Promise((resolve) => {

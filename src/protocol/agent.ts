@@ -68,7 +68,7 @@ export const Hello = z.object({
   agent_version: z.string().max(64),
   protocol: z.literal(PROTOCOL_VERSION),
 });
-type Hello = z.infer<typeof Hello>;
+export type Hello = z.infer<typeof Hello>;
 export const Heartbeat = z.object({ t: z.literal("heartbeat"), seq: z.number().int().nonnegative() });
 
 /** What the agent reports about its machine (SPEC M4). Every field optional: agents differ. */

@@ -1,3 +1,4 @@
+import { BunWebSocket } from "../../src/agent/bun-websocket.ts";
 import { AgentMessage, Challenge, decode, encode, helloHeaders, PROTOCOL_VERSION, Welcome, type Inventory } from "../../src/protocol/agent.ts";
 
 /** An Ed25519 identity as an agent keeps it: the key pair and the base64 raw public key. */
@@ -5,9 +6,6 @@ export async function agentIdentity(): Promise<{ keys: CryptoKeyPair; publicKey:
   const keys = (await crypto.subtle.generateKey({ name: "Ed25519" }, true, ["sign", "verify"])) as CryptoKeyPair;
   return { keys, publicKey: Buffer.from(await crypto.subtle.exportKey("raw", keys.publicKey)).toString("base64") };
 }
-
-/** Bun's WebSocket takes headers; the DOM's type, which the project also loads, does not say so. */
-const BunWebSocket = WebSocket as unknown as new (url: string, options?: { headers: Record<string, string> }) => WebSocket;
 
 /** The headers of an upgrade presenting a hello for `machineId` and `key`; `over` replaces or adds any. */
 export function presenting(machineId: string, key: string, over: Record<string, string> = {}): Record<string, string> {

@@ -1,6 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { unpack } from "msgpackr";
 import postgres from "postgres";
+import { BunWebSocket } from "../../src/agent/bun-websocket.ts";
 import { AGENT_SOCKET_LIMITS } from "../../src/http/ws/agent.ts";
 import { Challenge, CLOSE, decode, encode, PROTOCOL_VERSION, Welcome, type AgentMessage } from "../../src/protocol/agent.ts";
 import { dataFrame } from "../../src/protocol/frames.ts";
@@ -25,8 +26,6 @@ class RawClient {
 
   /** `headers`: more for the upgrade request (a presented hello, see `presenting`). */
   constructor(url: string, from?: string, headers: Record<string, string> = {}) {
-    // Bun's WebSocket takes headers; the DOM's type does not say so.
-    const BunWebSocket = WebSocket as unknown as new (url: string, options?: { headers: Record<string, string> }) => WebSocket;
     this.ws = new BunWebSocket(url.replace(/^http/, "ws") + "/ws/agent", { headers: { ...(from ? { "x-forwarded-for": from } : {}), ...headers } });
     this.ws.binaryType = "arraybuffer";
     this.ws.onmessage = (e) => void this.inbox.push(new Uint8Array(e.data as ArrayBuffer));

@@ -125,7 +125,6 @@ type Stage =
   | { at: "presented"; fields: Record<string, unknown> };
 const CLOSED: Stage = { at: "closed" };
 const CLOSING: Stage = { at: "closing" };
-type Hello = ReturnType<typeof Hello.parse>;
 
 interface KeyRow {
   key_id: string;
