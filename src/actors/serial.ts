@@ -28,23 +28,30 @@ export class Serial {
 /**
  * Group commit for small writes and reads: items handed in while a batch runs go into the next
  * one, and the first batch waits for the end of the current tick, so a burst becomes a few
- * statements instead of one per item. One batch at a time, in the order items were handed in.
- * `run` answers one result per item (in order) or nothing; if it throws, every item of that
- * batch is rejected with the error. `flush()` resolves once everything handed in so far is done.
+ * statements instead of one per item. `run` answers one result per item (in order) or nothing;
+ * if it throws, every item of that batch is rejected with the error. `flush()` resolves once
+ * everything handed in so far is done.
+ *
+ * `concurrency`: how many batches may run at once (default one, in the order items were handed
+ * in). More suits reads: while one batch waits for the database, the next is on its way, instead
+ * of a burst's batches going one round trip after another.
  */
 export class Batcher<T, R = void> {
   private queue: Array<{ item: T; resolve: (r: R) => void; reject: (e: unknown) => void }> = [];
-  private running: Promise<void> | null = null;
+  private running = 0;
+  private scheduled = false;
+  private idle: Array<() => void> = [];
 
   constructor(
     private readonly run: (items: T[]) => Promise<R[] | void>,
     private readonly maxBatch = 1_000,
+    private readonly concurrency = 1,
   ) {}
 
   add(item: T): Promise<R> {
     return new Promise<R>((resolve, reject) => {
       this.queue.push({ item, resolve, reject });
-      this.running ??= this.loop();
+      this.wake();
     });
   }
 
@@ -53,11 +60,23 @@ export class Batcher<T, R = void> {
   }
 
   async flush(): Promise<void> {
-    while (this.running) await this.running;
+    while (this.running > 0 || this.scheduled) await new Promise<void>((r) => this.idle.push(r));
   }
 
+  /** Starts a batch at the end of this tick if one more may run. */
+  private wake(): void {
+    if (this.scheduled || this.running >= this.concurrency) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      while (this.running < this.concurrency && this.queue.length > 0) void this.loop();
+      this.settled();
+    });
+  }
+
+  /** Runs batches until the queue is empty (its first batch taken before it awaits anything). */
   private async loop(): Promise<void> {
-    await new Promise<void>((r) => setImmediate(r));
+    this.running++;
     try {
       while (this.queue.length > 0) {
         const batch = this.queue.splice(0, this.maxBatch);
@@ -69,7 +88,15 @@ export class Batcher<T, R = void> {
         }
       }
     } finally {
-      this.running = null;
+      this.running--;
+      this.settled();
     }
+  }
+
+  private settled(): void {
+    if (this.running > 0 || this.scheduled) return;
+    const idle = this.idle;
+    this.idle = [];
+    for (const r of idle) r();
   }
 }

@@ -354,4 +354,26 @@ describe("Batcher", () => {
     await b.flush();
     expect(done).toBe(true);
   });
+
+  test("with concurrency, the next batch starts while one runs; each item still gets its own answer", async () => {
+    const running: number[] = [];
+    let most = 0;
+    const b = new Batcher<number, number>(async (items) => {
+      running.push(items[0]!);
+      most = Math.max(most, running.length);
+      await Bun.sleep(20);
+      running.splice(running.indexOf(items[0]!), 1);
+      return items.map((i) => i * 2);
+    }, 3, 2);
+    const first = Array.from({ length: 7 }, (_, i) => b.add(i));
+    await Bun.sleep(5);
+    const later = b.add(100);
+    let flushed = false;
+    const flush = b.flush().then(() => (flushed = true));
+    expect(await Promise.all([...first, later])).toEqual([0, 2, 4, 6, 8, 10, 12, 200]);
+    await flush;
+    expect(flushed).toBe(true);
+    // Two at a time, never three.
+    expect(most).toBe(2);
+  });
 });

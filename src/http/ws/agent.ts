@@ -170,6 +170,12 @@ export const agentSocket = (deps: AppDeps) => {
   deps.connections.beforeFlush(() => refusals.flush());
   const send = (ws: AgentWs, message: ServerMessage) => ws.send(encode(message));
 
+  /**
+   * Batches of these reads that may run at once: in a storm each batch of 500 waited its turn,
+   * one round trip after another, and the proofs waited for their keys (docs/PERFORMANCE.md,
+   * Agents). PGlite runs one statement at a time: two there, so the next waits in its queue.
+   */
+  const concurrentReads = deps.store.flavor === "pglite" ? 2 : 4;
   /** The hellos of one tick are looked up in one query. */
   const keys = new Batcher<string, KeyRow[]>(async (hashes) => {
     const rows = await deps.store.query<KeyRow>(
@@ -180,7 +186,7 @@ export const agentSocket = (deps: AppDeps) => {
     const byHash = new Map<string, KeyRow[]>();
     for (const r of rows) byHash.set(r.key_hash, [...(byHash.get(r.key_hash) ?? []), r]);
     return hashes.map((h) => byHash.get(h) ?? []);
-  }, 500);
+  }, 500, concurrentReads);
   /** Sessions of the machines connected in one tick not yet ended, in one query: what each resumes. */
   const liveSessions = new Batcher<string, string[]>(async (machineIds) => {
     const rows = await deps.store.query<{ id: string; machine_id: string }>(
@@ -189,7 +195,7 @@ export const agentSocket = (deps: AppDeps) => {
     const byMachine = new Map<string, string[]>();
     for (const r of rows) byMachine.set(r.machine_id, [...(byMachine.get(r.machine_id) ?? []), r.id]);
     return machineIds.map((m) => byMachine.get(m) ?? []);
-  }, 500);
+  }, 500, concurrentReads);
 
   // TETHER_AGENT_HANDSHAKES if set (0: no limit); otherwise PGlite's limit, and none on PostgreSQL.
   const limit = deps.config.agentHandshakes ?? (deps.store.flavor === "pglite" ? PGLITE_HANDSHAKES : 0);
