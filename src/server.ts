@@ -4,6 +4,7 @@ import { ActorSystem } from "./actors/system.ts";
 import type { KindDefinition } from "./actors/types.ts";
 import type { Config } from "./config.ts";
 import { ClientIpResolver } from "./auth/client-ip.ts";
+import { Ed25519Verifier } from "./auth/ed25519-verifier.ts";
 import { CredentialVerifier } from "./auth/credentials.ts";
 import { ensureFirstAdmin } from "./auth/first-admin.ts";
 import { Limiter } from "./auth/rate-limit.ts";
@@ -117,9 +118,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   connections.start();
 
   const viewerTokens = await ViewerTokens.load(store);
+  const signatures = new Ed25519Verifier(logger);
   const deps: AppDeps = {
     config, store, system, log: logger,
     verifier: new CredentialVerifier(store),
+    signatures,
     ips: new ClientIpResolver(config.trustedProxies),
     connections,
     relay,
@@ -155,6 +158,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       relay.stop();
       hub.closeAll();
       if (app.server) await app.stop();
+      signatures.close();
       await recorder.stop();
       await system.stop();
       // Batched writes still waiting: presence, keys' last use, audit events.

@@ -2,6 +2,7 @@ import type { Serial } from "../actors/serial.ts";
 import type { ActorSystem } from "../actors/system.ts";
 import type { ClientIpResolver } from "../auth/client-ip.ts";
 import type { CredentialVerifier } from "../auth/credentials.ts";
+import type { Ed25519Verifier } from "../auth/ed25519-verifier.ts";
 import type { Limiter } from "../auth/rate-limit.ts";
 import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
@@ -19,6 +20,8 @@ export interface AppDeps {
   system: ActorSystem;
   log: Logger;
   verifier: CredentialVerifier;
+  /** The agents' proofs of possession, checked on a thread of their own. */
+  signatures: Ed25519Verifier;
   ips: ClientIpResolver;
   connections: AgentConnections;
   relay: Relay;

@@ -407,7 +407,7 @@ export const agentSocket = (deps: AppDeps) => {
     // A proof that does not match its schema (its inventory, say) is a malformed frame; anything else in its place is no proof.
     if (!proof && (unpack(frame) as { t?: unknown } | null)?.t === "proof") return refuse(ws, "malformed_proof", who);
     if (!proof) return refuse(ws, "not_a_proof", who);
-    if (!(await verifyEd25519(key.public_key, nonce, proof.signature))) return refuse(ws, "bad_signature", who);
+    if (!(await deps.signatures.verify(key.public_key, nonce, proof.signature))) return refuse(ws, "bad_signature", who);
     if (ws.data.stage !== verifying) return; // closed meanwhile
     if (key.deleted_at) return refuse(ws, "machine_removed", who);
     if (key.enrollment_state !== "active") return refuse(ws, "machine_pending", who);
@@ -618,14 +618,5 @@ class BoundAgent implements AgentSocket, Link {
   }
   resume(): void {
     this.ws.resume();
-  }
-}
-
-async function verifyEd25519(publicKeyB64: string, message: Uint8Array, signature: Uint8Array): Promise<boolean> {
-  try {
-    const key = await crypto.subtle.importKey("raw", Buffer.from(publicKeyB64, "base64"), { name: "Ed25519" }, false, ["verify"]);
-    return await crypto.subtle.verify({ name: "Ed25519" }, key, new Uint8Array(signature), new Uint8Array(message));
-  } catch {
-    return false;
   }
 }

@@ -1,0 +1,158 @@
+import type { Logger } from "../log.ts";
+import { type Check, packChecks, PUBLIC_KEY_BYTES, SIGNATURE_BYTES, verifyEd25519Now } from "./ed25519.ts";
+
+/**
+ * Ed25519 signature checks (the agents' proofs of possession) on threads of their own
+ * (ed25519-worker.ts), batched: the checks asked for in one tick go as a few messages. A check
+ * is about 40 µs of CPU wherever it runs; through WebCrypto each one also cost two calls handed
+ * to Bun's thread pool and their promises (importKey, verify): 52–60 µs of CPU in all, 10 µs of
+ * it on the event loop. A reconnect storm is thousands of checks at once (docs/PERFORMANCE.md,
+ * Agents).
+ *
+ * Threads are started as checks need them, up to `threads`. If one fails, what the threads
+ * hold and every later check are done on the calling thread: slower, never lost. A thread has
+ * at most two batches at a time, so it has the next one while this thread reads the answers of
+ * the last; it keeps the process alive only while it has work.
+ */
+export interface VerifyRequest {
+  id: number;
+  /** `count` checks, packed (ed25519.ts, packChecks); transferred. */
+  data: ArrayBuffer;
+  count: number;
+}
+export interface VerifyReply {
+  id: number;
+  /** One byte per check, in order: 1 if the signature is valid. */
+  valid: Uint8Array;
+}
+
+const MAX_BATCH = 256;
+const MAX_IN_FLIGHT = 2;
+/** As many as Bun's own pool had for WebCrypto on a small machine, at most 4. */
+const DEFAULT_THREADS = Math.max(1, Math.min(4, navigator.hardwareConcurrency));
+
+interface Waiting extends Check {
+  resolve(valid: boolean): void;
+}
+
+/** Bun's Worker has ref and unref (the DOM typing does not). */
+type BunWorker = Worker & { ref(): void; unref(): void };
+
+interface Thread {
+  worker: BunWorker;
+  /** Batches sent and not yet answered. */
+  batches: number;
+}
+
+export class Ed25519Verifier {
+  private threads: Thread[] = [];
+  /** Set once a thread failed (or could not start): checks are done here from then on. */
+  private inThread = false;
+  private closed = false;
+  private queue: Waiting[] = [];
+  private scheduled = false;
+  private nextId = 1;
+  private readonly sent = new Map<number, { batch: Waiting[]; thread: Thread }>();
+
+  constructor(
+    private readonly log: Pick<Logger, "error">,
+    private readonly maxThreads = DEFAULT_THREADS,
+  ) {}
+
+  /** Whether `signature` is `publicKey`'s (raw, base64) over `message`; false for malformed input. Never rejects. */
+  verify(publicKey: string, message: Uint8Array, signature: Uint8Array): Promise<boolean> {
+    const key = Buffer.from(publicKey, "base64");
+    if (key.byteLength !== PUBLIC_KEY_BYTES || signature.byteLength !== SIGNATURE_BYTES) return Promise.resolve(false);
+    if (this.inThread || this.closed) return Promise.resolve(verifyEd25519Now(key, message, signature));
+    return new Promise<boolean>((resolve) => {
+      this.queue.push({ publicKey: key, message, signature, resolve });
+      this.schedule();
+    });
+  }
+
+  /** Stops the threads; the checks they hold are done here. */
+  close(): void {
+    this.closed = true;
+    this.stop();
+  }
+
+  private get full(): boolean {
+    return this.sent.size >= MAX_IN_FLIGHT * this.maxThreads;
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.full) return;
+    // The rest of this tick's checks join the batch.
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.send();
+    });
+  }
+
+  private send(): void {
+    while (this.queue.length > 0 && !this.full && !this.inThread && !this.closed) {
+      let thread: Thread;
+      try {
+        thread = this.leastBusy();
+      } catch (err) {
+        this.fail(err instanceof Error ? err.message : String(err));
+        break;
+      }
+      // A burst is shared between the threads.
+      const batch = this.queue.splice(0, Math.min(MAX_BATCH, Math.ceil(this.queue.length / this.maxThreads)));
+      const id = this.nextId++;
+      this.sent.set(id, { batch, thread });
+      if (thread.batches++ === 0) thread.worker.ref();
+      const data = packChecks(batch);
+      thread.worker.postMessage({ id, data, count: batch.length } satisfies VerifyRequest, [data]);
+    }
+    // A thread failed, or the verifier was closed, meanwhile: what waits is checked here.
+    if (this.inThread || this.closed) this.drainHere();
+  }
+
+  /** The thread with the fewest batches; a new one if every thread has work and there may be more. */
+  private leastBusy(): Thread {
+    let least: Thread | null = null;
+    for (const t of this.threads) if (!least || t.batches < least.batches) least = t;
+    if (least && (least.batches === 0 || this.threads.length >= this.maxThreads)) return least;
+    const worker = new Worker(new URL("./ed25519-worker.ts", import.meta.url)) as BunWorker;
+    const thread: Thread = { worker, batches: 0 };
+    worker.unref();
+    worker.onmessage = (e: MessageEvent<VerifyReply>) => {
+      const { id, valid } = e.data;
+      const sent = this.sent.get(id);
+      if (!sent) return;
+      this.sent.delete(id);
+      if (--thread.batches === 0) worker.unref();
+      for (let i = 0; i < sent.batch.length; i++) sent.batch[i]!.resolve(valid[i] === 1);
+      // Checks asked for while the threads were busy go now, not a tick later.
+      this.send();
+    };
+    worker.onerror = (e) => this.fail(e.message);
+    worker.addEventListener("close", () => this.fail("the worker exited"));
+    this.threads.push(thread);
+    return thread;
+  }
+
+  private fail(why: string): void {
+    if (this.inThread || this.closed) return;
+    this.inThread = true;
+    this.log.error({ err: why }, "ed25519: a verifier thread failed; checking signatures on the event loop from now on");
+    this.stop();
+  }
+
+  private stop(): void {
+    for (const { worker } of this.threads) worker.terminate();
+    this.threads = [];
+    for (const { batch } of this.sent.values()) this.queue.push(...batch);
+    this.sent.clear();
+    this.drainHere();
+  }
+
+  private drainHere(): void {
+    const waiting = this.queue;
+    this.queue = [];
+    for (const w of waiting) w.resolve(verifyEd25519Now(w.publicKey, w.message, w.signature));
+  }
+}
