@@ -37,8 +37,8 @@ class RawClient {
     this.ws.send(new Uint8Array(encode(message as AgentMessage)));
   }
 
-  sendRaw(bytes: Uint8Array): void {
-    this.ws.send(new Uint8Array(bytes));
+  sendRaw(bytes: Uint8Array | string): void {
+    this.ws.send(typeof bytes === "string" ? bytes : new Uint8Array(bytes));
   }
 
   /** The next frame, or null if none comes within `ms` (or the socket closed). */
@@ -372,6 +372,19 @@ for (const flavor of FLAVORS) {
       await release();
       await eventually(async () => (await refusals(app, "ip = $1", ["198.51.100.86"])).length === 1, 3_000, "the stranger is audited");
       expect((await refusals(app, "ip = $1", ["198.51.100.86"]))[0]!.details).toMatchObject({ reason: "unknown_key", by: "agent" });
+
+      // A text frame in the proof's place, sent before the key is found, is no proof (4005),
+      // as it is after the lookup.
+      release = await holdKeys();
+      const text = new RawClient(app.url, "198.51.100.87", presenting(m.id, m.key));
+      await text.opened;
+      expect(decode(Challenge, (await text.next())!)).not.toBeNull();
+      text.sendRaw("proof");
+      expect(await text.closedWithin(300)).toBeNull();
+      await release();
+      expect(await text.closedWithin(3_000)).toBe(CLOSE.BAD_SIGNATURE);
+      await eventually(async () => (await refusals(app, "ip = $1", ["198.51.100.87"])).length === 1, 3_000, "the text frame is audited");
+      expect((await refusals(app, "ip = $1", ["198.51.100.87"]))[0]).toMatchObject({ actor_id: m.id, details: { reason: "not_a_proof", close: CLOSE.BAD_SIGNATURE } });
     });
 
     test("an inventory with text the database cannot store is a malformed frame (4000), refused alone: agents connecting beside it are welcomed", async () => {
