@@ -46,7 +46,11 @@ export class Batcher<T, R = void> {
     private readonly run: (items: T[]) => Promise<R[] | void>,
     private readonly maxBatch = 1_000,
     private readonly concurrency = 1,
-  ) {}
+  ) {
+    if (!(Number.isInteger(maxBatch) && maxBatch >= 1 && Number.isInteger(concurrency) && concurrency >= 1)) {
+      throw new Error(`Batcher: maxBatch and concurrency must be integers of at least 1 (${maxBatch}, ${concurrency})`);
+    }
+  }
 
   add(item: T): Promise<R> {
     return new Promise<R>((resolve, reject) => {

@@ -5,14 +5,15 @@ import { type Check, packChecks, PUBLIC_KEY_BYTES, SIGNATURE_BYTES, verifyEd2551
  * Ed25519 signature checks (the agents' proofs of possession) on threads of their own
  * (ed25519-worker.ts), batched: the checks asked for in one tick go as a few messages. A check
  * is about 40 µs of CPU wherever it runs; through WebCrypto each one also cost two calls handed
- * to Bun's thread pool and their promises (importKey, verify): 52–60 µs of CPU in all, 10 µs of
- * it on the event loop. A reconnect storm is thousands of checks at once (docs/PERFORMANCE.md,
- * Agents).
+ * to Bun's thread pool and their promises (importKey, verify): measured on 5,000 checks, 54–64
+ * µs of CPU in all, 10 µs of it on the event loop, against 44–50 µs and about 1 µs here
+ * (docs/PERFORMANCE.md, Agents). A reconnect storm is thousands of checks at once.
  *
- * Threads are started as checks need them, up to `threads`. If one fails, what the threads
- * hold and every later check are done on the calling thread: slower, never lost. A thread has
- * at most two batches at a time, so it has the next one while this thread reads the answers of
- * the last; it keeps the process alive only while it has work.
+ * Threads are started as checks need them, up to `maxThreads`. If one fails (as the recording
+ * compressor does, src/recordings/compressor.ts) what the threads hold and every later check
+ * are done on the calling thread, a batch per turn of the event loop: slower, never lost. A
+ * thread has at most two batches at a time, so it has the next one while this thread reads the
+ * answers of the last; it keeps the process alive only while it has work.
  */
 export interface VerifyRequest {
   id: number;
@@ -28,7 +29,7 @@ export interface VerifyReply {
 
 const MAX_BATCH = 256;
 const MAX_IN_FLIGHT = 2;
-/** As many as Bun's own pool had for WebCrypto on a small machine, at most 4. */
+/** One per core, at most 4: checks are CPU work, and a storm's fill two threads on two cores. */
 const DEFAULT_THREADS = Math.max(1, Math.min(4, navigator.hardwareConcurrency));
 
 interface Waiting extends Check {
@@ -51,13 +52,17 @@ export class Ed25519Verifier {
   private closed = false;
   private queue: Waiting[] = [];
   private scheduled = false;
+  /** Checking the queue on this thread (after a failure, or once closed). */
+  private draining = false;
   private nextId = 1;
   private readonly sent = new Map<number, { batch: Waiting[]; thread: Thread }>();
 
   constructor(
     private readonly log: Pick<Logger, "error">,
     private readonly maxThreads = DEFAULT_THREADS,
-  ) {}
+  ) {
+    if (!(Number.isInteger(maxThreads) && maxThreads >= 1)) throw new Error(`Ed25519Verifier: maxThreads must be an integer of at least 1 (${maxThreads})`);
+  }
 
   /** Whether `signature` is `publicKey`'s (raw, base64) over `message`; false for malformed input. Never rejects. */
   verify(publicKey: string, message: Uint8Array, signature: Uint8Array): Promise<boolean> {
@@ -104,8 +109,13 @@ export class Ed25519Verifier {
       const id = this.nextId++;
       this.sent.set(id, { batch, thread });
       if (thread.batches++ === 0) thread.worker.ref();
-      const data = packChecks(batch);
-      thread.worker.postMessage({ id, data, count: batch.length } satisfies VerifyRequest, [data]);
+      try {
+        const data = packChecks(batch);
+        thread.worker.postMessage({ id, data, count: batch.length } satisfies VerifyRequest, [data]);
+      } catch (err) {
+        // Not handed over: checked here with the rest (the batch is among those sent).
+        this.fail(err instanceof Error ? err.message : String(err));
+      }
     }
     // A thread failed, or the verifier was closed, meanwhile: what waits is checked here.
     if (this.inThread || this.closed) this.drainHere();
@@ -150,9 +160,15 @@ export class Ed25519Verifier {
     this.drainHere();
   }
 
+  /** Checks what waits here, a batch per turn of the event loop: a storm's checks would block it for seconds. */
   private drainHere(): void {
-    const waiting = this.queue;
-    this.queue = [];
-    for (const w of waiting) w.resolve(verifyEd25519Now(w.publicKey, w.message, w.signature));
+    if (this.draining) return;
+    this.draining = true;
+    const next = () => {
+      for (const w of this.queue.splice(0, MAX_BATCH)) w.resolve(verifyEd25519Now(w.publicKey, w.message, w.signature));
+      if (this.queue.length > 0) setImmediate(next);
+      else this.draining = false;
+    };
+    next();
   }
 }

@@ -31,11 +31,15 @@ export interface Check {
 /**
  * Checks packed into one buffer, to go to the verifier's thread as one transfer (not one
  * structured clone per byte array): each is the key (32 bytes), the message's length (u32, big
- * endian), the message, the signature (64 bytes). Only well-sized checks are packed.
+ * endian), the message, the signature (64 bytes). A key or signature of another size throws:
+ * it would shift every check after it.
  */
 export function packChecks(checks: readonly Check[]): ArrayBuffer {
   let size = 0;
-  for (const c of checks) size += PUBLIC_KEY_BYTES + 4 + c.message.byteLength + SIGNATURE_BYTES;
+  for (const c of checks) {
+    if (c.publicKey.byteLength !== PUBLIC_KEY_BYTES || c.signature.byteLength !== SIGNATURE_BYTES) throw new Error("packChecks: a key of 32 bytes and a signature of 64 only");
+    size += PUBLIC_KEY_BYTES + 4 + c.message.byteLength + SIGNATURE_BYTES;
+  }
   const bytes = new Uint8Array(size);
   const view = new DataView(bytes.buffer);
   let at = 0;

@@ -1,5 +1,6 @@
 import { afterEach, expect, test } from "bun:test";
 import { generateKeyPairSync, sign } from "node:crypto";
+import { packChecks } from "../../src/auth/ed25519.ts";
 import { Ed25519Verifier } from "../../src/auth/ed25519-verifier.ts";
 
 /**
@@ -66,6 +67,15 @@ test("malformed keys and signatures are refused, not thrown", async () => {
   const padded = new Uint8Array(200);
   padded.set(signature, 50);
   expect(await verifier.verify(raw, message, padded.subarray(50, 114))).toBe(true);
+});
+
+test("a thread count below one, and a check packed with a key or signature of the wrong size, are refused", () => {
+  expect(() => new Ed25519Verifier(log, 0)).toThrow();
+  expect(() => new Ed25519Verifier(log, Number.NaN)).toThrow();
+  const ok = { publicKey: new Uint8Array(32), message: new Uint8Array(32), signature: new Uint8Array(64) };
+  expect(packChecks([ok]).byteLength).toBe(32 + 4 + 32 + 64);
+  expect(() => packChecks([ok, { ...ok, signature: new Uint8Array(63) }])).toThrow();
+  expect(() => packChecks([{ ...ok, publicKey: new Uint8Array(33) }])).toThrow();
 });
 
 test("if the thread dies, the checks it held and every later one are answered on the event loop", async () => {

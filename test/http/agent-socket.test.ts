@@ -374,7 +374,8 @@ for (const flavor of FLAVORS) {
       expect((await refusals(app, "ip = $1", ["198.51.100.86"]))[0]!.details).toMatchObject({ reason: "unknown_key", by: "agent" });
 
       // A text frame in the proof's place, sent before the key is found, is no proof (4005),
-      // as it is after the lookup.
+      // as it is after the lookup. (The handshake's clock is the shipped one again.)
+      AGENT_SOCKET_LIMITS.handshakeMs = LIMITS.handshakeMs;
       release = await holdKeys();
       const text = new RawClient(app.url, "198.51.100.87", presenting(m.id, m.key));
       await text.opened;

@@ -355,25 +355,33 @@ describe("Batcher", () => {
     expect(done).toBe(true);
   });
 
-  test("with concurrency, the next batch starts while one runs; each item still gets its own answer", async () => {
+  test("with concurrency, the next batch starts while one runs; each item still gets its own answer; flush waits for the last", async () => {
     const running: number[] = [];
+    const log: string[] = [];
     let most = 0;
     const b = new Batcher<number, number>(async (items) => {
       running.push(items[0]!);
       most = Math.max(most, running.length);
       await Bun.sleep(20);
       running.splice(running.indexOf(items[0]!), 1);
+      log.push(`done ${items.join(",")}`);
       return items.map((i) => i * 2);
     }, 3, 2);
     const first = Array.from({ length: 7 }, (_, i) => b.add(i));
     await Bun.sleep(5);
     const later = b.add(100);
-    let flushed = false;
-    const flush = b.flush().then(() => (flushed = true));
+    const flush = b.flush().then(() => void log.push("flushed"));
     expect(await Promise.all([...first, later])).toEqual([0, 2, 4, 6, 8, 10, 12, 200]);
     await flush;
-    expect(flushed).toBe(true);
-    // Two at a time, never three.
+    // Two at a time, never three; flushed only once the batch with the last item was done.
     expect(most).toBe(2);
+    expect(log.at(-1)).toBe("flushed");
+    expect(log.findIndex((l) => l.startsWith("done") && l.split(" ")[1]!.split(",").includes("100"))).toBe(log.length - 2);
+  });
+
+  test("a concurrency or batch size below one is refused", () => {
+    expect(() => new Batcher(async () => {}, 1, 0)).toThrow();
+    expect(() => new Batcher(async () => {}, 0)).toThrow();
+    expect(() => new Batcher(async () => {}, 10, Number.NaN)).toThrow();
   });
 });
