@@ -29,7 +29,7 @@ export interface VerifyReply {
 
 const MAX_BATCH = 256;
 const MAX_IN_FLIGHT = 2;
-/** One per core, at most 4: checks are CPU work, and a storm's fill two threads on two cores. */
+/** One per core, at most 4: checks are CPU work, and a storm's checks keep two threads busy on two cores. */
 const DEFAULT_THREADS = Math.max(1, Math.min(4, navigator.hardwareConcurrency));
 
 interface Waiting extends Check {

@@ -20,7 +20,7 @@ export interface AppDeps {
   system: ActorSystem;
   log: Logger;
   verifier: CredentialVerifier;
-  /** The agents' proofs of possession, checked on a thread of their own. */
+  /** Checks the agents' proofs of possession on threads of their own (src/auth/ed25519-verifier.ts). */
   signatures: Ed25519Verifier;
   ips: ClientIpResolver;
   connections: AgentConnections;
