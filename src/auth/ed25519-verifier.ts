@@ -9,11 +9,12 @@ import { type Check, packChecks, PUBLIC_KEY_BYTES, SIGNATURE_BYTES, verifyEd2551
  * µs of CPU in all, 10 µs of it on the event loop, against 44–50 µs and about 1 µs here
  * (docs/PERFORMANCE.md, Agents). A reconnect storm is thousands of checks at once.
  *
- * Threads are started as checks need them, up to `maxThreads`. If one fails (as the recording
- * compressor does, src/recordings/compressor.ts) what the threads hold and every later check
- * are done on the calling thread, a batch per turn of the event loop: slower, never lost. A
- * thread has at most two batches at a time, so it has the next one while this thread reads the
- * answers of the last; it keeps the process alive only while it has work.
+ * Threads are started as checks need them, up to `maxThreads`. If one fails, or hangs (a batch
+ * unanswered for ANSWER_WITHIN_MS), what the threads hold and every later check are done on the
+ * calling thread, a batch per turn of the event loop: slower, never lost (as the recording
+ * compressor falls back, src/recordings/compressor.ts). A thread has at most two batches at a
+ * time, so it has the next one while this thread reads the answers of the last; it keeps the
+ * process alive only while it has work.
  */
 export interface VerifyRequest {
   id: number;
@@ -29,6 +30,12 @@ export interface VerifyReply {
 
 const MAX_BATCH = 256;
 const MAX_IN_FLIGHT = 2;
+/**
+ * A batch (256 checks at most, about 10 ms) not answered in this long means a thread that hangs:
+ * the verifier falls back to checking on the event loop, as for a thread that died. As long as
+ * the handshake's own clock: past it, its sockets are closed anyway.
+ */
+const ANSWER_WITHIN_MS = 10_000;
 /** One per core, at most 4: checks are CPU work, and a storm's checks keep two threads busy on two cores. */
 const DEFAULT_THREADS = Math.max(1, Math.min(4, navigator.hardwareConcurrency));
 
@@ -45,6 +52,13 @@ interface Thread {
   batches: number;
 }
 
+export interface VerifierOptions {
+  /** The threads' script (tests give one that never answers). */
+  workerUrl?: URL;
+  /** How long a batch may go unanswered before the verifier stops using its threads. */
+  answerWithinMs?: number;
+}
+
 export class Ed25519Verifier {
   private threads: Thread[] = [];
   /** Set once a thread failed (or could not start): checks are done here from then on. */
@@ -55,11 +69,12 @@ export class Ed25519Verifier {
   /** Checking the queue on this thread (after a failure, or once closed). */
   private draining = false;
   private nextId = 1;
-  private readonly sent = new Map<number, { batch: Waiting[]; thread: Thread }>();
+  private readonly sent = new Map<number, { batch: Waiting[]; thread: Thread; deadline: ReturnType<typeof setTimeout> }>();
 
   constructor(
     private readonly log: Pick<Logger, "error">,
     private readonly maxThreads = DEFAULT_THREADS,
+    private readonly options: VerifierOptions = {},
   ) {
     if (!(Number.isInteger(maxThreads) && maxThreads >= 1)) throw new Error(`Ed25519Verifier: maxThreads must be an integer of at least 1 (${maxThreads})`);
   }
@@ -107,7 +122,10 @@ export class Ed25519Verifier {
       // A burst is shared between the threads.
       const batch = this.queue.splice(0, Math.min(MAX_BATCH, Math.ceil(this.queue.length / this.maxThreads)));
       const id = this.nextId++;
-      this.sent.set(id, { batch, thread });
+      const answerWithinMs = this.options.answerWithinMs ?? ANSWER_WITHIN_MS;
+      const deadline = setTimeout(() => this.fail(`a verifier thread did not answer a batch in ${answerWithinMs} ms`), answerWithinMs);
+      deadline.unref?.();
+      this.sent.set(id, { batch, thread, deadline });
       if (thread.batches++ === 0) thread.worker.ref();
       try {
         const data = packChecks(batch);
@@ -126,7 +144,7 @@ export class Ed25519Verifier {
     let least: Thread | null = null;
     for (const t of this.threads) if (!least || t.batches < least.batches) least = t;
     if (least && (least.batches === 0 || this.threads.length >= this.maxThreads)) return least;
-    const worker = new Worker(new URL("./ed25519-worker.ts", import.meta.url)) as BunWorker;
+    const worker = new Worker(this.options.workerUrl ?? new URL("./ed25519-worker.ts", import.meta.url)) as BunWorker;
     const thread: Thread = { worker, batches: 0 };
     worker.unref();
     worker.onmessage = (e: MessageEvent<VerifyReply>) => {
@@ -134,6 +152,7 @@ export class Ed25519Verifier {
       const sent = this.sent.get(id);
       if (!sent) return;
       this.sent.delete(id);
+      clearTimeout(sent.deadline);
       if (--thread.batches === 0) worker.unref();
       for (let i = 0; i < sent.batch.length; i++) sent.batch[i]!.resolve(valid[i] === 1);
       // Checks asked for while the threads were busy go now, not a tick later.
@@ -155,7 +174,10 @@ export class Ed25519Verifier {
   private stop(): void {
     for (const { worker } of this.threads) worker.terminate();
     this.threads = [];
-    for (const { batch } of this.sent.values()) this.queue.push(...batch);
+    for (const { batch, deadline } of this.sent.values()) {
+      clearTimeout(deadline);
+      this.queue.push(...batch);
+    }
     this.sent.clear();
     this.drainHere();
   }

@@ -92,6 +92,19 @@ test("if the thread dies, the checks it held and every later one are answered on
   expect(internals(verifier).inThread).toBe(true);
 });
 
+test("a thread that never answers is given up on: its checks, and every later one, are answered on the event loop", async () => {
+  verifier = new Ed25519Verifier(log, 1, { workerUrl: new URL("../fixtures/silent-worker.ts", import.meta.url), answerWithinMs: 300 });
+  const checks = mixed().slice(0, 40);
+  const started = performance.now();
+  expect(await Promise.all(checks.map((c) => verifier!.verify(c.key, c.message, c.signature)))).toEqual(checks.map((c) => c.valid));
+  expect(performance.now() - started).toBeGreaterThanOrEqual(290);
+  expect(errors).toEqual(["a verifier thread did not answer a batch in 300 ms"]);
+  expect(internals(verifier)).toMatchObject({ inThread: true, threads: [] });
+  const later = checks.slice(0, 4);
+  expect(await Promise.all(later.map((c) => verifier!.verify(c.key, c.message, c.signature)))).toEqual(later.map((c) => c.valid));
+  expect(errors.length).toBe(1);
+});
+
 test("closed with checks under way, each is still answered", async () => {
   verifier = new Ed25519Verifier(log);
   const checks = mixed();
