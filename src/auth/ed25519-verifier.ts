@@ -52,6 +52,13 @@ interface Thread {
   batches: number;
 }
 
+interface Sent {
+  batch: Waiting[];
+  thread: Thread;
+  /** Fires `fail` if the thread has not answered in time. */
+  deadline: ReturnType<typeof setTimeout>;
+}
+
 export interface VerifierOptions {
   /** The threads' script (tests give one that never answers). */
   workerUrl?: URL;
@@ -61,7 +68,7 @@ export interface VerifierOptions {
 
 export class Ed25519Verifier {
   private threads: Thread[] = [];
-  /** Set once a thread failed (or could not start): checks are done here from then on. */
+  /** Set once a thread failed, hung or could not start: checks are done here from then on. */
   private inThread = false;
   private closed = false;
   private queue: Waiting[] = [];
@@ -69,7 +76,8 @@ export class Ed25519Verifier {
   /** Checking the queue on this thread (after a failure, or once closed). */
   private draining = false;
   private nextId = 1;
-  private readonly sent = new Map<number, { batch: Waiting[]; thread: Thread; deadline: ReturnType<typeof setTimeout> }>();
+  /** Batches with a thread, by id: whose answers they wait for, and until when. */
+  private readonly sent = new Map<number, Sent>();
 
   constructor(
     private readonly log: Pick<Logger, "error">,
