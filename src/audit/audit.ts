@@ -87,13 +87,10 @@ class AuditWriter {
       try {
         await this.db.query(
           `${INSERT}
-           select r.id, r.tenant_id, r.type, r.outcome, r.actor_type, r.actor_id, r.actor_name, r.target_type, r.target_id, r.ip, r.correlation_id, r.details::jsonb
+           select r.id, r.tenant_id, r.type, r.outcome, r.actor_type, r.actor_id, r.actor_name, r.target_type, r.target_id, r.ip, r.correlation_id, r.details
              from jsonb_to_recordset($1::text::jsonb) as r(id text, tenant_id uuid, type text, outcome text, actor_type text, actor_id text, actor_name text,
-                                                            target_type text, target_id text, ip text, correlation_id text, details text)`,
-          [JSON.stringify(rows.map((p) => ({
-            id: p[0], tenant_id: p[1], type: p[2], outcome: p[3], actor_type: p[4], actor_id: p[5], actor_name: p[6],
-            target_type: p[7], target_id: p[8], ip: p[9], correlation_id: p[10], details: p[11],
-          })))]);
+                                                            target_type text, target_id text, ip text, correlation_id text, details jsonb)`,
+          [recordsJson(rows)]);
         return rows.map(() => null);
       } catch {
         // One row the database refuses (say, an unknown tenant) must not take the others with
@@ -104,6 +101,22 @@ class AuditWriter {
     for (const p of rows) results.push(await insertOne(this.db, p).then(() => null, (err: unknown) => err ?? new Error("audit insert failed")));
     return results;
   }
+}
+
+/**
+ * The rows as one JSON array, each row's details (JSON text already, from withoutSecrets) put in
+ * as they are: not escaped into a string that the database would then parse twice.
+ */
+function recordsJson(rows: AuditParams[]): string {
+  const out: string[] = [];
+  for (const p of rows) {
+    const head = JSON.stringify({
+      id: p[0], tenant_id: p[1], type: p[2], outcome: p[3], actor_type: p[4], actor_id: p[5], actor_name: p[6],
+      target_type: p[7], target_id: p[8], ip: p[9], correlation_id: p[10],
+    });
+    out.push(`${head.slice(0, -1)},"details":${p[11]}}`);
+  }
+  return `[${out.join(",")}]`;
 }
 
 const writers = new WeakMap<Queryable, AuditWriter>();

@@ -26,12 +26,40 @@ const pathOf = (at: Visit): string => {
   return path;
 };
 
+/** Whether `value` is a container looked into: arrays and objects, not bytes. */
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !ArrayBuffer.isView(v) && !(v instanceof ArrayBuffer);
+
+/**
+ * Whether every string in `value`, object keys included, is storable: the common case, walked
+ * without keeping where each value is (every agent's proof and status passes here).
+ */
+function allStorable(value: unknown): boolean {
+  const stack: unknown[] = [value];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (typeof v === "string") {
+      if (!storable(v)) return false;
+    } else if (Array.isArray(v)) {
+      for (let i = 0; i < v.length; i++) stack.push(v[i]);
+    } else if (isRecord(v)) {
+      for (const k in v) {
+        if (!Object.hasOwn(v, k)) continue;
+        if (!storable(k)) return false;
+        stack.push(v[k]);
+      }
+    }
+  }
+  return true;
+}
+
 /**
  * Where the first unstorable string (value or object key) in `value` is, as a path
  * ("inventory.users[2]"; "" for `value` itself), or null if there is none. Bytes are not text
- * and are not looked into. Walks with a stack of its own, so deep nesting cannot overflow.
+ * and are not looked into. Walks with a stack of its own, so deep nesting cannot overflow; the
+ * path is worked out only for a value that has such a string.
  */
 export function unstorableAt(value: unknown): string | null {
+  if (allStorable(value)) return null;
   const stack: Visit[] = [{ v: value, key: null, parent: null }];
   while (stack.length > 0) {
     const at = stack.pop()!;
@@ -40,14 +68,14 @@ export function unstorableAt(value: unknown): string | null {
       if (!storable(v)) return pathOf(at);
     } else if (Array.isArray(v)) {
       for (let i = v.length - 1; i >= 0; i--) stack.push({ v: v[i], key: i, parent: at });
-    } else if (typeof v === "object" && v !== null && !ArrayBuffer.isView(v) && !(v instanceof ArrayBuffer)) {
+    } else if (isRecord(v)) {
       for (const k in v) {
         if (!Object.hasOwn(v, k)) continue;
         if (!storable(k)) {
           const path = pathOf(at);
           return path ? `${path}.<key>` : "<key>"; // the key itself is not echoed
         }
-        stack.push({ v: (v as Record<string, unknown>)[k], key: k, parent: at });
+        stack.push({ v: v[k], key: k, parent: at });
       }
     }
   }

@@ -39,6 +39,22 @@ for (const flavor of FLAVORS) {
       expect(rows.map((r) => r.actor_id)).toEqual(Array.from({ length: 300 }, (_, i) => String(i)));
     });
 
+    test("details written in a batch come back as they were given: quotes, escapes, unicode, nesting, a redacted key", async () => {
+      const type = `test.details.${crypto.randomUUID()}`;
+      const given = [
+        { text: 'a "quoted" \\ back\\slash', lines: "one\ntwo\tthree\r", unicode: "Grüße 🚀 \u2028" },
+        { nested: { list: [1, "two", null, true, { deep: ["x"] }], empty: {} }, number: 1.5e300, negative: -0 },
+        { note: "the key cak_0123456789abcdef0123 leaked" },
+        {},
+      ];
+      statements = 0;
+      await Promise.all(given.map((details, i) => audit(counted, { tenantId: DEFAULT_TENANT_ID, type, actor: { type: "agent", id: String(i) }, details })));
+      expect(statements).toBe(1); // one batch: the multi-row statement took them all, not the row-by-row fallback
+      const rows = await store.query<{ details: unknown }>("select details from audit_events where type = $1 order by actor_id", [type]);
+      const back = rows.map((r) => (typeof r.details === "string" ? JSON.parse(r.details) : r.details));
+      expect(back).toEqual([given[0], { ...given[1], negative: 0 }, { note: "the key cak_[redacted] leaked" }, {}]);
+    });
+
     test("an event the database refuses fails alone: the rest of its batch lands", async () => {
       const type = `test.partial.${crypto.randomUUID()}`;
       const results = await Promise.allSettled([
