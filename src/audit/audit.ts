@@ -105,7 +105,9 @@ class AuditWriter {
 
 /**
  * The rows as one JSON array, each row's details (JSON text already, from withoutSecrets) put in
- * as they are: not escaped into a string that the database would then parse twice.
+ * as they are: not escaped into a string that the database would then parse twice. Sound because
+ * each head is a non-empty JSON object (`id` is always set) and each details text one complete
+ * JSON object: every string in either was escaped by JSON.stringify.
  */
 function recordsJson(rows: AuditParams[]): string {
   const out: string[] = [];

@@ -26,8 +26,8 @@ const pathOf = (at: Visit): string => {
   return path;
 };
 
-/** Whether `value` is a container looked into: arrays and objects, not bytes. */
-const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !ArrayBuffer.isView(v) && !(v instanceof ArrayBuffer);
+/** Whether `v` is an object whose fields are walked: not bytes. (Arrays are taken first, by index.) */
+const walksInto = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !ArrayBuffer.isView(v) && !(v instanceof ArrayBuffer);
 
 /**
  * Whether every string in `value`, object keys included, is storable: the common case, walked
@@ -41,7 +41,7 @@ function allStorable(value: unknown): boolean {
       if (!storable(v)) return false;
     } else if (Array.isArray(v)) {
       for (let i = 0; i < v.length; i++) stack.push(v[i]);
-    } else if (isRecord(v)) {
+    } else if (walksInto(v)) {
       for (const k in v) {
         if (!Object.hasOwn(v, k)) continue;
         if (!storable(k)) return false;
@@ -68,7 +68,7 @@ export function unstorableAt(value: unknown): string | null {
       if (!storable(v)) return pathOf(at);
     } else if (Array.isArray(v)) {
       for (let i = v.length - 1; i >= 0; i--) stack.push({ v: v[i], key: i, parent: at });
-    } else if (isRecord(v)) {
+    } else if (walksInto(v)) {
       for (const k in v) {
         if (!Object.hasOwn(v, k)) continue;
         if (!storable(k)) {

@@ -50,7 +50,9 @@ for (const flavor of FLAVORS) {
       statements = 0;
       await Promise.all(given.map((details, i) => audit(counted, { tenantId: DEFAULT_TENANT_ID, type, actor: { type: "agent", id: String(i) }, details })));
       expect(statements).toBe(1); // one batch: the multi-row statement took them all, not the row-by-row fallback
-      const rows = await store.query<{ details: unknown }>("select details from audit_events where type = $1 order by actor_id", [type]);
+      const rows = await store.query<{ details: unknown; kind: string }>("select details, jsonb_typeof(details) as kind from audit_events where type = $1 order by actor_id", [type]);
+      // Stored as objects, not as JSON strings inside jsonb (which a driver would hand back as text).
+      expect(rows.map((r) => r.kind)).toEqual(["object", "object", "object", "object"]);
       const back = rows.map((r) => (typeof r.details === "string" ? JSON.parse(r.details) : r.details));
       expect(back).toEqual([given[0], { ...given[1], negative: 0 }, { note: "the key cak_[redacted] leaked" }, {}]);
     });
