@@ -595,3 +595,10 @@ create trigger machines_presence_row after insert on machines for each row execu
 insert into machine_presence (machine_id, status, last_seen_at) select id, status, last_seen_at from machines;
 alter table machines drop column status;
 alter table machines drop column last_seen_at;
+
+-- version: 17
+-- Removing a machine takes back its end users' grants (src/machines/machines.ts, removeMachines):
+-- a machine that enrolls again is reachable only by whom an admin grants it anew, since it may
+-- not be the computer it was. Grants to machines removed before this version go now, so that no
+-- removed machine comes back with them.
+delete from user_machine_grants g using machines m where m.id = g.machine_id and m.deleted_at is not null;

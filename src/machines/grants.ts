@@ -6,6 +6,7 @@ import { iso } from "./rows.ts";
  * End users' machines (A9). An end_user reaches a machine only through a grant, and a grant
  * counts only while the user is still an enabled end_user of the machine's tenant and the
  * machine is not removed: checked when granted and again at every use. No grants: no machines.
+ * Removing a machine takes its grants back: one that enrolls again is granted anew or not at all.
  */
 
 /**
@@ -55,6 +56,18 @@ export async function grantMachine(db: Queryable, tenantId: string, userId: stri
   const grant = await getGrant(db, tenantId, userId, machineId);
   if (!grant) return { ok: false, reason: "machine_not_found" };
   return { ok: true, grant, created: inserted.length === 1 };
+}
+
+/**
+ * Takes back every grant to `machineIds` (at their removal): answers who lost which machine, for
+ * the audit log and the rooms they leave.
+ */
+export async function dropMachineGrants(db: Queryable, tenantId: string, machineIds: readonly string[]): Promise<Array<{ user_id: string; machine_id: string }>> {
+  if (machineIds.length === 0) return [];
+  return db.query(
+    `delete from user_machine_grants where tenant_id = $1 and machine_id in (select jsonb_array_elements_text($2::text::jsonb)::uuid)
+      returning user_id, machine_id`,
+    [tenantId, JSON.stringify(machineIds)]);
 }
 
 export async function revokeGrant(db: Queryable, tenantId: string, userId: string, machineId: string): Promise<boolean> {

@@ -1,7 +1,7 @@
 import type { Principal } from "../auth/principal.ts";
 import type { Queryable, Store } from "../store/store.ts";
 import { revokeMachineKeys } from "./agent-keys.ts";
-import { granted } from "./grants.ts";
+import { dropMachineGrants, granted } from "./grants.ts";
 import { inventoryOf, iso, isoOrNull, labelsOf } from "./rows.ts";
 import { type Cursor, decodeCursor, encodeCursor, type Order, QueryError, searchSql, type Sort } from "./search.ts";
 
@@ -157,6 +157,8 @@ export interface RemovedMachine {
   id: string;
   hostname: string;
   machine_uid: string;
+  /** The end users whose grant to it was taken back with it. */
+  grantees: string[];
 }
 
 /**
@@ -178,12 +180,13 @@ export async function releasePendingClaims(tx: Queryable, tenantId: string, mach
 }
 
 /**
- * Soft-deletes the live machines among `ids` in one transaction and revokes their agent keys.
- * Ids that are unknown, of another tenant, or already removed are left out of the result.
+ * Soft-deletes the live machines among `ids` in one transaction, revokes their agent keys and
+ * takes back their grants. Ids that are unknown, of another tenant, or already removed are left
+ * out of the result.
  */
 export async function removeMachines(store: Store, tenantId: string, ids: readonly string[]): Promise<RemovedMachine[]> {
   return store.transaction(async (tx) => {
-    const removed = await tx.query<RemovedMachine>(
+    const removed = await tx.query<Omit<RemovedMachine, "grantees">>(
       `update machines set deleted_at = now(), updated_at = now()
         where tenant_id = $1 and deleted_at is null and id in (select jsonb_array_elements_text($2::text::jsonb)::uuid)
         returning id, hostname, machine_uid`,
@@ -191,7 +194,8 @@ export async function removeMachines(store: Store, tenantId: string, ids: readon
     const removedIds = removed.map((r) => r.id);
     await revokeMachineKeys(tx, tenantId, removedIds);
     await releasePendingClaims(tx, tenantId, removedIds);
-    return removed;
+    const dropped = await dropMachineGrants(tx, tenantId, removedIds);
+    return removed.map((m) => ({ ...m, grantees: dropped.filter((g) => g.machine_id === m.id).map((g) => g.user_id) }));
   });
 }
 

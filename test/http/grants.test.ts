@@ -96,19 +96,48 @@ for (const flavor of FLAVORS) {
       expect(await endUserMayReach(app.server.store, { userId: eu.id, tenantId: TENANT }, m1)).toBe(false);
     });
 
-    test("a removed machine is out of reach; a granted machine that comes back is reachable again", async () => {
+    test("removing a machine takes its grants back, audited; enrolled again, it is reachable only once granted anew", async () => {
       const site = await siteWithKey(app);
       const m = await enrolledMachine(app, site);
       const eu = await app.user("end_user");
+      const other = await app.user("end_user");
       await grant(eu.id, m.id);
+      await grant(other.id, m.id);
+      await grant(other.id, m1);
       await app.call("DELETE", `/api/machines/${m.id}`, { token: app.adminToken });
       expect(await visible(eu.token)).toEqual([]);
       expect(await endUserMayReach(app.server.store, { userId: eu.id, tenantId: TENANT }, m.id)).toBe(false);
       expect((await grant(eu.id, m.id)).status).toBe(404);
+      // The other machine's grant stays.
+      expect(await visible(other.token)).toEqual([m1]);
 
+      const [removal] = await app.server.store.query<{ details: any }>("select details from audit_events where type = 'machine.removed' and target_id = $1", [m.id]);
+      expect(removal!.details.grants_revoked).toBe(2);
+      const revoked = await app.server.store.query<{ target_id: string; details: any }>(
+        "select target_id, details from audit_events where type = 'grant.revoked' and details->>'machine_id' = $1 order by target_id", [m.id]);
+      expect(revoked.map((r) => [r.target_id, r.details.reason])).toEqual([eu.id, other.id].sort().map((id) => [id, "machine_removed"]));
+
+      // Back, as the same machine: nobody's grant came back with it.
       expect((await enroll(app, m.body)).status).toBe(200);
+      expect(await visible(eu.token)).toEqual([]);
+      expect(await endUserMayReach(app.server.store, { userId: eu.id, tenantId: TENANT }, m.id)).toBe(false);
+      expect((await app.call("GET", `/api/users/${eu.id}/grants`, { token: app.adminToken })).body.grants).toEqual([]);
+      expect((await grant(eu.id, m.id)).status).toBe(201);
       expect(await visible(eu.token)).toEqual([m.id]);
-      expect(await endUserMayReach(app.server.store, { userId: eu.id, tenantId: TENANT }, m.id)).toBe(true);
+    });
+
+    test("bulk removal takes back the grants of the machines it removed", async () => {
+      const site = await siteWithKey(app);
+      const a = await enrolledMachine(app, site);
+      const b = await enrolledMachine(app, site);
+      const eu = await app.user("end_user");
+      await grant(eu.id, a.id);
+      await grant(eu.id, b.id);
+      const res = await app.call("POST", "/api/machines/bulk-delete", { token: app.adminToken, body: { ids: [a.id] } });
+      expect(res.body.removed).toEqual([a.id]);
+      expect(await visible(eu.token)).toEqual([b.id]);
+      expect((await enroll(app, a.body)).status).toBe(200);
+      expect(await visible(eu.token)).toEqual([b.id]);
     });
 
     test("only admins grant; users of the tenant only; bad ids are 400", async () => {

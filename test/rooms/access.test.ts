@@ -10,7 +10,7 @@ import { enroll, enrollBody, siteWithKey } from "../machines/fixtures.ts";
  * only when they connect, so disabling a user, revoking a login session or an API token must end
  * the streams it opened (`access_revoked`, 4304). An end user is a member, not the owner, of
  * their own session's room, cannot add or remove members, and leaves the room of every session
- * on a machine whose grant is taken back.
+ * on a machine whose grant is taken back (by hand, or with the machine's removal).
  */
 for (const flavor of FLAVORS) {
   describe(`rooms: access taken away (${flavor})`, () => {
@@ -148,6 +148,22 @@ for (const flavor of FLAVORS) {
       expect((await app.call("GET", `/api/rooms/${sid}/messages`, { token: u.token })).status).toBe(403);
       expect((await app.call("GET", `/api/rooms/${sid}`, { token: u.token })).status).not.toBe(200);
       expect((await sseReader(`${app.url}/api/rooms/${sid}/stream`, u.token)).status).toBe(403);
+    });
+
+    test("removing the machine takes an end user's grant, and with it their place in its sessions' rooms", async () => {
+      const site = await siteWithKey(app);
+      const ident = await agentIdentity();
+      const machine = (await enroll(app, await enrollBody(site, { public_key: ident.publicKey }))).body.machine_id as string;
+      const u = await app.user("end_user");
+      expect((await app.call("POST", `/api/users/${u.id}/grants`, { token: app.adminToken, body: { machine_id: machine } })).status).toBe(201);
+      const sid = (await app.call("POST", "/api/sessions", { token: u.token, body: { machine_id: machine } })).body.id as string;
+      await eventually(async () => (await app.call("GET", `/api/rooms/${sid}`, { token: u.token })).status === 200, 5000, "session room");
+      const sse = await sseReader(`${app.url}/api/rooms/${sid}/stream`, u.token);
+      await sse.waitFor(() => sse.live, 5000, "live");
+
+      expect((await app.call("DELETE", `/api/machines/${machine}`, { token: app.adminToken })).status).toBe(204);
+      expect(await sse.closed).toEqual({ code: 4301, reason: "not_a_member" });
+      expect((await app.call("GET", `/api/rooms/${sid}/messages`, { token: u.token })).status).toBe(403);
     });
 
     test("a room stored before the rule (end user as its only owner) still loses the end user when the grant goes", async () => {

@@ -124,6 +124,21 @@ for (const flavor of FLAVORS) {
       expect(await store.query("select status, last_seen_at from machine_presence where machine_id = $1", [added])).toEqual([{ status: "offline", last_seen_at: null }]);
     });
 
+    test("v17 takes back the grants of machines removed before it, and keeps the others", async () => {
+      const store = await connect();
+      expect(await applySchema(store, SCHEMA.slice(0, SCHEMA.indexOf("-- version: 17")))).toBe(16);
+      const tenant = (await store.query<{ id: string }>("select id from tenants limit 1"))[0]!.id;
+      const [live, removed, user] = [crypto.randomUUID(), crypto.randomUUID(), crypto.randomUUID()];
+      await store.query(
+        `insert into machines (id, tenant_id, machine_uid, hostname, public_key, deleted_at)
+         values ($1, $3, 'uid-live', 'LIVE', 'pk', null), ($2, $3, 'uid-removed', 'GONE', 'pk', now())`,
+        [live, removed, tenant]);
+      await store.query("insert into users (id, tenant_id, username, display_name, password_hash, role) values ($1, $2, 'eu-v17', 'EU', 'x', 'end_user')", [user, tenant]);
+      await store.query("insert into user_machine_grants (tenant_id, user_id, machine_id) values ($1, $2, $3), ($1, $2, $4)", [tenant, user, live, removed]);
+      expect(await applySchema(store)).toBe(current.length);
+      expect(await store.query("select machine_id from user_machine_grants where user_id = $1", [user])).toEqual([{ machine_id: live }]);
+    });
+
     test("search documents: the inlined tether_json_strings gives what the query form gives (v11)", async () => {
       const store = await connect();
       await applySchema(store);

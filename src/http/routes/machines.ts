@@ -3,13 +3,15 @@ import { z } from "zod";
 import { audit } from "../../audit/audit.ts";
 import { listAgentKeys, mintAgentKey, publicAgentKey, revokeAgentKey } from "../../machines/agent-keys.ts";
 import { QueryError } from "../../machines/search.ts";
-import { decidePending, getMachine, listMachines, liveSessionsOf, type MachineRow, type Viewer, pendingRequest, publicMachine, publicPendingRequest, removeMachines, setMachineDisabled } from "../../machines/machines.ts";
+import { decidePending, getMachine, listMachines, liveSessionsOf, type MachineRow, type Viewer, pendingRequest, publicMachine, publicPendingRequest, type RemovedMachine, removeMachines, setMachineDisabled } from "../../machines/machines.ts";
 import { Uuid } from "../../protocol/accounts.ts";
 import { AgentKey, BulkDeleteRequest, BulkDeleteResponse, ListMachinesQuery, Machine, MachineDetail, MachineList, MintedAgentKey } from "../../protocol/machines.ts";
 import { actorOf, authorize, requestContext } from "../context.ts";
 import type { AppDeps } from "../deps.ts";
 import { HttpError } from "../errors.ts";
-import { endSessionsOnLostAccess } from "../../sessions/access-lost.ts";
+import { endSessionsOnLostAccess, leaveSessionRoomsOnLostGrant } from "../../sessions/access-lost.ts";
+import type { Principal } from "../../auth/principal.ts";
+import type { RequestContext } from "../context.ts";
 
 const tags = ["machines"];
 const IdParams = z.object({ id: Uuid });
@@ -48,20 +50,16 @@ export const machineRoutes = (deps: AppDeps) =>
 
     .delete("/api/machines/:id", async (ctx) => {
       const me = await authorize(ctx, "machines:write");
-      const [removed] = await removeMachines(deps.store, me.tenantId, [ctx.params.id]);
-      if (!removed) throw notFound();
-      await audit(deps.store, { tenantId: me.tenantId, type: "machine.removed", actor: actorOf(me), target: { type: "machine", id: removed.id }, ip: ctx.ip, correlationId: ctx.correlationId, details: { hostname: removed.hostname, machine_uid: removed.machine_uid } });
-      await endSessionsOnLostAccess(deps, me.tenantId, { machineIds: [removed.id] });
+      const removed = await removeMachines(deps.store, me.tenantId, [ctx.params.id]);
+      if (removed.length === 0) throw notFound();
+      await afterRemoval(deps, ctx, me, removed, false);
       ctx.set.status = 204;
-    }, { params: IdParams, detail: { tags, summary: "Remove a machine (soft delete; its agent keys are revoked; re-enrolling brings it back)" } })
+    }, { params: IdParams, detail: { tags, summary: "Remove a machine (soft delete; its agent keys are revoked and its grants taken back; re-enrolling brings it back)" } })
 
     .post("/api/machines/bulk-delete", async (ctx) => {
       const me = await authorize(ctx, "machines:write");
       const removed = await removeMachines(deps.store, me.tenantId, ctx.body.ids);
-      for (const r of removed) {
-        await audit(deps.store, { tenantId: me.tenantId, type: "machine.removed", actor: actorOf(me), target: { type: "machine", id: r.id }, ip: ctx.ip, correlationId: ctx.correlationId, details: { hostname: r.hostname, machine_uid: r.machine_uid, bulk: true } });
-      }
-      await endSessionsOnLostAccess(deps, me.tenantId, { machineIds: removed.map((r) => r.id) });
+      await afterRemoval(deps, ctx, me, removed, true);
       const done = new Set(removed.map((r) => r.id));
       return { removed: [...done], not_found: [...new Set(ctx.body.ids)].filter((id) => !done.has(id)) };
     }, { body: BulkDeleteRequest, response: { 200: BulkDeleteResponse }, detail: { tags, summary: "Remove up to 500 machines at once, each audited" } })
@@ -138,4 +136,21 @@ async function decide(deps: AppDeps, ctx: Parameters<typeof authorize>[0] & { pa
     ip: ctx.ip, correlationId: ctx.correlationId, details: { request_id: result.request.id, claimant_hostname: result.request.hostname, claimant_ip: result.request.ip, revoked_keys: result.revokedKeys },
   });
   return withLive(deps, me, result.machine);
+}
+
+/**
+ * What follows a removal, once it is committed: each machine audited, and each grant it took back
+ * (as `grant.revoked`, reason `machine_removed`); the machines' live sessions ended; and the end
+ * users who lost them out of their sessions' rooms, as when a grant is taken back by hand.
+ */
+async function afterRemoval(deps: AppDeps, ctx: RequestContext, me: Principal, removed: RemovedMachine[], bulk: boolean): Promise<void> {
+  const by = { tenantId: me.tenantId, actor: actorOf(me), ip: ctx.ip, correlationId: ctx.correlationId };
+  for (const r of removed) {
+    await audit(deps.store, { ...by, type: "machine.removed", target: { type: "machine", id: r.id }, details: { hostname: r.hostname, machine_uid: r.machine_uid, grants_revoked: r.grantees.length, ...(bulk ? { bulk } : {}) } });
+    for (const user of r.grantees) {
+      await audit(deps.store, { ...by, type: "grant.revoked", target: { type: "user", id: user }, details: { machine_id: r.id, reason: "machine_removed" } });
+    }
+  }
+  await endSessionsOnLostAccess(deps, me.tenantId, { machineIds: removed.map((r) => r.id) });
+  for (const r of removed) for (const user of r.grantees) await leaveSessionRoomsOnLostGrant(deps, me.tenantId, user, r.id);
 }
