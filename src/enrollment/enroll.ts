@@ -45,7 +45,8 @@ export type RejectReason = "unknown_site" | "no_active_key" | "wrong_key" | "rot
 export type EnrollOutcome =
   | { kind: "rejected"; reason: RejectReason; tenantId: string; site: SiteRef | null; machineId?: string }
   | { kind: "site_conflict"; tenantId: string; site: SiteRef; machineId: string; boundSiteId: string }
-  | { kind: "collision_pending"; tenantId: string; site: SiteRef; machineId: string; requestId: string }
+  /** `competing`: another claimant's claim was waiting already, and stays as it was. */
+  | { kind: "collision_pending"; tenantId: string; site: SiteRef; machineId: string; requestId: string; competing: boolean }
   | { kind: "new" | "reuse"; tenantId: string; site: SiteRef; machineId: string; key: string; keyId: string; enrollmentState: "active" | "pending"; revived: boolean; revokedKeys: number };
 
 const ref = (r: EnrollmentSiteKey, withKey: boolean): SiteRef => ({
@@ -151,17 +152,23 @@ async function existingMachine(tx: Queryable, site: SiteRef, input: EnrollReques
   // joins the queue: only an admin's decision settles it.
   const looksLikeClone = (m.deleted_at === null && m.status === "online" && otherHost) || (pending !== undefined && (otherHost || input.public_key !== m.public_key));
   if (looksLikeClone) {
-    // ON CONFLICT names the partial index's predicate, or it cannot bind to it.
+    // One claim waits per machine, and the admin decides the one shown. Its own claimant
+    // retrying refreshes it; another claimant's enrollment leaves it as it is (202 all the same,
+    // audited as competing): otherwise whoever enrolled last would replace the claim an admin
+    // may be about to approve. The competing claimant retries, as agents do on a 202, and is
+    // queued once the waiting claim is decided. ON CONFLICT names the partial index's predicate,
+    // or it cannot bind to it.
     const [request] = await tx.query<{ id: string }>(
       `insert into enrollment_requests (id, tenant_id, machine_id, site_id, hostname, labels, public_key, ip)
        values ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8)
        on conflict (machine_id) where status = 'pending' do update
-         set site_id = excluded.site_id, hostname = excluded.hostname, labels = excluded.labels,
-             public_key = excluded.public_key, ip = excluded.ip, created_at = now()
+         set site_id = excluded.site_id, hostname = excluded.hostname, labels = excluded.labels, ip = excluded.ip, created_at = now()
+         where enrollment_requests.public_key = excluded.public_key
        returning id`,
       [crypto.randomUUID(), tenantId, m.id, site.id, input.hostname, JSON.stringify(labels), input.public_key, ip]);
     await tx.query("update machines set enrollment_state = 'pending', updated_at = now() where id = $1", [m.id]);
-    return { kind: "collision_pending", tenantId, site, machineId: m.id, requestId: request!.id };
+    // No row back: a claim of another key waits (the machine's row lock keeps it there meanwhile).
+    return { kind: "collision_pending", tenantId, site, machineId: m.id, requestId: request?.id ?? pending!.id, competing: !request };
   }
 
   // Reuse: a re-install or re-image of the same machine. Same row, revived if removed, new

@@ -227,6 +227,35 @@ for (const flavor of FLAVORS) {
       expect((await app.call("POST", `/api/machines/${original.id}/approve`, { token: app.adminToken })).body.error_code).toBe("NO_PENDING_ENROLLMENT");
     });
 
+    test("a second claimant does not replace the claim that waits; it is queued once that one is decided", async () => {
+      const original = await enrolledMachine(app, site, { hostname: "WS-FIRST" });
+      await app.server.store.query("update machine_presence set status = 'online' where machine_id = $1", [original.id]);
+      const first = { ...original.body, hostname: "WS-CLAIM-1", public_key: await ed25519PublicKey() };
+      const second = { ...original.body, hostname: "WS-CLAIM-2", public_key: await ed25519PublicKey() };
+      expect((await enroll(app, first)).status).toBe(202);
+      const waiting = async () => (await app.call("GET", `/api/machines/${original.id}`, { token: app.adminToken })).body.pending_request;
+      const claim = await waiting();
+      expect(claim.hostname).toBe("WS-CLAIM-1");
+
+      const r = await enroll(app, second);
+      expect([r.status, r.body.disposition]).toEqual([202, "collision_pending"]);
+      expect(await waiting()).toEqual(claim);
+      const audited = await auditOf("enroll.collision_pending", original.body.machine_uid);
+      expect(audited.map((a) => [a.details.hostname, a.details.request_id, a.details.competing ?? false])).toEqual([
+        ["WS-CLAIM-1", claim.id, false], ["WS-CLAIM-2", claim.id, true]]);
+      // The first claimant retrying refreshes its own claim, which stays the one shown.
+      expect((await enroll(app, { ...first, labels: { department: "Ops" } })).status).toBe(202);
+      expect((await waiting()).labels.department).toBe("Ops");
+
+      // Approving takes the claim shown: the first claimant's key becomes the machine's.
+      expect((await app.call("POST", `/api/machines/${original.id}/approve`, { token: app.adminToken })).status).toBe(200);
+      expect((await machineRows(original.body.machine_uid))[0]!.public_key).toBe(first.public_key);
+      // The second claimant, retrying, is queued now, against the approved machine.
+      await app.server.store.query("update machine_presence set status = 'online' where machine_id = $1", [original.id]);
+      expect((await enroll(app, second)).status).toBe(202);
+      expect((await waiting()).hostname).toBe("WS-CLAIM-2");
+    });
+
     test("a rejected claimant: the machine is active again, its agent keeps working, the claimant is refused", async () => {
       const original = await enrolledMachine(app, site, { hostname: "WS-REAL" });
       await app.server.store.query("update machine_presence set status = 'online' where machine_id = $1", [original.id]);

@@ -63,8 +63,9 @@ export const enrollRoutes = (deps: AppDeps) => {
         throw new HttpError(409, "ENROLL_SITE_CONFLICT", "this machine is enrolled at another site; an admin must remove it there first");
       }
       if (o.kind === "collision_pending") {
-        await record({ request_id: o.requestId });
-        deps.log.warn({ correlationId, machine_id: o.machineId }, "[ENROLL] clone-looking enrollment waits for an admin");
+        await record({ request_id: o.requestId, ...(o.competing ? { competing: true } : {}) });
+        if (o.competing) deps.log.warn({ correlationId, machine_id: o.machineId, request_id: o.requestId }, "[ENROLL] clone-looking enrollment while another claim waits; that claim is kept");
+        else deps.log.warn({ correlationId, machine_id: o.machineId }, "[ENROLL] clone-looking enrollment waits for an admin");
         set.status = 202;
         return { machine_id: o.machineId, enrollment_state: "pending" as const, disposition: "collision_pending" as const };
       }
