@@ -3,6 +3,7 @@ import { STDERR, STDOUT, commandFrame } from "../../protocol/frames.ts";
 import { errorEnd, resolvePath, type Channel, type ChannelContext, type StopReason } from "./channel.ts";
 import { drained, OUTPUT_HIGH_WATER } from "./flow.ts";
 import { SessionStop } from "./procs.ts";
+import { reaper } from "./reaper.ts";
 
 /** After SIGTERM, a command that is still there this long later gets SIGKILL. */
 export const CMD_KILL_AFTER_MS = 2_000;
@@ -11,8 +12,9 @@ const DRAIN_MS = 1_000;
 
 /**
  * A command channel: argv run directly (no shell), as the agent's user, in `cwd` or the home
- * directory, in a process group of its own so a cancel reaches its children too. stdout and
- * stderr become data frames with a stream byte (frames.ts commandFrame); stdin is /dev/null.
+ * directory, in a process group of its own so a cancel reaches its children too, and stopped
+ * by the reaper if the agent dies while it runs (reaper.ts). stdout and stderr become data
+ * frames with a stream byte (frames.ts commandFrame); stdin is /dev/null.
  */
 export class CommandChannel implements Channel {
   readonly type = "cmd";
@@ -38,6 +40,8 @@ export class CommandChannel implements Channel {
     }
     ctx.send({ t: "ch.opened", channel: ctx.id });
     const proc = this.proc;
+    // Stopped by the reaper if the agent dies while it runs (reaper.ts).
+    reaper.watch(proc.pid);
     const halt = (this.halt = new SessionStop(proc, () => this.exited));
     const streams = Promise.all([this.pump(proc.stdout, STDOUT), this.pump(proc.stderr, STDERR)]);
     void proc.exited.then(async () => {
@@ -46,6 +50,7 @@ export class CommandChannel implements Channel {
       await Promise.race([streams, Bun.sleep(DRAIN_MS)]);
       // Stopped: the command is gone, but children that ignored SIGTERM may not be.
       await halt.settled();
+      reaper.release(proc.pid);
       const exit_code = proc.exitCode;
       ctx.end(this.stopping ? { reason: this.stopping, exit_code } : { reason: "exit", exit_code });
     });
