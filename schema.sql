@@ -600,5 +600,7 @@ alter table machines drop column last_seen_at;
 -- Removing a machine takes back its end users' grants (src/machines/machines.ts, removeMachines):
 -- a machine that enrolls again is reachable only by whom an admin grants it anew, since it may
 -- not be the computer it was. Grants to machines removed before this version go now, so that no
--- removed machine comes back with them.
+-- removed machine comes back with them. Unlike a removal from now on, this writes no audit rows
+-- and leaves those end users in the rooms of the removed machines' (ended) sessions: room
+-- members live in the rooms' actors, which SQL does not reach.
 delete from user_machine_grants g using machines m where m.id = g.machine_id and m.deleted_at is not null;

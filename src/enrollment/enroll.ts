@@ -2,6 +2,7 @@ import { verifyNothing, verifySecret } from "../auth/passwords.ts";
 import { fingerprint, isSecret } from "../auth/secrets.ts";
 import { DEFAULT_TENANT_ID } from "../auth/tenants.ts";
 import { mintAgentKey, revokeMachineKeys } from "../machines/agent-keys.ts";
+import { dropMachineGrants } from "../machines/grants.ts";
 import { releasePendingClaims } from "../machines/machines.ts";
 import { labelsOf } from "../machines/rows.ts";
 import type { EnrollRequest, MachineLabels } from "../protocol/machines.ts";
@@ -47,7 +48,7 @@ export type EnrollOutcome =
   | { kind: "site_conflict"; tenantId: string; site: SiteRef; machineId: string; boundSiteId: string }
   /** `competing`: another claimant's claim was waiting already, and stays as it was. */
   | { kind: "collision_pending"; tenantId: string; site: SiteRef; machineId: string; requestId: string; competing: boolean }
-  | { kind: "new" | "reuse"; tenantId: string; site: SiteRef; machineId: string; key: string; keyId: string; enrollmentState: "active" | "pending"; revived: boolean; revokedKeys: number };
+  | { kind: "new" | "reuse"; tenantId: string; site: SiteRef; machineId: string; key: string; keyId: string; enrollmentState: "active" | "pending"; revived: boolean; revokedKeys: number; revokedGrants: number };
 
 const ref = (r: EnrollmentSiteKey, withKey: boolean): SiteRef => ({
   id: r.site_id, tenantId: r.tenant_id, code: r.site_code, displayName: r.display_name, company: r.company,
@@ -118,7 +119,7 @@ async function bindMachine(tx: Queryable, site: SiteRef, input: EnrollRequest, i
       [id, tenantId, site.id, input.machine_uid, input.hostname, JSON.stringify(mergeLabels(site, null, input.labels)), input.public_key]);
     if (inserted.length === 0) continue; // another enrollment of this machine_uid won the insert: re-read its row
     const key = await mintAgentKey(tx, tenantId, id, null);
-    return { kind: "new", tenantId, site, machineId: id, key: key.key, keyId: key.id, enrollmentState: "active", revived: false, revokedKeys: 0 };
+    return { kind: "new", tenantId, site, machineId: id, key: key.key, keyId: key.id, enrollmentState: "active", revived: false, revokedKeys: 0, revokedGrants: 0 };
   }
   throw new Error("enrollment did not converge on one machine row");
 }
@@ -140,10 +141,13 @@ async function existingMachine(tx: Queryable, site: SiteRef, input: EnrollReques
   const had = labelsOf(m.labels);
   const labels = mergeLabels(site, moving ? { ...had, company: "", site: "" } : had, input.labels);
   const otherHost = m.hostname.toLowerCase() !== input.hostname.toLowerCase();
+  let revokedGrants = 0;
   if (m.deleted_at !== null) {
     // A claim left waiting on a removed machine neither queues this enrollment nor keeps the
-    // revived machine pending.
+    // revived machine pending; and it comes back without grants (removal took them, this makes
+    // sure).
     await releasePendingClaims(tx, tenantId, [m.id]);
+    revokedGrants = (await dropMachineGrants(tx, tenantId, [m.id])).length;
     m = { ...m, enrollment_state: "active" };
   }
   const [pending] = await tx.query<{ id: string }>("select id from enrollment_requests where machine_id = $1 and status = 'pending'", [m.id]);
@@ -156,8 +160,8 @@ async function existingMachine(tx: Queryable, site: SiteRef, input: EnrollReques
     // retrying refreshes it; another claimant's enrollment leaves it as it is (202 all the same,
     // audited as competing): otherwise whoever enrolled last would replace the claim an admin
     // may be about to approve. The competing claimant retries, as agents do on a 202, and is
-    // queued once the waiting claim is decided. ON CONFLICT names the partial index's predicate,
-    // or it cannot bind to it.
+    // judged afresh by this gate once the waiting claim is decided. ON CONFLICT names the
+    // partial index's predicate, or it cannot bind to it.
     const [request] = await tx.query<{ id: string }>(
       `insert into enrollment_requests (id, tenant_id, machine_id, site_id, hostname, labels, public_key, ip)
        values ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8)
@@ -180,7 +184,7 @@ async function existingMachine(tx: Queryable, site: SiteRef, input: EnrollReques
   const revokedKeys = await revokeMachineKeys(tx, tenantId, [m.id]);
   const key = await mintAgentKey(tx, tenantId, m.id, null);
   // The state stays as it was: 'pending' while a claim on this machine waits for an admin.
-  return { kind: "reuse", tenantId, site, machineId: m.id, key: key.key, keyId: key.id, enrollmentState: m.enrollment_state, revived: m.deleted_at !== null, revokedKeys };
+  return { kind: "reuse", tenantId, site, machineId: m.id, key: key.key, keyId: key.id, enrollmentState: m.enrollment_state, revived: m.deleted_at !== null, revokedKeys, revokedGrants };
 }
 
 /** Labels the agent gave win; then what the machine had; then the site's defaults. */

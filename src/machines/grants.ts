@@ -46,11 +46,14 @@ export async function grantMachine(db: Queryable, tenantId: string, userId: stri
   const [user] = await db.query<{ role: string }>("select role from users where tenant_id = $1 and id = $2", [tenantId, userId]);
   if (!user) return { ok: false, reason: "user_not_found" };
   if (user.role !== "end_user") return { ok: false, reason: "not_end_user" };
-  // The insert re-checks both sides itself, so a change between the reads above and it cannot slip through.
+  // The insert re-checks both sides itself, so a change between the reads above and it cannot
+  // slip through. FOR SHARE: a removal under way (which takes the machine's grants back) is
+  // waited for and its deleted_at seen, or the grant would land after the removal's sweep.
   const inserted = await db.query(
     `insert into user_machine_grants (tenant_id, user_id, machine_id, created_by)
      select $1, u.id, m.id, $4 from users u, machines m
       where u.id = $2 and u.tenant_id = $1 and u.role = 'end_user' and m.id = $3 and m.tenant_id = $1 and m.deleted_at is null
+      for share of m
      on conflict (user_id, machine_id) do nothing returning machine_id`,
     [tenantId, userId, machineId, by]);
   const grant = await getGrant(db, tenantId, userId, machineId);

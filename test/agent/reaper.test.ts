@@ -1,5 +1,5 @@
 import { afterEach, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -11,7 +11,9 @@ import { join } from "node:path";
 const FIXTURE = join(import.meta.dir, "fixtures", "command-host.ts");
 const leftovers: number[] = [];
 const dirs: string[] = [];
+const hosts: Array<ReturnType<typeof Bun.spawn>> = [];
 afterEach(() => {
+  for (const p of hosts.splice(0)) p.kill("SIGKILL");
   for (const pid of leftovers.splice(0)) {
     try {
       process.kill(pid, "SIGKILL");
@@ -28,11 +30,16 @@ const alive = (pid: number) => {
   }
 };
 
-/** Starts the host with commands that each write their pid (and a grandchild's) to files in a temp dir. */
-async function host(commands: (dir: string) => string[][], extra: string[] = []) {
+/**
+ * Starts the host with commands that each write their pid (and a grandchild's) to files in a
+ * temp dir. `path`: the PATH the host (and so its reaper and commands) runs with.
+ */
+async function host(commands: (dir: string) => string[][], opts: { extra?: string[]; path?: string } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "tether-reaper-"));
   dirs.push(dir);
-  const proc = Bun.spawn([process.execPath, FIXTURE, JSON.stringify(commands(dir)), ...extra], { stdout: "pipe", stderr: "inherit" });
+  const env = { ...process.env, ...(opts.path ? { PATH: opts.path } : {}) };
+  const proc = Bun.spawn([process.execPath, FIXTURE, JSON.stringify(commands(dir)), ...(opts.extra ?? [])], { stdout: "pipe", stderr: "inherit", env });
+  hosts.push(proc);
   const reader = proc.stdout.getReader();
   let text = "";
   while (!/ready (\S+)/.test(text)) {
@@ -78,10 +85,21 @@ test.skipIf(process.platform !== "linux")("SIGKILLed agent: its running command,
   expect(await gone([reaperPid], 2_000)).toEqual([]);
 });
 
-test.skipIf(process.platform !== "linux")("an agent that exits after its commands ended leaves nothing for the reaper, which exits too", async () => {
-  const { proc, dir, reaperPid } = await host((d) => [["sh", "-c", `echo $$ > ${d}/cmd`]]);
+test.skipIf(process.platform !== "linux")("without pkill (a slim container), the command's process group is stopped", async () => {
+  // A PATH with what the commands and the reaper's script need, and no pkill.
+  const bin = mkdtempSync(join(tmpdir(), "tether-reaper-bin-"));
+  dirs.push(bin);
+  for (const tool of ["sh", "sed", "sleep"]) symlinkSync(Bun.which(tool)!, join(bin, tool));
+  const { proc, dir } = await host((d) => [["sh", "-c", `echo $$ > ${d}/cmd; sleep 300 & echo $! > ${d}/child; wait`]], { path: bin });
+  const pids = [await pidIn(join(dir, "cmd")), await pidIn(join(dir, "child"))];
+  proc.kill("SIGKILL");
+  await proc.exited;
+  expect(await gone(pids, 6_000)).toEqual([]);
+});
+
+test.skipIf(process.platform !== "linux")("a command that ended is released: the reaper of a SIGKILLed agent has nothing to stop, and exits at once", async () => {
+  const { proc, dir, reaperPid } = await host((d) => [["sh", "-c", `echo $$ > ${d}/cmd`]], { extra: ["--ended"] });
   await pidIn(join(dir, "cmd"));
-  await Bun.sleep(300); // the command's end reported, and released
   proc.kill("SIGKILL");
   await proc.exited;
   // At once: with the command still listed it would wait out the grace period (2 s) first.

@@ -243,6 +243,8 @@ for (const flavor of FLAVORS) {
       const audited = await auditOf("enroll.collision_pending", original.body.machine_uid);
       expect(audited.map((a) => [a.details.hostname, a.details.request_id, a.details.competing ?? false])).toEqual([
         ["WS-CLAIM-1", claim.id, false], ["WS-CLAIM-2", claim.id, true]]);
+      const fp = (b64: string) => new Bun.CryptoHasher("sha256").update(Buffer.from(b64, "base64")).digest("hex").slice(0, 16);
+      expect(audited.map((a) => a.details.claimant_key_fingerprint)).toEqual([fp(first.public_key), fp(second.public_key)]);
       // The first claimant retrying refreshes its own claim, which stays the one shown.
       expect((await enroll(app, { ...first, labels: { department: "Ops" } })).status).toBe(202);
       expect((await waiting()).labels.department).toBe("Ops");
@@ -250,7 +252,8 @@ for (const flavor of FLAVORS) {
       // Approving takes the claim shown: the first claimant's key becomes the machine's.
       expect((await app.call("POST", `/api/machines/${original.id}/approve`, { token: app.adminToken })).status).toBe(200);
       expect((await machineRows(original.body.machine_uid))[0]!.public_key).toBe(first.public_key);
-      // The second claimant, retrying, is queued now, against the approved machine.
+      // The second claimant's retries are judged afresh: with the approved machine online under
+      // another hostname, it is the claim that waits now.
       await app.server.store.query("update machine_presence set status = 'online' where machine_id = $1", [original.id]);
       expect((await enroll(app, second)).status).toBe(202);
       expect((await waiting()).hostname).toBe("WS-CLAIM-2");

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { endUserMayReach } from "../../src/machines/grants.ts";
+import { endUserMayReach, grantMachine, type GrantResult } from "../../src/machines/grants.ts";
 import { startTestApp, type TestApp } from "../helpers/app.ts";
 import { FLAVORS } from "../helpers/stores.ts";
 import { enroll, enrolledMachine, siteWithKey } from "../machines/fixtures.ts";
@@ -124,6 +124,35 @@ for (const flavor of FLAVORS) {
       expect((await app.call("GET", `/api/users/${eu.id}/grants`, { token: app.adminToken })).body.grants).toEqual([]);
       expect((await grant(eu.id, m.id)).status).toBe(201);
       expect(await visible(eu.token)).toEqual([m.id]);
+    });
+
+    test.skipIf(flavor !== "postgres")("a grant racing a removal waits for it and is refused: it cannot land after the removal took the grants back", async () => {
+      const site = await siteWithKey(app);
+      const m = await enrolledMachine(app, site);
+      const eu = await app.user("end_user");
+      let granting: Promise<GrantResult> | undefined;
+      // The removal's writes, held open while the grant is asked for on another connection.
+      await app.server.store.transaction(async (tx) => {
+        await tx.query("update machines set deleted_at = now() where id = $1", [m.id]);
+        await tx.query("delete from user_machine_grants where machine_id = $1", [m.id]);
+        granting = grantMachine(app.server.store, TENANT, eu.id, m.id, eu.id);
+        await Bun.sleep(300);
+      });
+      expect(await granting!).toEqual({ ok: false, reason: "machine_not_found" });
+      expect(await app.server.store.query("select 1 from user_machine_grants where machine_id = $1", [m.id])).toEqual([]);
+    });
+
+    test("a removed machine that still holds a grant (one that slipped past its removal) comes back without it, audited", async () => {
+      const site = await siteWithKey(app);
+      const m = await enrolledMachine(app, site);
+      const eu = await app.user("end_user");
+      await app.call("DELETE", `/api/machines/${m.id}`, { token: app.adminToken });
+      await app.server.store.query("insert into user_machine_grants (tenant_id, user_id, machine_id) values ($1, $2, $3)", [TENANT, eu.id, m.id]);
+      expect((await enroll(app, m.body)).status).toBe(200);
+      expect(await visible(eu.token)).toEqual([]);
+      expect(await app.server.store.query("select 1 from user_machine_grants where machine_id = $1", [m.id])).toEqual([]);
+      const [reuse] = await app.server.store.query<{ details: any }>("select details from audit_events where type = 'enroll.reuse' and target_id = $1", [m.id]);
+      expect(reuse!.details).toMatchObject({ revived: true, grants_revoked: 1 });
     });
 
     test("bulk removal takes back the grants of the machines it removed", async () => {

@@ -5,10 +5,11 @@ const KILL_AFTER_S = 2;
 
 /**
  * The reaper's script (POSIX sh). It keeps the session ids of the running commands it is told
- * of (`+ sid` at spawn, `- sid` once the command ended) and, when its stdin closes with some still
- * listed, stops each session as the agent would have: SIGTERM to every process in it, SIGKILL to
- * what is left after a grace period. `pkill -s` reaches processes that left the leader's group;
- * without pkill, the leader's group is what can be reached.
+ * of (`+ sid` at spawn, `- sid` once the command ended) and, when its stdin closes with some
+ * still listed, stops each session as the agent would have: SIGTERM to every process in it,
+ * SIGKILL to what is left after a grace period. With pkill, `-s` reaches processes that left the
+ * leader's group, and an empty session gets nothing; without it (a slim container), the leader's
+ * group is what can be reached (`kill -SIG -pgid`, no `--`: dash refuses it).
  */
 const SCRIPT = `
 live=" "
@@ -20,9 +21,10 @@ while read -r op sid; do
   esac
 done
 [ "$live" = " " ] && exit 0
-for sid in $live; do pkill -TERM -s "$sid" 2>/dev/null || kill -TERM -- "-$sid" 2>/dev/null; done
+if command -v pkill >/dev/null 2>&1; then stop() { pkill "-$1" -s "$2"; }; else stop() { kill "-$1" "-$2"; }; fi
+for sid in $live; do stop TERM "$sid" 2>/dev/null; done
 sleep ${KILL_AFTER_S}
-for sid in $live; do pkill -KILL -s "$sid" 2>/dev/null || kill -KILL -- "-$sid" 2>/dev/null; done
+for sid in $live; do stop KILL "$sid" 2>/dev/null; done
 `;
 
 /**

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { Elysia } from "elysia";
 import { addressKey } from "../../auth/client-ip.ts";
 import { audit } from "../../audit/audit.ts";
@@ -63,13 +64,15 @@ export const enrollRoutes = (deps: AppDeps) => {
         throw new HttpError(409, "ENROLL_SITE_CONFLICT", "this machine is enrolled at another site; an admin must remove it there first");
       }
       if (o.kind === "collision_pending") {
-        await record({ request_id: o.requestId, ...(o.competing ? { competing: true } : {}) });
+        // Which key claims the machine: what tells claimants apart in the log.
+        const claimant = createHash("sha256").update(Buffer.from(body.public_key, "base64")).digest("hex").slice(0, 16);
+        await record({ request_id: o.requestId, claimant_key_fingerprint: claimant, ...(o.competing ? { competing: true } : {}) });
         if (o.competing) deps.log.warn({ correlationId, machine_id: o.machineId, request_id: o.requestId }, "[ENROLL] clone-looking enrollment while another claim waits; that claim is kept");
         else deps.log.warn({ correlationId, machine_id: o.machineId }, "[ENROLL] clone-looking enrollment waits for an admin");
         set.status = 202;
         return { machine_id: o.machineId, enrollment_state: "pending" as const, disposition: "collision_pending" as const };
       }
-      await record({ agent_key_id: o.keyId, revived: o.revived, revoked_keys: o.revokedKeys });
+      await record({ agent_key_id: o.keyId, revived: o.revived, revoked_keys: o.revokedKeys, ...(o.revokedGrants ? { grants_revoked: o.revokedGrants } : {}) });
       set.status = o.kind === "new" ? 201 : 200;
       return { machine_id: o.machineId, key: o.key, enrollment_state: o.enrollmentState, disposition: o.kind };
     }, {

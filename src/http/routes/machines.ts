@@ -6,12 +6,11 @@ import { QueryError } from "../../machines/search.ts";
 import { decidePending, getMachine, listMachines, liveSessionsOf, type MachineRow, type Viewer, pendingRequest, publicMachine, publicPendingRequest, type RemovedMachine, removeMachines, setMachineDisabled } from "../../machines/machines.ts";
 import { Uuid } from "../../protocol/accounts.ts";
 import { AgentKey, BulkDeleteRequest, BulkDeleteResponse, ListMachinesQuery, Machine, MachineDetail, MachineList, MintedAgentKey } from "../../protocol/machines.ts";
-import { actorOf, authorize, requestContext } from "../context.ts";
+import { actorOf, authorize, requestContext, type RequestContext } from "../context.ts";
 import type { AppDeps } from "../deps.ts";
 import { HttpError } from "../errors.ts";
 import { endSessionsOnLostAccess, leaveSessionRoomsOnLostGrant } from "../../sessions/access-lost.ts";
 import type { Principal } from "../../auth/principal.ts";
-import type { RequestContext } from "../context.ts";
 
 const tags = ["machines"];
 const IdParams = z.object({ id: Uuid });
@@ -20,7 +19,7 @@ const notFound = () => new HttpError(404, "MACHINE_NOT_FOUND", "no such machine"
 
 /**
  * Machines of the caller's tenant (M6): list and read (an end user: only granted machines),
- * remove (soft, one or up to 500), disable and enable, approve or reject a clone-looking
+ * remove (soft, one or up to 500, taking back their grants), disable and enable, approve or reject a clone-looking
  * enrollment; and each machine's agent keys (M2): mint, list, revoke.
  */
 export const machineRoutes = (deps: AppDeps) =>
@@ -145,12 +144,11 @@ async function decide(deps: AppDeps, ctx: Parameters<typeof authorize>[0] & { pa
  */
 async function afterRemoval(deps: AppDeps, ctx: RequestContext, me: Principal, removed: RemovedMachine[], bulk: boolean): Promise<void> {
   const by = { tenantId: me.tenantId, actor: actorOf(me), ip: ctx.ip, correlationId: ctx.correlationId };
-  for (const r of removed) {
-    await audit(deps.store, { ...by, type: "machine.removed", target: { type: "machine", id: r.id }, details: { hostname: r.hostname, machine_uid: r.machine_uid, grants_revoked: r.grantees.length, ...(bulk ? { bulk } : {}) } });
-    for (const user of r.grantees) {
-      await audit(deps.store, { ...by, type: "grant.revoked", target: { type: "user", id: user }, details: { machine_id: r.id, reason: "machine_removed" } });
-    }
-  }
+  // Handed in together, so that a bulk removal's rows are group-committed (src/audit/audit.ts).
+  await Promise.all(removed.flatMap((r) => [
+    audit(deps.store, { ...by, type: "machine.removed", target: { type: "machine", id: r.id }, details: { hostname: r.hostname, machine_uid: r.machine_uid, grants_revoked: r.grantees.length, ...(bulk ? { bulk } : {}) } }),
+    ...r.grantees.map((user) => audit(deps.store, { ...by, type: "grant.revoked", target: { type: "user", id: user }, details: { machine_id: r.id, reason: "machine_removed" } })),
+  ]));
   await endSessionsOnLostAccess(deps, me.tenantId, { machineIds: removed.map((r) => r.id) });
   for (const r of removed) for (const user of r.grantees) await leaveSessionRoomsOnLostGrant(deps, me.tenantId, user, r.id);
 }
