@@ -62,8 +62,8 @@ export async function grantMachine(db: Queryable, tenantId: string, userId: stri
 }
 
 /**
- * Takes back every grant to `machineIds` (at their removal): answers who lost which machine, for
- * the audit log and the rooms they leave.
+ * Takes back every grant to `machineIds` (at their removal, and at a revival in case one slipped
+ * in): answers who lost which machine, for the audit log and the rooms they leave.
  */
 export async function dropMachineGrants(db: Queryable, tenantId: string, machineIds: readonly string[]): Promise<Array<{ user_id: string; machine_id: string }>> {
   if (machineIds.length === 0) return [];

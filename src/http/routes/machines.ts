@@ -19,8 +19,8 @@ const notFound = () => new HttpError(404, "MACHINE_NOT_FOUND", "no such machine"
 
 /**
  * Machines of the caller's tenant (M6): list and read (an end user: only granted machines),
- * remove (soft, one or up to 500, taking back their grants), disable and enable, approve or reject a clone-looking
- * enrollment; and each machine's agent keys (M2): mint, list, revoke.
+ * remove (soft, one or up to 500, taking back their grants), disable and enable, approve or
+ * reject a clone-looking enrollment; and each machine's agent keys (M2): mint, list, revoke.
  */
 export const machineRoutes = (deps: AppDeps) =>
   new Elysia({ name: "machine-routes" })
